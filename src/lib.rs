@@ -1,0 +1,1 @@
+//! Examples, tests and benchmarks of VSP.

@@ -1,0 +1,1 @@
+//! Procedural macros of VSP; use them through the `vsp` crate.

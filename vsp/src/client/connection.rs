@@ -1,0 +1,297 @@
+//! One multiplexed client connection: many calls in flight, matched to responses by request id.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
+
+use crate::error::ErrorCode;
+use crate::protocol::frame::{encode_frame, FrameReader, ReadError};
+use crate::protocol::{
+    parse_int_request_id, salvage_request_id, write_header_start, Envelope, RequestIdOut,
+};
+use crate::transport::{run_writer, WriteQueue};
+
+/// A response frame handed to its caller; the body is a range of the frame, not a copy.
+#[derive(Debug)]
+pub(crate) struct RawResponse {
+    frame: Bytes,
+    body: Range<usize>,
+    /// The header's `error_code`, if any.
+    pub(crate) error_code: Option<ErrorCode>,
+    /// Whether the peer sent the `vsp` version key, i.e. marks errors in the header.
+    pub(crate) from_vsp_peer: bool,
+}
+
+impl RawResponse {
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.frame[self.body.clone()]
+    }
+}
+
+/// Why a call on this connection failed.
+#[derive(Debug)]
+pub(crate) enum CallFailure {
+    /// The connection was already closed: the request was never written.
+    NotSent(String),
+    /// The connection closed after the request was queued.
+    Closed(String),
+    /// The request body did not serialize.
+    Encode(serde_json::Error),
+    /// The response could not be matched to the call but named its request id.
+    Protocol(String),
+}
+
+type Slot = oneshot::Sender<Result<RawResponse, CallFailure>>;
+
+#[derive(Default)]
+struct PendingCalls {
+    calls: HashMap<u64, Slot>,
+    /// Set once the connection is closed; no call may be added after.
+    closed: Option<String>,
+}
+
+struct ConnectionState {
+    instance: Arc<str>,
+    queue: Arc<WriteQueue>,
+    pending: Mutex<PendingCalls>,
+    next_id: AtomicU64,
+    in_flight: AtomicUsize,
+    /// Mirrors `pending.closed`, readable without the lock.
+    closed: AtomicBool,
+}
+
+impl ConnectionState {
+    fn pending(&self) -> MutexGuard<'_, PendingCalls> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Fails every call in flight at once with `reason`; later calls are refused.
+    fn close(&self, reason: String) {
+        let calls = {
+            let mut pending = self.pending();
+            if pending.closed.is_some() {
+                return;
+            }
+            pending.closed = Some(reason.clone());
+            self.closed.store(true, Ordering::Release);
+            std::mem::take(&mut pending.calls)
+        };
+        self.queue.close();
+        if !calls.is_empty() {
+            tracing::debug!(instance = %self.instance, calls = calls.len(), "connection closed: {reason}");
+        }
+        for (_, slot) in calls {
+            let _ = slot.send(Err(CallFailure::Closed(reason.clone())));
+        }
+    }
+
+    fn deliver(&self, frame: Bytes) {
+        let envelope = match Envelope::parse(&frame) {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                let id = salvage_request_id(&frame).and_then(parse_int_request_id);
+                let slot = id.and_then(|id| self.pending().calls.remove(&id));
+                match slot {
+                    Some(slot) => {
+                        let _ = slot.send(Err(CallFailure::Protocol(err.to_string())));
+                    }
+                    None => {
+                        tracing::warn!(instance = %self.instance, "dropped an unreadable response: {err}")
+                    }
+                }
+                return;
+            }
+        };
+        if !envelope.is_response() {
+            tracing::warn!(instance = %self.instance, "dropped a request sent to a client");
+            return;
+        }
+        let Some(id) = parse_int_request_id(envelope.request_id()) else {
+            if envelope.error_code() == Some(ErrorCode::Protocol) {
+                // The server could not tie the error to a request: it is about to close on us.
+                let message = serde_json::from_str::<ErrorBody<'_>>(envelope.body().get())
+                    .map(|body| body.error.into_owned())
+                    .unwrap_or_else(|_| envelope.body().get().to_owned());
+                self.close(format!("the server reported a protocol error: {message}"));
+            } else {
+                tracing::warn!(instance = %self.instance, request_id = envelope.request_id().get(), "dropped a response with a foreign request id");
+            }
+            return;
+        };
+        let Some(slot) = self.pending().calls.remove(&id) else {
+            tracing::debug!(instance = %self.instance, id, "dropped a late response (its call gave up)");
+            return;
+        };
+        let body = envelope.body().get();
+        // The body borrows from `frame`: its offset turns it into a range of the shared bytes.
+        let start = body.as_ptr() as usize - frame.as_ptr() as usize;
+        let response = RawResponse {
+            error_code: envelope.error_code(),
+            from_vsp_peer: envelope.version().is_some(),
+            body: start..start + body.len(),
+            frame: frame.clone(),
+        };
+        let _ = slot.send(Ok(response));
+    }
+}
+
+/// An error body, `{"error": "message"}`.
+#[derive(serde::Deserialize)]
+pub(crate) struct ErrorBody<'a> {
+    #[serde(borrow)]
+    pub(crate) error: std::borrow::Cow<'a, str>,
+}
+
+/// A client connection to one instance. Dropping it closes the connection.
+pub(crate) struct Connection {
+    state: Arc<ConnectionState>,
+    reader: AbortHandle,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.state
+            .close("the client dropped the connection".to_owned());
+    }
+}
+
+impl Connection {
+    /// Starts the reader and writer tasks of a connected stream.
+    pub(crate) fn start(
+        stream: TcpStream,
+        instance: Arc<str>,
+        max_frame_size: usize,
+    ) -> Connection {
+        let (read, write) = stream.into_split();
+        let state = Arc::new(ConnectionState {
+            instance,
+            queue: Arc::new(WriteQueue::new()),
+            pending: Mutex::new(PendingCalls::default()),
+            next_id: AtomicU64::new(1),
+            in_flight: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        });
+        {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let reason = match run_writer(&state.queue, write).await {
+                    Ok(()) => "closed".to_owned(),
+                    Err(err) => format!("write failed: {err}"),
+                };
+                state.close(reason);
+            });
+        }
+        let reader = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut frames = FrameReader::new(read, max_frame_size);
+                let reason = loop {
+                    match frames.next_frame().await {
+                        Ok(Some(frame)) => state.deliver(frame),
+                        Ok(None) => break "the server closed the connection".to_owned(),
+                        Err(ReadError::Io(err)) => break format!("read failed: {err}"),
+                        Err(ReadError::Protocol(err)) => {
+                            break format!("bad frame from the server: {err}")
+                        }
+                    }
+                };
+                state.close(reason);
+            })
+            .abort_handle()
+        };
+        Connection { state, reader }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.closed.load(Ordering::Acquire)
+    }
+
+    /// Calls not answered yet on this connection.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Queues a request and returns the slot its response will arrive in.
+    pub(crate) fn send(
+        &self,
+        service: &str,
+        endpoint: &str,
+        body: &(impl Serialize + ?Sized),
+    ) -> Result<PendingCall, CallFailure> {
+        let id = self.state.next_id.fetch_add(1, Ordering::Relaxed);
+        let (slot, response) = oneshot::channel();
+        {
+            let mut pending = self.state.pending();
+            if let Some(reason) = &pending.closed {
+                return Err(CallFailure::NotSent(reason.clone()));
+            }
+            pending.calls.insert(id, slot);
+        }
+        self.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        let call = PendingCall {
+            state: self.state.clone(),
+            id,
+            response,
+            answered: false,
+        };
+        let queued = self.state.queue.push(|out| {
+            encode_frame(out, |out| {
+                write_header_start(out, RequestIdOut::Int(id), service, endpoint, false);
+                out.extend_from_slice(b"},\"body\":");
+                serde_json::to_writer(&mut *out, body)?;
+                out.push(b'}');
+                Ok(())
+            })
+        });
+        match queued {
+            Ok(Ok(())) => Ok(call),
+            Ok(Err(err)) => Err(CallFailure::Encode(err)),
+            Err(_closed) => Err(CallFailure::NotSent("the connection is closed".to_owned())),
+        }
+    }
+}
+
+/// A call waiting for its response. Dropping it (a timeout, a cancelled caller) frees its slot,
+/// so a late response is dropped.
+pub(crate) struct PendingCall {
+    state: Arc<ConnectionState>,
+    id: u64,
+    response: oneshot::Receiver<Result<RawResponse, CallFailure>>,
+    /// The reader already took the slot out of the table.
+    answered: bool,
+}
+
+impl PendingCall {
+    /// Waits for the response until `deadline`; `None` if it passed first.
+    pub(crate) async fn wait(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> Option<Result<RawResponse, CallFailure>> {
+        let outcome = tokio::time::timeout_at(deadline, &mut self.response)
+            .await
+            .ok()?;
+        self.answered = true;
+        Some(
+            outcome.unwrap_or_else(|_| {
+                Err(CallFailure::Closed("the connection was dropped".to_owned()))
+            }),
+        )
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.answered {
+            self.state.pending().calls.remove(&self.id);
+        }
+    }
+}

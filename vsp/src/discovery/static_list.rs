@@ -1,0 +1,111 @@
+//! Static discovery: the instances registered by hand, nothing else.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::Discovery;
+use crate::error::VspError;
+use crate::mesh::{MeshRegistry, ServiceInfo};
+
+/// A fixed list of instances, kept up to date by hand: the default discovery.
+///
+/// Instances given before the mesh is built are registered when it starts; afterwards,
+/// `register` and `deregister` change the mesh directly (as
+/// [`ServiceMesh::register`](crate::ServiceMesh::register) does). Clones share one list.
+///
+/// ```
+/// use vsp::{ServiceInfo, ServiceMesh, StaticDiscovery};
+///
+/// let discovery = StaticDiscovery::new();
+/// discovery.register(ServiceInfo::new("user-service", "127.0.0.1", 9090))?;
+/// let mesh = ServiceMesh::builder().discovery(discovery.clone()).build();
+/// discovery.register(ServiceInfo::new("user-service", "127.0.0.1", 9091))?;
+/// assert_eq!(mesh.instances("user-service").len(), 2);
+/// assert_eq!(discovery.instances("user-service").len(), 2);
+/// # Ok::<(), vsp::VspError>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct StaticDiscovery {
+    state: Arc<Mutex<StaticState>>,
+}
+
+#[derive(Debug)]
+enum StaticState {
+    /// Not attached to a mesh yet: instances wait here.
+    Pending(Vec<ServiceInfo>),
+    Attached(MeshRegistry),
+}
+
+impl Default for StaticState {
+    fn default() -> Self {
+        StaticState::Pending(Vec::new())
+    }
+}
+
+impl StaticDiscovery {
+    /// An empty list.
+    pub fn new() -> Self {
+        StaticDiscovery::default()
+    }
+
+    fn with_state<R>(&self, f: impl FnOnce(&mut StaticState) -> R) -> R {
+        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Adds an instance, or updates the one at the same host and port.
+    ///
+    /// # Errors
+    /// [`VspError::InvalidInstance`] for an empty name or host or a bad weight.
+    pub fn register(&self, info: ServiceInfo) -> Result<(), VspError> {
+        info.validate()?;
+        self.with_state(|state| match state {
+            StaticState::Attached(registry) => registry.upsert(info),
+            StaticState::Pending(list) => {
+                list.retain(|known| {
+                    !(known.name() == info.name() && known.endpoint() == info.endpoint())
+                });
+                list.push(info);
+                Ok(())
+            }
+        })
+    }
+
+    /// Removes the instance of `service` at `host:port`; true if it was registered.
+    pub fn deregister(&self, service: &str, host: &str, port: u16) -> bool {
+        self.with_state(|state| match state {
+            StaticState::Attached(registry) => registry.remove(service, host, port),
+            StaticState::Pending(list) => {
+                let before = list.len();
+                list.retain(|known| {
+                    !(known.name() == service && known.host() == host && known.port() == port)
+                });
+                list.len() != before
+            }
+        })
+    }
+
+    /// The instances of `service`.
+    pub fn instances(&self, service: &str) -> Vec<ServiceInfo> {
+        self.with_state(|state| match state {
+            StaticState::Attached(registry) => registry.instances(service),
+            StaticState::Pending(list) => list
+                .iter()
+                .filter(|i| i.name() == service)
+                .cloned()
+                .collect(),
+        })
+    }
+}
+
+impl Discovery for StaticDiscovery {
+    fn start(&self, registry: MeshRegistry) {
+        self.with_state(|state| {
+            if let StaticState::Pending(list) = std::mem::take(state) {
+                for info in list {
+                    // Validated when it was registered here.
+                    let _ = registry.upsert(info);
+                }
+            }
+            *state = StaticState::Attached(registry);
+        });
+    }
+}

@@ -1,0 +1,274 @@
+//! The one error type of VSP, and the error codes that travel on the wire.
+//!
+//! Every variant carries what a caller needs to act on it: which service, which instance, which
+//! endpoint, which limit. Errors that a remote peer reported keep its code and message apart from
+//! errors that happened locally (connect, timeout, decode), so a caller can tell "the service said
+//! no" from "we never reached it".
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+/// The error of every fallible VSP operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VspError {
+    /// The mesh knows no instance of this service.
+    #[error("no instance of service `{service}` is registered")]
+    NoInstances {
+        /// The service that was called.
+        service: String,
+    },
+
+    /// Instances are registered, but every one of them is marked unhealthy.
+    #[error("service `{service}` has {instances} instance(s), all unhealthy")]
+    NoHealthyInstances {
+        /// The service that was called.
+        service: String,
+        /// How many instances are registered.
+        instances: usize,
+    },
+
+    /// Opening a connection to an instance failed.
+    #[error("cannot connect to {instance} (service `{service}`): {source}")]
+    Connect {
+        /// The service that was called.
+        service: String,
+        /// The instance, as `host:port`.
+        instance: String,
+        /// Why the connect failed.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Opening a connection took longer than the connect timeout.
+    #[error("connecting to {instance} (service `{service}`) timed out after {after:?}")]
+    ConnectTimeout {
+        /// The service that was called.
+        service: String,
+        /// The instance, as `host:port`.
+        instance: String,
+        /// The bound that was exceeded.
+        after: Duration,
+    },
+
+    /// The connection carrying the call broke before its response arrived.
+    #[error("connection to {instance} closed while calling `{service}.{endpoint}`: {reason}")]
+    ConnectionClosed {
+        /// The service that was called.
+        service: String,
+        /// The endpoint that was called.
+        endpoint: String,
+        /// The instance, as `host:port`.
+        instance: String,
+        /// What closed it (peer closed, I/O error, protocol error).
+        reason: String,
+    },
+
+    /// No response arrived before the call's deadline. The call's slot is freed and a late
+    /// response is dropped.
+    #[error("call to `{service}.{endpoint}` timed out after {after:?}")]
+    Timeout {
+        /// The service that was called.
+        service: String,
+        /// The endpoint that was called.
+        endpoint: String,
+        /// The deadline that passed.
+        after: Duration,
+    },
+
+    /// The remote service answered with an error.
+    #[error("`{service}.{endpoint}` failed remotely ({code}): {message}")]
+    Remote {
+        /// The service that was called.
+        service: String,
+        /// The endpoint that was called.
+        endpoint: String,
+        /// The error code from the response header (`Unspecified` for peers that send none).
+        code: ErrorCode,
+        /// The message from the response body's `error` key.
+        message: String,
+    },
+
+    /// The request body could not be serialized.
+    #[error("cannot encode the request to `{service}.{endpoint}`: {source}")]
+    Encode {
+        /// The service that was called.
+        service: String,
+        /// The endpoint that was called.
+        endpoint: String,
+        /// The serializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// The response body did not deserialize into the expected type.
+    #[error("cannot decode the response of `{service}.{endpoint}`: {source}")]
+    Decode {
+        /// The service that was called.
+        service: String,
+        /// The endpoint that was called.
+        endpoint: String,
+        /// The deserializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A frame broke the wire protocol (bad length, not JSON, wrong shape).
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+
+    /// An endpoint name was registered twice on one manager (`health` is built in).
+    #[error("endpoint `{endpoint}` is already registered on service `{service}`")]
+    DuplicateEndpoint {
+        /// The manager's service name.
+        service: String,
+        /// The endpoint name.
+        endpoint: String,
+    },
+
+    /// An instance was registered with invalid data (an empty name, a bad weight).
+    #[error("invalid instance {instance} of service `{service}`: {reason}")]
+    InvalidInstance {
+        /// The service name.
+        service: String,
+        /// The instance, as `host:port`.
+        instance: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The server could not bind its listening socket.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// Why binding failed.
+        #[source]
+        source: io::Error,
+    },
+
+    /// `start_server` was called on a manager that is already serving or has shut down.
+    #[error("service `{service}` is already started or shut down")]
+    AlreadyStarted {
+        /// The manager's service name.
+        service: String,
+    },
+
+    /// Graceful shutdown gave up waiting: these calls were still running at the drain timeout
+    /// and were aborted.
+    #[error("service `{service}` aborted {in_flight} call(s) still running after the drain timeout of {after:?}")]
+    DrainTimeout {
+        /// The manager's service name.
+        service: String,
+        /// Calls that were aborted.
+        in_flight: usize,
+        /// The drain timeout.
+        after: Duration,
+    },
+}
+
+impl VspError {
+    /// The remote error code, when the remote service reported the error.
+    pub fn remote_code(&self) -> Option<&ErrorCode> {
+        match self {
+            VspError::Remote { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// A frame that breaks the wire protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The length prefix announced more bytes than the configured maximum. Nothing of that size
+    /// is allocated; the connection is closed.
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    FrameTooLarge {
+        /// The announced length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The frame is not a JSON envelope `{"header":{...},"body":...}`.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// The error codes carried in a response header's `error_code` key (a VSP extension that
+/// Velithon peers ignore; they read only the body's `error` message).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// No endpoint of that name.
+    NotFound,
+    /// The body is not an object, or a field is missing or of the wrong type.
+    BadRequest,
+    /// The handler returned an error or panicked.
+    Handler,
+    /// The call's deadline passed on the server.
+    Timeout,
+    /// The server refused the call for lack of capacity.
+    Overloaded,
+    /// The server is draining and takes no new calls.
+    ShuttingDown,
+    /// The request frame broke the wire protocol.
+    Protocol,
+    /// The peer sent no code (Velithon's Python VSP), or one this version does not know.
+    Unspecified(String),
+}
+
+impl ErrorCode {
+    /// Every code this version sends, in a stable order (used for per-code counters).
+    pub const KNOWN: [ErrorCode; 7] = [
+        ErrorCode::NotFound,
+        ErrorCode::BadRequest,
+        ErrorCode::Handler,
+        ErrorCode::Timeout,
+        ErrorCode::Overloaded,
+        ErrorCode::ShuttingDown,
+        ErrorCode::Protocol,
+    ];
+
+    /// The code as written on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Handler => "handler",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Protocol => "protocol",
+            ErrorCode::Unspecified(code) => code,
+        }
+    }
+
+    /// Parses a wire code; an unknown one is kept as [`ErrorCode::Unspecified`].
+    pub fn parse(code: &str) -> ErrorCode {
+        match code {
+            "not_found" => ErrorCode::NotFound,
+            "bad_request" => ErrorCode::BadRequest,
+            "handler" => ErrorCode::Handler,
+            "timeout" => ErrorCode::Timeout,
+            "overloaded" => ErrorCode::Overloaded,
+            "shutting_down" => ErrorCode::ShuttingDown,
+            "protocol" => ErrorCode::Protocol,
+            other => ErrorCode::Unspecified(other.to_owned()),
+        }
+    }
+
+    pub(crate) fn index(&self) -> Option<usize> {
+        Self::KNOWN.iter().position(|known| known == self)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorCode::Unspecified(code) if code.is_empty() => f.write_str("unspecified"),
+            code => f.write_str(code.as_str()),
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The service mesh: which instances each service has, which of them may get traffic, and which
+//! one the next call goes to.
+//!
+//! Discovery pushes instances in (through [`MeshRegistry`]); clients pull a pick out. Why the
+//! instance lists are copy-on-write snapshots: membership changes a few times a minute while
+//! picks happen on every call, so a pick reads a snapshot without taking any lock, and a change
+//! publishes a new one.
+
+mod instance;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+use arc_swap::ArcSwap;
+
+pub use instance::{HealthStatus, Instance, ServiceInfo};
+
+use crate::balancer::{LoadBalancer, RoundRobinBalancer, ServiceBalancer};
+use crate::discovery::{Discovery, StaticDiscovery};
+use crate::error::VspError;
+
+/// One service's instances and its balancer state.
+struct ServiceEntry {
+    instances: ArcSwap<Vec<Arc<Instance>>>,
+    balancer: Box<dyn ServiceBalancer>,
+}
+
+type Services = HashMap<String, Arc<ServiceEntry>>;
+
+struct MeshInner {
+    services: ArcSwap<Services>,
+    /// Serializes membership changes (the copy-on-write of the snapshots).
+    changing: Mutex<()>,
+    balancer: Box<dyn LoadBalancer>,
+}
+
+/// Routes calls by service name: instances from discovery, filtered by health, picked by the load
+/// balancer.
+///
+/// Cheap to clone; clones share one mesh.
+///
+/// ```
+/// use vsp::{ServiceInfo, ServiceMesh};
+///
+/// let mesh = ServiceMesh::new(); // static discovery, round robin
+/// mesh.register(ServiceInfo::new("user-service", "127.0.0.1", 9090))?;
+/// mesh.register(ServiceInfo::new("user-service", "127.0.0.1", 9091))?;
+/// let first = mesh.pick("user-service")?;
+/// let second = mesh.pick("user-service")?;
+/// assert_ne!(first.endpoint(), second.endpoint());
+/// # Ok::<(), vsp::VspError>(())
+/// ```
+#[derive(Clone)]
+pub struct ServiceMesh {
+    inner: Arc<MeshInner>,
+    /// Kept alive as long as the mesh: it feeds the mesh through a weak handle.
+    _discovery: Arc<dyn Discovery>,
+}
+
+impl std::fmt::Debug for ServiceMesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceMesh")
+            .field("services", &self.services())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`ServiceMesh`].
+#[derive(Default)]
+pub struct ServiceMeshBuilder {
+    discovery: Option<Arc<dyn Discovery>>,
+    balancer: Option<Box<dyn LoadBalancer>>,
+}
+
+impl std::fmt::Debug for ServiceMeshBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceMeshBuilder").finish_non_exhaustive()
+    }
+}
+
+impl ServiceMeshBuilder {
+    /// Where instances come from (default: [`StaticDiscovery`], only what is registered by hand).
+    pub fn discovery(mut self, discovery: impl Discovery) -> Self {
+        self.discovery = Some(Arc::new(discovery));
+        self
+    }
+
+    /// How a call picks among eligible instances (default: [`RoundRobinBalancer`]).
+    pub fn load_balancer(mut self, balancer: impl LoadBalancer) -> Self {
+        self.balancer = Some(Box::new(balancer));
+        self
+    }
+
+    /// Builds the mesh and starts its discovery.
+    pub fn build(self) -> ServiceMesh {
+        let inner = Arc::new(MeshInner {
+            services: ArcSwap::from_pointee(Services::new()),
+            changing: Mutex::new(()),
+            balancer: self
+                .balancer
+                .unwrap_or_else(|| Box::new(RoundRobinBalancer::new())),
+        });
+        let discovery = self
+            .discovery
+            .unwrap_or_else(|| Arc::new(StaticDiscovery::new()));
+        discovery.start(MeshRegistry {
+            mesh: Arc::downgrade(&inner),
+        });
+        ServiceMesh {
+            inner,
+            _discovery: discovery,
+        }
+    }
+}
+
+impl Default for ServiceMesh {
+    fn default() -> Self {
+        ServiceMesh::new()
+    }
+}
+
+impl ServiceMesh {
+    /// A mesh with static discovery and round-robin balancing.
+    pub fn new() -> Self {
+        ServiceMesh::builder().build()
+    }
+
+    /// Starts building a mesh.
+    pub fn builder() -> ServiceMeshBuilder {
+        ServiceMeshBuilder::default()
+    }
+
+    /// Adds an instance, or updates the one at the same host and port.
+    ///
+    /// # Errors
+    /// [`VspError::InvalidInstance`] for an empty name or host, or a weight that is not a finite
+    /// number above zero.
+    pub fn register(&self, info: ServiceInfo) -> Result<(), VspError> {
+        self.inner.upsert(info)
+    }
+
+    /// Removes the instance of `service` at `host:port`; true if it was registered.
+    pub fn deregister(&self, service: &str, host: &str, port: u16) -> bool {
+        self.inner.remove(service, host, port)
+    }
+
+    /// The instances of `service` with their live status (empty if the service is unknown).
+    pub fn instances(&self, service: &str) -> Vec<ServiceInfo> {
+        self.inner.instances(service)
+    }
+
+    /// The names of the services with at least one instance, sorted.
+    pub fn services(&self) -> Vec<String> {
+        let services = self.inner.services.load();
+        let mut names: Vec<String> = services
+            .iter()
+            .filter(|(_, entry)| !entry.instances.load().is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Sets the health status of the instance of `service` at `host:port`; true if it exists.
+    /// `Unhealthy` takes it out of rotation until it is set back.
+    pub fn set_status(&self, service: &str, host: &str, port: u16, status: HealthStatus) -> bool {
+        match self.inner.find(service, host, port) {
+            Some(instance) => {
+                instance.set_status(status);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Picks the instance the next call to `service` should go to.
+    ///
+    /// # Errors
+    /// [`VspError::NoInstances`] if none is registered, [`VspError::NoHealthyInstances`] if all
+    /// are unhealthy.
+    pub fn pick(&self, service: &str) -> Result<Arc<Instance>, VspError> {
+        let services = self.inner.services.load();
+        let no_instances = || VspError::NoInstances {
+            service: service.to_owned(),
+        };
+        let entry = services.get(service).ok_or_else(no_instances)?;
+        let instances = entry.instances.load();
+        if instances.is_empty() {
+            return Err(no_instances());
+        }
+        match entry.balancer.pick(&instances) {
+            Some(index) if instances.get(index).is_some_and(|i| i.is_eligible()) => {
+                Ok(instances[index].clone())
+            }
+            _ => Err(VspError::NoHealthyInstances {
+                service: service.to_owned(),
+                instances: instances.len(),
+            }),
+        }
+    }
+}
+
+impl MeshInner {
+    fn lock_changes(&self) -> MutexGuard<'_, ()> {
+        self.changing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn upsert(&self, info: ServiceInfo) -> Result<(), VspError> {
+        info.validate()?;
+        let _changing = self.lock_changes();
+        let services = self.services.load();
+        let entry = match services.get(info.name()) {
+            Some(entry) => entry.clone(),
+            None => {
+                let entry = Arc::new(ServiceEntry {
+                    instances: ArcSwap::from_pointee(Vec::new()),
+                    balancer: self.balancer.for_service(info.name()),
+                });
+                let mut next = Services::clone(&services);
+                next.insert(info.name().to_owned(), entry.clone());
+                self.services.store(Arc::new(next));
+                entry
+            }
+        };
+        let mut instances = Vec::clone(&entry.instances.load());
+        let instance = Arc::new(Instance::new(info));
+        match instances
+            .iter_mut()
+            .find(|existing| existing.endpoint() == instance.endpoint())
+        {
+            Some(existing) => *existing = instance,
+            None => instances.push(instance),
+        }
+        entry.instances.store(Arc::new(instances));
+        Ok(())
+    }
+
+    fn remove(&self, service: &str, host: &str, port: u16) -> bool {
+        let _changing = self.lock_changes();
+        let services = self.services.load();
+        let Some(entry) = services.get(service) else {
+            return false;
+        };
+        let current = entry.instances.load();
+        let kept: Vec<Arc<Instance>> = current
+            .iter()
+            .filter(|instance| !instance.same_address(host, port))
+            .cloned()
+            .collect();
+        let removed = kept.len() != current.len();
+        if removed {
+            entry.instances.store(Arc::new(kept));
+        }
+        removed
+    }
+
+    fn instances(&self, service: &str) -> Vec<ServiceInfo> {
+        self.services
+            .load()
+            .get(service)
+            .map(|entry| entry.instances.load().iter().map(|i| i.info()).collect())
+            .unwrap_or_default()
+    }
+
+    fn find(&self, service: &str, host: &str, port: u16) -> Option<Arc<Instance>> {
+        let services = self.services.load();
+        let instances = services.get(service)?.instances.load();
+        instances
+            .iter()
+            .find(|instance| instance.same_address(host, port))
+            .cloned()
+    }
+}
+
+/// The handle a [`Discovery`] uses to feed the mesh it serves. It does not keep the mesh alive:
+/// once the mesh is dropped, updates are ignored and [`MeshRegistry::is_closed`] turns true, so a
+/// discovery task knows to stop.
+#[derive(Clone)]
+pub struct MeshRegistry {
+    mesh: Weak<MeshInner>,
+}
+
+impl std::fmt::Debug for MeshRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshRegistry")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl MeshRegistry {
+    /// Adds an instance, or replaces the one at the same host and port.
+    ///
+    /// # Errors
+    /// As [`ServiceMesh::register`]. Ignored (`Ok`) once the mesh is gone.
+    pub fn upsert(&self, info: ServiceInfo) -> Result<(), VspError> {
+        match self.mesh.upgrade() {
+            Some(mesh) => mesh.upsert(info),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes an instance; true if it was registered.
+    pub fn remove(&self, service: &str, host: &str, port: u16) -> bool {
+        self.mesh
+            .upgrade()
+            .is_some_and(|mesh| mesh.remove(service, host, port))
+    }
+
+    /// The instances of `service` now in the mesh.
+    pub fn instances(&self, service: &str) -> Vec<ServiceInfo> {
+        match self.mesh.upgrade() {
+            Some(mesh) => mesh.instances(service),
+            None => Vec::new(),
+        }
+    }
+
+    /// True once the mesh has been dropped.
+    pub fn is_closed(&self) -> bool {
+        self.mesh.strong_count() == 0
+    }
+}

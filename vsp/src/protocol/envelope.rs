@@ -1,0 +1,264 @@
+//! The envelope `{"header":{...},"body":...}`: a borrowed decoder and an in-place encoder.
+//!
+//! Decoding never builds a `serde_json::Value` tree: header fields borrow from the frame and the
+//! body stays raw JSON until a handler (or a caller) deserializes it into its own type.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::error::{ErrorCode, ProtocolError};
+
+/// The protocol version this crate speaks, sent in the `vsp` header key of every response.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A decoded envelope that borrows from its frame.
+///
+/// ```
+/// use vsp::protocol::Envelope;
+///
+/// let frame = br#"{"header":{"request_id":7,"service":"user-service","endpoint":"get_user"},"body":{"user_id":"42"}}"#;
+/// let envelope = Envelope::parse(frame).unwrap();
+/// assert_eq!(envelope.endpoint(), "get_user");
+/// assert_eq!(envelope.request_id().get(), "7");
+/// assert!(!envelope.is_response()); // a missing `is_response` means false
+/// assert_eq!(envelope.body().get(), r#"{"user_id":"42"}"#);
+/// ```
+#[derive(Debug, Deserialize)]
+pub struct Envelope<'a> {
+    #[serde(borrow)]
+    header: Header<'a>,
+    #[serde(borrow)]
+    body: &'a RawValue,
+}
+
+#[derive(Debug, Deserialize)]
+struct Header<'a> {
+    #[serde(borrow)]
+    request_id: &'a RawValue,
+    #[serde(borrow)]
+    service: Cow<'a, str>,
+    #[serde(borrow)]
+    endpoint: Cow<'a, str>,
+    #[serde(default)]
+    is_response: bool,
+    #[serde(borrow, default)]
+    error_code: Option<Cow<'a, str>>,
+    #[serde(default, rename = "vsp")]
+    version: Option<u32>,
+}
+
+/// Only the request id, for answering a frame whose other parts are unusable.
+#[derive(Deserialize)]
+struct IdOnly<'a> {
+    #[serde(borrow)]
+    header: IdOnlyHeader<'a>,
+}
+
+#[derive(Deserialize)]
+struct IdOnlyHeader<'a> {
+    #[serde(borrow)]
+    request_id: &'a RawValue,
+}
+
+impl<'a> Envelope<'a> {
+    /// Decodes the JSON of one frame (without its length prefix).
+    pub fn parse(json: &'a [u8]) -> Result<Self, ProtocolError> {
+        serde_json::from_slice(json).map_err(|err| ProtocolError::Malformed(err.to_string()))
+    }
+
+    /// The request id as raw JSON, to be echoed verbatim.
+    pub fn request_id(&self) -> &'a RawValue {
+        self.header.request_id
+    }
+
+    /// The target service's name.
+    pub fn service(&self) -> &str {
+        &self.header.service
+    }
+
+    /// The endpoint's name.
+    pub fn endpoint(&self) -> &str {
+        &self.header.endpoint
+    }
+
+    /// Whether this is a response; a missing key means a request.
+    pub fn is_response(&self) -> bool {
+        self.header.is_response
+    }
+
+    /// The `error_code` header extension, if the peer sent one.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        self.header.error_code.as_deref().map(ErrorCode::parse)
+    }
+
+    /// The protocol version header extension; `None` from peers that do not send it (Velithon).
+    pub fn version(&self) -> Option<u32> {
+        self.header.version
+    }
+
+    /// The body, as raw JSON.
+    pub fn body(&self) -> &'a RawValue {
+        self.body
+    }
+}
+
+/// Reads just the request id of a frame that failed to decode as an envelope, so the error can
+/// still be answered.
+pub(crate) fn salvage_request_id(json: &[u8]) -> Option<&RawValue> {
+    serde_json::from_slice::<IdOnly<'_>>(json)
+        .ok()
+        .map(|frame| frame.header.request_id)
+}
+
+/// The request id written into a header.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RequestIdOut<'a> {
+    /// Our client's ids: integers, cheap to match.
+    Int(u64),
+    /// An id echoed verbatim from a peer.
+    Raw(&'a str),
+}
+
+/// Writes `{"header":{"request_id":..,"service":..,"endpoint":..,"is_response":..` — the part
+/// every header shares, byte for byte as Velithon writes it. The caller closes the header.
+pub(crate) fn write_header_start(
+    out: &mut Vec<u8>,
+    request_id: RequestIdOut<'_>,
+    service: &str,
+    endpoint: &str,
+    is_response: bool,
+) {
+    out.extend_from_slice(b"{\"header\":{\"request_id\":");
+    match request_id {
+        RequestIdOut::Int(id) => out.extend_from_slice(itoa_u64(id, &mut [0; 20])),
+        RequestIdOut::Raw(raw) => out.extend_from_slice(raw.as_bytes()),
+    }
+    out.extend_from_slice(b",\"service\":");
+    write_json_str(out, service);
+    out.extend_from_slice(b",\"endpoint\":");
+    write_json_str(out, endpoint);
+    out.extend_from_slice(if is_response {
+        b",\"is_response\":true"
+    } else {
+        b",\"is_response\":false"
+    });
+}
+
+/// Closes a response header with our extensions and opens the body.
+pub(crate) fn write_response_header_end(out: &mut Vec<u8>, error_code: Option<&ErrorCode>) {
+    if let Some(code) = error_code {
+        out.extend_from_slice(b",\"error_code\":");
+        write_json_str(out, code.as_str());
+    }
+    out.extend_from_slice(b",\"vsp\":1},\"body\":");
+}
+
+/// Writes an error body `{"error":"message"}`, the shape Velithon reads.
+pub(crate) fn write_error_body(out: &mut Vec<u8>, message: &str) {
+    out.extend_from_slice(b"{\"error\":");
+    write_json_str(out, message);
+    out.push(b'}');
+}
+
+/// Writes `s` as a JSON string literal.
+pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &byte) in bytes.iter().enumerate() {
+        let escape: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(byte >> 4) as usize]);
+                out.push(HEX[(byte & 0xf) as usize]);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(escape);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// Parses a request id that our client wrote (a plain non-negative integer).
+pub(crate) fn parse_int_request_id(raw: &RawValue) -> Option<u64> {
+    let text = raw.get();
+    if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Whether a raw JSON value is an object (a request body must be one).
+pub(crate) fn is_json_object(raw: &RawValue) -> bool {
+    raw.get().trim_start().starts_with('{')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_like_serde_json() {
+        for s in [
+            "plain",
+            "quote\"back\\slash",
+            "ctl\u{1}\n\t\r\u{8}\u{c}",
+            "ünï ✓",
+            "",
+        ] {
+            let mut out = Vec::new();
+            write_json_str(&mut out, s);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(s).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn integer_ids_round_trip() {
+        for id in [0, 7, 1234567890, u64::MAX] {
+            let text = itoa_u64(id, &mut [0; 20]).to_vec();
+            let raw = RawValue::from_string(String::from_utf8(text).unwrap()).unwrap();
+            assert_eq!(parse_int_request_id(&raw), Some(id));
+        }
+        let uuid = RawValue::from_string("\"046ec970\"".into()).unwrap();
+        assert_eq!(parse_int_request_id(&uuid), None);
+    }
+
+    #[test]
+    fn salvages_the_id_of_a_frame_without_body() {
+        let frame = br#"{"header":{"request_id":"abc"}}"#;
+        assert!(Envelope::parse(frame).is_err());
+        assert_eq!(salvage_request_id(frame).unwrap().get(), "\"abc\"");
+        assert!(salvage_request_id(b"not json").is_none());
+    }
+}

@@ -1,0 +1,22 @@
+//! The wire: frames, envelopes and messages of VSP/1, byte-compatible with Velithon's Python VSP.
+//!
+//! A frame is a u32 big-endian length `N` and `N` bytes of compact UTF-8 JSON:
+//! `{"header":{"request_id":ID,"service":S,"endpoint":E,"is_response":B},"body":BODY}`.
+//! `ID` is any JSON value and is echoed verbatim. Extensions ride in the header as optional keys
+//! Velithon ignores: `error_code` on error responses and `vsp` (the protocol version) on every
+//! response we send, which tells our client that the header, not the body, marks an error.
+//!
+//! Why a hand-written encoder: the envelope is written straight into the connection's write
+//! buffer, with no intermediate `Value` and no allocation per frame.
+
+mod envelope;
+pub(crate) mod frame;
+mod message;
+
+pub(crate) use envelope::{
+    is_json_object, parse_int_request_id, salvage_request_id, write_error_body, write_header_start,
+    write_response_header_end, RequestIdOut,
+};
+pub use envelope::{Envelope, PROTOCOL_VERSION};
+pub use frame::{DEFAULT_MAX_FRAME_SIZE, LENGTH_PREFIX_LEN};
+pub use message::VspMessage;

@@ -1,0 +1,254 @@
+//! One accepted connection: read frames, dispatch each request, write replies as they finish.
+//!
+//! Requests run as their own tasks, so a slow handler never holds up the next frame and replies
+//! leave in completion order. A bad frame is answered (or, when not even its request id can be
+//! read, ends this connection) and touches no other connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use tokio::net::TcpStream;
+
+use super::endpoint::Reply;
+use super::{Lifecycle, ManagerInner};
+use crate::error::{ErrorCode, ProtocolError};
+use crate::protocol::frame::{FrameReader, ReadError};
+use crate::protocol::{
+    is_json_object, salvage_request_id, write_header_start, Envelope, RequestIdOut,
+};
+use crate::transport::{run_writer, WriteQueue};
+
+/// The name of the endpoint every server answers itself.
+pub const HEALTH_ENDPOINT: &str = "health";
+
+/// How long a closing connection may take to flush its last replies to a peer that stopped reading.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the reader and the handlers of one connection share. When the reader has stopped and the
+/// last handler has replied, the last reference drops and the write side closes.
+pub(crate) struct ServerConnection {
+    manager: Arc<ManagerInner>,
+    queue: Arc<WriteQueue>,
+}
+
+impl ServerConnection {
+    pub(crate) fn manager(&self) -> &ManagerInner {
+        &self.manager
+    }
+
+    pub(crate) fn queue(&self) -> &WriteQueue {
+        &self.queue
+    }
+}
+
+impl Drop for ServerConnection {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
+/// Serves one accepted connection until the peer closes it, it breaks the protocol beyond
+/// answering, or the server closes.
+pub(crate) async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    manager: Arc<ManagerInner>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let queue = Arc::new(WriteQueue::new());
+    manager.stats.connection_opened();
+
+    let writer = {
+        let queue = queue.clone();
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            let mut lifecycle = manager.lifecycle();
+            let flush = run_writer(&queue, write);
+            tokio::pin!(flush);
+            let result = tokio::select! {
+                result = &mut flush => result,
+                // A peer that stopped reading must not hold a closing server open for ever.
+                _ = async {
+                    let _ = lifecycle.wait_for(|state| *state == Lifecycle::Closed).await;
+                    tokio::time::sleep(CLOSE_FLUSH_TIMEOUT).await;
+                } => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "peer did not read the last replies")),
+            };
+            if let Err(err) = result {
+                tracing::debug!(%peer, "connection write side ended: {err}");
+            }
+            queue.close();
+            manager.stats.connection_closed();
+        })
+    };
+
+    let conn = Arc::new(ServerConnection {
+        manager: manager.clone(),
+        queue,
+    });
+    let mut frames = FrameReader::new(read, manager.config.max_frame_size);
+    let mut lifecycle = manager.lifecycle();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = lifecycle.wait_for(|state| *state == Lifecycle::Closed) => break,
+            next = frames.next_frame() => next,
+        };
+        match next {
+            Ok(Some(frame)) => {
+                if let Err(reason) = dispatch(&conn, &frame) {
+                    tracing::warn!(%peer, "closing connection: {reason}");
+                    conn.reply_without_id(ErrorCode::Protocol, &reason);
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(ReadError::Protocol(err)) => {
+                tracing::warn!(%peer, "closing connection: {err}");
+                conn.reply_without_id(ErrorCode::Protocol, &err.to_string());
+                break;
+            }
+            Err(ReadError::Io(err)) => {
+                tracing::debug!(%peer, "connection read side ended: {err}");
+                break;
+            }
+        }
+        if conn.queue.is_closed() {
+            break; // the writer failed: the peer is gone
+        }
+    }
+    drop(conn);
+    // The writer ends once the in-flight handlers have replied; nothing needs to wait for it here.
+    drop(writer);
+}
+
+/// Handles one request frame. An `Err` means the frame cannot be answered and the connection
+/// must close.
+fn dispatch(conn: &Arc<ServerConnection>, frame: &Bytes) -> Result<(), String> {
+    let envelope = match Envelope::parse(frame) {
+        Ok(envelope) => envelope,
+        Err(err) => {
+            let ProtocolError::Malformed(detail) = &err else {
+                return Err(err.to_string());
+            };
+            let Some(request_id) = salvage_request_id(frame) else {
+                return Err(format!("unreadable frame without a request id: {detail}"));
+            };
+            let reply = Reply::new(
+                conn.clone(),
+                response_head(request_id.get(), "", ""),
+                Arc::from(""),
+            );
+            reply.error(ErrorCode::Protocol, &format!("malformed request: {detail}"));
+            return Ok(());
+        }
+    };
+    if envelope.is_response() {
+        tracing::warn!(
+            request_id = envelope.request_id().get(),
+            "dropped a response sent to a server"
+        );
+        return Ok(());
+    }
+    let manager = conn.manager();
+    let head = response_head(
+        envelope.request_id().get(),
+        envelope.service(),
+        envelope.endpoint(),
+    );
+    let endpoint_name = envelope.endpoint();
+
+    if manager.state() != Lifecycle::Running {
+        let reply = Reply::new(conn.clone(), head, Arc::from(endpoint_name));
+        let message = format!("service `{}` is shutting down", manager.name);
+        reply.error(ErrorCode::ShuttingDown, &message);
+        return Ok(());
+    }
+    if endpoint_name == HEALTH_ENDPOINT {
+        Reply::new(conn.clone(), head, Arc::from(HEALTH_ENDPOINT)).ok(&Health::now());
+        return Ok(());
+    }
+    let registry = manager.registry.load();
+    let Some((name, endpoint)) = registry.get_key_value(endpoint_name) else {
+        let reply = Reply::new(conn.clone(), head, Arc::from(endpoint_name));
+        // Velithon's wording, which its clients may match on.
+        reply.error(
+            ErrorCode::NotFound,
+            &format!("Endpoint {endpoint_name} not found"),
+        );
+        return Ok(());
+    };
+    let reply = Reply::new(conn.clone(), head, name.clone());
+    let body = envelope.body();
+    if !is_json_object(body) {
+        reply.error(
+            ErrorCode::BadRequest,
+            &format!("the body of a request to `{name}` must be a JSON object keyed by parameter name, got {}", json_kind(body)),
+        );
+        return Ok(());
+    }
+    if let Err((reply, err)) = endpoint.start(body, reply) {
+        reply.error(
+            ErrorCode::BadRequest,
+            &format!("invalid arguments for `{name}`: {err}"),
+        );
+    }
+    Ok(())
+}
+
+impl ServerConnection {
+    /// Tells the peer why the connection is about to close when no request id can be echoed.
+    fn reply_without_id(self: &Arc<Self>, code: ErrorCode, message: &str) {
+        Reply::new(
+            self.clone(),
+            response_head("null", &self.manager.name, ""),
+            Arc::from(""),
+        )
+        .error(code, message);
+    }
+}
+
+fn response_head(request_id: &str, service: &str, endpoint: &str) -> Vec<u8> {
+    let mut head = Vec::with_capacity(80 + request_id.len() + service.len() + endpoint.len());
+    write_header_start(
+        &mut head,
+        RequestIdOut::Raw(request_id),
+        service,
+        endpoint,
+        true,
+    );
+    head
+}
+
+fn json_kind(raw: &RawValue) -> &'static str {
+    match raw.get().trim_start().as_bytes().first() {
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        _ => "a number",
+    }
+}
+
+/// The built-in `health` endpoint's answer, as Velithon sends it.
+#[derive(serde::Serialize)]
+struct Health {
+    status: &'static str,
+    timestamp: f64,
+}
+
+impl Health {
+    fn now() -> Self {
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|since| since.as_secs_f64())
+            .unwrap_or(0.0);
+        Health {
+            status: "healthy",
+            timestamp,
+        }
+    }
+}

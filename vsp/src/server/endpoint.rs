@@ -1,0 +1,203 @@
+//! Endpoints: typed async handlers behind one object-safe trait, and the reply each call owes.
+
+use std::any::Any;
+use std::fmt::Display;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::connection::ServerConnection;
+use super::Lifecycle;
+use crate::error::ErrorCode;
+use crate::protocol::frame::encode_frame;
+use crate::protocol::{write_error_body, write_response_header_end};
+
+/// A registered endpoint with its argument and result types erased.
+pub(crate) trait Endpoint: Send + Sync + 'static {
+    /// Deserializes the arguments from `body` and starts the handler, which answers through
+    /// `reply`. If the arguments do not fit, `reply` comes back with the deserializer's error.
+    fn start(&self, body: &RawValue, reply: Reply) -> Result<(), (Reply, serde_json::Error)>;
+}
+
+/// A handler function registered with [`VspManager::endpoint`](crate::VspManager::endpoint).
+pub(crate) struct FnEndpoint<F, A> {
+    handler: F,
+    _args: PhantomData<fn(A)>,
+}
+
+impl<F, A> FnEndpoint<F, A> {
+    pub(crate) fn new(handler: F) -> Self {
+        FnEndpoint {
+            handler,
+            _args: PhantomData,
+        }
+    }
+}
+
+impl<F, A, Fut, T, E> Endpoint for FnEndpoint<F, A>
+where
+    F: Fn(A) -> Fut + Send + Sync + 'static,
+    A: DeserializeOwned + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+    T: Serialize + Send + 'static,
+    E: Display + Send + 'static,
+{
+    fn start(&self, body: &RawValue, reply: Reply) -> Result<(), (Reply, serde_json::Error)> {
+        let args = match serde_json::from_str::<A>(body.get()) {
+            Ok(args) => args,
+            Err(err) => return Err((reply, err)),
+        };
+        let handler = (self.handler)(args);
+        tokio::spawn(run_handler(handler, reply));
+        Ok(())
+    }
+}
+
+/// Runs one handler to its answer: its value, its error, `handler` if it panicked, nothing if the
+/// server closed first.
+async fn run_handler<Fut, T, E>(handler: Fut, reply: Reply)
+where
+    Fut: Future<Output = Result<T, E>> + Send,
+    T: Serialize,
+    E: Display,
+{
+    let stats = &reply.conn.manager().stats;
+    stats.active_workers.fetch_add(1, Ordering::Relaxed);
+    let outcome = {
+        let mut lifecycle = reply.conn.manager().lifecycle();
+        tokio::select! {
+            outcome = CatchUnwind { inner: handler } => Some(outcome),
+            _ = lifecycle.wait_for(|state| *state == Lifecycle::Closed) => None,
+        }
+    };
+    stats.active_workers.fetch_sub(1, Ordering::Relaxed);
+    match outcome {
+        Some(Ok(Ok(value))) => reply.ok(&value),
+        Some(Ok(Err(err))) => reply.error(ErrorCode::Handler, &err.to_string()),
+        Some(Err(panic)) => {
+            let message = format!(
+                "handler of `{}` panicked: {}",
+                reply.endpoint,
+                panic_message(&*panic)
+            );
+            tracing::error!(endpoint = %reply.endpoint, "{message}");
+            reply.error(ErrorCode::Handler, &message);
+        }
+        // The server closed after its drain timeout: the connection is gone, nobody reads a reply.
+        None => {}
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "non-string panic payload"
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Turns a panic inside a handler into an error reply instead of a dead task.
+    struct CatchUnwind<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.project().inner;
+        // The handler's state is dropped right after a panic, never polled again.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+/// The answer one request owes. Dropping it unanswered (the server closed) still settles the
+/// request's accounting, so `in_flight` can never leak.
+pub(crate) struct Reply {
+    conn: Arc<ServerConnection>,
+    /// The response header up to and including `"is_response":true`.
+    head: Vec<u8>,
+    pub(crate) endpoint: Arc<str>,
+    received: Instant,
+}
+
+impl Reply {
+    pub(crate) fn new(conn: Arc<ServerConnection>, head: Vec<u8>, endpoint: Arc<str>) -> Self {
+        conn.manager().stats.request_started();
+        Reply {
+            conn,
+            head,
+            endpoint,
+            received: Instant::now(),
+        }
+    }
+
+    /// Answers with `value` as the body; a value that fails to serialize becomes a `handler`
+    /// error.
+    pub(crate) fn ok<T: Serialize + ?Sized>(self, value: &T) {
+        let pushed = self.conn.queue().push(|out| {
+            encode_frame(out, |out| {
+                out.extend_from_slice(&self.head);
+                write_response_header_end(out, None);
+                serde_json::to_writer(&mut *out, value)?;
+                out.push(b'}');
+                Ok::<_, serde_json::Error>(())
+            })
+        });
+        match pushed {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                let message = format!("cannot serialize the result of `{}`: {err}", self.endpoint);
+                tracing::error!(endpoint = %self.endpoint, "{message}");
+                self.error(ErrorCode::Handler, &message);
+            }
+            Err(_closed) => {
+                tracing::debug!(endpoint = %self.endpoint, "reply dropped: connection closed")
+            }
+        }
+    }
+
+    /// Answers with an error: `{"error": message}` in the body, `code` in the header.
+    pub(crate) fn error(self, code: ErrorCode, message: &str) {
+        self.conn.manager().stats.error_sent(&code);
+        let pushed = self.conn.queue().push(|out| {
+            encode_frame(out, |out| {
+                out.extend_from_slice(&self.head);
+                write_response_header_end(out, Some(&code));
+                write_error_body(out, message);
+                out.push(b'}');
+                Ok::<_, std::convert::Infallible>(())
+            })
+        });
+        if pushed.is_err() {
+            tracing::debug!(endpoint = %self.endpoint, "error reply dropped: connection closed");
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        self.conn
+            .manager()
+            .stats
+            .request_finished(self.received.elapsed());
+    }
+}

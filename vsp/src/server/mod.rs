@@ -1,0 +1,376 @@
+//! The server side: [`VspManager`] holds a service's endpoints, listens, dispatches and drains.
+//!
+//! Why endpoints sit behind an atomically swapped map: registering is rare and may happen while
+//! serving, but every request looks an endpoint up. A copy-on-write map lets that lookup take no
+//! lock at all.
+//!
+//! Why shutdown has two phases: first the server stops accepting and answers new requests on
+//! open connections with `shutting_down` (so a client learns at once to go elsewhere) while the
+//! calls already running finish; then, drained or out of time, it closes every connection.
+
+mod connection;
+mod endpoint;
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use connection::HEALTH_ENDPOINT;
+use endpoint::{Endpoint, FnEndpoint};
+
+use crate::error::VspError;
+use crate::protocol::DEFAULT_MAX_FRAME_SIZE;
+use crate::stats::{PerformanceStats, ServerStats};
+
+/// The default bound on graceful shutdown's wait for running calls.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long shutdown waits for connections to close once it has closed them.
+const CONNECTION_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+type Registry = HashMap<Arc<str>, Arc<dyn Endpoint>>;
+
+/// A server's stage of life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Lifecycle {
+    Idle = 0,
+    Running = 1,
+    Draining = 2,
+    Closed = 3,
+}
+
+impl Lifecycle {
+    fn from_u8(value: u8) -> Lifecycle {
+        match value {
+            0 => Lifecycle::Idle,
+            1 => Lifecycle::Running,
+            2 => Lifecycle::Draining,
+            _ => Lifecycle::Closed,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ServerConfig {
+    max_frame_size: usize,
+    drain_timeout: Duration,
+}
+
+pub(crate) struct ManagerInner {
+    name: String,
+    config: ServerConfig,
+    registry: ArcSwap<Registry>,
+    /// Serializes registrations (the copy-on-write of `registry`).
+    registering: Mutex<()>,
+    /// The stage of life, readable without a lock on the per-request path...
+    state: AtomicU8,
+    /// ...and watchable by the tasks that must stop when it changes.
+    lifecycle: watch::Sender<Lifecycle>,
+    pub(crate) stats: ServerStats,
+}
+
+impl ManagerInner {
+    pub(crate) fn state(&self) -> Lifecycle {
+        Lifecycle::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn lifecycle(&self) -> watch::Receiver<Lifecycle> {
+        self.lifecycle.subscribe()
+    }
+
+    fn set_state(&self, state: Lifecycle) {
+        self.state.store(state as u8, Ordering::Release);
+        self.lifecycle.send_replace(state);
+    }
+
+    /// Moves from `from` to `to`; false if the server was not at `from`.
+    fn transition(&self, from: Lifecycle, to: Lifecycle) -> bool {
+        let moved = self
+            .state
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if moved {
+            self.lifecycle.send_replace(to);
+        }
+        moved
+    }
+}
+
+/// A VSP service: named endpoints served over TCP.
+///
+/// Cheap to clone; clones share one server.
+///
+/// ```
+/// use serde::Deserialize;
+/// use vsp::{VspError, VspManager};
+///
+/// #[derive(Deserialize)]
+/// struct GetUser {
+///     user_id: String,
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), VspError> {
+/// let manager = VspManager::builder("user-service").build();
+/// manager.endpoint("get_user", |args: GetUser| async move {
+///     Ok::<_, VspError>(serde_json::json!({ "id": args.user_id, "name": "John Doe" }))
+/// })?;
+/// let addr = manager.start_server("127.0.0.1", 0).await?;
+/// println!("serving on {addr}");
+/// manager.shutdown().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct VspManager {
+    inner: Arc<ManagerInner>,
+}
+
+impl std::fmt::Debug for VspManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VspManager")
+            .field("name", &self.inner.name)
+            .field("state", &self.inner.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`VspManager`].
+#[derive(Debug, Clone)]
+pub struct VspManagerBuilder {
+    name: String,
+    config: ServerConfig,
+}
+
+impl VspManagerBuilder {
+    /// The largest request frame accepted (default 16 MiB). A peer that announces a larger one
+    /// gets a `protocol` error and its connection is closed.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.config.max_frame_size = bytes;
+        self
+    }
+
+    /// How long [`VspManager::shutdown`] waits for running calls before it aborts them
+    /// (default 30 s).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.config.drain_timeout = timeout;
+        self
+    }
+
+    /// Builds the manager. It serves nothing until [`VspManager::start_server`].
+    pub fn build(self) -> VspManager {
+        let (lifecycle, _) = watch::channel(Lifecycle::Idle);
+        VspManager {
+            inner: Arc::new(ManagerInner {
+                name: self.name,
+                config: self.config,
+                registry: ArcSwap::from_pointee(Registry::new()),
+                registering: Mutex::new(()),
+                state: AtomicU8::new(Lifecycle::Idle as u8),
+                lifecycle,
+                stats: ServerStats::default(),
+            }),
+        }
+    }
+}
+
+impl VspManager {
+    /// Starts building a manager for the service `name`.
+    pub fn builder(name: impl Into<String>) -> VspManagerBuilder {
+        VspManagerBuilder {
+            name: name.into(),
+            config: ServerConfig {
+                max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+                drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            },
+        }
+    }
+
+    /// The service name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Registers `handler` as the endpoint `name`.
+    ///
+    /// The handler takes one argument deserialized from the request body, a JSON object whose
+    /// keys are the parameter names (a `#[derive(Deserialize)]` struct, or a
+    /// `serde_json::Value`), and returns `Result<T, E>`: `T` becomes the response body, `E`'s
+    /// message a `handler` error. Endpoints may be added while the server runs.
+    ///
+    /// # Errors
+    /// [`VspError::DuplicateEndpoint`] if `name` is taken (`health` is built in).
+    pub fn endpoint<F, A, Fut, T, E>(
+        &self,
+        name: impl Into<String>,
+        handler: F,
+    ) -> Result<(), VspError>
+    where
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        A: DeserializeOwned + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        T: Serialize + Send + 'static,
+        E: Display + Send + 'static,
+    {
+        self.register(name.into(), Arc::new(FnEndpoint::new(handler)))
+    }
+
+    fn register(&self, name: String, endpoint: Arc<dyn Endpoint>) -> Result<(), VspError> {
+        let _registering = self
+            .inner
+            .registering
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = self.inner.registry.load();
+        if name == HEALTH_ENDPOINT || current.contains_key(name.as_str()) {
+            return Err(VspError::DuplicateEndpoint {
+                service: self.inner.name.clone(),
+                endpoint: name,
+            });
+        }
+        let mut next = Registry::clone(&current);
+        next.insert(Arc::from(name), endpoint);
+        self.inner.registry.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// The registered endpoint names, sorted (`health` not included).
+    pub fn endpoints(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .inner
+            .registry
+            .load()
+            .keys()
+            .map(|name| name.to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Binds `host:port` and serves in the background; returns the bound address (pass port 0
+    /// for an ephemeral one).
+    ///
+    /// # Errors
+    /// [`VspError::Bind`] if the address cannot be bound, [`VspError::AlreadyStarted`] if this
+    /// manager already served.
+    pub async fn start_server(&self, host: &str, port: u16) -> Result<SocketAddr, VspError> {
+        if !self.inner.transition(Lifecycle::Idle, Lifecycle::Running) {
+            return Err(VspError::AlreadyStarted {
+                service: self.inner.name.clone(),
+            });
+        }
+        let listener = match TcpListener::bind((host, port)).await {
+            Ok(listener) => listener,
+            Err(source) => {
+                self.inner.set_state(Lifecycle::Idle);
+                return Err(VspError::Bind {
+                    addr: format!("{host}:{port}"),
+                    source,
+                });
+            }
+        };
+        let addr = listener.local_addr().map_err(|source| VspError::Bind {
+            addr: format!("{host}:{port}"),
+            source,
+        })?;
+        tracing::info!(service = %self.inner.name, %addr, "VSP server listening");
+        tokio::spawn(accept_loop(listener, self.inner.clone()));
+        Ok(addr)
+    }
+
+    /// Stops gracefully: stops accepting, answers new requests with `shutting_down`, waits up
+    /// to the drain timeout for running calls to finish, then closes every connection.
+    ///
+    /// Calling it again, or on a manager that never started, is a no-op.
+    ///
+    /// # Errors
+    /// [`VspError::DrainTimeout`] if calls were still running at the drain timeout; they were
+    /// aborted and their callers see the connection close.
+    pub async fn shutdown(&self) -> Result<(), VspError> {
+        let inner = &self.inner;
+        if !inner.transition(Lifecycle::Running, Lifecycle::Draining) {
+            inner.transition(Lifecycle::Idle, Lifecycle::Closed);
+            return Ok(());
+        }
+        inner.stats.set_draining();
+        let drained = inner
+            .stats
+            .wait_for_zero(ServerStats::in_flight, inner.config.drain_timeout)
+            .await;
+        let aborted = inner.stats.in_flight();
+        self.close_connections().await;
+        if drained {
+            tracing::info!(service = %inner.name, "VSP server shut down");
+            Ok(())
+        } else {
+            tracing::warn!(service = %inner.name, aborted, "drain timeout: aborted running calls");
+            Err(VspError::DrainTimeout {
+                service: inner.name.clone(),
+                in_flight: aborted,
+                after: inner.config.drain_timeout,
+            })
+        }
+    }
+
+    /// Stops at once: closes every connection and aborts running calls without draining.
+    pub async fn close(&self) {
+        if self.inner.state() == Lifecycle::Closed {
+            return;
+        }
+        self.inner.stats.set_draining();
+        self.close_connections().await;
+    }
+
+    async fn close_connections(&self) {
+        let inner = &self.inner;
+        inner.set_state(Lifecycle::Closed);
+        if !inner
+            .stats
+            .wait_for_zero(ServerStats::connections_active, CONNECTION_CLOSE_TIMEOUT)
+            .await
+        {
+            tracing::warn!(
+                service = %inner.name,
+                open = inner.stats.connections_active(),
+                "connections still closing after {CONNECTION_CLOSE_TIMEOUT:?}"
+            );
+        }
+    }
+
+    /// A snapshot of the server's counters.
+    pub fn get_performance_stats(&self) -> PerformanceStats {
+        self.inner.stats.snapshot()
+    }
+}
+
+async fn accept_loop(listener: TcpListener, manager: Arc<ManagerInner>) {
+    let mut lifecycle = manager.lifecycle();
+    loop {
+        let accepted = tokio::select! {
+            _ = lifecycle.wait_for(|state| *state != Lifecycle::Running) => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tokio::spawn(connection::serve_connection(stream, peer, manager.clone()));
+            }
+            Err(err) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(service = %manager.name, "accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    tracing::debug!(service = %manager.name, "stopped accepting");
+}
