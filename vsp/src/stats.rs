@@ -19,7 +19,9 @@ use crate::error::ErrorCode;
 pub struct PerformanceStats {
     /// Requests answered since the server started, successes and errors alike.
     pub messages_processed: u64,
-    /// Mean time from receiving a request to queueing its response.
+    /// Mean time from receiving a request to queueing its response (seconds, as a float, when
+    /// serialized).
+    #[serde(serialize_with = "as_seconds")]
     pub avg_processing_time: Duration,
     /// Handlers running right now.
     pub active_workers: usize,
@@ -32,6 +34,10 @@ pub struct PerformanceStats {
     pub connections_active: usize,
     /// Client connections accepted since the server started.
     pub connections_total: u64,
+}
+
+fn as_seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64())
 }
 
 #[derive(Debug, Default)]

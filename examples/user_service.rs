@@ -1,0 +1,57 @@
+//! A standalone `user-service`: `cargo run --example user_service -- --addr 127.0.0.1:9090`.
+//!
+//! Prints `listening on <addr>` once ready; shuts down gracefully on SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use vsp::VspManager;
+use vsp_suite::user_service::{self, Users, SERVICE};
+
+const USAGE: &str = "usage: user_service [--addr HOST:PORT]   (default 127.0.0.1:9090)";
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+
+    let mut addr: SocketAddr = "127.0.0.1:9090".parse()?;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--addr" => {
+                let value = args.next().ok_or(USAGE)?;
+                addr = value
+                    .parse()
+                    .map_err(|err| format!("bad --addr {value}: {err}\n{USAGE}"))?;
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => return Err(format!("unknown argument {other}\n{USAGE}").into()),
+        }
+    }
+
+    let manager = VspManager::builder(SERVICE).build();
+    user_service::register(&manager, Arc::new(Users::default()))?;
+    let bound = manager
+        .start_server(&addr.ip().to_string(), addr.port())
+        .await?;
+    println!("listening on {bound}");
+
+    wait_for_signal().await?;
+    println!("shutting down");
+    manager.shutdown().await?;
+    Ok(())
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result,
+        _ = terminate.recv() => Ok(()),
+    }
+}
