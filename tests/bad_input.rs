@@ -1,0 +1,292 @@
+//! Every bad input gets a typed answer, and the server keeps serving everyone else.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{client_for, frame, request_json, start_test_server, RawPeer, SERVICE};
+use serde_json::json;
+use vsp::{ErrorCode, VspError, VspManager};
+
+fn remote(result: Result<serde_json::Value, VspError>) -> (ErrorCode, String) {
+    match result {
+        Err(VspError::Remote { code, message, .. }) => (code, message),
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn unknown_endpoint_is_not_found_in_velithons_words() {
+    let (_manager, addr) = start_test_server().await;
+    let (code, message) = remote(client_for(addr).call(SERVICE, "nope", json!({})).await);
+    assert_eq!(code, ErrorCode::NotFound);
+    assert_eq!(message, "Endpoint nope not found");
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_an_object_is_a_bad_request() {
+    let (_manager, addr) = start_test_server().await;
+    let client = client_for(addr);
+    for body in [json!([1, 2]), json!("text"), json!(3), json!(null)] {
+        let (code, message) = remote(client.call(SERVICE, "add", body.clone()).await);
+        assert_eq!(code, ErrorCode::BadRequest, "body {body}");
+        assert!(message.contains("must be a JSON object"), "{message}");
+    }
+}
+
+#[tokio::test]
+async fn a_missing_field_is_a_bad_request_naming_it() {
+    let (_manager, addr) = start_test_server().await;
+    let (code, message) = remote(client_for(addr).call(SERVICE, "add", json!({"a": 1})).await);
+    assert_eq!(code, ErrorCode::BadRequest);
+    assert!(message.contains("`b`"), "{message}");
+}
+
+#[tokio::test]
+async fn a_field_of_the_wrong_type_is_a_bad_request() {
+    let (_manager, addr) = start_test_server().await;
+    let (code, message) = remote(
+        client_for(addr)
+            .call(SERVICE, "add", json!({"a": "one", "b": 2}))
+            .await,
+    );
+    assert_eq!(code, ErrorCode::BadRequest);
+    assert!(message.contains("invalid type"), "{message}");
+}
+
+#[tokio::test]
+async fn a_handler_error_carries_its_message() {
+    let (_manager, addr) = start_test_server().await;
+    let (code, message) = remote(client_for(addr).call(SERVICE, "fail", json!({})).await);
+    assert_eq!(code, ErrorCode::Handler);
+    assert_eq!(message, "the handler said no");
+}
+
+#[tokio::test]
+async fn a_handler_panic_is_a_handler_error_and_the_connection_lives_on() {
+    let (manager, addr) = start_test_server().await;
+    let client = client_for(addr);
+    let (code, message) = remote(client.call(SERVICE, "panic", json!({})).await);
+    assert_eq!(code, ErrorCode::Handler);
+    assert!(message.contains("handler blew up"), "{message}");
+    // Same connection, same server: still serving.
+    assert_eq!(
+        client
+            .call(SERVICE, "echo", json!({"value": 5}))
+            .await
+            .unwrap(),
+        json!(5)
+    );
+    assert_eq!(manager.get_performance_stats().connections_total, 1);
+}
+
+#[tokio::test]
+async fn a_frame_that_is_not_json_closes_only_that_connection() {
+    let (_manager, addr) = start_test_server().await;
+    let client = client_for(addr);
+    client
+        .call(SERVICE, "echo", json!({"value": 1}))
+        .await
+        .unwrap();
+
+    let mut bad = RawPeer::connect(addr).await;
+    bad.send(&frame("this is not json")).await;
+    let reply = bad.recv().await.expect("a protocol error before the close");
+    assert_eq!(reply["header"]["error_code"], "protocol");
+    assert_eq!(reply["header"]["request_id"], serde_json::Value::Null);
+    assert!(bad.is_closed_by_server().await);
+
+    assert_eq!(
+        client
+            .call(SERVICE, "echo", json!({"value": 2}))
+            .await
+            .unwrap(),
+        json!(2)
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_shape_frame_with_a_readable_id_gets_a_protocol_reply() {
+    let (_manager, addr) = start_test_server().await;
+    let mut peer = RawPeer::connect(addr).await;
+    // No body, no endpoint.
+    peer.send(&frame(
+        r#"{"header":{"request_id":17,"service":"test-service"}}"#,
+    ))
+    .await;
+    let reply = peer.recv().await.unwrap();
+    assert_eq!(reply["header"]["request_id"], 17);
+    assert_eq!(reply["header"]["error_code"], "protocol");
+    assert!(reply["body"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("malformed request"));
+    // The connection stays usable.
+    peer.send_request("18", "add", r#"{"a":1,"b":2}"#).await;
+    let reply = peer.recv().await.unwrap();
+    assert_eq!(
+        (reply["header"]["request_id"].clone(), reply["body"].clone()),
+        (json!(18), json!(3))
+    );
+}
+
+#[tokio::test]
+async fn an_oversize_length_prefix_is_refused_and_the_connection_closed() {
+    let manager = VspManager::builder(SERVICE).max_frame_size(1024).build();
+    common::register_test_endpoints(&manager);
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    let client = client_for(addr);
+
+    let mut bad = RawPeer::connect(addr).await;
+    // Claims 4 GiB; the server must neither allocate it nor wait for it.
+    bad.send(&u32::MAX.to_be_bytes()).await;
+    let reply = bad.recv().await.expect("an error before the close");
+    assert_eq!(reply["header"]["error_code"], "protocol");
+    assert!(reply["body"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("exceeds the maximum of 1024"));
+    assert!(bad.is_closed_by_server().await);
+
+    assert_eq!(
+        client
+            .call(SERVICE, "echo", json!({"value": 3}))
+            .await
+            .unwrap(),
+        json!(3)
+    );
+}
+
+#[tokio::test]
+async fn a_peer_stalled_in_the_middle_of_a_frame_blocks_nobody() {
+    let (_manager, addr) = start_test_server().await;
+    let mut stalled = RawPeer::connect(addr).await;
+    let whole = frame(&request_json("1", "echo", r#"{"value":1}"#));
+    stalled.send(&whole[..whole.len() / 2]).await;
+
+    let client = client_for(addr);
+    for i in 0..10 {
+        assert_eq!(
+            client
+                .call(SERVICE, "echo", json!({"value": i}))
+                .await
+                .unwrap(),
+            json!(i)
+        );
+    }
+    // The stalled peer finishes its frame later and is answered.
+    stalled.send(&whole[whole.len() / 2..]).await;
+    assert_eq!(stalled.recv().await.unwrap()["body"], json!(1));
+}
+
+#[tokio::test]
+async fn pipelined_frames_in_one_write_are_all_answered() {
+    let (_manager, addr) = start_test_server().await;
+    let mut peer = RawPeer::connect(addr).await;
+    let mut batch = Vec::new();
+    for id in 0..50 {
+        batch.extend(frame(&request_json(
+            &id.to_string(),
+            "add",
+            &format!(r#"{{"a":{id},"b":1000}}"#),
+        )));
+    }
+    peer.send(&batch).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..50 {
+        let reply = peer.recv().await.unwrap();
+        let id = reply["header"]["request_id"].as_i64().unwrap();
+        assert_eq!(reply["body"], json!(id + 1000));
+        seen.insert(id);
+    }
+    assert_eq!(seen.len(), 50);
+}
+
+#[tokio::test]
+async fn string_and_integer_request_ids_are_echoed_and_is_response_may_be_missing() {
+    let (_manager, addr) = start_test_server().await;
+    let mut peer = RawPeer::connect(addr).await;
+    peer.send(&frame(r#"{"header":{"request_id":"abc","service":"test-service","endpoint":"add"},"body":{"a":1,"b":1}}"#)).await;
+    let reply = peer.recv().await.unwrap();
+    assert_eq!(reply["header"]["request_id"], "abc");
+    assert_eq!(reply["body"], 2);
+    peer.send_request("99", "add", r#"{"a":2,"b":2}"#).await;
+    assert_eq!(peer.recv().await.unwrap()["header"]["request_id"], 99);
+}
+
+#[tokio::test]
+async fn a_response_sent_to_the_server_is_ignored() {
+    let (_manager, addr) = start_test_server().await;
+    let mut peer = RawPeer::connect(addr).await;
+    peer.send(&frame(r#"{"header":{"request_id":1,"service":"test-service","endpoint":"add","is_response":true},"body":{}}"#)).await;
+    peer.send_request("2", "add", r#"{"a":1,"b":1}"#).await;
+    // The first reply is the second frame's: the response got none.
+    assert_eq!(peer.recv().await.unwrap()["header"]["request_id"], 2);
+}
+
+#[tokio::test]
+async fn registering_an_endpoint_twice_is_an_error() {
+    let manager = common::test_manager();
+    let err = manager
+        .endpoint("echo", |_: serde_json::Value| async { Ok::<_, String>(0) })
+        .unwrap_err();
+    assert!(matches!(err, VspError::DuplicateEndpoint { ref endpoint, .. } if endpoint == "echo"));
+    let err = manager
+        .endpoint("health", |_: serde_json::Value| async {
+            Ok::<_, String>(0)
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, VspError::DuplicateEndpoint { ref endpoint, .. } if endpoint == "health")
+    );
+}
+
+#[tokio::test]
+async fn endpoints_can_be_added_while_serving() {
+    let (manager, addr) = start_test_server().await;
+    let client = client_for(addr);
+    assert!(client.call(SERVICE, "late", json!({})).await.is_err());
+    manager
+        .endpoint("late", |_: serde_json::Value| async {
+            Ok::<_, String>("here")
+        })
+        .unwrap();
+    assert_eq!(
+        client.call(SERVICE, "late", json!({})).await.unwrap(),
+        json!("here")
+    );
+}
+
+#[tokio::test]
+async fn many_bad_peers_at_once_leave_the_server_responsive() {
+    let (manager, addr) = start_test_server().await;
+    let mut peers = Vec::new();
+    for i in 0..20 {
+        let mut peer = RawPeer::connect(addr).await;
+        match i % 3 {
+            0 => peer.send(&frame("garbage")).await,
+            1 => peer.send(&[0, 0, 1]).await, // half a length prefix, then silence
+            _ => peer.send(&u32::MAX.to_be_bytes()).await,
+        }
+        peers.push(peer);
+    }
+    let client = client_for(addr);
+    assert_eq!(
+        client
+            .call(SERVICE, "echo", json!({"value": "ok"}))
+            .await
+            .unwrap(),
+        json!("ok")
+    );
+    drop(peers);
+    // Every bad connection is cleaned up once its peer is gone.
+    let mut active = usize::MAX;
+    for _ in 0..200 {
+        active = manager.get_performance_stats().connections_active;
+        if active == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(active, 1, "only the good client's connection should remain");
+}

@@ -1,0 +1,156 @@
+//! What the end-to-end tests share: a test service with fast, slow, failing and panicking
+//! endpoints, and a raw frame client to send what a well-behaved client never would.
+#![allow(dead_code)] // each test file uses its own part
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use vsp::{ServiceInfo, ServiceMesh, VspClient, VspManager};
+
+pub const SERVICE: &str = "test-service";
+
+#[derive(Debug, Deserialize)]
+pub struct Echo {
+    pub value: Value,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Sleep {
+    pub ms: u64,
+    pub tag: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct Sum {
+    pub a: i64,
+    pub b: i64,
+}
+
+/// A manager with the test endpoints, not started.
+pub fn test_manager() -> VspManager {
+    let manager = VspManager::builder(SERVICE)
+        .drain_timeout(Duration::from_secs(5))
+        .build();
+    register_test_endpoints(&manager);
+    manager
+}
+
+pub fn register_test_endpoints(manager: &VspManager) {
+    manager
+        .endpoint(
+            "echo",
+            |args: Echo| async move { Ok::<_, String>(args.value) },
+        )
+        .unwrap();
+    manager
+        .endpoint("add", |args: Sum| async move {
+            Ok::<_, String>(args.a + args.b)
+        })
+        .unwrap();
+    manager
+        .endpoint("sleep", |args: Sleep| async move {
+            tokio::time::sleep(Duration::from_millis(args.ms)).await;
+            Ok::<_, String>(args.tag)
+        })
+        .unwrap();
+    manager
+        .endpoint("fail", |_: Value| async move {
+            Err::<Value, _>("the handler said no")
+        })
+        .unwrap();
+    manager
+        .endpoint("panic", |_: Value| async move {
+            if true {
+                panic!("handler blew up");
+            }
+            Ok::<Value, String>(Value::Null)
+        })
+        .unwrap();
+    manager
+        .endpoint("error_key", |_: Value| async move {
+            Ok::<_, String>(serde_json::json!({ "error": "not an error, just a field" }))
+        })
+        .unwrap();
+}
+
+/// Starts the test service on an ephemeral loopback port.
+pub async fn start_test_server() -> (VspManager, SocketAddr) {
+    let manager = test_manager();
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    (manager, addr)
+}
+
+/// A client whose mesh knows the test service at `addr`.
+pub fn client_for(addr: SocketAddr) -> VspClient {
+    client_builder_for(addr).build()
+}
+
+pub fn client_builder_for(addr: SocketAddr) -> vsp::VspClientBuilder {
+    let mesh = ServiceMesh::new();
+    mesh.register(ServiceInfo::new(SERVICE, "127.0.0.1", addr.port()))
+        .unwrap();
+    VspClient::builder(mesh)
+}
+
+/// Encodes `json` as one frame.
+pub fn frame(json: &str) -> Vec<u8> {
+    let mut out = (json.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(json.as_bytes());
+    out
+}
+
+/// A request frame's JSON.
+pub fn request_json(id: &str, endpoint: &str, body: &str) -> String {
+    format!(
+        r#"{{"header":{{"request_id":{id},"service":"{SERVICE}","endpoint":"{endpoint}","is_response":false}},"body":{body}}}"#
+    )
+}
+
+/// A raw connection that writes bytes and reads frames, every read bounded.
+pub struct RawPeer {
+    pub stream: TcpStream,
+}
+
+impl RawPeer {
+    pub async fn connect(addr: SocketAddr) -> RawPeer {
+        RawPeer {
+            stream: TcpStream::connect(addr).await.unwrap(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn send_request(&mut self, id: &str, endpoint: &str, body: &str) {
+        self.send(&frame(&request_json(id, endpoint, body))).await;
+    }
+
+    /// The next frame, parsed; `None` if the server closed the connection.
+    pub async fn recv(&mut self) -> Option<Value> {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let mut len = [0u8; 4];
+            if self.stream.read_exact(&mut len).await.is_err() {
+                return None;
+            }
+            let mut json = vec![0u8; u32::from_be_bytes(len) as usize];
+            self.stream.read_exact(&mut json).await.ok()?;
+            Some(serde_json::from_slice(&json).expect("the server sent invalid JSON"))
+        })
+        .await
+        .expect("no frame and no close within 10 s")
+    }
+
+    /// True if the server closed the connection (reads EOF) within 10 s.
+    pub async fn is_closed_by_server(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
