@@ -67,6 +67,11 @@ pub use mesh::{HealthStatus, ServiceInfo, ServiceMesh, ServiceMeshBuilder};
 pub use server::{VspManager, VspManagerBuilder};
 pub use stats::PerformanceStats;
 
+// The README's examples compile as doc tests, so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;
+
 /// The common imports: `use vsp::prelude::*;`.
 pub mod prelude {
     pub use crate::{

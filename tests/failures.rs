@@ -1,0 +1,206 @@
+//! Calls that cannot complete fail clearly and promptly: deadlines, broken connections,
+//! unreachable or unknown services.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{client_builder_for, client_for, start_test_server, SERVICE};
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use vsp::{HealthStatus, ServiceInfo, ServiceMesh, VspClient, VspError};
+
+#[tokio::test]
+async fn a_call_past_its_deadline_times_out_and_frees_its_slot() {
+    let (manager, addr) = start_test_server().await;
+    let client = client_builder_for(addr)
+        .timeout(Duration::from_millis(100))
+        .max_transports(1)
+        .build();
+    let err = client
+        .call(SERVICE, "sleep", json!({"ms": 400, "tag": "late"}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, VspError::Timeout { ref service, ref endpoint, .. } if service == SERVICE && endpoint == "sleep"),
+        "{err:?}"
+    );
+    // Let the late response arrive: it must be dropped, not handed to the next call.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(manager.get_performance_stats().in_flight, 0);
+    let value = client
+        .call(SERVICE, "echo", json!({"value": "next"}))
+        .await
+        .unwrap();
+    assert_eq!(value, json!("next"));
+}
+
+#[tokio::test]
+async fn a_connection_that_breaks_fails_its_calls_at_once() {
+    // A server that reads the request, then drops the connection without answering.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 256];
+            let _ = stream.read(&mut buf).await;
+            drop(stream);
+        }
+    });
+    // A deadline far away: only a prompt failure can end this call.
+    let client = client_builder_for(addr)
+        .timeout(Duration::from_secs(600))
+        .build();
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.call(SERVICE, "echo", json!({"value": 1})),
+    )
+    .await
+    .expect("the call waited instead of failing")
+    .unwrap_err();
+    assert!(
+        matches!(err, VspError::ConnectionClosed { ref endpoint, .. } if endpoint == "echo"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_connection_is_reopened_on_the_next_call() {
+    let (manager, addr) = start_test_server().await;
+    let client = client_for(addr);
+    client
+        .call(SERVICE, "echo", json!({"value": 1}))
+        .await
+        .unwrap();
+    // Close the server's side of every connection, then serve again on the same port.
+    manager.close().await;
+    let second = common::test_manager();
+    let rebound = second.start_server("127.0.0.1", addr.port()).await.unwrap();
+    assert_eq!(rebound, addr);
+    // The first call may still race the close; the next one must use a fresh connection.
+    let mut last = None;
+    for _ in 0..3 {
+        last = Some(client.call(SERVICE, "echo", json!({"value": 2})).await);
+        if matches!(last, Some(Ok(_))) {
+            break;
+        }
+    }
+    assert_eq!(last.unwrap().unwrap(), json!(2));
+    assert_eq!(second.get_performance_stats().connections_total, 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_instance_is_a_connect_error_naming_it() {
+    // Bind then drop, so the port is (almost certainly) closed.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mesh = ServiceMesh::new();
+    mesh.register(ServiceInfo::new(SERVICE, "127.0.0.1", port))
+        .unwrap();
+    let client = VspClient::builder(mesh).build();
+    let err = client.call(SERVICE, "echo", json!({})).await.unwrap_err();
+    match err {
+        VspError::Connect {
+            service, instance, ..
+        } => {
+            assert_eq!(service, SERVICE);
+            assert_eq!(instance, format!("127.0.0.1:{port}"));
+        }
+        other => panic!("expected a connect error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_service_has_no_instances() {
+    let client = VspClient::builder(ServiceMesh::new()).build();
+    let err = client
+        .call("ghost-service", "echo", json!({}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, VspError::NoInstances { ref service } if service == "ghost-service"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn unhealthy_instances_get_no_calls() {
+    let (_manager, addr) = start_test_server().await;
+    let mesh = ServiceMesh::new();
+    // A dead instance marked unhealthy next to the live one: every call must reach the live one.
+    mesh.register(ServiceInfo::new(SERVICE, "127.0.0.1", 1).with_status(HealthStatus::Unhealthy))
+        .unwrap();
+    mesh.register(ServiceInfo::new(SERVICE, "127.0.0.1", addr.port()))
+        .unwrap();
+    let client = VspClient::builder(mesh.clone()).build();
+    for i in 0..10 {
+        assert_eq!(
+            client
+                .call(SERVICE, "echo", json!({"value": i}))
+                .await
+                .unwrap(),
+            json!(i)
+        );
+    }
+    mesh.set_status(SERVICE, "127.0.0.1", addr.port(), HealthStatus::Unhealthy);
+    let err = client
+        .call(SERVICE, "echo", json!({"value": 0}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, VspError::NoHealthyInstances { instances: 2, .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_call_frees_its_slot() {
+    let (manager, addr) = start_test_server().await;
+    let client = client_builder_for(addr).max_transports(1).build();
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .call(SERVICE, "sleep", json!({"ms": 300, "tag": "x"}))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    call.abort();
+    // The server finishes its work; its response finds no caller and is dropped.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(manager.get_performance_stats().in_flight, 0);
+    assert_eq!(
+        client
+            .call(SERVICE, "echo", json!({"value": 9}))
+            .await
+            .unwrap(),
+        json!(9)
+    );
+}
+
+#[test]
+fn invalid_registrations_are_refused_with_the_reason() {
+    let mesh = ServiceMesh::new();
+    for (info, reason) in [
+        (ServiceInfo::new("", "127.0.0.1", 1), "name is empty"),
+        (ServiceInfo::new("s", "", 1), "host is empty"),
+        (ServiceInfo::new("s", "h", 1).with_weight(0.0), "weight 0"),
+        (
+            ServiceInfo::new("s", "h", 1).with_weight(f64::NAN),
+            "weight NaN",
+        ),
+        (ServiceInfo::new("s", "h", 1).with_weight(-1.0), "weight -1"),
+    ] {
+        let err = mesh.register(info).unwrap_err();
+        assert!(err.to_string().contains(reason), "{err} lacks {reason}");
+    }
+}

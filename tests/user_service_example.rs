@@ -1,0 +1,101 @@
+//! The standalone `user_service` example: it serves, answers, and stops gracefully on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+use vsp::{ServiceInfo, ServiceMesh, VspClient};
+
+/// `cargo test` builds the examples next to the test binaries' `deps/` folder.
+fn example_binary(name: &str) -> PathBuf {
+    let mut path = std::env::current_exe().unwrap();
+    path.pop();
+    if path.ends_with("deps") {
+        path.pop();
+    }
+    path.push("examples");
+    path.push(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test]
+async fn user_service_serves_and_stops_gracefully_on_sigterm() {
+    let mut child = Command::new(example_binary("user_service"))
+        .args(["--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (first_tx, first_line) = tokio::sync::oneshot::channel();
+    // Reads stdout to the end, so the example's later output never hits a closed pipe.
+    let output = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = first_tx.send(lines.next());
+        lines.map_while(Result::ok).collect::<Vec<_>>()
+    });
+    let line = tokio::time::timeout(Duration::from_secs(30), first_line)
+        .await
+        .expect("user_service never said it was listening")
+        .unwrap()
+        .expect("user_service printed nothing")
+        .unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+
+    let mesh = ServiceMesh::new();
+    mesh.register(ServiceInfo::new("user-service", "127.0.0.1", addr.port()))
+        .unwrap();
+    let client = VspClient::builder(mesh).build();
+    let user = client
+        .call("user-service", "get_user", json!({"user_id": "123"}))
+        .await
+        .unwrap();
+    assert_eq!(user["name"], "John Doe");
+    let created = client
+        .call(
+            "user-service",
+            "create_user",
+            json!({"name": "Ada", "email": "ada@example.com"}),
+        )
+        .await
+        .unwrap();
+    let updated = client
+        .call(
+            "user-service",
+            "update_user",
+            json!({"user_id": created["id"], "email": "ada@lovelace.org"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (updated["name"].as_str(), updated["email"].as_str()),
+        (Some("Ada"), Some("ada@lovelace.org"))
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .expect("user_service did not exit after SIGTERM")
+    .unwrap()
+    .unwrap();
+    assert!(exit.success(), "user_service exited with {exit}");
+    assert_eq!(output.await.unwrap(), ["shutting down"]);
+}
