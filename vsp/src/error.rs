@@ -272,3 +272,60 @@ impl fmt::Display for ErrorCode {
         }
     }
 }
+
+/// The error of a generated client's call to a service method that returns `Result<T, E>`:
+/// either the service's own error, typed, or what kept the call from completing.
+///
+/// ```
+/// use vsp::{CallError, VspError};
+///
+/// fn describe(err: CallError<String>) -> String {
+///     match err {
+///         CallError::Service(reason) => format!("the service refused: {reason}"),
+///         CallError::Vsp(VspError::Timeout { .. }) => "too slow, try later".to_owned(),
+///         CallError::Vsp(other) => format!("the call failed: {other}"),
+///     }
+/// }
+/// assert_eq!(describe(CallError::Service("no such user".into())), "the service refused: no such user");
+/// ```
+#[derive(Debug)]
+pub enum CallError<E> {
+    /// The service's handler returned this error.
+    Service(E),
+    /// The call did not complete, or failed outside the handler (see [`VspError`]).
+    Vsp(VspError),
+}
+
+impl<E> From<VspError> for CallError<E> {
+    fn from(err: VspError) -> Self {
+        CallError::Vsp(err)
+    }
+}
+
+impl<E: fmt::Debug> fmt::Display for CallError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Service(err) => write!(f, "the service returned an error: {err:?}"),
+            CallError::Vsp(err) => fmt::Display::fmt(err, f),
+        }
+    }
+}
+
+impl<E: fmt::Debug> std::error::Error for CallError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CallError::Service(_) => None,
+            CallError::Vsp(err) => Some(err),
+        }
+    }
+}
+
+impl<E> CallError<E> {
+    /// The service's error, if that is what this is.
+    pub fn service_error(&self) -> Option<&E> {
+        match self {
+            CallError::Service(err) => Some(err),
+            CallError::Vsp(_) => None,
+        }
+    }
+}

@@ -49,6 +49,9 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
 pub mod balancer;
 pub mod client;
 pub mod discovery;
@@ -59,12 +62,121 @@ pub mod server;
 mod stats;
 mod transport;
 
+/// Turns a trait into a VSP service: its endpoints, a server adapter and a typed client.
+///
+/// On a trait whose methods are `async fn(&self, named args...) -> T` or `-> Result<T, E>`,
+/// `#[vsp::service]` (optionally `#[vsp::service(name = "user-service")]`; by default the
+/// kebab-case of the trait name) generates:
+///
+/// - the trait, its methods returning `Send` futures, so implementations written with plain
+///   `async fn` run on a multi-threaded runtime;
+/// - `XxxServer<S>`: wraps an implementation; [`VspManager::serve`] registers each method as an
+///   endpoint whose request body is a JSON object keyed by the parameter names (what a dynamic
+///   [`VspClient::call`] or a Python Velithon client sends);
+/// - `XxxClient`: `Clone`, made with `XxxClient::new(vsp_client)` (or `From<VspClient>`, which
+///   remains when a method is itself named `new`), with one async method per trait method taking
+///   the same arguments. A method returning `T` returns `Result<T, VspError>`; one returning
+///   `Result<T, E>` returns `Result<T, CallError<E>>`, where `CallError::Service(E)` is the
+///   service's own error, typed, and `CallError::Vsp` everything else. The client also carries
+///   `SERVICE_NAME`, one `&str` const per endpoint (`GET_USER`) and `ENDPOINTS`.
+///
+/// Method attributes: `#[vsp(name = "wire-name")]` renames the endpoint on the wire;
+/// `#[vsp(idempotent)]` marks it safe to send again (listed in `ENDPOINTS`).
+///
+/// Arguments and results must be `Serialize + DeserializeOwned`; a type that is not is reported
+/// at the type. Non-async methods, a missing `&self`, pattern arguments, generic methods or
+/// traits and duplicate endpoint names are compile errors at the offending tokens. A service
+/// method's error `E` travels as `{"error": "<E as text>", "data": <E as JSON>}` with code
+/// `handler`: Python clients read the text, generated clients the typed `E`.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use vsp::{CallError, ServiceInfo, ServiceMesh, VspClient, VspManager};
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// pub struct User {
+///     id: String,
+///     name: String,
+/// }
+///
+/// #[derive(Debug, Serialize, Deserialize, PartialEq)]
+/// pub enum UserError {
+///     NotFound(String),
+/// }
+///
+/// #[vsp::service]
+/// pub trait UserService {
+///     /// Looks a user up by id.
+///     async fn get_user(&self, user_id: String) -> Result<User, UserError>;
+///     #[vsp(name = "ping", idempotent)]
+///     async fn health_check(&self) -> String;
+/// }
+///
+/// struct Users;
+///
+/// impl UserService for Users {
+///     async fn get_user(&self, user_id: String) -> Result<User, UserError> {
+///         match user_id.as_str() {
+///             "123" => Ok(User { id: user_id, name: "John Doe".into() }),
+///             _ => Err(UserError::NotFound(user_id)),
+///         }
+///     }
+///
+///     async fn health_check(&self) -> String {
+///         "pong".into()
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = VspManager::builder(UserServiceClient::SERVICE_NAME).build();
+/// manager.serve(UserServiceServer::new(Users))?;
+/// let addr = manager.start_server("127.0.0.1", 0).await?;
+///
+/// let mesh = ServiceMesh::new();
+/// mesh.register(ServiceInfo::new("user-service", "127.0.0.1", addr.port()))?;
+/// let users = UserServiceClient::new(VspClient::builder(mesh).build());
+/// assert_eq!(users.get_user("123".into()).await?.name, "John Doe");
+/// match users.get_user("7".into()).await {
+///     Err(CallError::Service(UserError::NotFound(id))) => assert_eq!(id, "7"),
+///     other => panic!("{other:?}"),
+/// }
+/// assert_eq!(users.health_check().await?, "pong");
+/// assert_eq!(UserServiceClient::HEALTH_CHECK, "ping");
+/// # manager.shutdown().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub use vsp_macros::service;
+
+/// Writes the body of an async function that calls one service method: the `vsp_call` idiom.
+///
+/// `#[vsp::call(Trait::method)]` goes on an `async fn` declared without a body whose first
+/// parameter is the client (`&VspClient`, or the trait's generated client) and whose other
+/// parameters are the method's, in order. The return type is the generated client's
+/// (`Result<T, VspError>`, or `Result<T, CallError<E>>` for methods returning `Result<T, E>`),
+/// or any result whose error converts from it. A method that does not exist, or arguments that do
+/// not match it, fail to compile at your tokens.
+///
+/// ```
+/// use vsp::{VspClient, VspError};
+///
+/// #[vsp::service]
+/// pub trait Greeter {
+///     async fn greet(&self, name: String) -> String;
+/// }
+///
+/// #[vsp::call(Greeter::greet)]
+/// async fn greet_user(client: &VspClient, name: String) -> Result<String, VspError>;
+/// ```
+pub use vsp_macros::call;
+
 pub use balancer::{LoadBalancer, RoundRobinBalancer};
 pub use client::{VspClient, VspClientBuilder};
 pub use discovery::{Discovery, StaticDiscovery};
-pub use error::{ErrorCode, ProtocolError, VspError};
+pub use error::{CallError, ErrorCode, ProtocolError, VspError};
 pub use mesh::{HealthStatus, ServiceInfo, ServiceMesh, ServiceMeshBuilder};
-pub use server::{VspManager, VspManagerBuilder};
+pub use server::{EndpointInfo, Service, VspManager, VspManagerBuilder};
 pub use stats::PerformanceStats;
 
 // The README's examples compile as doc tests, so they cannot drift from the API.

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use connection::{CallFailure, ErrorBody, RawResponse};
 use pool::{InstancePool, PoolError};
 
-use crate::error::{ErrorCode, VspError};
+use crate::error::{CallError, ErrorCode, VspError};
 use crate::mesh::ServiceMesh;
 use crate::protocol::DEFAULT_MAX_FRAME_SIZE;
 
@@ -172,6 +172,24 @@ impl VspClient {
         decode_response(service, endpoint, &response)
     }
 
+    /// A generated client's call to a method returning `Result<T, E>`: the service's `E`
+    /// arrives typed, everything else as [`VspError`].
+    pub(crate) async fn call_service<T: DeserializeOwned, E: DeserializeOwned>(
+        &self,
+        service: &str,
+        endpoint: &str,
+        body: &(impl Serialize + ?Sized),
+    ) -> Result<T, CallError<E>> {
+        let deadline = Instant::now() + self.inner.config.timeout;
+        let response = self.exchange(service, endpoint, body, deadline).await?;
+        if response.error_code == Some(ErrorCode::Handler) {
+            if let Ok(ServiceErrorBody { data }) = serde_json::from_slice(response.body()) {
+                return Err(CallError::Service(data));
+            }
+        }
+        Ok(decode_response(service, endpoint, &response)?)
+    }
+
     async fn exchange(
         &self,
         service: &str,
@@ -267,6 +285,12 @@ impl VspClient {
             .get(endpoint)
             .map_or(0, |pool| pool.open_connections())
     }
+}
+
+/// The body of a service method's typed error.
+#[derive(serde::Deserialize)]
+struct ServiceErrorBody<E> {
+    data: E,
 }
 
 /// Turns a response into the caller's type or the remote error it carries.

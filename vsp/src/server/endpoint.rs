@@ -19,7 +19,7 @@ use super::connection::ServerConnection;
 use super::Lifecycle;
 use crate::error::ErrorCode;
 use crate::protocol::frame::encode_frame;
-use crate::protocol::{write_error_body, write_response_header_end};
+use crate::protocol::{write_error_body, write_json_str, write_response_header_end};
 
 /// A registered endpoint with its argument and result types erased.
 pub(crate) trait Endpoint: Send + Sync + 'static {
@@ -43,13 +43,56 @@ impl<F, A> FnEndpoint<F, A> {
     }
 }
 
-impl<F, A, Fut, T, E> Endpoint for FnEndpoint<F, A>
+/// What a handler's result turns into on the wire.
+pub(crate) trait Outcome: Send + 'static {
+    fn send(self, reply: Reply);
+}
+
+/// A hand-registered endpoint's result: the value, or an error message.
+impl<T, E> Outcome for Result<T, E>
+where
+    T: Serialize + Send + 'static,
+    E: Display + Send + 'static,
+{
+    fn send(self, reply: Reply) {
+        match self {
+            Ok(value) => reply.ok(&value),
+            Err(err) => reply.error(ErrorCode::Handler, &err.to_string()),
+        }
+    }
+}
+
+/// A service method's `Result<T, E>`: the error travels typed, for the generated client.
+pub(crate) struct ServiceResult<T, E>(pub(crate) Result<T, E>);
+
+impl<T, E> Outcome for ServiceResult<T, E>
+where
+    T: Serialize + Send + 'static,
+    E: Serialize + Send + 'static,
+{
+    fn send(self, reply: Reply) {
+        match self.0 {
+            Ok(value) => reply.ok(&value),
+            Err(err) => reply.service_error(&err),
+        }
+    }
+}
+
+/// A service method's plain return value.
+pub(crate) struct ServiceValue<T>(pub(crate) T);
+
+impl<T: Serialize + Send + 'static> Outcome for ServiceValue<T> {
+    fn send(self, reply: Reply) {
+        reply.ok(&self.0);
+    }
+}
+
+impl<F, A, Fut> Endpoint for FnEndpoint<F, A>
 where
     F: Fn(A) -> Fut + Send + Sync + 'static,
     A: DeserializeOwned + Send + 'static,
-    Fut: Future<Output = Result<T, E>> + Send + 'static,
-    T: Serialize + Send + 'static,
-    E: Display + Send + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: Outcome,
 {
     fn start(&self, body: &RawValue, reply: Reply) -> Result<(), (Reply, serde_json::Error)> {
         let args = match serde_json::from_str::<A>(body.get()) {
@@ -64,11 +107,10 @@ where
 
 /// Runs one handler to its answer: its value, its error, `handler` if it panicked, nothing if the
 /// server closed first.
-async fn run_handler<Fut, T, E>(handler: Fut, reply: Reply)
+async fn run_handler<Fut>(handler: Fut, reply: Reply)
 where
-    Fut: Future<Output = Result<T, E>> + Send,
-    T: Serialize,
-    E: Display,
+    Fut: Future + Send,
+    Fut::Output: Outcome,
 {
     let stats = &reply.conn.manager().stats;
     stats.active_workers.fetch_add(1, Ordering::Relaxed);
@@ -81,8 +123,7 @@ where
     };
     stats.active_workers.fetch_sub(1, Ordering::Relaxed);
     match outcome {
-        Some(Ok(Ok(value))) => reply.ok(&value),
-        Some(Ok(Err(err))) => reply.error(ErrorCode::Handler, &err.to_string()),
+        Some(Ok(outcome)) => outcome.send(reply),
         Some(Err(panic)) => {
             let message = format!(
                 "handler of `{}` panicked: {}",
@@ -172,6 +213,37 @@ impl Reply {
             Err(_closed) => {
                 tracing::debug!(endpoint = %self.endpoint, "reply dropped: connection closed")
             }
+        }
+    }
+
+    /// Answers with a service method's typed error: code `handler`, the error as JSON under
+    /// `data` for our clients, and as text under `error` for Velithon's.
+    pub(crate) fn service_error<E: Serialize + ?Sized>(self, err: &E) {
+        let data = match serde_json::value::to_raw_value(err) {
+            Ok(data) => data,
+            Err(ser) => {
+                let message = format!("cannot serialize the error of `{}`: {ser}", self.endpoint);
+                return self.error(ErrorCode::Handler, &message);
+            }
+        };
+        // A string error reads as itself; anything else as its JSON.
+        let message =
+            serde_json::from_str::<String>(data.get()).unwrap_or_else(|_| data.get().to_owned());
+        self.conn.manager().stats.error_sent(&ErrorCode::Handler);
+        let pushed = self.conn.queue().push(|out| {
+            encode_frame(out, |out| {
+                out.extend_from_slice(&self.head);
+                write_response_header_end(out, Some(&ErrorCode::Handler));
+                out.extend_from_slice(b"{\"error\":");
+                write_json_str(out, &message);
+                out.extend_from_slice(b",\"data\":");
+                out.extend_from_slice(data.get().as_bytes());
+                out.extend_from_slice(b"}}");
+                Ok::<_, std::convert::Infallible>(())
+            })
+        });
+        if pushed.is_err() {
+            tracing::debug!(endpoint = %self.endpoint, "error reply dropped: connection closed");
         }
     }
 

@@ -26,7 +26,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use connection::HEALTH_ENDPOINT;
-use endpoint::{Endpoint, FnEndpoint};
+use endpoint::Endpoint;
+pub(crate) use endpoint::{FnEndpoint, ServiceResult, ServiceValue};
 
 use crate::error::VspError;
 use crate::protocol::DEFAULT_MAX_FRAME_SIZE;
@@ -105,6 +106,30 @@ impl ManagerInner {
         }
         moved
     }
+}
+
+/// One endpoint of a `#[vsp::service]` trait, as its generated client lists it in `ENDPOINTS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EndpointInfo {
+    /// The wire name (the method name, or its `#[vsp(name = "...")]`).
+    pub name: &'static str,
+    /// The trait method's name.
+    pub method: &'static str,
+    /// Marked `#[vsp(idempotent)]`: safe to send again after a failure.
+    pub idempotent: bool,
+}
+
+/// A set of endpoints that [`VspManager::serve`] registers together: what `#[vsp::service]`
+/// generates as `XxxServer` for a trait's implementation.
+pub trait Service {
+    /// The wire names of the endpoints `register` adds.
+    fn endpoint_names(&self) -> &'static [&'static str];
+
+    /// Registers every endpoint on `manager`.
+    ///
+    /// # Errors
+    /// [`VspError::DuplicateEndpoint`] if a name is taken.
+    fn register(self, manager: &VspManager) -> Result<(), VspError>;
 }
 
 /// A VSP service: named endpoints served over TCP.
@@ -226,7 +251,31 @@ impl VspManager {
         self.register(name.into(), Arc::new(FnEndpoint::new(handler)))
     }
 
-    fn register(&self, name: String, endpoint: Arc<dyn Endpoint>) -> Result<(), VspError> {
+    /// Registers every endpoint of `service`, such as a `#[vsp::service]` trait's generated
+    /// `XxxServer`. Nothing is registered if one of its names is taken.
+    ///
+    /// # Errors
+    /// [`VspError::DuplicateEndpoint`] naming the first endpoint already registered.
+    pub fn serve(&self, service: impl Service) -> Result<(), VspError> {
+        let registry = self.inner.registry.load();
+        if let Some(taken) = service
+            .endpoint_names()
+            .iter()
+            .find(|name| **name == HEALTH_ENDPOINT || registry.contains_key(**name))
+        {
+            return Err(VspError::DuplicateEndpoint {
+                service: self.inner.name.clone(),
+                endpoint: (*taken).to_owned(),
+            });
+        }
+        service.register(self)
+    }
+
+    pub(crate) fn register(
+        &self,
+        name: String,
+        endpoint: Arc<dyn Endpoint>,
+    ) -> Result<(), VspError> {
         let _registering = self
             .inner
             .registering

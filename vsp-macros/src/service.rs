@@ -1,0 +1,607 @@
+//! `#[vsp::service]`: a trait in, the trait with `Send` futures, its request structs, its
+//! server adapter and its typed client out.
+//!
+//! Parsing checks everything a user can get wrong and reports it at the offending tokens; the
+//! generator then only writes code. Generated code names everything by absolute path so a
+//! user's `Result`, `Option` or `Box` cannot change its meaning.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
+use syn::parse::{Parse, ParseStream};
+use syn::spanned::Spanned;
+use syn::{
+    Attribute, FnArg, GenericArgument, Ident, ItemTrait, LitStr, Pat, PathArguments, ReturnType,
+    Token, TraitItem, TraitItemFn, Type, Visibility,
+};
+
+use crate::naming::{const_name, kebab_case, suffixed};
+
+pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let args: ServiceArgs = syn::parse2(attr)?;
+    let item: ItemTrait = syn::parse2(item)?;
+    Ok(ServiceGenerator::parse(args, item)?.into_token_stream())
+}
+
+/// `#[vsp::service(name = "...")]`.
+#[derive(Default)]
+struct ServiceArgs {
+    name: Option<LitStr>,
+}
+
+impl Parse for ServiceArgs {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let mut args = ServiceArgs::default();
+        while !input.is_empty() {
+            let key: Ident = input.parse()?;
+            if key != "name" {
+                return Err(syn::Error::new(
+                    key.span(),
+                    format!("unknown `vsp::service` option `{key}`; the only option is `name = \"...\"`"),
+                ));
+            }
+            input.parse::<Token![=]>()?;
+            let name: LitStr = input.parse()?;
+            if name.value().is_empty() {
+                return Err(syn::Error::new(
+                    name.span(),
+                    "the service name cannot be empty",
+                ));
+            }
+            args.name = Some(name);
+            if !input.is_empty() {
+                input.parse::<Token![,]>()?;
+            }
+        }
+        Ok(args)
+    }
+}
+
+/// One trait method, checked.
+struct Method {
+    /// Attributes other than `#[vsp(...)]` (docs, cfgs, lints).
+    attrs: Vec<Attribute>,
+    ident: Ident,
+    /// The endpoint's wire name.
+    wire_name: String,
+    idempotent: bool,
+    args: Vec<(Ident, Type)>,
+    output: Output,
+}
+
+enum Output {
+    /// `-> Result<T, E>`: `E` travels typed.
+    Fallible { ok: Type, err: Type, written: Type },
+    /// `-> T`, or nothing.
+    Value(Type),
+}
+
+impl Output {
+    fn written(&self) -> &Type {
+        match self {
+            Output::Fallible { written, .. } => written,
+            Output::Value(ty) => ty,
+        }
+    }
+}
+
+/// Everything needed to write the expansion.
+struct ServiceGenerator {
+    attrs: Vec<Attribute>,
+    vis: Visibility,
+    trait_ident: Ident,
+    service_name: String,
+    methods: Vec<Method>,
+}
+
+impl ServiceGenerator {
+    fn parse(args: ServiceArgs, item: ItemTrait) -> syn::Result<Self> {
+        let mut errors = Errors::default();
+        if let Some(unsafety) = item.unsafety {
+            errors.push(unsafety.span(), "a service trait cannot be `unsafe`");
+        }
+        if let Some(auto) = item.auto_token {
+            errors.push(auto.span(), "a service trait cannot be `auto`");
+        }
+        if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
+            errors.push(
+                item.generics.span(),
+                "generic service traits are not supported: every endpoint needs one concrete wire type per argument",
+            );
+        }
+        if !item.supertraits.is_empty() {
+            errors.push(
+                item.supertraits.span(),
+                "a service trait cannot have supertraits",
+            );
+        }
+        let mut methods: Vec<Method> = Vec::new();
+        for trait_item in item.items {
+            match trait_item {
+                TraitItem::Fn(method) => {
+                    if let Some(method) = parse_method(method, &mut errors) {
+                        if let Some(first) =
+                            methods.iter().find(|m| m.wire_name == method.wire_name)
+                        {
+                            errors.push(
+                                method.ident.span(),
+                                format!(
+                                    "duplicate endpoint name `{}`: method `{}` already uses it",
+                                    method.wire_name, first.ident
+                                ),
+                            );
+                        }
+                        methods.push(method);
+                    }
+                }
+                other => errors.push(
+                    other.span(),
+                    "a service trait can only contain `async fn` methods",
+                ),
+            }
+        }
+        errors.finish()?;
+        let service_name = match args.name {
+            Some(name) => name.value(),
+            None => kebab_case(&item.ident.to_string()),
+        };
+        Ok(ServiceGenerator {
+            attrs: item.attrs,
+            vis: item.vis,
+            trait_ident: item.ident,
+            service_name,
+            methods,
+        })
+    }
+
+    fn client_ident(&self) -> Ident {
+        suffixed(&self.trait_ident, "Client")
+    }
+
+    fn server_ident(&self) -> Ident {
+        suffixed(&self.trait_ident, "Server")
+    }
+
+    fn args_ident(&self, method: &Method) -> Ident {
+        format_ident!("__Vsp{}{}Args", self.trait_ident, camel(&method.ident))
+    }
+
+    /// The trait, with every method returning a `Send` future.
+    fn trait_def(&self) -> TokenStream {
+        let ServiceGenerator {
+            attrs,
+            vis,
+            trait_ident,
+            ..
+        } = self;
+        let methods = self.methods.iter().map(|method| {
+            let Method {
+                attrs,
+                ident,
+                args,
+                output,
+                ..
+            } = method;
+            let names = args.iter().map(|(name, _)| name);
+            let types = args.iter().map(|(_, ty)| ty);
+            let written = output.written();
+            quote! {
+                #(#attrs)*
+                fn #ident(&self, #(#names: #types),*)
+                    -> impl ::core::future::Future<Output = #written> + ::core::marker::Send;
+            }
+        });
+        quote! {
+            #(#attrs)*
+            #vis trait #trait_ident {
+                #(#methods)*
+            }
+        }
+    }
+
+    /// One request struct per method, keyed by parameter names.
+    fn args_structs(&self) -> TokenStream {
+        self.methods
+            .iter()
+            .map(|method| {
+                let ident = self.args_ident(method);
+                let names = method.args.iter().map(|(name, _)| name);
+                let types = method.args.iter().map(|(_, ty)| ty);
+                quote! {
+                    #[derive(::vsp::__private::serde::Serialize, ::vsp::__private::serde::Deserialize)]
+                    #[serde(crate = "::vsp::__private::serde")]
+                    #[allow(non_camel_case_types)]
+                    struct #ident {
+                        #(#names: #types,)*
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Compile-time checks at the user's types, so a type that cannot travel is reported there.
+    fn assertions(&self) -> TokenStream {
+        let mut types: Vec<&Type> = Vec::new();
+        for method in &self.methods {
+            types.extend(method.args.iter().map(|(_, ty)| ty));
+            match &method.output {
+                Output::Fallible { ok, err, .. } => types.extend([ok, err]),
+                Output::Value(ty) => types.push(ty),
+            }
+        }
+        types
+            .into_iter()
+            .map(|ty| {
+                quote_spanned! {ty.span()=>
+                    const _: () = ::vsp::__private::assert_wire_type::<#ty>();
+                }
+            })
+            .collect()
+    }
+
+    fn endpoint_names(&self) -> Vec<&str> {
+        self.methods.iter().map(|m| m.wire_name.as_str()).collect()
+    }
+
+    /// `XxxServer<S>`: registers every method of an implementation as an endpoint.
+    fn server(&self) -> TokenStream {
+        let ServiceGenerator {
+            vis, trait_ident, ..
+        } = self;
+        let server = self.server_ident();
+        let names = self.endpoint_names();
+        let doc = format!(
+            "Serves an implementation of [`{trait_ident}`]: pass it to [`VspManager::serve`](::vsp::VspManager::serve) and every method becomes an endpoint of `{}`.",
+            self.service_name
+        );
+        let registrations = self.methods.iter().map(|method| {
+            let args_ident = self.args_ident(method);
+            let ident = &method.ident;
+            let wire_name = &method.wire_name;
+            let fields = method.args.iter().map(|(name, _)| quote!(args.#name));
+            let register = match method.output {
+                Output::Fallible { .. } => quote!(register_fallible),
+                Output::Value(_) => quote!(register_infallible),
+            };
+            quote! {
+                {
+                    let service = ::core::clone::Clone::clone(&self.service);
+                    ::vsp::__private::#register(manager, #wire_name, move |args: #args_ident| {
+                        let service = ::core::clone::Clone::clone(&service);
+                        async move { <S as #trait_ident>::#ident(&*service, #(#fields),*).await }
+                    })?;
+                }
+            }
+        });
+        quote! {
+            #[doc = #doc]
+            #vis struct #server<S> {
+                service: ::std::sync::Arc<S>,
+            }
+
+            impl<S> #server<S> {
+                /// Wraps the implementation to be served.
+                pub fn new(service: S) -> Self {
+                    #server { service: ::std::sync::Arc::new(service) }
+                }
+
+                /// Wraps an implementation shared with other owners.
+                pub fn from_arc(service: ::std::sync::Arc<S>) -> Self {
+                    #server { service }
+                }
+            }
+
+            impl<S> ::core::clone::Clone for #server<S> {
+                fn clone(&self) -> Self {
+                    #server { service: ::core::clone::Clone::clone(&self.service) }
+                }
+            }
+
+            impl<S> ::vsp::Service for #server<S>
+            where
+                S: #trait_ident + ::core::marker::Send + ::core::marker::Sync + 'static,
+            {
+                fn endpoint_names(&self) -> &'static [&'static str] {
+                    &[#(#names),*]
+                }
+
+                fn register(self, manager: &::vsp::VspManager) -> ::core::result::Result<(), ::vsp::VspError> {
+                    #(#registrations)*
+                    ::core::result::Result::Ok(())
+                }
+            }
+        }
+    }
+
+    /// `XxxClient`: one async method per trait method.
+    fn client(&self) -> TokenStream {
+        let ServiceGenerator {
+            vis,
+            trait_ident,
+            service_name,
+            ..
+        } = self;
+        let client = self.client_ident();
+        let doc = format!(
+            "Calls `{service_name}` ([`{trait_ident}`]) through a [`VspClient`](::vsp::VspClient): the mesh picks the instance, the pool the connection."
+        );
+        let consts = self.methods.iter().map(|method| {
+            let name = const_name(&method.ident);
+            let wire_name = &method.wire_name;
+            let doc = format!("The wire name of [`{trait_ident}::{}`].", method.ident);
+            quote! {
+                #[doc = #doc]
+                pub const #name: &'static str = #wire_name;
+            }
+        });
+        let infos = self.methods.iter().map(|method| {
+            let wire_name = &method.wire_name;
+            let method_name = method.ident.to_string();
+            let idempotent = method.idempotent;
+            quote! {
+                ::vsp::EndpointInfo { name: #wire_name, method: #method_name, idempotent: #idempotent }
+            }
+        });
+        let methods = self.methods.iter().map(|method| {
+            let Method {
+                attrs,
+                ident,
+                args,
+                output,
+                wire_name,
+                ..
+            } = method;
+            let args_ident = self.args_ident(method);
+            let names: Vec<&Ident> = args.iter().map(|(name, _)| name).collect();
+            let types = args.iter().map(|(_, ty)| ty);
+            let (ret, call) = match output {
+                Output::Fallible { ok, err, .. } => (
+                    quote!(::core::result::Result<#ok, ::vsp::CallError<#err>>),
+                    quote!(call_fallible),
+                ),
+                Output::Value(ty) => (
+                    quote!(::core::result::Result<#ty, ::vsp::VspError>),
+                    quote!(call_infallible),
+                ),
+            };
+            quote! {
+                #(#attrs)*
+                pub async fn #ident(&self, #(#names: #types),*) -> #ret {
+                    ::vsp::__private::#call(
+                        &self.client,
+                        #service_name,
+                        #wire_name,
+                        &#args_ident { #(#names),* },
+                    )
+                    .await
+                }
+            }
+        });
+        // A trait method named `new` takes the constructor's name; `From<VspClient>` remains.
+        let constructor = (!self.methods.iter().any(|m| m.ident == "new")).then(|| {
+            quote! {
+                /// A client that calls through `client`.
+                pub fn new(client: ::vsp::VspClient) -> Self {
+                    #client { client }
+                }
+            }
+        });
+        quote! {
+            #[doc = #doc]
+            #[derive(::core::clone::Clone, ::core::fmt::Debug)]
+            #vis struct #client {
+                client: ::vsp::VspClient,
+            }
+
+            impl ::core::convert::From<::vsp::VspClient> for #client {
+                fn from(client: ::vsp::VspClient) -> Self {
+                    #client { client }
+                }
+            }
+
+            impl #client {
+                /// The service name on the wire.
+                pub const SERVICE_NAME: &'static str = #service_name;
+
+                /// Every endpoint of the service.
+                pub const ENDPOINTS: &'static [::vsp::EndpointInfo] = &[#(#infos),*];
+
+                #(#consts)*
+
+                #constructor
+
+                #(#methods)*
+            }
+        }
+    }
+}
+
+impl ToTokens for ServiceGenerator {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        let trait_def = self.trait_def();
+        let server = self.server();
+        let client = self.client();
+        let args_structs = self.args_structs();
+        let assertions = self.assertions();
+        tokens.extend(quote! {
+            #trait_def
+            #server
+            #client
+            #args_structs
+            #assertions
+        });
+    }
+}
+
+/// `get_user` -> `GetUser`, for generated type names.
+fn camel(ident: &Ident) -> String {
+    ident
+        .to_string()
+        .trim_start_matches("r#")
+        .split('_')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|first| first.to_uppercase().chain(chars).collect::<String>())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn parse_method(method: TraitItemFn, errors: &mut Errors) -> Option<Method> {
+    let TraitItemFn {
+        attrs,
+        sig,
+        default,
+        ..
+    } = method;
+    let before = errors.len();
+    if let Some(body) = &default {
+        errors.push(body.span(), "a service method cannot have a default body");
+    }
+    if sig.asyncness.is_none() {
+        errors.push(sig.fn_token.span(), "service methods must be `async fn`");
+    }
+    if let Some(constness) = sig.constness {
+        errors.push(constness.span(), "service methods cannot be `const`");
+    }
+    if let Some(unsafety) = sig.unsafety {
+        errors.push(unsafety.span(), "service methods cannot be `unsafe`");
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        errors.push(
+            sig.generics.span(),
+            "generic methods are not supported: an endpoint needs one concrete wire type per argument",
+        );
+    }
+    if let Some(variadic) = &sig.variadic {
+        errors.push(variadic.span(), "variadic methods are not supported");
+    }
+
+    let mut inputs = sig.inputs.iter();
+    match inputs.next() {
+        Some(FnArg::Receiver(receiver))
+            if receiver.reference.is_some() && receiver.mutability.is_none() => {}
+        Some(FnArg::Receiver(receiver)) => errors.push(
+            receiver.span(),
+            "service methods take `&self`: a service is shared by every connection",
+        ),
+        _ => errors.push(
+            sig.ident.span(),
+            "service methods take `&self` as their first parameter",
+        ),
+    }
+    let mut args = Vec::new();
+    for input in inputs {
+        let FnArg::Typed(arg) = input else { continue };
+        match &*arg.pat {
+            Pat::Ident(pat) if pat.by_ref.is_none() && pat.mutability.is_none() && pat.subpat.is_none() => {
+                if let Type::ImplTrait(ty) = &*arg.ty {
+                    errors.push(ty.span(), "`impl Trait` arguments are generic, which endpoints do not support: use a concrete type");
+                } else {
+                    args.push((pat.ident.clone(), (*arg.ty).clone()));
+                }
+            }
+            other => errors.push(
+                other.span(),
+                "service method arguments must be plain names: each name is a key of the request's JSON object",
+            ),
+        }
+    }
+
+    let mut wire_name = sig.ident.to_string().trim_start_matches("r#").to_owned();
+    let mut idempotent = false;
+    let mut kept_attrs = Vec::new();
+    for attr in attrs {
+        if !attr.path().is_ident("vsp") {
+            kept_attrs.push(attr);
+            continue;
+        }
+        let parsed = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("name") {
+                let name: LitStr = meta.value()?.parse()?;
+                if name.value().is_empty() {
+                    return Err(syn::Error::new(
+                        name.span(),
+                        "an endpoint name cannot be empty",
+                    ));
+                }
+                wire_name = name.value();
+                Ok(())
+            } else if meta.path.is_ident("idempotent") {
+                idempotent = true;
+                Ok(())
+            } else {
+                Err(meta.error("unknown `vsp` option; expected `name = \"...\"` or `idempotent`"))
+            }
+        });
+        if let Err(err) = parsed {
+            errors.push_error(err);
+        }
+    }
+
+    let output = match &sig.output {
+        ReturnType::Default => Output::Value(syn::parse_quote!(())),
+        ReturnType::Type(_, ty) => match result_types(ty) {
+            Some((ok, err)) => Output::Fallible {
+                ok,
+                err,
+                written: (**ty).clone(),
+            },
+            None => Output::Value((**ty).clone()),
+        },
+    };
+    (errors.len() == before).then_some(Method {
+        attrs: kept_attrs,
+        ident: sig.ident,
+        wire_name,
+        idempotent,
+        args,
+        output,
+    })
+}
+
+/// `T` and `E` of a return type spelled `Result<T, E>` (any path ending in `Result` with two
+/// type arguments).
+fn result_types(ty: &Type) -> Option<(Type, Type)> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(generics) = &last.arguments else {
+        return None;
+    };
+    let mut types = generics.args.iter().filter_map(|arg| match arg {
+        GenericArgument::Type(ty) => Some(ty.clone()),
+        _ => None,
+    });
+    let (ok, err) = (types.next()?, types.next()?);
+    (types.next().is_none() && generics.args.len() == 2).then_some((ok, err))
+}
+
+/// Collects every error so the user sees them all at once.
+#[derive(Default)]
+struct Errors(Option<syn::Error>);
+
+impl Errors {
+    fn push(&mut self, span: Span, message: impl std::fmt::Display) {
+        self.push_error(syn::Error::new(span, message));
+    }
+
+    fn push_error(&mut self, error: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |all| all.into_iter().count())
+    }
+
+    fn finish(self) -> syn::Result<()> {
+        self.0.map_or(Ok(()), Err)
+    }
+}

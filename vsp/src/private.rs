@@ -1,0 +1,86 @@
+//! Support for the code that `#[vsp::service]` and `#[vsp::call]` generate. Not a public API:
+//! it changes without notice.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use serde;
+
+use crate::error::{CallError, VspError};
+use crate::server::{FnEndpoint, ServiceResult, ServiceValue};
+use crate::{VspClient, VspManager};
+
+/// A type that can travel in a VSP call, as an argument or a result.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot travel in a VSP call: it must implement `serde::Serialize` and `serde::de::DeserializeOwned`",
+    label = "used in a VSP service method here",
+    note = "derive them: `#[derive(serde::Serialize, serde::Deserialize)]`"
+)]
+pub trait WireType: Serialize + DeserializeOwned {}
+
+impl<T: Serialize + DeserializeOwned> WireType for T {}
+
+/// A compile-time check, placed at the user's type by the macro.
+pub const fn assert_wire_type<T: WireType>() {}
+
+/// Registers a service method returning `Result<T, E>`; `E` travels typed.
+pub fn register_fallible<F, A, Fut, T, E>(
+    manager: &VspManager,
+    endpoint: &'static str,
+    handler: F,
+) -> Result<(), VspError>
+where
+    F: Fn(A) -> Fut + Send + Sync + 'static,
+    A: DeserializeOwned + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+    T: Serialize + Send + 'static,
+    E: Serialize + Send + 'static,
+{
+    let endpoint_impl = FnEndpoint::new(move |args: A| {
+        let running = handler(args);
+        async move { ServiceResult(running.await) }
+    });
+    manager.register(endpoint.to_owned(), Arc::new(endpoint_impl))
+}
+
+/// Registers a service method returning a plain `T`.
+pub fn register_infallible<F, A, Fut, T>(
+    manager: &VspManager,
+    endpoint: &'static str,
+    handler: F,
+) -> Result<(), VspError>
+where
+    F: Fn(A) -> Fut + Send + Sync + 'static,
+    A: DeserializeOwned + Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+    T: Serialize + Send + 'static,
+{
+    let endpoint_impl = FnEndpoint::new(move |args: A| {
+        let running = handler(args);
+        async move { ServiceValue(running.await) }
+    });
+    manager.register(endpoint.to_owned(), Arc::new(endpoint_impl))
+}
+
+/// Calls a method returning `Result<T, E>`.
+pub async fn call_fallible<T: DeserializeOwned, E: DeserializeOwned>(
+    client: &VspClient,
+    service: &str,
+    endpoint: &str,
+    args: &impl Serialize,
+) -> Result<T, CallError<E>> {
+    client.call_service(service, endpoint, args).await
+}
+
+/// Calls a method returning a plain `T`.
+pub async fn call_infallible<T: DeserializeOwned>(
+    client: &VspClient,
+    service: &str,
+    endpoint: &str,
+    args: &impl Serialize,
+) -> Result<T, VspError> {
+    client.call_typed(service, endpoint, args).await
+}
