@@ -65,23 +65,16 @@ struct Method {
     wire_name: String,
     idempotent: bool,
     args: Vec<(Ident, Type)>,
+    /// The return type as written (`()` when there is none).
+    ret: Type,
     output: Output,
 }
 
 enum Output {
     /// `-> Result<T, E>`: `E` travels typed.
-    Fallible { ok: Type, err: Type, written: Type },
+    Fallible { ok: Box<Type>, err: Box<Type> },
     /// `-> T`, or nothing.
-    Value(Type),
-}
-
-impl Output {
-    fn written(&self) -> &Type {
-        match self {
-            Output::Fallible { written, .. } => written,
-            Output::Value(ty) => ty,
-        }
-    }
+    Value,
 }
 
 /// Everything needed to write the expansion.
@@ -178,16 +171,15 @@ impl ServiceGenerator {
                 attrs,
                 ident,
                 args,
-                output,
+                ret,
                 ..
             } = method;
             let names = args.iter().map(|(name, _)| name);
             let types = args.iter().map(|(_, ty)| ty);
-            let written = output.written();
             quote! {
                 #(#attrs)*
                 fn #ident(&self, #(#names: #types),*)
-                    -> impl ::core::future::Future<Output = #written> + ::core::marker::Send;
+                    -> impl ::core::future::Future<Output = #ret> + ::core::marker::Send;
             }
         });
         quote! {
@@ -209,7 +201,7 @@ impl ServiceGenerator {
                 quote! {
                     #[derive(::vsp::__private::serde::Serialize, ::vsp::__private::serde::Deserialize)]
                     #[serde(crate = "::vsp::__private::serde")]
-                    #[allow(non_camel_case_types)]
+                    #[doc(hidden)]
                     struct #ident {
                         #(#names: #types,)*
                     }
@@ -224,8 +216,8 @@ impl ServiceGenerator {
         for method in &self.methods {
             types.extend(method.args.iter().map(|(_, ty)| ty));
             match &method.output {
-                Output::Fallible { ok, err, .. } => types.extend([ok, err]),
-                Output::Value(ty) => types.push(ty),
+                Output::Fallible { ok, err } => types.extend([&**ok, &**err]),
+                Output::Value => types.push(&method.ret),
             }
         }
         types
@@ -260,7 +252,7 @@ impl ServiceGenerator {
             let fields = method.args.iter().map(|(name, _)| quote!(args.#name));
             let register = match method.output {
                 Output::Fallible { .. } => quote!(register_fallible),
-                Output::Value(_) => quote!(register_infallible),
+                Output::Value => quote!(register_infallible),
             };
             quote! {
                 {
@@ -346,6 +338,7 @@ impl ServiceGenerator {
                 attrs,
                 ident,
                 args,
+                ret,
                 output,
                 wire_name,
                 ..
@@ -354,12 +347,12 @@ impl ServiceGenerator {
             let names: Vec<&Ident> = args.iter().map(|(name, _)| name).collect();
             let types = args.iter().map(|(_, ty)| ty);
             let (ret, call) = match output {
-                Output::Fallible { ok, err, .. } => (
+                Output::Fallible { ok, err } => (
                     quote!(::core::result::Result<#ok, ::vsp::CallError<#err>>),
                     quote!(call_fallible),
                 ),
-                Output::Value(ty) => (
-                    quote!(::core::result::Result<#ty, ::vsp::VspError>),
+                Output::Value => (
+                    quote!(::core::result::Result<#ret, ::vsp::VspError>),
                     quote!(call_infallible),
                 ),
             };
@@ -541,16 +534,16 @@ fn parse_method(method: TraitItemFn, errors: &mut Errors) -> Option<Method> {
         }
     }
 
-    let output = match &sig.output {
-        ReturnType::Default => Output::Value(syn::parse_quote!(())),
-        ReturnType::Type(_, ty) => match result_types(ty) {
-            Some((ok, err)) => Output::Fallible {
-                ok,
-                err,
-                written: (**ty).clone(),
-            },
-            None => Output::Value((**ty).clone()),
+    let ret: Type = match &sig.output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, ty) => (**ty).clone(),
+    };
+    let output = match result_types(&ret) {
+        Some((ok, err)) => Output::Fallible {
+            ok: Box::new(ok),
+            err: Box::new(err),
         },
+        None => Output::Value,
     };
     (errors.len() == before).then_some(Method {
         attrs: kept_attrs,
@@ -558,6 +551,7 @@ fn parse_method(method: TraitItemFn, errors: &mut Errors) -> Option<Method> {
         wire_name,
         idempotent,
         args,
+        ret,
         output,
     })
 }
