@@ -198,7 +198,9 @@ impl ServiceGenerator {
                 let ident = self.args_ident(method);
                 let names = method.args.iter().map(|(name, _)| name);
                 let types = method.args.iter().map(|(_, ty)| ty);
-                quote! {
+                // The derive's own errors (a field type that is not serde) then point at the
+                // method, not at `#[vsp::service]`.
+                quote_spanned! {method.ident.span()=>
                     #[derive(::vsp::__private::serde::Serialize, ::vsp::__private::serde::Deserialize)]
                     #[serde(crate = "::vsp::__private::serde")]
                     #[doc(hidden)]
@@ -254,13 +256,17 @@ impl ServiceGenerator {
                 Output::Fallible { .. } => quote!(register_fallible),
                 Output::Value => quote!(register_infallible),
             };
+            // Spanned at the method: an unmet bound on its types is reported there.
+            let register = quote_spanned! {ident.span()=>
+                ::vsp::__private::#register(manager, #wire_name, move |args: #args_ident| {
+                    let service = ::core::clone::Clone::clone(&service);
+                    async move { <S as #trait_ident>::#ident(&*service, #(#fields),*).await }
+                })
+            };
             quote! {
                 {
                     let service = ::core::clone::Clone::clone(&self.service);
-                    ::vsp::__private::#register(manager, #wire_name, move |args: #args_ident| {
-                        let service = ::core::clone::Clone::clone(&service);
-                        async move { <S as #trait_ident>::#ident(&*service, #(#fields),*).await }
-                    })?;
+                    #register?;
                 }
             }
         });
@@ -356,16 +362,19 @@ impl ServiceGenerator {
                     quote!(call_infallible),
                 ),
             };
+            // Spanned at the return type: an unmet bound on it is reported there.
+            let call_expr = quote_spanned! {method.ret.span()=>
+                ::vsp::__private::#call(
+                    &self.client,
+                    #service_name,
+                    #wire_name,
+                    &#args_ident { #(#names),* },
+                )
+            };
             quote! {
                 #(#attrs)*
                 pub async fn #ident(&self, #(#names: #types),*) -> #ret {
-                    ::vsp::__private::#call(
-                        &self.client,
-                        #service_name,
-                        #wire_name,
-                        &#args_ident { #(#names),* },
-                    )
-                    .await
+                    #call_expr.await
                 }
             }
         });

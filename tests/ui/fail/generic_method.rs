@@ -1,0 +1,6 @@
+#[vsp::service]
+pub trait Api {
+    async fn get<T>(&self, id: T) -> String;
+}
+
+fn main() {}
