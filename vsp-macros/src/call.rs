@@ -150,6 +150,8 @@ impl CallGenerator {
         };
         quote! {
             #(#attrs)*
+            // The client may already be the generated one, and the error already the declared one.
+            #[allow(clippy::useless_conversion)]
             #vis #sig {
                 ::core::result::Result::map_err(#call.await, ::core::convert::Into::into)
             }

@@ -251,16 +251,16 @@ impl ServiceGenerator {
             let args_ident = self.args_ident(method);
             let ident = &method.ident;
             let wire_name = &method.wire_name;
-            let fields = method.args.iter().map(|(name, _)| quote!(args.#name));
+            let names: Vec<&Ident> = method.args.iter().map(|(name, _)| name).collect();
             let register = match method.output {
                 Output::Fallible { .. } => quote!(register_fallible),
                 Output::Value => quote!(register_infallible),
             };
             // Spanned at the method: an unmet bound on its types is reported there.
             let register = quote_spanned! {ident.span()=>
-                ::vsp::__private::#register(manager, #wire_name, move |args: #args_ident| {
+                ::vsp::__private::#register(manager, #wire_name, move |#args_ident { #(#names),* }| {
                     let service = ::core::clone::Clone::clone(&service);
-                    async move { <S as #trait_ident>::#ident(&*service, #(#fields),*).await }
+                    async move { <S as #trait_ident>::#ident(&*service, #(#names),*).await }
                 })
             };
             quote! {
