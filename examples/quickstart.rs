@@ -2,11 +2,9 @@
 //!
 //! `cargo run --example quickstart`
 
-use std::sync::Arc;
-
 use serde_json::json;
-use vsp::{ServiceInfo, ServiceMesh, VspClient, VspError, VspManager};
-use vsp_suite::user_service::{self, User, Users, SERVICE};
+use vsp::{CallError, ServiceInfo, ServiceMesh, VspClient, VspManager};
+use vsp_suite::user_service::{UserError, UserServiceClient, UserServiceServer, Users};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -14,52 +12,45 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
 
-    // The service: three endpoints on an ephemeral loopback port.
-    let manager = VspManager::builder(SERVICE).build();
-    user_service::register(&manager, Arc::new(Users::default()))?;
+    // The service: every method of the `UserService` trait becomes an endpoint.
+    let manager = VspManager::builder(UserServiceClient::SERVICE_NAME).build();
+    manager.serve(UserServiceServer::new(Users::default()))?;
     let addr = manager.start_server("127.0.0.1", 0).await?;
     println!("user-service listening on {addr}");
 
-    // A caller: static discovery on loopback, round robin, pooled connections.
+    // A caller: static discovery on loopback, round robin, pooled multiplexed connections.
     let mesh = ServiceMesh::new();
-    mesh.register(ServiceInfo::new(SERVICE, "127.0.0.1", addr.port()))?;
+    mesh.register(ServiceInfo::new("user-service", "127.0.0.1", addr.port()))?;
     let client = VspClient::builder(mesh).max_transports(5).build();
+    let users = UserServiceClient::new(client.clone());
 
-    let user: User = client
-        .call_typed(SERVICE, "get_user", json!({ "user_id": "123" }))
-        .await?;
+    let user = users.get_user("123".into()).await?;
     println!("get_user    -> {user:?}");
 
-    let created = client
-        .call(
-            SERVICE,
-            "create_user",
-            json!({ "name": "Ada", "email": "ada@example.com" }),
-        )
+    let created = users
+        .create_user("Ada".into(), "ada@example.com".into())
         .await?;
-    println!("create_user -> {created}");
+    println!("create_user -> {created:?}");
 
-    let updated = client
-        .call(
-            SERVICE,
-            "update_user",
-            json!({ "user_id": created["id"], "name": "Ada Lovelace" }),
-        )
+    let updated = users
+        .update_user(created.id.clone(), Some("Ada Lovelace".into()), None)
         .await?;
-    println!("update_user -> {updated}");
+    println!("update_user -> {updated:?}");
 
-    let health = client.call(SERVICE, "health", json!({})).await?;
-    println!("health      -> {health}");
-
-    match client
-        .call(SERVICE, "get_user", json!({ "user_id": "nobody" }))
-        .await
-    {
-        Err(VspError::Remote { code, message, .. }) => {
-            println!("get_user    -> remote error ({code}): {message}")
+    match users.get_user("nobody".into()).await {
+        Err(CallError::Service(UserError::NotFound { user_id })) => {
+            println!("get_user    -> the service says: no user {user_id}")
         }
-        other => return Err(format!("expected a remote error, got {other:?}").into()),
+        other => return Err(format!("expected NotFound, got {other:?}").into()),
     }
+
+    // The dynamic API: same wire, for gateways and callers in other languages.
+    let raw = client
+        .call("user-service", "get_user", json!({ "user_id": "123" }))
+        .await?;
+    println!("dynamic     -> {raw}");
+    let health = client.call("user-service", "health", json!({})).await?;
+    println!("health      -> {health}");
 
     let stats = manager.get_performance_stats();
     println!("stats       -> {}", serde_json::to_string(&stats)?);

@@ -3,10 +3,9 @@
 //! Prints `listening on <addr>` once ready; shuts down gracefully on SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use vsp::VspManager;
-use vsp_suite::user_service::{self, Users, SERVICE};
+use vsp_suite::user_service::{UserServiceClient, UserServiceServer, Users};
 
 const USAGE: &str = "usage: user_service [--addr HOST:PORT]   (default 127.0.0.1:9090)";
 
@@ -34,8 +33,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    let manager = VspManager::builder(SERVICE).build();
-    user_service::register(&manager, Arc::new(Users::default()))?;
+    let manager = VspManager::builder(UserServiceClient::SERVICE_NAME).build();
+    manager.serve(UserServiceServer::new(Users::default()))?;
     let bound = manager
         .start_server(&addr.ip().to_string(), addr.port())
         .await?;

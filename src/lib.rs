@@ -7,13 +7,9 @@ pub mod user_service {
 
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     use serde::{Deserialize, Serialize};
-    use vsp::{VspError, VspManager};
-
-    /// The service name.
-    pub const SERVICE: &str = "user-service";
 
     /// A user record.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,25 +19,30 @@ pub mod user_service {
         pub email: String,
     }
 
-    #[derive(Deserialize)]
-    struct GetUser {
-        user_id: String,
+    /// Why a user operation failed.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub enum UserError {
+        /// No user has this id.
+        NotFound { user_id: String },
     }
 
-    #[derive(Deserialize)]
-    struct CreateUser {
-        name: String,
-        email: String,
+    /// The users of the system.
+    #[vsp::service(name = "user-service")]
+    pub trait UserService {
+        /// The user with this id.
+        async fn get_user(&self, user_id: String) -> Result<User, UserError>;
+        /// Creates a user and returns it with its new id.
+        async fn create_user(&self, name: String, email: String) -> User;
+        /// Changes the fields given; the others keep their values.
+        async fn update_user(
+            &self,
+            user_id: String,
+            name: Option<String>,
+            email: Option<String>,
+        ) -> Result<User, UserError>;
     }
 
-    #[derive(Deserialize)]
-    struct UpdateUser {
-        user_id: String,
-        name: Option<String>,
-        email: Option<String>,
-    }
-
-    /// The store behind the endpoints.
+    /// An in-memory implementation.
     #[derive(Debug)]
     pub struct Users {
         users: Mutex<HashMap<String, User>>,
@@ -62,16 +63,16 @@ pub mod user_service {
         }
     }
 
-    impl Users {
-        fn get(&self, user_id: &str) -> Result<User, String> {
+    impl UserService for Users {
+        async fn get_user(&self, user_id: String) -> Result<User, UserError> {
             let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
             users
-                .get(user_id)
+                .get(&user_id)
                 .cloned()
-                .ok_or_else(|| format!("user {user_id} not found"))
+                .ok_or(UserError::NotFound { user_id })
         }
 
-        fn create(&self, name: String, email: String) -> User {
+        async fn create_user(&self, name: String, email: String) -> User {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
             let user = User { id, name, email };
             let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
@@ -79,37 +80,23 @@ pub mod user_service {
             user
         }
 
-        fn update(&self, args: UpdateUser) -> Result<User, String> {
+        async fn update_user(
+            &self,
+            user_id: String,
+            name: Option<String>,
+            email: Option<String>,
+        ) -> Result<User, UserError> {
             let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-            let user = users
-                .get_mut(&args.user_id)
-                .ok_or_else(|| format!("user {} not found", args.user_id))?;
-            if let Some(name) = args.name {
+            let Some(user) = users.get_mut(&user_id) else {
+                return Err(UserError::NotFound { user_id });
+            };
+            if let Some(name) = name {
                 user.name = name;
             }
-            if let Some(email) = args.email {
+            if let Some(email) = email {
                 user.email = email;
             }
             Ok(user.clone())
         }
-    }
-
-    /// Registers the three endpoints on `manager`.
-    pub fn register(manager: &VspManager, users: Arc<Users>) -> Result<(), VspError> {
-        let store = users.clone();
-        manager.endpoint("get_user", move |args: GetUser| {
-            let store = store.clone();
-            async move { store.get(&args.user_id) }
-        })?;
-        let store = users.clone();
-        manager.endpoint("create_user", move |args: CreateUser| {
-            let store = store.clone();
-            async move { Ok::<_, String>(store.create(args.name, args.email)) }
-        })?;
-        manager.endpoint("update_user", move |args: UpdateUser| {
-            let store = users.clone();
-            async move { store.update(args) }
-        })?;
-        Ok(())
     }
 }
