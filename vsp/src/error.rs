@@ -148,6 +148,16 @@ pub enum VspError {
         source: io::Error,
     },
 
+    /// The worker threads of a `Multicore` manager could not be started.
+    #[error("cannot start {workers} worker thread(s): {source}")]
+    WorkerPool {
+        /// The threads asked for.
+        workers: usize,
+        /// Why they could not start.
+        #[source]
+        source: io::Error,
+    },
+
     /// `start_server` was called on a manager that is already serving or has shut down.
     #[error("service `{service}` is already started or shut down")]
     AlreadyStarted {

@@ -176,8 +176,8 @@ pub use client::{VspClient, VspClientBuilder};
 pub use discovery::{Discovery, StaticDiscovery};
 pub use error::{CallError, ErrorCode, ProtocolError, VspError};
 pub use mesh::{HealthStatus, ServiceInfo, ServiceMesh, ServiceMeshBuilder};
-pub use server::{EndpointInfo, Service, VspManager, VspManagerBuilder};
-pub use stats::PerformanceStats;
+pub use server::{EndpointInfo, Service, VspManager, VspManagerBuilder, WorkerType};
+pub use stats::{EndpointStats, PerformanceStats};
 
 // The README's examples compile as doc tests, so they cannot drift from the API.
 #[cfg(doctest)]

@@ -2,7 +2,6 @@
 //! it changes without notice.
 
 use std::future::Future;
-use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -43,7 +42,7 @@ where
         let running = handler(args);
         async move { ServiceResult(running.await) }
     });
-    manager.register(endpoint.to_owned(), Arc::new(endpoint_impl))
+    manager.register(endpoint.to_owned(), Box::new(endpoint_impl))
 }
 
 /// Registers a service method returning a plain `T`.
@@ -62,7 +61,7 @@ where
         let running = handler(args);
         async move { ServiceValue(running.await) }
     });
-    manager.register(endpoint.to_owned(), Arc::new(endpoint_impl))
+    manager.register(endpoint.to_owned(), Box::new(endpoint_impl))
 }
 
 /// Calls a method returning `Result<T, E>`.

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -140,7 +140,7 @@ fn dispatch(conn: &Arc<ServerConnection>, frame: &Bytes) -> Result<(), String> {
             let reply = Reply::new(
                 conn.clone(),
                 response_head(request_id.get(), "", ""),
-                Arc::from(""),
+                None,
             );
             reply.error(ErrorCode::Protocol, &format!("malformed request: {detail}"));
             return Ok(());
@@ -162,18 +162,14 @@ fn dispatch(conn: &Arc<ServerConnection>, frame: &Bytes) -> Result<(), String> {
     let endpoint_name = envelope.endpoint();
 
     if manager.state() != Lifecycle::Running {
-        let reply = Reply::new(conn.clone(), head, Arc::from(endpoint_name));
+        let reply = Reply::new(conn.clone(), head, None);
         let message = format!("service `{}` is shutting down", manager.name);
         reply.error(ErrorCode::ShuttingDown, &message);
         return Ok(());
     }
-    if endpoint_name == HEALTH_ENDPOINT {
-        Reply::new(conn.clone(), head, Arc::from(HEALTH_ENDPOINT)).ok(&Health::now());
-        return Ok(());
-    }
     let registry = manager.registry.load();
-    let Some((name, endpoint)) = registry.get_key_value(endpoint_name) else {
-        let reply = Reply::new(conn.clone(), head, Arc::from(endpoint_name));
+    let Some(entry) = registry.get(endpoint_name) else {
+        let reply = Reply::new(conn.clone(), head, None);
         // Velithon's wording, which its clients may match on.
         reply.error(
             ErrorCode::NotFound,
@@ -181,7 +177,8 @@ fn dispatch(conn: &Arc<ServerConnection>, frame: &Bytes) -> Result<(), String> {
         );
         return Ok(());
     };
-    let reply = Reply::new(conn.clone(), head, name.clone());
+    let name = &entry.name;
+    let reply = Reply::new(conn.clone(), head, Some(entry.clone()));
     let body = envelope.body();
     if !is_json_object(body) {
         reply.error(
@@ -190,7 +187,7 @@ fn dispatch(conn: &Arc<ServerConnection>, frame: &Bytes) -> Result<(), String> {
         );
         return Ok(());
     }
-    if let Err((reply, err)) = endpoint.start(body, reply) {
+    if let Err((reply, err)) = entry.endpoint.start(body, reply) {
         reply.error(
             ErrorCode::BadRequest,
             &format!("invalid arguments for `{name}`: {err}"),
@@ -205,7 +202,7 @@ impl ServerConnection {
         Reply::new(
             self.clone(),
             response_head("null", &self.manager.name, ""),
-            Arc::from(""),
+            None,
         )
         .error(code, message);
     }
@@ -230,25 +227,5 @@ fn json_kind(raw: &RawValue) -> &'static str {
         Some(b'n') => "null",
         Some(b't' | b'f') => "a boolean",
         _ => "a number",
-    }
-}
-
-/// The built-in `health` endpoint's answer, as Velithon sends it.
-#[derive(serde::Serialize)]
-struct Health {
-    status: &'static str,
-    timestamp: f64,
-}
-
-impl Health {
-    fn now() -> Self {
-        let timestamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|since| since.as_secs_f64())
-            .unwrap_or(0.0);
-        Health {
-            status: "healthy",
-            timestamp,
-        }
     }
 }

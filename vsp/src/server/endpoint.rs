@@ -16,7 +16,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::connection::ServerConnection;
-use super::Lifecycle;
+use super::worker::Limited;
+use super::{EndpointEntry, Lifecycle};
 use crate::error::ErrorCode;
 use crate::protocol::frame::encode_frame;
 use crate::protocol::{write_error_body, write_json_str, write_response_header_end};
@@ -39,6 +40,35 @@ impl<F, A> FnEndpoint<F, A> {
         FnEndpoint {
             handler,
             _args: PhantomData,
+        }
+    }
+}
+
+/// The built-in `health` endpoint, answered as Velithon does.
+pub(crate) struct HealthEndpoint;
+
+impl Endpoint for HealthEndpoint {
+    fn start(&self, _body: &RawValue, reply: Reply) -> Result<(), (Reply, serde_json::Error)> {
+        reply.ok(&Health::now());
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    timestamp: f64,
+}
+
+impl Health {
+    fn now() -> Self {
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_secs_f64())
+            .unwrap_or(0.0);
+        Health {
+            status: "healthy",
+            timestamp,
         }
     }
 }
@@ -100,7 +130,7 @@ where
             Err(err) => return Err((reply, err)),
         };
         let handler = (self.handler)(args);
-        tokio::spawn(run_handler(handler, reply));
+        reply.spawn_handler(handler);
         Ok(())
     }
 }
@@ -114,10 +144,11 @@ where
 {
     let stats = &reply.conn.manager().stats;
     stats.active_workers.fetch_add(1, Ordering::Relaxed);
+    let limiter = reply.entry.as_ref().and_then(|entry| entry.limiter.clone());
     let outcome = {
         let mut lifecycle = reply.conn.manager().lifecycle();
         tokio::select! {
-            outcome = CatchUnwind { inner: handler } => Some(outcome),
+            outcome = CatchUnwind { inner: Limited::new(handler, limiter) } => Some(outcome),
             _ = lifecycle.wait_for(|state| *state == Lifecycle::Closed) => None,
         }
     };
@@ -127,10 +158,10 @@ where
         Some(Err(panic)) => {
             let message = format!(
                 "handler of `{}` panicked: {}",
-                reply.endpoint,
+                reply.endpoint(),
                 panic_message(&*panic)
             );
-            tracing::error!(endpoint = %reply.endpoint, "{message}");
+            tracing::error!(endpoint = reply.endpoint(), "{message}");
             reply.error(ErrorCode::Handler, &message);
         }
         // The server closed after its drain timeout: the connection is gone, nobody reads a reply.
@@ -176,18 +207,44 @@ pub(crate) struct Reply {
     conn: Arc<ServerConnection>,
     /// The response header up to and including `"is_response":true`.
     head: Vec<u8>,
-    pub(crate) endpoint: Arc<str>,
-    received: Instant,
+    /// The endpoint called; `None` for requests no endpoint took (unknown, malformed, refused).
+    entry: Option<Arc<EndpointEntry>>,
+    /// When the request arrived; `None` when stats are off.
+    received: Option<Instant>,
+    failed: bool,
 }
 
 impl Reply {
-    pub(crate) fn new(conn: Arc<ServerConnection>, head: Vec<u8>, endpoint: Arc<str>) -> Self {
-        conn.manager().stats.request_started();
+    pub(crate) fn new(conn: Arc<ServerConnection>, head: Vec<u8>, entry: Option<Arc<EndpointEntry>>) -> Self {
+        let manager = conn.manager();
+        manager.stats.request_started();
+        let received = manager.stats_enabled().then(Instant::now);
         Reply {
             conn,
             head,
-            endpoint,
-            received: Instant::now(),
+            entry,
+            received,
+            failed: false,
+        }
+    }
+
+    fn endpoint(&self) -> &str {
+        self.entry.as_ref().map_or("", |entry| &entry.name)
+    }
+
+    /// Runs `handler` where this manager runs handlers, and answers with its outcome.
+    fn spawn_handler<Fut>(self, handler: Fut)
+    where
+        Fut: Future + Send + 'static,
+        Fut::Output: Outcome,
+    {
+        let conn = self.conn.clone();
+        let task = run_handler(handler, self);
+        match conn.manager().worker_pool() {
+            Some(pool) => pool.spawn(task),
+            None => {
+                tokio::spawn(task);
+            }
         }
     }
 
@@ -206,23 +263,23 @@ impl Reply {
         match pushed {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
-                let message = format!("cannot serialize the result of `{}`: {err}", self.endpoint);
-                tracing::error!(endpoint = %self.endpoint, "{message}");
+                let message = format!("cannot serialize the result of `{}`: {err}", self.endpoint());
+                tracing::error!(endpoint = self.endpoint(), "{message}");
                 self.error(ErrorCode::Handler, &message);
             }
             Err(_closed) => {
-                tracing::debug!(endpoint = %self.endpoint, "reply dropped: connection closed")
+                tracing::debug!(endpoint = self.endpoint(), "reply dropped: connection closed")
             }
         }
     }
 
     /// Answers with a service method's typed error: code `handler`, the error as JSON under
     /// `data` for our clients, and as text under `error` for Velithon's.
-    pub(crate) fn service_error<E: Serialize + ?Sized>(self, err: &E) {
+    pub(crate) fn service_error<E: Serialize + ?Sized>(mut self, err: &E) {
         let data = match serde_json::value::to_raw_value(err) {
             Ok(data) => data,
             Err(ser) => {
-                let message = format!("cannot serialize the error of `{}`: {ser}", self.endpoint);
+                let message = format!("cannot serialize the error of `{}`: {ser}", self.endpoint());
                 return self.error(ErrorCode::Handler, &message);
             }
         };
@@ -230,6 +287,7 @@ impl Reply {
         let message =
             serde_json::from_str::<String>(data.get()).unwrap_or_else(|_| data.get().to_owned());
         self.conn.manager().stats.error_sent(&ErrorCode::Handler);
+        self.failed = true;
         let pushed = self.conn.queue().push(|out| {
             encode_frame(out, |out| {
                 out.extend_from_slice(&self.head);
@@ -243,13 +301,14 @@ impl Reply {
             })
         });
         if pushed.is_err() {
-            tracing::debug!(endpoint = %self.endpoint, "error reply dropped: connection closed");
+            tracing::debug!(endpoint = self.endpoint(), "error reply dropped: connection closed");
         }
     }
 
     /// Answers with an error: `{"error": message}` in the body, `code` in the header.
-    pub(crate) fn error(self, code: ErrorCode, message: &str) {
+    pub(crate) fn error(mut self, code: ErrorCode, message: &str) {
         self.conn.manager().stats.error_sent(&code);
+        self.failed = true;
         let pushed = self.conn.queue().push(|out| {
             encode_frame(out, |out| {
                 out.extend_from_slice(&self.head);
@@ -260,16 +319,17 @@ impl Reply {
             })
         });
         if pushed.is_err() {
-            tracing::debug!(endpoint = %self.endpoint, "error reply dropped: connection closed");
+            tracing::debug!(endpoint = self.endpoint(), "error reply dropped: connection closed");
         }
     }
 }
 
 impl Drop for Reply {
     fn drop(&mut self) {
-        self.conn
-            .manager()
-            .stats
-            .request_finished(self.received.elapsed());
+        let elapsed = self.received.map(|received| received.elapsed());
+        self.conn.manager().stats.request_finished(elapsed);
+        if let (Some(entry), Some(elapsed)) = (&self.entry, elapsed) {
+            entry.counters.record(elapsed, self.failed);
+        }
     }
 }

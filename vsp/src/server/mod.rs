@@ -10,13 +10,14 @@
 
 mod connection;
 mod endpoint;
+mod worker;
 
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -26,12 +27,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use connection::HEALTH_ENDPOINT;
-use endpoint::Endpoint;
+use endpoint::{Endpoint, HealthEndpoint};
 pub(crate) use endpoint::{FnEndpoint, ServiceResult, ServiceValue};
+pub use worker::WorkerType;
+use worker::{PollLimiter, WorkerPool};
 
 use crate::error::VspError;
 use crate::protocol::DEFAULT_MAX_FRAME_SIZE;
-use crate::stats::{PerformanceStats, ServerStats};
+use crate::stats::{EndpointCounters, PerformanceStats, ServerStats};
 
 /// The default bound on graceful shutdown's wait for running calls.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,7 +42,16 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for connections to close once it has closed them.
 const CONNECTION_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-type Registry = HashMap<Arc<str>, Arc<dyn Endpoint>>;
+/// A registered endpoint with what every call to it touches.
+pub(crate) struct EndpointEntry {
+    pub(crate) name: Arc<str>,
+    pub(crate) endpoint: Box<dyn Endpoint>,
+    pub(crate) counters: EndpointCounters,
+    /// Its share of the worker pool (`Multicore` only).
+    pub(crate) limiter: Option<Arc<PollLimiter>>,
+}
+
+type Registry = HashMap<Arc<str>, Arc<EndpointEntry>>;
 
 /// A server's stage of life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +78,8 @@ impl Lifecycle {
 struct ServerConfig {
     max_frame_size: usize,
     drain_timeout: Duration,
+    worker_type: WorkerType,
+    stats: bool,
 }
 
 pub(crate) struct ManagerInner {
@@ -79,9 +93,19 @@ pub(crate) struct ManagerInner {
     /// ...and watchable by the tasks that must stop when it changes.
     lifecycle: watch::Sender<Lifecycle>,
     pub(crate) stats: ServerStats,
+    /// The handler pool of a `Multicore` manager, made by `start_server`.
+    workers: OnceLock<WorkerPool>,
 }
 
 impl ManagerInner {
+    pub(crate) fn stats_enabled(&self) -> bool {
+        self.config.stats
+    }
+
+    pub(crate) fn worker_pool(&self) -> Option<&WorkerPool> {
+        self.workers.get()
+    }
+
     pub(crate) fn state(&self) -> Lifecycle {
         Lifecycle::from_u8(self.state.load(Ordering::Acquire))
     }
@@ -193,18 +217,43 @@ impl VspManagerBuilder {
         self
     }
 
+    /// Where handlers run (default [`WorkerType::Async`]).
+    pub fn worker_type(mut self, worker_type: WorkerType) -> Self {
+        self.config.worker_type = worker_type;
+        self
+    }
+
+    /// Whether every call records its processing time (default on). Off, the counters of
+    /// [`VspManager::get_performance_stats`] other than `in_flight`, `active_workers`, errors and
+    /// connections stay at zero.
+    pub fn stats(mut self, enabled: bool) -> Self {
+        self.config.stats = enabled;
+        self
+    }
+
     /// Builds the manager. It serves nothing until [`VspManager::start_server`].
     pub fn build(self) -> VspManager {
         let (lifecycle, _) = watch::channel(Lifecycle::Idle);
+        let health: Arc<str> = Arc::from(HEALTH_ENDPOINT);
+        let registry = Registry::from([(
+            health.clone(),
+            Arc::new(EndpointEntry {
+                name: health,
+                endpoint: Box::new(HealthEndpoint),
+                counters: EndpointCounters::default(),
+                limiter: None,
+            }),
+        )]);
         VspManager {
             inner: Arc::new(ManagerInner {
                 name: self.name,
                 config: self.config,
-                registry: ArcSwap::from_pointee(Registry::new()),
+                registry: ArcSwap::from_pointee(registry),
                 registering: Mutex::new(()),
                 state: AtomicU8::new(Lifecycle::Idle as u8),
                 lifecycle,
                 stats: ServerStats::default(),
+                workers: OnceLock::new(),
             }),
         }
     }
@@ -218,6 +267,8 @@ impl VspManager {
             config: ServerConfig {
                 max_frame_size: DEFAULT_MAX_FRAME_SIZE,
                 drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+                worker_type: WorkerType::Async,
+                stats: true,
             },
         }
     }
@@ -248,7 +299,7 @@ impl VspManager {
         T: Serialize + Send + 'static,
         E: Display + Send + 'static,
     {
-        self.register(name.into(), Arc::new(FnEndpoint::new(handler)))
+        self.register(name.into(), Box::new(FnEndpoint::new(handler)))
     }
 
     /// Registers every endpoint of `service`, such as a `#[vsp::service]` trait's generated
@@ -261,7 +312,7 @@ impl VspManager {
         if let Some(taken) = service
             .endpoint_names()
             .iter()
-            .find(|name| **name == HEALTH_ENDPOINT || registry.contains_key(**name))
+            .find(|name| registry.contains_key(**name))
         {
             return Err(VspError::DuplicateEndpoint {
                 service: self.inner.name.clone(),
@@ -271,25 +322,36 @@ impl VspManager {
         service.register(self)
     }
 
-    pub(crate) fn register(
-        &self,
-        name: String,
-        endpoint: Arc<dyn Endpoint>,
-    ) -> Result<(), VspError> {
+    pub(crate) fn register(&self, name: String, endpoint: Box<dyn Endpoint>) -> Result<(), VspError> {
         let _registering = self
             .inner
             .registering
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let current = self.inner.registry.load();
-        if name == HEALTH_ENDPOINT || current.contains_key(name.as_str()) {
+        if current.contains_key(name.as_str()) {
             return Err(VspError::DuplicateEndpoint {
                 service: self.inner.name.clone(),
                 endpoint: name,
             });
         }
+        let limiter = match self.inner.config.worker_type {
+            WorkerType::Multicore { workers } => {
+                Some(Arc::new(PollLimiter::new(workers.saturating_sub(1))))
+            }
+            WorkerType::Async => None,
+        };
+        let name: Arc<str> = Arc::from(name);
         let mut next = Registry::clone(&current);
-        next.insert(Arc::from(name), endpoint);
+        next.insert(
+            name.clone(),
+            Arc::new(EndpointEntry {
+                name,
+                endpoint,
+                counters: EndpointCounters::default(),
+                limiter,
+            }),
+        );
         self.inner.registry.store(Arc::new(next));
         Ok(())
     }
@@ -301,6 +363,7 @@ impl VspManager {
             .registry
             .load()
             .keys()
+            .filter(|name| ***name != *HEALTH_ENDPOINT)
             .map(|name| name.to_string())
             .collect();
         names.sort();
@@ -318,6 +381,19 @@ impl VspManager {
             return Err(VspError::AlreadyStarted {
                 service: self.inner.name.clone(),
             });
+        }
+        if let WorkerType::Multicore { workers } = self.inner.config.worker_type {
+            if self.inner.workers.get().is_none() {
+                match WorkerPool::new(workers) {
+                    Ok(pool) => {
+                        let _ = self.inner.workers.set(pool);
+                    }
+                    Err(source) => {
+                        self.inner.set_state(Lifecycle::Idle);
+                        return Err(VspError::WorkerPool { workers, source });
+                    }
+                }
+            }
         }
         let listener = match TcpListener::bind((host, port)).await {
             Ok(listener) => listener,
@@ -399,7 +475,14 @@ impl VspManager {
 
     /// A snapshot of the server's counters.
     pub fn get_performance_stats(&self) -> PerformanceStats {
-        self.inner.stats.snapshot()
+        let endpoints = self
+            .inner
+            .registry
+            .load()
+            .values()
+            .map(|entry| (entry.name.to_string(), entry.counters.snapshot()))
+            .collect();
+        self.inner.stats.snapshot(&self.inner.name, endpoints)
     }
 }
 

@@ -1,0 +1,709 @@
+//! VSP side by side with raw TCP and tarpc, in one run, reported as same-run ratios.
+//!
+//! `cargo bench --bench rpc` (about three minutes). `VSP_BENCH_SECS=0.3` shortens every run,
+//! `VSP_BENCH_ROUNDS=1` runs each pair once.
+//!
+//! Every contender serves and calls on loopback inside this process, on one 2-thread tokio
+//! runtime, with the same workload: `get_user {"user_id":"123"}` -> `{"id","name","email"}`
+//! deserialized into structs on both sides, and a 16 KiB string echoed. The contenders run
+//! interleaved (A B C D, A B C D, ...) and each figure is the median over rounds, because these
+//! machines switch between two speed modes and only same-run ratios mean anything.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{future, StreamExt};
+use serde::{Deserialize, Serialize};
+use tarpc::server::Channel;
+use tarpc::tokio_serde::formats::{Bincode, Json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use vsp::{ServiceInfo, ServiceMesh, VspClient, VspManager, WorkerType};
+
+// ---------------------------------------------------------------------------------------------
+// The workload.
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    id: String,
+    name: String,
+    email: String,
+}
+
+fn lookup(user_id: String) -> User {
+    User {
+        id: user_id,
+        name: "John Doe".into(),
+        email: "john@example.com".into(),
+    }
+}
+
+fn large_payload() -> String {
+    "x".repeat(16 * 1024)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Workload {
+    GetUser,
+    Echo16K,
+}
+
+impl Workload {
+    fn label(self) -> &'static str {
+        match self {
+            Workload::GetUser => "get_user",
+            Workload::Echo16K => "echo 16 KiB",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// VSP.
+
+#[vsp::service(name = "bench")]
+pub trait BenchApi {
+    async fn get_user(&self, user_id: String) -> User;
+    async fn echo(&self, payload: String) -> String;
+    async fn heavy(&self, spins: u64) -> u64;
+}
+
+struct BenchImpl;
+
+impl BenchApi for BenchImpl {
+    async fn get_user(&self, user_id: String) -> User {
+        lookup(user_id)
+    }
+
+    async fn echo(&self, payload: String) -> String {
+        payload
+    }
+
+    async fn heavy(&self, spins: u64) -> u64 {
+        burn(spins)
+    }
+}
+
+/// CPU work that cannot be optimized away.
+fn burn(spins: u64) -> u64 {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..spins {
+        x = x.rotate_left(5) ^ i.wrapping_mul(0x1000_0000_01b3);
+    }
+    std::hint::black_box(x)
+}
+
+async fn start_vsp(builder: vsp::VspManagerBuilder) -> (VspManager, SocketAddr) {
+    let manager = builder.build();
+    manager.serve(BenchApiServer::new(BenchImpl)).unwrap();
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    (manager, addr)
+}
+
+fn vsp_client(addrs: &[SocketAddr], mesh: ServiceMesh) -> BenchApiClient {
+    for addr in addrs {
+        mesh.register(ServiceInfo::new("bench", "127.0.0.1", addr.port()))
+            .unwrap();
+    }
+    BenchApiClient::new(VspClient::builder(mesh).build())
+}
+
+// ---------------------------------------------------------------------------------------------
+// tarpc.
+
+#[tarpc::service]
+pub trait TarpcApi {
+    async fn get_user(user_id: String) -> User;
+    async fn echo(payload: String) -> String;
+}
+
+#[derive(Clone)]
+struct TarpcImpl;
+
+impl TarpcApi for TarpcImpl {
+    async fn get_user(self, _: tarpc::context::Context, user_id: String) -> User {
+        lookup(user_id)
+    }
+
+    async fn echo(self, _: tarpc::context::Context, payload: String) -> String {
+        payload
+    }
+}
+
+async fn spawn_detached(fut: impl Future<Output = ()> + Send + 'static) {
+    tokio::spawn(fut);
+}
+
+macro_rules! start_tarpc {
+    ($codec:expr) => {{
+        let mut listener = tarpc::serde_transport::tcp::listen("127.0.0.1:0", $codec)
+            .await
+            .unwrap();
+        listener.config_mut().max_frame_length(usize::MAX);
+        let addr = listener.local_addr();
+        tokio::spawn(
+            listener
+                .filter_map(|accepted| future::ready(accepted.ok()))
+                .map(tarpc::server::BaseChannel::with_defaults)
+                .map(|channel| channel.execute(TarpcImpl.serve()).for_each(spawn_detached))
+                .buffer_unordered(usize::MAX)
+                .for_each(|_| async {}),
+        );
+        let mut connect = tarpc::serde_transport::tcp::connect(addr, $codec);
+        connect.config_mut().max_frame_length(usize::MAX);
+        let transport = connect.await.unwrap();
+        TarpcApiClient::new(tarpc::client::Config::default(), transport).spawn()
+    }};
+}
+
+fn tarpc_context() -> tarpc::context::Context {
+    let mut context = tarpc::context::current();
+    context.deadline = Instant::now() + Duration::from_secs(60);
+    context
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw TCP: the same frames, one connection, pipelined, no framework. The practical limit.
+
+#[derive(Serialize, Deserialize)]
+struct RawHeader {
+    request_id: u64,
+    service: String,
+    endpoint: String,
+    is_response: bool,
+}
+
+#[derive(Deserialize)]
+struct RawRequest {
+    header: RawHeader,
+    body: RawArgs,
+}
+
+#[derive(Deserialize)]
+struct RawArgs {
+    user_id: Option<String>,
+    payload: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum RawResult {
+    User(User),
+    Echo(String),
+}
+
+#[derive(Serialize)]
+struct RawResponse {
+    header: RawHeader,
+    body: RawResult,
+}
+
+#[derive(Deserialize)]
+struct RawResponseIn<T> {
+    #[allow(dead_code)]
+    header: RawHeader,
+    body: T,
+}
+
+fn push_frame(out: &mut Vec<u8>, value: &impl Serialize) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    serde_json::to_writer(&mut *out, value).unwrap();
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Splits whole frames off the front of `buf`, calling `each` with their JSON.
+fn drain_frames(buf: &mut Vec<u8>, mut each: impl FnMut(&[u8])) {
+    let mut at = 0;
+    while buf.len() - at >= 4 {
+        let len = u32::from_be_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+        if buf.len() - at - 4 < len {
+            break;
+        }
+        each(&buf[at + 4..at + 4 + len]);
+        at += 4 + len;
+    }
+    buf.drain(..at);
+}
+
+async fn start_raw_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            stream.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.into_split();
+                let mut buf = Vec::with_capacity(64 * 1024);
+                let mut out = Vec::with_capacity(64 * 1024);
+                loop {
+                    match read.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    drain_frames(&mut buf, |json| {
+                        let request: RawRequest = serde_json::from_slice(json).unwrap();
+                        let body = match (request.body.user_id, request.body.payload) {
+                            (Some(user_id), _) => RawResult::User(lookup(user_id)),
+                            (_, Some(payload)) => RawResult::Echo(payload),
+                            _ => RawResult::Echo(String::new()),
+                        };
+                        let header = RawHeader { is_response: true, ..request.header };
+                        push_frame(&mut out, &RawResponse { header, body });
+                    });
+                    if write.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    out.clear();
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Keeps `window` requests in flight on one connection until `until`.
+async fn drive_raw(addr: SocketAddr, workload: Workload, window: usize, until: Instant) -> Sample {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let payload = large_payload();
+    let mut next_id = 0u64;
+    let mut request = |out: &mut Vec<u8>| {
+        next_id += 1;
+        let header = format!(
+            r#"{{"header":{{"request_id":{next_id},"service":"bench","endpoint":"{}","is_response":false}},"body":"#,
+            match workload {
+                Workload::GetUser => "get_user",
+                Workload::Echo16K => "echo",
+            }
+        );
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(header.as_bytes());
+        match workload {
+            Workload::GetUser => out.extend_from_slice(br#"{"user_id":"123"}"#),
+            Workload::Echo16K => {
+                serde_json::to_writer(&mut *out, &serde_json::json!({ "payload": payload })).unwrap()
+            }
+        }
+        out.push(b'}');
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    };
+    let mut sent_at = VecDeque::with_capacity(window);
+    let mut out = Vec::new();
+    for _ in 0..window {
+        request(&mut out);
+        sent_at.push_back(Instant::now());
+    }
+    write.write_all(&out).await.unwrap();
+    out.clear();
+    let mut sample = Sample::default();
+    let started = Instant::now();
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut in_flight = window;
+    while in_flight > 0 {
+        if read.read_buf(&mut buf).await.unwrap() == 0 {
+            break;
+        }
+        let now = Instant::now();
+        let mut answered = 0;
+        drain_frames(&mut buf, |json| {
+            match workload {
+                Workload::GetUser => {
+                    let response: RawResponseIn<User> = serde_json::from_slice(json).unwrap();
+                    std::hint::black_box(response.body);
+                }
+                Workload::Echo16K => {
+                    let response: RawResponseIn<String> = serde_json::from_slice(json).unwrap();
+                    std::hint::black_box(response.body);
+                }
+            }
+            let sent = sent_at.pop_front().unwrap();
+            sample.latencies.push((now - sent).as_nanos() as u64);
+            answered += 1;
+        });
+        in_flight -= answered;
+        if now < until {
+            for _ in 0..answered {
+                request(&mut out);
+                sent_at.push_back(Instant::now());
+            }
+            in_flight += answered;
+            write.write_all(&out).await.unwrap();
+            out.clear();
+        }
+    }
+    sample.elapsed = started.elapsed();
+    sample
+}
+
+// ---------------------------------------------------------------------------------------------
+// Driving framework clients: `concurrency` tasks, each calling in a loop until `until`.
+
+#[derive(Default)]
+struct Sample {
+    latencies: Vec<u64>,
+    elapsed: Duration,
+}
+
+impl Sample {
+    fn calls_per_sec(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&mut self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        self.latencies.sort_unstable();
+        let index = ((self.latencies.len() - 1) as f64 * p).round() as usize;
+        Duration::from_nanos(self.latencies[index])
+    }
+}
+
+async fn drive<F, Fut>(concurrency: usize, until: Instant, call: F) -> Sample
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(4096);
+                while Instant::now() < until {
+                    let t0 = Instant::now();
+                    call().await;
+                    latencies.push(t0.elapsed().as_nanos() as u64);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut sample = Sample::default();
+    for task in tasks {
+        sample.latencies.extend(task.await.unwrap());
+    }
+    sample.elapsed = started.elapsed();
+    sample
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contenders.
+
+#[derive(Clone)]
+enum Contender {
+    Raw(SocketAddr),
+    TarpcJson(TarpcApiClient),
+    TarpcBincode(TarpcApiClient),
+    Vsp(BenchApiClient),
+}
+
+impl Contender {
+    async fn run(&self, workload: Workload, concurrency: usize, until: Instant) -> Sample {
+        let payload = Arc::new(large_payload());
+        match self.clone() {
+            Contender::Raw(addr) => drive_raw(addr, workload, concurrency, until).await,
+            Contender::TarpcJson(client) | Contender::TarpcBincode(client) => {
+                drive(concurrency, until, move || {
+                    let client = client.clone();
+                    let payload = payload.clone();
+                    async move {
+                        match workload {
+                            Workload::GetUser => {
+                                let user = client.get_user(tarpc_context(), "123".into()).await.unwrap();
+                                std::hint::black_box(user);
+                            }
+                            Workload::Echo16K => {
+                                let echoed = client.echo(tarpc_context(), (*payload).clone()).await.unwrap();
+                                std::hint::black_box(echoed);
+                            }
+                        }
+                    }
+                })
+                .await
+            }
+            Contender::Vsp(client) => {
+                drive(concurrency, until, move || {
+                    let client = client.clone();
+                    let payload = payload.clone();
+                    async move {
+                        match workload {
+                            Workload::GetUser => {
+                                let user = client.get_user("123".into()).await.unwrap();
+                                std::hint::black_box(user);
+                            }
+                            Workload::Echo16K => {
+                                let echoed = client.echo((*payload).clone()).await.unwrap();
+                                std::hint::black_box(echoed);
+                            }
+                        }
+                    }
+                })
+                .await
+            }
+        }
+    }
+}
+
+struct Settings {
+    run: Duration,
+    warmup: Duration,
+    rounds: usize,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let secs = std::env::var("VSP_BENCH_SECS")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(1.0);
+        let rounds = std::env::var("VSP_BENCH_ROUNDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3);
+        Settings {
+            run: Duration::from_secs_f64(secs),
+            warmup: Duration::from_secs_f64(secs / 5.0),
+            rounds,
+        }
+    }
+
+    async fn measure(&self, contender: &Contender, workload: Workload, concurrency: usize) -> Sample {
+        contender
+            .run(workload, concurrency, Instant::now() + self.warmup)
+            .await;
+        contender
+            .run(workload, concurrency, Instant::now() + self.run)
+            .await
+    }
+}
+
+/// The median of each figure over rounds.
+#[derive(Default)]
+struct Figures {
+    calls_per_sec: Vec<f64>,
+    p50: Vec<Duration>,
+    p99: Vec<Duration>,
+}
+
+impl Figures {
+    fn add(&mut self, mut sample: Sample) {
+        self.calls_per_sec.push(sample.calls_per_sec());
+        self.p50.push(sample.percentile(0.50));
+        self.p99.push(sample.percentile(0.99));
+    }
+
+    fn median<T: Copy + PartialOrd>(values: &[T]) -> T {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        sorted[sorted.len() / 2]
+    }
+
+    fn calls(&self) -> f64 {
+        Self::median(&self.calls_per_sec)
+    }
+
+    fn p50(&self) -> Duration {
+        Self::median(&self.p50)
+    }
+
+    fn p99(&self) -> Duration {
+        Self::median(&self.p99)
+    }
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e6)
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(bench(Settings::from_env()));
+}
+
+async fn bench(settings: Settings) {
+    let machine = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| info.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    println!(
+        "# VSP benchmark\n\n{} cores ({machine}), tokio runtime with 2 worker threads; {} rounds of {:?} per contender, interleaved; medians.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        settings.rounds,
+        settings.run
+    );
+
+    let raw = Contender::Raw(start_raw_server().await);
+    let tarpc_json = Contender::TarpcJson(start_tarpc!(Json::default));
+    let tarpc_bincode = Contender::TarpcBincode(start_tarpc!(Bincode::default));
+    let (_vsp_server, vsp_addr) = start_vsp(VspManager::builder("bench")).await;
+    let vsp = Contender::Vsp(vsp_client(&[vsp_addr], ServiceMesh::new()));
+    let contenders = [
+        ("raw TCP", &raw),
+        ("tarpc json", &tarpc_json),
+        ("tarpc bincode", &tarpc_bincode),
+        ("VSP", &vsp),
+    ];
+
+    // (a) one call in flight, (b) 64 concurrent, (c) 256 concurrent; both workloads.
+    let scenarios = [("a: 1 in flight", 1usize), ("b: 64 concurrent", 64), ("c: 256 concurrent", 256)];
+    let workloads = [Workload::GetUser, Workload::Echo16K];
+    let mut results: BTreeMap<(usize, usize, usize), Figures> = BTreeMap::new();
+    for _ in 0..settings.rounds {
+        for (s, (_, concurrency)) in scenarios.iter().enumerate() {
+            for (w, workload) in workloads.iter().enumerate() {
+                for (c, (_, contender)) in contenders.iter().enumerate() {
+                    let sample = settings.measure(contender, *workload, *concurrency).await;
+                    results.entry((s, w, c)).or_default().add(sample);
+                }
+            }
+        }
+    }
+
+    println!("| scenario | workload | contender | calls/s | p50 µs | p99 µs |");
+    println!("|---|---|---|---:|---:|---:|");
+    for (s, (scenario, _)) in scenarios.iter().enumerate() {
+        for (w, workload) in workloads.iter().enumerate() {
+            for (c, (name, _)) in contenders.iter().enumerate() {
+                let figures = &results[&(s, w, c)];
+                println!(
+                    "| {scenario} | {} | {name} | {:.0} | {} | {} |",
+                    workload.label(),
+                    figures.calls(),
+                    micros(figures.p50()),
+                    micros(figures.p99())
+                );
+            }
+        }
+    }
+
+    println!("\n## Ratios, VSP / peer, same run (throughput: higher is better; p50: lower is better)\n");
+    println!("| scenario | workload | vs raw TCP | vs tarpc json | vs tarpc bincode | p50 vs tarpc json | p50 vs tarpc bincode |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for (s, (scenario, _)) in scenarios.iter().enumerate() {
+        for (w, workload) in workloads.iter().enumerate() {
+            let vsp = &results[&(s, w, 3)];
+            let ratio = |c: usize| vsp.calls() / results[&(s, w, c)].calls();
+            let p50_ratio = |c: usize| vsp.p50().as_secs_f64() / results[&(s, w, c)].p50().as_secs_f64();
+            println!(
+                "| {scenario} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                workload.label(),
+                ratio(0),
+                ratio(1),
+                ratio(2),
+                p50_ratio(1),
+                p50_ratio(2)
+            );
+        }
+    }
+
+    // (d) three VSP instances behind the mesh, with each balancer.
+    println!("\n## d: VSP, three instances behind the mesh, 64 concurrent get_user\n");
+    println!("| balancer | calls/s | p50 µs | p99 µs |");
+    println!("|---|---:|---:|---:|");
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        instances.push(start_vsp(VspManager::builder("bench")).await);
+    }
+    let addrs: Vec<SocketAddr> = instances.iter().map(|(_, addr)| *addr).collect();
+    let balancers: Vec<(&str, ServiceMesh)> = vec![(
+        "round robin",
+        ServiceMesh::builder().load_balancer(vsp::RoundRobinBalancer::new()).build(),
+    )];
+    for (name, mesh) in balancers {
+        let contender = Contender::Vsp(vsp_client(&addrs, mesh));
+        let mut figures = Figures::default();
+        for _ in 0..settings.rounds {
+            figures.add(settings.measure(&contender, Workload::GetUser, 64).await);
+        }
+        println!("| {name} | {:.0} | {} | {} |", figures.calls(), micros(figures.p50()), micros(figures.p99()));
+    }
+
+    // Stats on and off, interleaved.
+    println!("\n## Stats cost: VSP with per-call stats on and off, 64 concurrent get_user\n");
+    let (_stats_off_server, stats_off_addr) = start_vsp(VspManager::builder("bench").stats(false)).await;
+    let stats_on = Contender::Vsp(vsp_client(&[vsp_addr], ServiceMesh::new()));
+    let stats_off = Contender::Vsp(vsp_client(&[stats_off_addr], ServiceMesh::new()));
+    let (mut on, mut off) = (Figures::default(), Figures::default());
+    for _ in 0..settings.rounds.max(3) {
+        on.add(settings.measure(&stats_on, Workload::GetUser, 64).await);
+        off.add(settings.measure(&stats_off, Workload::GetUser, 64).await);
+    }
+    println!("| stats | calls/s | p50 µs |");
+    println!("|---|---:|---:|");
+    println!("| on | {:.0} | {} |", on.calls(), micros(on.p50()));
+    println!("| off | {:.0} | {} |", off.calls(), micros(off.p50()));
+    println!("\nstats on / off throughput: {:.3}", on.calls() / off.calls());
+
+    // Worker types: a light endpoint's latency while a CPU-heavy endpoint is saturated.
+    println!("\n## Worker types: light get_user latency while `heavy` (CPU-bound) is saturated\n");
+    println!("| worker type | light p50 µs | light p99 µs | light calls/s |");
+    println!("|---|---:|---:|---:|");
+    for (name, worker_type) in [
+        ("Async", WorkerType::Async),
+        ("Multicore { workers: 2 }", WorkerType::Multicore { workers: 2 }),
+    ] {
+        let (server, addr) = start_vsp(VspManager::builder("bench").worker_type(worker_type)).await;
+        let client = vsp_client(&[addr], ServiceMesh::new());
+        let until = Instant::now() + settings.run * 2;
+        let heavy = {
+            let client = client.clone();
+            tokio::spawn(drive(4, until, move || {
+                let client = client.clone();
+                async move {
+                    std::hint::black_box(client.heavy(2_000_000).await.unwrap());
+                }
+            }))
+        };
+        tokio::time::sleep(settings.run / 4).await;
+        let mut light = Contender::Vsp(client).run(Workload::GetUser, 1, until).await;
+        heavy.await.unwrap();
+        println!(
+            "| {name} | {} | {} | {:.0} |",
+            micros(light.percentile(0.5)),
+            micros(light.percentile(0.99)),
+            light.calls_per_sec()
+        );
+        server.shutdown().await.unwrap();
+    }
+
+    // Memory: idle connections.
+    println!("\n## Memory: 1,000 idle client connections to one server\n");
+    let (_idle_server, idle_addr) = start_vsp(VspManager::builder("bench")).await;
+    let before = rss_bytes();
+    let mut clients = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        let client = vsp_client(&[idle_addr], ServiceMesh::new());
+        client.get_user("123".into()).await.unwrap();
+        clients.push(client);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = rss_bytes();
+    println!(
+        "RSS grew by {:.1} MiB: {:.1} KiB per connection (both ends, client and server, in this process).",
+        (after.saturating_sub(before)) as f64 / (1024.0 * 1024.0),
+        (after.saturating_sub(before)) as f64 / 1024.0 / 1000.0
+    );
+    drop(clients);
+}
