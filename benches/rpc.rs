@@ -1,7 +1,8 @@
 //! VSP side by side with raw TCP and tarpc, in one run, reported as same-run ratios.
 //!
 //! `cargo bench --bench rpc` (about three minutes). `VSP_BENCH_SECS=0.3` shortens every run,
-//! `VSP_BENCH_ROUNDS=1` runs each pair once.
+//! `VSP_BENCH_ROUNDS=1` runs each pair once, `VSP_BENCH_ONLY=b` runs only the scenarios whose
+//! label starts with `b` (and skips the sections after the main table).
 //!
 //! Every contender serves and calls on loopback inside this process, on one 2-thread tokio
 //! runtime, with the same workload: `get_user {"user_id":"123"}` -> `{"id","name","email"}`
@@ -107,7 +108,7 @@ fn vsp_client(addrs: &[SocketAddr], mesh: ServiceMesh) -> BenchApiClient {
         mesh.register(ServiceInfo::new("bench", "127.0.0.1", addr.port()))
             .unwrap();
     }
-    BenchApiClient::new(VspClient::builder(mesh).build())
+    BenchApiClient::new(VspClient::builder(mesh).max_transports(std::env::var("VSP_BENCH_TRANSPORTS").ok().and_then(|v| v.parse().ok()).unwrap_or(5)).build())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -457,6 +458,7 @@ struct Settings {
     run: Duration,
     warmup: Duration,
     rounds: usize,
+    only: Option<String>,
 }
 
 impl Settings {
@@ -473,6 +475,7 @@ impl Settings {
             run: Duration::from_secs_f64(secs),
             warmup: Duration::from_secs_f64(secs / 5.0),
             rounds,
+            only: std::env::var("VSP_BENCH_ONLY").ok(),
         }
     }
 
@@ -570,10 +573,20 @@ async fn bench(settings: Settings) {
     let scenarios = [("a: 1 in flight", 1usize), ("b: 64 concurrent", 64), ("c: 256 concurrent", 256)];
     let workloads = [Workload::GetUser, Workload::Echo16K];
     let mut results: BTreeMap<(usize, usize, usize), Figures> = BTreeMap::new();
+    let selected = |label: &str| settings.only.as_ref().is_none_or(|only| label.starts_with(only.as_str()));
     for _ in 0..settings.rounds {
-        for (s, (_, concurrency)) in scenarios.iter().enumerate() {
+        for (s, (label, concurrency)) in scenarios.iter().enumerate() {
+            if !selected(label) {
+                continue;
+            }
             for (w, workload) in workloads.iter().enumerate() {
-                for (c, (_, contender)) in contenders.iter().enumerate() {
+                if std::env::var("VSP_BENCH_WORKLOAD").is_ok_and(|only| only != workload.label()) {
+                    continue;
+                }
+                for (c, (name, contender)) in contenders.iter().enumerate() {
+                    if std::env::var("VSP_BENCH_CONTENDER").is_ok_and(|only| only != *name) {
+                        continue;
+                    }
                     let sample = settings.measure(contender, *workload, *concurrency).await;
                     results.entry((s, w, c)).or_default().add(sample);
                 }
@@ -583,10 +596,10 @@ async fn bench(settings: Settings) {
 
     println!("| scenario | workload | contender | calls/s | p50 µs | p99 µs |");
     println!("|---|---|---|---:|---:|---:|");
-    for (s, (scenario, _)) in scenarios.iter().enumerate() {
+    for (s, (scenario, _)) in scenarios.iter().enumerate().filter(|(_, (l, _))| selected(l)) {
         for (w, workload) in workloads.iter().enumerate() {
             for (c, (name, _)) in contenders.iter().enumerate() {
-                let figures = &results[&(s, w, c)];
+                let Some(figures) = results.get(&(s, w, c)) else { continue };
                 println!(
                     "| {scenario} | {} | {name} | {:.0} | {} | {} |",
                     workload.label(),
@@ -598,10 +611,13 @@ async fn bench(settings: Settings) {
         }
     }
 
+    if std::env::var("VSP_BENCH_CONTENDER").is_ok() {
+        return;
+    }
     println!("\n## Ratios, VSP / peer, same run (throughput: higher is better; p50: lower is better)\n");
     println!("| scenario | workload | vs raw TCP | vs tarpc json | vs tarpc bincode | p50 vs tarpc json | p50 vs tarpc bincode |");
     println!("|---|---|---:|---:|---:|---:|---:|");
-    for (s, (scenario, _)) in scenarios.iter().enumerate() {
+    for (s, (scenario, _)) in scenarios.iter().enumerate().filter(|(_, (l, _))| selected(l)) {
         for (w, workload) in workloads.iter().enumerate() {
             let vsp = &results[&(s, w, 3)];
             let ratio = |c: usize| vsp.calls() / results[&(s, w, c)].calls();
@@ -616,6 +632,10 @@ async fn bench(settings: Settings) {
                 p50_ratio(2)
             );
         }
+    }
+
+    if settings.only.is_some() {
+        return;
     }
 
     // (d) three VSP instances behind the mesh, with each balancer.

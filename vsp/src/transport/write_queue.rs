@@ -93,5 +93,8 @@ pub(crate) async fn run_writer<W: AsyncWrite + Unpin>(
             return io.shutdown().await;
         }
         queue.wake_writer.notified().await;
+        // Let the tasks that are ready now (callers, handlers) append their frames first, so
+        // they leave in one write instead of one write each.
+        tokio::task::yield_now().await;
     }
 }
