@@ -108,7 +108,16 @@ fn vsp_client(addrs: &[SocketAddr], mesh: ServiceMesh) -> BenchApiClient {
         mesh.register(ServiceInfo::new("bench", "127.0.0.1", addr.port()))
             .unwrap();
     }
-    BenchApiClient::new(VspClient::builder(mesh).max_transports(std::env::var("VSP_BENCH_TRANSPORTS").ok().and_then(|v| v.parse().ok()).unwrap_or(5)).build())
+    BenchApiClient::new(
+        VspClient::builder(mesh)
+            .max_transports(
+                std::env::var("VSP_BENCH_TRANSPORTS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(5),
+            )
+            .build(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -235,7 +244,9 @@ async fn start_raw_server() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             stream.set_nodelay(true).unwrap();
             tokio::spawn(async move {
                 let (mut read, mut write) = stream.into_split();
@@ -253,7 +264,10 @@ async fn start_raw_server() -> SocketAddr {
                             (_, Some(payload)) => RawResult::Echo(payload),
                             _ => RawResult::Echo(String::new()),
                         };
-                        let header = RawHeader { is_response: true, ..request.header };
+                        let header = RawHeader {
+                            is_response: true,
+                            ..request.header
+                        };
                         push_frame(&mut out, &RawResponse { header, body });
                     });
                     if write.write_all(&out).await.is_err() {
@@ -289,7 +303,8 @@ async fn drive_raw(addr: SocketAddr, workload: Workload, window: usize, until: I
         match workload {
             Workload::GetUser => out.extend_from_slice(br#"{"user_id":"123"}"#),
             Workload::Echo16K => {
-                serde_json::to_writer(&mut *out, &serde_json::json!({ "payload": payload })).unwrap()
+                serde_json::to_writer(&mut *out, &serde_json::json!({ "payload": payload }))
+                    .unwrap()
             }
         }
         out.push(b'}');
@@ -419,11 +434,17 @@ impl Contender {
                     async move {
                         match workload {
                             Workload::GetUser => {
-                                let user = client.get_user(tarpc_context(), "123".into()).await.unwrap();
+                                let user = client
+                                    .get_user(tarpc_context(), "123".into())
+                                    .await
+                                    .unwrap();
                                 std::hint::black_box(user);
                             }
                             Workload::Echo16K => {
-                                let echoed = client.echo(tarpc_context(), (*payload).clone()).await.unwrap();
+                                let echoed = client
+                                    .echo(tarpc_context(), (*payload).clone())
+                                    .await
+                                    .unwrap();
                                 std::hint::black_box(echoed);
                             }
                         }
@@ -479,7 +500,12 @@ impl Settings {
         }
     }
 
-    async fn measure(&self, contender: &Contender, workload: Workload, concurrency: usize) -> Sample {
+    async fn measure(
+        &self,
+        contender: &Contender,
+        workload: Workload,
+        concurrency: usize,
+    ) -> Sample {
         contender
             .run(workload, concurrency, Instant::now() + self.warmup)
             .await;
@@ -532,7 +558,13 @@ fn rss_bytes() -> u64 {
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .map_or(0, |kb| kb * 1024)
 }
 
@@ -548,7 +580,11 @@ fn main() {
 async fn bench(settings: Settings) {
     let machine = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|info| info.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     println!(
         "# VSP benchmark\n\n{} cores ({machine}), tokio runtime with 2 worker threads; {} rounds of {:?} per contender, interleaved; medians.\n",
@@ -570,10 +606,19 @@ async fn bench(settings: Settings) {
     ];
 
     // (a) one call in flight, (b) 64 concurrent, (c) 256 concurrent; both workloads.
-    let scenarios = [("a: 1 in flight", 1usize), ("b: 64 concurrent", 64), ("c: 256 concurrent", 256)];
+    let scenarios = [
+        ("a: 1 in flight", 1usize),
+        ("b: 64 concurrent", 64),
+        ("c: 256 concurrent", 256),
+    ];
     let workloads = [Workload::GetUser, Workload::Echo16K];
     let mut results: BTreeMap<(usize, usize, usize), Figures> = BTreeMap::new();
-    let selected = |label: &str| settings.only.as_ref().is_none_or(|only| label.starts_with(only.as_str()));
+    let selected = |label: &str| {
+        settings
+            .only
+            .as_ref()
+            .is_none_or(|only| label.starts_with(only.as_str()))
+    };
     for _ in 0..settings.rounds {
         for (s, (label, concurrency)) in scenarios.iter().enumerate() {
             if !selected(label) {
@@ -596,10 +641,16 @@ async fn bench(settings: Settings) {
 
     println!("| scenario | workload | contender | calls/s | p50 µs | p99 µs |");
     println!("|---|---|---|---:|---:|---:|");
-    for (s, (scenario, _)) in scenarios.iter().enumerate().filter(|(_, (l, _))| selected(l)) {
+    for (s, (scenario, _)) in scenarios
+        .iter()
+        .enumerate()
+        .filter(|(_, (l, _))| selected(l))
+    {
         for (w, workload) in workloads.iter().enumerate() {
             for (c, (name, _)) in contenders.iter().enumerate() {
-                let Some(figures) = results.get(&(s, w, c)) else { continue };
+                let Some(figures) = results.get(&(s, w, c)) else {
+                    continue;
+                };
                 println!(
                     "| {scenario} | {} | {name} | {:.0} | {} | {} |",
                     workload.label(),
@@ -614,14 +665,21 @@ async fn bench(settings: Settings) {
     if std::env::var("VSP_BENCH_CONTENDER").is_ok() {
         return;
     }
-    println!("\n## Ratios, VSP / peer, same run (throughput: higher is better; p50: lower is better)\n");
+    println!(
+        "\n## Ratios, VSP / peer, same run (throughput: higher is better; p50: lower is better)\n"
+    );
     println!("| scenario | workload | vs raw TCP | vs tarpc json | vs tarpc bincode | p50 vs tarpc json | p50 vs tarpc bincode |");
     println!("|---|---|---:|---:|---:|---:|---:|");
-    for (s, (scenario, _)) in scenarios.iter().enumerate().filter(|(_, (l, _))| selected(l)) {
+    for (s, (scenario, _)) in scenarios
+        .iter()
+        .enumerate()
+        .filter(|(_, (l, _))| selected(l))
+    {
         for (w, workload) in workloads.iter().enumerate() {
             let vsp = &results[&(s, w, 3)];
             let ratio = |c: usize| vsp.calls() / results[&(s, w, c)].calls();
-            let p50_ratio = |c: usize| vsp.p50().as_secs_f64() / results[&(s, w, c)].p50().as_secs_f64();
+            let p50_ratio =
+                |c: usize| vsp.p50().as_secs_f64() / results[&(s, w, c)].p50().as_secs_f64();
             println!(
                 "| {scenario} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
                 workload.label(),
@@ -649,7 +707,9 @@ async fn bench(settings: Settings) {
     let addrs: Vec<SocketAddr> = instances.iter().map(|(_, addr)| *addr).collect();
     let balancers: Vec<(&str, ServiceMesh)> = vec![(
         "round robin",
-        ServiceMesh::builder().load_balancer(vsp::RoundRobinBalancer::new()).build(),
+        ServiceMesh::builder()
+            .load_balancer(vsp::RoundRobinBalancer::new())
+            .build(),
     )];
     for (name, mesh) in balancers {
         let contender = Contender::Vsp(vsp_client(&addrs, mesh));
@@ -657,12 +717,18 @@ async fn bench(settings: Settings) {
         for _ in 0..settings.rounds {
             figures.add(settings.measure(&contender, Workload::GetUser, 64).await);
         }
-        println!("| {name} | {:.0} | {} | {} |", figures.calls(), micros(figures.p50()), micros(figures.p99()));
+        println!(
+            "| {name} | {:.0} | {} | {} |",
+            figures.calls(),
+            micros(figures.p50()),
+            micros(figures.p99())
+        );
     }
 
     // Stats on and off, interleaved.
     println!("\n## Stats cost: VSP with per-call stats on and off, 64 concurrent get_user\n");
-    let (_stats_off_server, stats_off_addr) = start_vsp(VspManager::builder("bench").stats(false)).await;
+    let (_stats_off_server, stats_off_addr) =
+        start_vsp(VspManager::builder("bench").stats(false)).await;
     let stats_on = Contender::Vsp(vsp_client(&[vsp_addr], ServiceMesh::new()));
     let stats_off = Contender::Vsp(vsp_client(&[stats_off_addr], ServiceMesh::new()));
     let (mut on, mut off) = (Figures::default(), Figures::default());
@@ -674,7 +740,10 @@ async fn bench(settings: Settings) {
     println!("|---|---:|---:|");
     println!("| on | {:.0} | {} |", on.calls(), micros(on.p50()));
     println!("| off | {:.0} | {} |", off.calls(), micros(off.p50()));
-    println!("\nstats on / off throughput: {:.3}", on.calls() / off.calls());
+    println!(
+        "\nstats on / off throughput: {:.3}",
+        on.calls() / off.calls()
+    );
 
     // Worker types: a light endpoint's latency while a CPU-heavy endpoint is saturated.
     println!("\n## Worker types: light get_user latency while `heavy` (CPU-bound) is saturated\n");
@@ -682,7 +751,10 @@ async fn bench(settings: Settings) {
     println!("|---|---:|---:|---:|");
     for (name, worker_type) in [
         ("Async", WorkerType::Async),
-        ("Multicore { workers: 2 }", WorkerType::Multicore { workers: 2 }),
+        (
+            "Multicore { workers: 2 }",
+            WorkerType::Multicore { workers: 2 },
+        ),
     ] {
         let (server, addr) = start_vsp(VspManager::builder("bench").worker_type(worker_type)).await;
         let client = vsp_client(&[addr], ServiceMesh::new());
@@ -697,7 +769,9 @@ async fn bench(settings: Settings) {
             }))
         };
         tokio::time::sleep(settings.run / 4).await;
-        let mut light = Contender::Vsp(client).run(Workload::GetUser, 1, until).await;
+        let mut light = Contender::Vsp(client)
+            .run(Workload::GetUser, 1, until)
+            .await;
         heavy.await.unwrap();
         println!(
             "| {name} | {} | {} | {:.0} |",

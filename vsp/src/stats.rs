@@ -76,42 +76,90 @@ impl PerformanceStats {
             }
         };
         let one = |value: String| [(String::new(), value)];
-        metric("vsp_messages_processed_total", "counter", "Requests answered.", &one(self.messages_processed.to_string()));
+        metric(
+            "vsp_messages_processed_total",
+            "counter",
+            "Requests answered.",
+            &one(self.messages_processed.to_string()),
+        );
         metric(
             "vsp_processing_seconds_avg",
             "gauge",
             "Mean time from receiving a request to queueing its response.",
             &one(self.avg_processing_time.as_secs_f64().to_string()),
         );
-        metric("vsp_active_workers", "gauge", "Handlers running.", &one(self.active_workers.to_string()));
-        metric("vsp_in_flight", "gauge", "Requests received and not answered yet.", &one(self.in_flight.to_string()));
-        metric("vsp_connections_active", "gauge", "Client connections open.", &one(self.connections_active.to_string()));
-        metric("vsp_connections_total", "counter", "Client connections accepted.", &one(self.connections_total.to_string()));
+        metric(
+            "vsp_active_workers",
+            "gauge",
+            "Handlers running.",
+            &one(self.active_workers.to_string()),
+        );
+        metric(
+            "vsp_in_flight",
+            "gauge",
+            "Requests received and not answered yet.",
+            &one(self.in_flight.to_string()),
+        );
+        metric(
+            "vsp_connections_active",
+            "gauge",
+            "Client connections open.",
+            &one(self.connections_active.to_string()),
+        );
+        metric(
+            "vsp_connections_total",
+            "counter",
+            "Client connections accepted.",
+            &one(self.connections_total.to_string()),
+        );
         let errors: Vec<(String, String)> = self
             .errors
             .iter()
-            .map(|(code, count)| (format!(",code=\"{}\"", prometheus_label(code)), count.to_string()))
+            .map(|(code, count)| {
+                (
+                    format!(",code=\"{}\"", prometheus_label(code)),
+                    count.to_string(),
+                )
+            })
             .collect();
-        metric("vsp_errors_total", "counter", "Error responses sent, by code.", &errors);
+        metric(
+            "vsp_errors_total",
+            "counter",
+            "Error responses sent, by code.",
+            &errors,
+        );
         let label = |endpoint: &str| format!(",endpoint=\"{}\"", prometheus_label(endpoint));
         let calls: Vec<(String, String)> = self
             .endpoints
             .iter()
             .map(|(endpoint, stats)| (label(endpoint), stats.calls.to_string()))
             .collect();
-        metric("vsp_endpoint_calls_total", "counter", "Calls answered, by endpoint.", &calls);
+        metric(
+            "vsp_endpoint_calls_total",
+            "counter",
+            "Calls answered, by endpoint.",
+            &calls,
+        );
         let failed: Vec<(String, String)> = self
             .endpoints
             .iter()
             .map(|(endpoint, stats)| (label(endpoint), stats.errors.to_string()))
             .collect();
-        metric("vsp_endpoint_errors_total", "counter", "Calls answered with an error, by endpoint.", &failed);
+        metric(
+            "vsp_endpoint_errors_total",
+            "counter",
+            "Calls answered with an error, by endpoint.",
+            &failed,
+        );
         let quantiles: Vec<(String, String)> = self
             .endpoints
             .iter()
             .flat_map(|(endpoint, stats)| {
                 [("0.5", stats.p50), ("0.99", stats.p99)].map(|(q, value)| {
-                    (format!("{},quantile=\"{q}\"", label(endpoint)), value.as_secs_f64().to_string())
+                    (
+                        format!("{},quantile=\"{q}\"", label(endpoint)),
+                        value.as_secs_f64().to_string(),
+                    )
                 })
             })
             .collect();
@@ -126,7 +174,10 @@ impl PerformanceStats {
 }
 
 fn prometheus_label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Processing times in logarithmic buckets: 16 per power of two, so a percentile read from it is
@@ -143,7 +194,9 @@ const MAGNITUDES: usize = 40;
 impl Default for LatencyHistogram {
     fn default() -> Self {
         LatencyHistogram {
-            buckets: (0..MAGNITUDES * SUB_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            buckets: (0..MAGNITUDES * SUB_BUCKETS)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         }
     }
 }
@@ -183,7 +236,11 @@ impl LatencyHistogram {
 
     /// The values at the quantiles `qs` (each in 0..=1, ascending).
     fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Duration; N] {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
         let total: u64 = counts.iter().sum();
         let mut out = [Duration::ZERO; N];
         if total == 0 {
@@ -355,11 +412,25 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_within_a_sixteenth() {
-        for nanos in [0u64, 1, 15, 16, 17, 100, 1_000, 12_345, 1_000_000, 987_654_321] {
+        for nanos in [
+            0u64,
+            1,
+            15,
+            16,
+            17,
+            100,
+            1_000,
+            12_345,
+            1_000_000,
+            987_654_321,
+        ] {
             let index = LatencyHistogram::index(nanos);
             let upper = LatencyHistogram::value_at(index);
             assert!(upper >= nanos, "{nanos} -> bucket edge {upper}");
-            assert!((upper - nanos) as f64 <= nanos as f64 / 16.0 + 1.0, "{nanos} -> {upper}");
+            assert!(
+                (upper - nanos) as f64 <= nanos as f64 / 16.0 + 1.0,
+                "{nanos} -> {upper}"
+            );
         }
     }
 
@@ -370,14 +441,19 @@ mod tests {
             histogram.record(Duration::from_micros(micros));
         }
         let [p50, p99] = histogram.quantiles([0.5, 0.99]);
-        let close = |d: Duration, micros: f64| (d.as_secs_f64() * 1e6 - micros).abs() <= micros / 16.0 + 0.01;
+        let close = |d: Duration, micros: f64| {
+            (d.as_secs_f64() * 1e6 - micros).abs() <= micros / 16.0 + 0.01
+        };
         assert!(close(p50, 50.0), "{p50:?}");
         assert!(close(p99, 99.0), "{p99:?}");
     }
 
     #[test]
     fn an_empty_histogram_reads_zero() {
-        assert_eq!(LatencyHistogram::default().quantiles([0.5]), [Duration::ZERO]);
+        assert_eq!(
+            LatencyHistogram::default().quantiles([0.5]),
+            [Duration::ZERO]
+        );
     }
 
     #[test]

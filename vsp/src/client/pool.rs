@@ -45,7 +45,9 @@ impl InstancePool {
     /// is busy and the limit is not reached).
     fn least_loaded(&self) -> (Option<Arc<Connection>>, bool) {
         let mut connections = self.connections();
-        connections.retain(|connection| !connection.is_closed());
+        if connections.iter().any(|connection| connection.is_closed()) {
+            connections.retain(|connection| !connection.is_closed());
+        }
         let best = connections.iter().min_by_key(|c| c.in_flight()).cloned();
         let open_another = connections.len() < self.max_transports
             && best.as_ref().is_none_or(|c| c.in_flight() > 0);

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -99,7 +100,9 @@ pub(crate) async fn serve_connection(
         };
         match next {
             Ok(Some(frame)) => {
-                if let Err(reason) = dispatch(&conn, &frame) {
+                let dispatched =
+                    std::future::poll_fn(|cx| Poll::Ready(dispatch(&conn, &frame, cx))).await;
+                if let Err(reason) = dispatched {
                     tracing::warn!(%peer, "closing connection: {reason}");
                     conn.reply_without_id(ErrorCode::Protocol, &reason);
                     break;
@@ -127,7 +130,11 @@ pub(crate) async fn serve_connection(
 
 /// Handles one request frame. An `Err` means the frame cannot be answered and the connection
 /// must close.
-fn dispatch(conn: &Arc<ServerConnection>, frame: &Bytes) -> Result<(), String> {
+fn dispatch(
+    conn: &Arc<ServerConnection>,
+    frame: &Bytes,
+    cx: &mut Context<'_>,
+) -> Result<(), String> {
     let envelope = match Envelope::parse(frame) {
         Ok(envelope) => envelope,
         Err(err) => {
@@ -137,11 +144,7 @@ fn dispatch(conn: &Arc<ServerConnection>, frame: &Bytes) -> Result<(), String> {
             let Some(request_id) = salvage_request_id(frame) else {
                 return Err(format!("unreadable frame without a request id: {detail}"));
             };
-            let reply = Reply::new(
-                conn.clone(),
-                response_head(request_id.get(), "", ""),
-                None,
-            );
+            let reply = Reply::new(conn.clone(), response_head(request_id.get(), "", ""), None);
             reply.error(ErrorCode::Protocol, &format!("malformed request: {detail}"));
             return Ok(());
         }
@@ -187,7 +190,7 @@ fn dispatch(conn: &Arc<ServerConnection>, frame: &Bytes) -> Result<(), String> {
         );
         return Ok(());
     }
-    if let Err((reply, err)) = entry.endpoint.start(body, reply) {
+    if let Err((reply, err)) = entry.endpoint.start(body, reply, cx) {
         reply.error(
             ErrorCode::BadRequest,
             &format!("invalid arguments for `{name}`: {err}"),

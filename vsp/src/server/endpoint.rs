@@ -26,7 +26,13 @@ use crate::protocol::{write_error_body, write_json_str, write_response_header_en
 pub(crate) trait Endpoint: Send + Sync + 'static {
     /// Deserializes the arguments from `body` and starts the handler, which answers through
     /// `reply`. If the arguments do not fit, `reply` comes back with the deserializer's error.
-    fn start(&self, body: &RawValue, reply: Reply) -> Result<(), (Reply, serde_json::Error)>;
+    /// `cx` is the connection task's context, for a first poll of the handler in place.
+    fn start(
+        &self,
+        body: &RawValue,
+        reply: Reply,
+        cx: &mut Context<'_>,
+    ) -> Result<(), (Reply, serde_json::Error)>;
 }
 
 /// A handler function registered with [`VspManager::endpoint`](crate::VspManager::endpoint).
@@ -48,7 +54,12 @@ impl<F, A> FnEndpoint<F, A> {
 pub(crate) struct HealthEndpoint;
 
 impl Endpoint for HealthEndpoint {
-    fn start(&self, _body: &RawValue, reply: Reply) -> Result<(), (Reply, serde_json::Error)> {
+    fn start(
+        &self,
+        _body: &RawValue,
+        reply: Reply,
+        _cx: &mut Context<'_>,
+    ) -> Result<(), (Reply, serde_json::Error)> {
         reply.ok(&Health::now());
         Ok(())
     }
@@ -124,38 +135,87 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: Outcome,
 {
-    fn start(&self, body: &RawValue, reply: Reply) -> Result<(), (Reply, serde_json::Error)> {
+    fn start(
+        &self,
+        body: &RawValue,
+        reply: Reply,
+        cx: &mut Context<'_>,
+    ) -> Result<(), (Reply, serde_json::Error)> {
         let args = match serde_json::from_str::<A>(body.get()) {
             Ok(args) => args,
             Err(err) => return Err((reply, err)),
         };
-        let handler = (self.handler)(args);
-        reply.spawn_handler(handler);
+        run_handler((self.handler)(args), reply, cx);
         Ok(())
     }
 }
 
-/// Runs one handler to its answer: its value, its error, `handler` if it panicked, nothing if the
-/// server closed first.
-async fn run_handler<Fut>(handler: Fut, reply: Reply)
+/// A handler's outcome, or the panic that ended it.
+type Caught<T> = Result<T, Box<dyn Any + Send>>;
+
+/// Runs one handler to its answer.
+///
+/// Why the first poll happens here: most handlers finish without waiting, and polling them on the
+/// connection's own task answers them without spawning, scheduling and waking a task each. A
+/// handler that waits continues as a task of its own; in `Multicore` mode every handler runs on
+/// the worker pool.
+fn run_handler<Fut>(handler: Fut, reply: Reply, cx: &mut Context<'_>)
 where
-    Fut: Future + Send,
+    Fut: Future + Send + 'static,
     Fut::Output: Outcome,
 {
-    let stats = &reply.conn.manager().stats;
-    stats.active_workers.fetch_add(1, Ordering::Relaxed);
+    let conn = reply.conn.clone();
+    let manager = conn.manager();
+    manager.stats.active_workers.fetch_add(1, Ordering::Relaxed);
     let limiter = reply.entry.as_ref().and_then(|entry| entry.limiter.clone());
+    let running = CatchUnwind {
+        inner: Limited::new(handler, limiter),
+    };
+    if let Some(pool) = manager.worker_pool() {
+        pool.spawn(finish_handler(running, reply));
+        return;
+    }
+    let mut running = Box::pin(running);
+    match running.as_mut().poll(cx) {
+        Poll::Ready(outcome) => {
+            manager.stats.active_workers.fetch_sub(1, Ordering::Relaxed);
+            answer(outcome, reply);
+        }
+        Poll::Pending => {
+            tokio::spawn(finish_handler(running, reply));
+        }
+    }
+}
+
+/// Drives a handler to completion as its own task, unless the server closes first.
+async fn finish_handler<F, O>(running: F, reply: Reply)
+where
+    F: Future<Output = Caught<O>>,
+    O: Outcome,
+{
     let outcome = {
         let mut lifecycle = reply.conn.manager().lifecycle();
         tokio::select! {
-            outcome = CatchUnwind { inner: Limited::new(handler, limiter) } => Some(outcome),
+            outcome = running => Some(outcome),
             _ = lifecycle.wait_for(|state| *state == Lifecycle::Closed) => None,
         }
     };
-    stats.active_workers.fetch_sub(1, Ordering::Relaxed);
+    reply
+        .conn
+        .manager()
+        .stats
+        .active_workers
+        .fetch_sub(1, Ordering::Relaxed);
+    // `None`: the server closed after its drain timeout; nobody reads a reply.
+    if let Some(outcome) = outcome {
+        answer(outcome, reply);
+    }
+}
+
+fn answer<O: Outcome>(outcome: Caught<O>, reply: Reply) {
     match outcome {
-        Some(Ok(outcome)) => outcome.send(reply),
-        Some(Err(panic)) => {
+        Ok(outcome) => outcome.send(reply),
+        Err(panic) => {
             let message = format!(
                 "handler of `{}` panicked: {}",
                 reply.endpoint(),
@@ -164,8 +224,6 @@ where
             tracing::error!(endpoint = reply.endpoint(), "{message}");
             reply.error(ErrorCode::Handler, &message);
         }
-        // The server closed after its drain timeout: the connection is gone, nobody reads a reply.
-        None => {}
     }
 }
 
@@ -215,7 +273,11 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
-    pub(crate) fn new(conn: Arc<ServerConnection>, head: Vec<u8>, entry: Option<Arc<EndpointEntry>>) -> Self {
+    pub(crate) fn new(
+        conn: Arc<ServerConnection>,
+        head: Vec<u8>,
+        entry: Option<Arc<EndpointEntry>>,
+    ) -> Self {
         let manager = conn.manager();
         manager.stats.request_started();
         let received = manager.stats_enabled().then(Instant::now);
@@ -230,22 +292,6 @@ impl Reply {
 
     fn endpoint(&self) -> &str {
         self.entry.as_ref().map_or("", |entry| &entry.name)
-    }
-
-    /// Runs `handler` where this manager runs handlers, and answers with its outcome.
-    fn spawn_handler<Fut>(self, handler: Fut)
-    where
-        Fut: Future + Send + 'static,
-        Fut::Output: Outcome,
-    {
-        let conn = self.conn.clone();
-        let task = run_handler(handler, self);
-        match conn.manager().worker_pool() {
-            Some(pool) => pool.spawn(task),
-            None => {
-                tokio::spawn(task);
-            }
-        }
     }
 
     /// Answers with `value` as the body; a value that fails to serialize becomes a `handler`
@@ -263,12 +309,18 @@ impl Reply {
         match pushed {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
-                let message = format!("cannot serialize the result of `{}`: {err}", self.endpoint());
+                let message = format!(
+                    "cannot serialize the result of `{}`: {err}",
+                    self.endpoint()
+                );
                 tracing::error!(endpoint = self.endpoint(), "{message}");
                 self.error(ErrorCode::Handler, &message);
             }
             Err(_closed) => {
-                tracing::debug!(endpoint = self.endpoint(), "reply dropped: connection closed")
+                tracing::debug!(
+                    endpoint = self.endpoint(),
+                    "reply dropped: connection closed"
+                )
             }
         }
     }
@@ -301,7 +353,10 @@ impl Reply {
             })
         });
         if pushed.is_err() {
-            tracing::debug!(endpoint = self.endpoint(), "error reply dropped: connection closed");
+            tracing::debug!(
+                endpoint = self.endpoint(),
+                "error reply dropped: connection closed"
+            );
         }
     }
 
@@ -319,7 +374,10 @@ impl Reply {
             })
         });
         if pushed.is_err() {
-            tracing::debug!(endpoint = self.endpoint(), "error reply dropped: connection closed");
+            tracing::debug!(
+                endpoint = self.endpoint(),
+                "error reply dropped: connection closed"
+            );
         }
     }
 }

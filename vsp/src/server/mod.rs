@@ -322,7 +322,11 @@ impl VspManager {
         service.register(self)
     }
 
-    pub(crate) fn register(&self, name: String, endpoint: Box<dyn Endpoint>) -> Result<(), VspError> {
+    pub(crate) fn register(
+        &self,
+        name: String,
+        endpoint: Box<dyn Endpoint>,
+    ) -> Result<(), VspError> {
         let _registering = self
             .inner
             .registering

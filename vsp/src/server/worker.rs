@@ -106,7 +106,8 @@ impl PollLimiter {
             if let Some(waker) = waiters.pop() {
                 waker.wake();
             }
-            self.has_waiters.store(!waiters.is_empty(), Ordering::Release);
+            self.has_waiters
+                .store(!waiters.is_empty(), Ordering::Release);
         }
     }
 
