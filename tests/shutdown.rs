@@ -77,7 +77,13 @@ async fn requests_arriving_while_draining_are_refused_as_shutting_down() {
         let manager = manager.clone();
         tokio::spawn(async move { manager.shutdown().await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // First the notice, under a null request id: send nothing new here.
+    let notice = peer.recv().await.unwrap();
+    assert_eq!(notice["header"]["request_id"], serde_json::Value::Null);
+    assert_eq!(
+        notice["header"]["error_code"],
+        ErrorCode::ShuttingDown.as_str()
+    );
     peer.send_request("2", "echo", r#"{"value":1}"#).await;
     let refused = peer.recv().await.unwrap();
     assert_eq!(refused["header"]["request_id"], 2);

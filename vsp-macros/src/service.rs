@@ -347,6 +347,7 @@ impl ServiceGenerator {
                 ret,
                 output,
                 wire_name,
+                idempotent,
                 ..
             } = method;
             let args_ident = self.args_ident(method);
@@ -368,6 +369,7 @@ impl ServiceGenerator {
                     &self.client,
                     #service_name,
                     #wire_name,
+                    #idempotent,
                     &#args_ident { #(#names),* },
                 )
             };

@@ -52,6 +52,20 @@ pub enum VspError {
         after: Duration,
     },
 
+    /// Every connection to the instance already carries its limit of calls in flight, and no
+    /// more connections may be opened.
+    #[error(
+        "{instance} (service `{service}`) already has {limit} calls in flight on every connection"
+    )]
+    TooManyInFlight {
+        /// The service that was called.
+        service: String,
+        /// The instance, as `host:port`.
+        instance: String,
+        /// The limit per connection.
+        limit: usize,
+    },
+
     /// The connection carrying the call broke before its response arrived.
     #[error("connection to {instance} closed while calling `{service}.{endpoint}`: {reason}")]
     ConnectionClosed {

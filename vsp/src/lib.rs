@@ -171,11 +171,13 @@ pub use vsp_macros::service;
 /// ```
 pub use vsp_macros::call;
 
-pub use balancer::{LoadBalancer, RoundRobinBalancer};
-pub use client::{VspClient, VspClientBuilder};
+pub use balancer::{LeastLoadedBalancer, LoadBalancer, RoundRobinBalancer, WeightedBalancer};
+pub use client::{CallOptions, PoolStats, VspClient, VspClientBuilder};
 pub use discovery::{Discovery, StaticDiscovery};
 pub use error::{CallError, ErrorCode, ProtocolError, VspError};
-pub use mesh::{HealthStatus, ServiceInfo, ServiceMesh, ServiceMeshBuilder};
+pub use mesh::{
+    HealthPolicy, HealthStatus, InstanceState, ServiceInfo, ServiceMesh, ServiceMeshBuilder,
+};
 pub use server::{EndpointInfo, Service, VspManager, VspManagerBuilder, WorkerType};
 pub use stats::{EndpointStats, PerformanceStats};
 

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 pub use serde;
 
+use crate::client::CallOptions;
 use crate::error::{CallError, VspError};
 use crate::server::{FnEndpoint, ServiceResult, ServiceValue};
 use crate::{VspClient, VspManager};
@@ -64,14 +65,21 @@ where
     manager.register(endpoint.to_owned(), Box::new(endpoint_impl))
 }
 
+fn options(idempotent: bool) -> CallOptions {
+    CallOptions::new().idempotent(idempotent)
+}
+
 /// Calls a method returning `Result<T, E>`.
 pub async fn call_fallible<T: DeserializeOwned, E: DeserializeOwned>(
     client: &VspClient,
     service: &str,
     endpoint: &str,
+    idempotent: bool,
     args: &impl Serialize,
 ) -> Result<T, CallError<E>> {
-    client.call_service(service, endpoint, args).await
+    client
+        .call_service(service, endpoint, args, options(idempotent))
+        .await
 }
 
 /// Calls a method returning a plain `T`.
@@ -79,7 +87,10 @@ pub async fn call_infallible<T: DeserializeOwned>(
     client: &VspClient,
     service: &str,
     endpoint: &str,
+    idempotent: bool,
     args: &impl Serialize,
 ) -> Result<T, VspError> {
-    client.call_typed(service, endpoint, args).await
+    client
+        .call_with(service, endpoint, args, options(idempotent))
+        .await
 }

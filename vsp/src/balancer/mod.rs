@@ -6,11 +6,15 @@
 //! [`ServiceBalancer`], keeps that next to the service's instances, and calls only `pick` per
 //! call.
 
+mod least_loaded;
 mod round_robin;
+mod weighted;
 
 use std::sync::Arc;
 
+pub use least_loaded::LeastLoadedBalancer;
 pub use round_robin::RoundRobinBalancer;
+pub use weighted::WeightedBalancer;
 
 use crate::mesh::Instance;
 

@@ -14,7 +14,8 @@ use tokio::task::AbortHandle;
 use crate::error::ErrorCode;
 use crate::protocol::frame::{encode_frame, FrameReader, ReadError};
 use crate::protocol::{
-    parse_int_request_id, salvage_request_id, write_header_start, Envelope, RequestIdOut,
+    parse_int_request_id, salvage_request_id, write_header_start, write_timeout_extension,
+    Envelope, RequestIdOut,
 };
 use crate::transport::{run_writer, WriteQueue};
 
@@ -65,6 +66,11 @@ struct ConnectionState {
     in_flight: AtomicUsize,
     /// Mirrors `pending.closed`, readable without the lock.
     closed: AtomicBool,
+    /// The server said it is shutting down: calls in flight finish, new ones go elsewhere.
+    draining: AtomicBool,
+    /// When a call last started, in milliseconds since `epoch` (for the idle timeout).
+    last_active_ms: AtomicU64,
+    epoch: std::time::Instant,
 }
 
 impl ConnectionState {
@@ -114,7 +120,11 @@ impl ConnectionState {
             return;
         }
         let Some(id) = parse_int_request_id(envelope.request_id()) else {
-            if envelope.error_code() == Some(ErrorCode::Protocol) {
+            if envelope.error_code() == Some(ErrorCode::ShuttingDown) {
+                // The server's notice that it drains: no new calls on this connection.
+                tracing::debug!(instance = %self.instance, "the server is shutting down");
+                self.draining.store(true, Ordering::Release);
+            } else if envelope.error_code() == Some(ErrorCode::Protocol) {
                 // The server could not tie the error to a request: it is about to close on us.
                 let message = serde_json::from_str::<ErrorBody<'_>>(envelope.body().get())
                     .map(|body| body.error.into_owned())
@@ -178,6 +188,9 @@ impl Connection {
             next_id: AtomicU64::new(1),
             in_flight: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            last_active_ms: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
         });
         {
             let state = state.clone();
@@ -214,17 +227,37 @@ impl Connection {
         self.state.closed.load(Ordering::Acquire)
     }
 
+    /// Closed, or draining: takes no new calls.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.is_closed() || self.is_draining()
+    }
+
+    /// The server announced it is shutting down.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.state.draining.load(Ordering::Acquire)
+    }
+
+    /// No call in flight, and none started for `idle` or longer.
+    pub(crate) fn is_idle_for(&self, idle: std::time::Duration) -> bool {
+        let now_ms = self.state.epoch.elapsed().as_millis() as u64;
+        self.in_flight() == 0
+            && now_ms.saturating_sub(self.state.last_active_ms.load(Ordering::Relaxed))
+                >= idle.as_millis() as u64
+    }
+
     /// Calls not answered yet on this connection.
     pub(crate) fn in_flight(&self) -> usize {
         self.state.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Queues a request and returns the slot its response will arrive in.
+    /// Queues a request and returns the slot its response will arrive in. `timeout_ms` goes in
+    /// the header, so the server stops the work when the caller has given up.
     pub(crate) fn send(
-        &self,
+        self: &Arc<Self>,
         service: &str,
         endpoint: &str,
         body: &(impl Serialize + ?Sized),
+        timeout_ms: u64,
     ) -> Result<PendingCall, CallFailure> {
         let id = self.state.next_id.fetch_add(1, Ordering::Relaxed);
         let (slot, response) = oneshot::channel();
@@ -236,8 +269,12 @@ impl Connection {
             pending.calls.insert(id, slot);
         }
         self.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.state.last_active_ms.store(
+            self.state.epoch.elapsed().as_millis() as u64,
+            Ordering::Relaxed,
+        );
         let call = PendingCall {
-            state: self.state.clone(),
+            connection: self.clone(),
             id,
             response,
             answered: false,
@@ -245,6 +282,7 @@ impl Connection {
         let queued = self.state.queue.push(|out| {
             encode_frame(out, |out| {
                 write_header_start(out, RequestIdOut::Int(id), service, endpoint, false);
+                write_timeout_extension(out, timeout_ms);
                 out.extend_from_slice(b"},\"body\":");
                 serde_json::to_writer(&mut *out, body)?;
                 out.push(b'}');
@@ -262,7 +300,8 @@ impl Connection {
 /// A call waiting for its response. Dropping it (a timeout, a cancelled caller) frees its slot,
 /// so a late response is dropped.
 pub(crate) struct PendingCall {
-    state: Arc<ConnectionState>,
+    /// Keeps the connection open until the call is settled, even if the pool retired it.
+    connection: Arc<Connection>,
     id: u64,
     response: oneshot::Receiver<Result<RawResponse, CallFailure>>,
     /// The reader already took the slot out of the table.
@@ -289,9 +328,10 @@ impl PendingCall {
 
 impl Drop for PendingCall {
     fn drop(&mut self) {
-        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let state = &self.connection.state;
+        state.in_flight.fetch_sub(1, Ordering::Relaxed);
         if !self.answered {
-            self.state.pending().calls.remove(&self.id);
+            state.pending().calls.remove(&self.id);
         }
     }
 }

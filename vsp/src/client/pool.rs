@@ -1,7 +1,11 @@
-//! Connections per instance: up to `max_transports`, opened lazily, least loaded first.
+//! Connections per instance: up to `max_transports`, opened lazily, least loaded first, closed
+//! when idle, never more than the limits allow.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+
+use serde::Serialize;
 
 use super::connection::Connection;
 use crate::transport::{connect, ConnectError};
@@ -11,13 +15,60 @@ use crate::transport::{connect, ConnectError};
 pub(crate) enum PoolError {
     Connect(std::io::Error),
     TimedOut(Duration),
+    /// Every connection is at its in-flight limit and no more may be opened.
+    Saturated {
+        limit: usize,
+    },
+}
+
+/// Counters of a client's connection pools.
+#[derive(Debug, Default)]
+pub(crate) struct PoolCounters {
+    created: AtomicU64,
+    reused: AtomicU64,
+    closed: AtomicU64,
+}
+
+impl PoolCounters {
+    pub(crate) fn snapshot(&self) -> PoolStats {
+        let created = self.created.load(Ordering::Relaxed);
+        let closed = self.closed.load(Ordering::Relaxed);
+        PoolStats {
+            created,
+            reused: self.reused.load(Ordering::Relaxed),
+            closed,
+            active: created.saturating_sub(closed),
+        }
+    }
+}
+
+/// What a client's connection pools have done, over all instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Connections opened.
+    pub created: u64,
+    /// Calls that went over a connection already open.
+    pub reused: u64,
+    /// Connections closed: broken, retired by a draining server, or idle too long.
+    pub closed: u64,
+    /// Connections open now.
+    pub active: u64,
+}
+
+/// The limits of one instance's pool.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PoolLimits {
+    pub(crate) max_transports: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) max_frame_size: usize,
 }
 
 /// The connections of one client to one instance.
 pub(crate) struct InstancePool {
     endpoint: Arc<str>,
-    max_transports: usize,
-    max_frame_size: usize,
+    limits: PoolLimits,
+    counters: Arc<PoolCounters>,
     connections: Mutex<Vec<Arc<Connection>>>,
     /// One connect at a time per instance, so a burst of calls opens connections one by one
     /// up to the limit instead of all at once.
@@ -25,11 +76,15 @@ pub(crate) struct InstancePool {
 }
 
 impl InstancePool {
-    pub(crate) fn new(endpoint: Arc<str>, max_transports: usize, max_frame_size: usize) -> Self {
+    pub(crate) fn new(endpoint: Arc<str>, limits: PoolLimits, counters: Arc<PoolCounters>) -> Self {
         InstancePool {
             endpoint,
-            max_transports: max_transports.max(1),
-            max_frame_size,
+            limits: PoolLimits {
+                max_transports: limits.max_transports.max(1),
+                max_in_flight: limits.max_in_flight.max(1),
+                ..limits
+            },
+            counters,
             connections: Mutex::new(Vec::new()),
             connecting: tokio::sync::Mutex::new(()),
         }
@@ -41,17 +96,38 @@ impl InstancePool {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The least-loaded open connection, and whether another should be opened (every open one
+    /// Drops connections that match `retire` from the pool (calls in flight on them finish).
+    fn retire(&self, connections: &mut Vec<Arc<Connection>>, retire: impl Fn(&Connection) -> bool) {
+        let before = connections.len();
+        connections.retain(|connection| !retire(connection));
+        let removed = (before - connections.len()) as u64;
+        if removed > 0 {
+            self.counters.closed.fetch_add(removed, Ordering::Relaxed);
+        }
+    }
+
+    /// The least-loaded usable connection, and whether another should be opened (every open one
     /// is busy and the limit is not reached).
     fn least_loaded(&self) -> (Option<Arc<Connection>>, bool) {
         let mut connections = self.connections();
-        if connections.iter().any(|connection| connection.is_closed()) {
-            connections.retain(|connection| !connection.is_closed());
+        if connections.iter().any(|connection| connection.is_retired()) {
+            self.retire(&mut connections, Connection::is_retired);
         }
         let best = connections.iter().min_by_key(|c| c.in_flight()).cloned();
-        let open_another = connections.len() < self.max_transports
+        let open_another = connections.len() < self.limits.max_transports
             && best.as_ref().is_none_or(|c| c.in_flight() > 0);
         (best, open_another)
+    }
+
+    /// Takes `best` if it has room for one more call.
+    fn admit(&self, best: Arc<Connection>) -> Result<Arc<Connection>, PoolError> {
+        if best.in_flight() >= self.limits.max_in_flight {
+            return Err(PoolError::Saturated {
+                limit: self.limits.max_in_flight,
+            });
+        }
+        self.counters.reused.fetch_add(1, Ordering::Relaxed);
+        Ok(best)
     }
 
     /// A connection for the next call, opening one if needed, within `connect_timeout`.
@@ -61,20 +137,20 @@ impl InstancePool {
     ) -> Result<Arc<Connection>, PoolError> {
         let (best, open_another) = self.least_loaded();
         let best = match (best, open_another) {
-            (Some(best), false) => return Ok(best),
+            (Some(best), false) => return self.admit(best),
             (best, _) => best,
         };
         let _connecting = match (self.connecting.try_lock(), best) {
             (Ok(guard), _) => guard,
             // Someone is already opening one: share the busy connection meanwhile.
-            (Err(_), Some(best)) => return Ok(best),
+            (Err(_), Some(best)) => return self.admit(best),
             (Err(_), None) => tokio::time::timeout(connect_timeout, self.connecting.lock())
                 .await
                 .map_err(|_| PoolError::TimedOut(connect_timeout))?,
         };
         // Another caller may have opened one while this one waited.
         if let (Some(best), false) = self.least_loaded() {
-            return Ok(best);
+            return self.admit(best);
         }
         let stream = connect(&self.endpoint, connect_timeout)
             .await
@@ -85,17 +161,25 @@ impl InstancePool {
         let connection = Arc::new(Connection::start(
             stream,
             self.endpoint.clone(),
-            self.max_frame_size,
+            self.limits.max_frame_size,
         ));
         self.connections().push(connection.clone());
+        self.counters.created.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(instance = %self.endpoint, "opened a connection");
         Ok(connection)
     }
 
-    /// Open connections (for tests and stats).
+    /// Closes connections without calls for `idle` or longer; true if none is left open.
+    pub(crate) fn close_idle(&self, idle: Duration) -> bool {
+        let mut connections = self.connections();
+        self.retire(&mut connections, |c| c.is_retired() || c.is_idle_for(idle));
+        connections.is_empty()
+    }
+
+    /// Open connections.
     pub(crate) fn open_connections(&self) -> usize {
         let mut connections = self.connections();
-        connections.retain(|connection| !connection.is_closed());
+        self.retire(&mut connections, Connection::is_retired);
         connections.len()
     }
 }

@@ -1,7 +1,7 @@
 //! `ServiceInfo` (what is registered) and `Instance` (what the mesh tracks about it live).
 
 use std::fmt;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -152,6 +152,14 @@ pub struct Instance {
     endpoint: Arc<str>,
     status: AtomicU8,
     in_flight: AtomicUsize,
+    /// Transport failures since the last success.
+    pub(crate) consecutive_failures: AtomicU32,
+    /// Ejections since the instance was last healthy: the exponent of the backoff.
+    pub(crate) ejections: AtomicU32,
+    /// A probe is scheduled to decide re-admission.
+    pub(crate) probing: AtomicBool,
+    /// Moving average of call latency, in nanoseconds (0: no sample yet).
+    latency_ewma_ns: AtomicU64,
 }
 
 impl fmt::Debug for Instance {
@@ -170,7 +178,58 @@ impl Instance {
             endpoint: Arc::from(info.endpoint()),
             status: AtomicU8::new(info.status.as_u8()),
             in_flight: AtomicUsize::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            probing: AtomicBool::new(false),
+            latency_ewma_ns: AtomicU64::new(0),
             info,
+        }
+    }
+
+    /// A new registration of the same address keeps what was learned about its health.
+    pub(crate) fn inherit_health(&self, previous: &Instance) {
+        if self.info.status == HealthStatus::Unknown {
+            self.set_status(previous.status());
+        }
+        for (mine, theirs) in [
+            (&self.consecutive_failures, &previous.consecutive_failures),
+            (&self.ejections, &previous.ejections),
+        ] {
+            mine.store(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.probing
+            .store(previous.probing.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.latency_ewma_ns.store(
+            previous.latency_ewma_ns.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The moving average of this instance's call latency (zero before the first call).
+    pub fn latency(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.latency_ewma_ns.load(Ordering::Relaxed))
+    }
+
+    /// Folds one call's latency into the moving average (weight 1/5 for the new sample).
+    pub(crate) fn record_latency(&self, latency: std::time::Duration) {
+        let sample = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.latency_ewma_ns.load(Ordering::Relaxed);
+        // Racing updates may lose a sample; an average does not mind.
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 5 + sample / 5
+        };
+        self.latency_ewma_ns.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// A snapshot for [`ServiceMesh::instances`](crate::ServiceMesh::instances).
+    pub(crate) fn state(&self) -> InstanceState {
+        InstanceState {
+            info: self.info(),
+            in_flight: self.in_flight(),
+            consecutive_failures: self.consecutive_failures.load(Ordering::Relaxed),
+            latency: self.latency(),
         }
     }
 
@@ -231,14 +290,22 @@ impl Instance {
     }
 }
 
+/// What the mesh knows of one instance right now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct InstanceState {
+    /// The registration, with the live health status.
+    pub info: ServiceInfo,
+    /// Calls to it not completed yet (from clients of this mesh).
+    pub in_flight: usize,
+    /// Transport failures since its last success.
+    pub consecutive_failures: u32,
+    /// Moving average of its call latency.
+    pub latency: std::time::Duration,
+}
+
 /// Holds one call against an instance's in-flight count.
 pub(crate) struct InFlightGuard(Arc<Instance>);
-
-impl InFlightGuard {
-    pub(crate) fn instance(&self) -> &Arc<Instance> {
-        &self.0
-    }
-}
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {

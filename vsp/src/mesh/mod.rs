@@ -6,6 +6,7 @@
 //! picks happen on every call, so a pick reads a snapshot without taking any lock, and a change
 //! publishes a new one.
 
+mod health;
 mod instance;
 
 use std::collections::HashMap;
@@ -13,7 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use arc_swap::ArcSwap;
 
-pub use instance::{HealthStatus, Instance, ServiceInfo};
+pub use health::HealthPolicy;
+pub(crate) use health::Verdict;
+pub use instance::{HealthStatus, Instance, InstanceState, ServiceInfo};
 
 use crate::balancer::{LoadBalancer, RoundRobinBalancer, ServiceBalancer};
 use crate::discovery::{Discovery, StaticDiscovery};
@@ -32,6 +35,7 @@ struct MeshInner {
     /// Serializes membership changes (the copy-on-write of the snapshots).
     changing: Mutex<()>,
     balancer: Box<dyn LoadBalancer>,
+    health: HealthPolicy,
 }
 
 /// Routes calls by service name: instances from discovery, filtered by health, picked by the load
@@ -66,10 +70,20 @@ impl std::fmt::Debug for ServiceMesh {
 }
 
 /// Builds a [`ServiceMesh`].
-#[derive(Default)]
 pub struct ServiceMeshBuilder {
     discovery: Option<Arc<dyn Discovery>>,
     balancer: Option<Box<dyn LoadBalancer>>,
+    health: HealthPolicy,
+}
+
+impl Default for ServiceMeshBuilder {
+    fn default() -> Self {
+        ServiceMeshBuilder {
+            discovery: None,
+            balancer: None,
+            health: HealthPolicy::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for ServiceMeshBuilder {
@@ -91,6 +105,14 @@ impl ServiceMeshBuilder {
         self
     }
 
+    /// When instances are ejected and how often ejected ones are probed
+    /// (default [`HealthPolicy::default`]: 3 consecutive failures, probes after 0.5 s doubling
+    /// to 30 s).
+    pub fn health_policy(mut self, policy: HealthPolicy) -> Self {
+        self.health = policy;
+        self
+    }
+
     /// Builds the mesh and starts its discovery.
     pub fn build(self) -> ServiceMesh {
         let inner = Arc::new(MeshInner {
@@ -99,6 +121,7 @@ impl ServiceMeshBuilder {
             balancer: self
                 .balancer
                 .unwrap_or_else(|| Box::new(RoundRobinBalancer::new())),
+            health: self.health,
         });
         let discovery = self
             .discovery
@@ -144,9 +167,28 @@ impl ServiceMesh {
         self.inner.remove(service, host, port)
     }
 
-    /// The instances of `service` with their live status (empty if the service is unknown).
-    pub fn instances(&self, service: &str) -> Vec<ServiceInfo> {
-        self.inner.instances(service)
+    /// The instances of `service` with their live status, weight, calls in flight and latency
+    /// (empty if the service is unknown).
+    pub fn instances(&self, service: &str) -> Vec<InstanceState> {
+        self.instance_handles(service)
+            .iter()
+            .map(|instance| instance.state())
+            .collect()
+    }
+
+    /// The live instances of `service`.
+    pub(crate) fn instance_handles(&self, service: &str) -> Vec<Arc<Instance>> {
+        self.inner
+            .services
+            .load()
+            .get(service)
+            .map(|entry| entry.instances.load().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// The health policy, for the client that reports outcomes and runs the probes.
+    pub(crate) fn health(&self) -> &HealthPolicy {
+        &self.inner.health
     }
 
     /// The names of the services with at least one instance, sorted.
@@ -228,7 +270,10 @@ impl MeshInner {
             .iter_mut()
             .find(|existing| existing.endpoint() == instance.endpoint())
         {
-            Some(existing) => *existing = instance,
+            Some(existing) => {
+                instance.inherit_health(existing);
+                *existing = instance;
+            }
             None => instances.push(instance),
         }
         entry.instances.store(Arc::new(instances));

@@ -47,6 +47,8 @@ struct Header<'a> {
     error_code: Option<Cow<'a, str>>,
     #[serde(default, rename = "vsp")]
     version: Option<u32>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
 }
 
 /// Only the request id, for answering a frame whose other parts are unusable.
@@ -98,6 +100,11 @@ impl<'a> Envelope<'a> {
         self.header.version
     }
 
+    /// The `timeout_ms` header extension: how long the caller still waits for the answer.
+    pub fn timeout_ms(&self) -> Option<u64> {
+        self.header.timeout_ms
+    }
+
     /// The body, as raw JSON.
     pub fn body(&self) -> &'a RawValue {
         self.body
@@ -144,6 +151,12 @@ pub(crate) fn write_header_start(
     } else {
         b",\"is_response\":false"
     });
+}
+
+/// Adds the caller's remaining wait to a request header (a VSP extension Velithon ignores).
+pub(crate) fn write_timeout_extension(out: &mut Vec<u8>, timeout_ms: u64) {
+    out.extend_from_slice(b",\"timeout_ms\":");
+    out.extend_from_slice(itoa_u64(timeout_ms, &mut [0; 20]));
 }
 
 /// Closes a response header with our extensions and opens the body.

@@ -15,7 +15,7 @@ mod message;
 
 pub(crate) use envelope::{
     is_json_object, parse_int_request_id, salvage_request_id, write_error_body, write_header_start,
-    write_json_str, write_response_header_end, RequestIdOut,
+    write_json_str, write_response_header_end, write_timeout_extension, RequestIdOut,
 };
 pub use envelope::{Envelope, PROTOCOL_VERSION};
 pub use frame::{DEFAULT_MAX_FRAME_SIZE, LENGTH_PREFIX_LEN};

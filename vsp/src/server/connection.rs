@@ -5,6 +5,7 @@
 //! read, ends this connection) and touches no other connection.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,9 +17,11 @@ use tokio::net::TcpStream;
 use super::endpoint::Reply;
 use super::{Lifecycle, ManagerInner};
 use crate::error::{ErrorCode, ProtocolError};
+use crate::protocol::frame::encode_frame;
 use crate::protocol::frame::{FrameReader, ReadError};
 use crate::protocol::{
-    is_json_object, salvage_request_id, write_header_start, Envelope, RequestIdOut,
+    is_json_object, salvage_request_id, write_error_body, write_header_start,
+    write_response_header_end, Envelope, RequestIdOut,
 };
 use crate::transport::{run_writer, WriteQueue};
 
@@ -33,6 +36,8 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 pub(crate) struct ServerConnection {
     manager: Arc<ManagerInner>,
     queue: Arc<WriteQueue>,
+    /// Requests of this connection not answered yet.
+    pub(crate) in_flight: AtomicUsize,
 }
 
 impl ServerConnection {
@@ -89,13 +94,26 @@ pub(crate) async fn serve_connection(
     let conn = Arc::new(ServerConnection {
         manager: manager.clone(),
         queue,
+        in_flight: AtomicUsize::new(0),
     });
     let mut frames = FrameReader::new(read, manager.config.max_frame_size);
     let mut lifecycle = manager.lifecycle();
+    let mut announced = false;
     loop {
+        let state = *lifecycle.borrow_and_update();
+        if state == Lifecycle::Closed {
+            break;
+        }
+        if state == Lifecycle::Draining && !announced {
+            announced = true;
+            conn.announce_shutdown();
+        }
         let next = tokio::select! {
             biased;
-            _ = lifecycle.wait_for(|state| *state == Lifecycle::Closed) => break,
+            changed = lifecycle.changed() => match changed {
+                Ok(()) => continue,
+                Err(_) => break,
+            },
             next = frames.next_frame() => next,
         };
         match next {
@@ -170,6 +188,18 @@ fn dispatch(
         reply.error(ErrorCode::ShuttingDown, &message);
         return Ok(());
     }
+    let deadline = match envelope.timeout_ms() {
+        Some(0) => {
+            let reply = Reply::new(conn.clone(), head, None);
+            reply.error(
+                ErrorCode::Timeout,
+                "the caller's deadline had passed on arrival",
+            );
+            return Ok(());
+        }
+        Some(ms) => Some((tokio::time::Instant::now() + Duration::from_millis(ms), ms)),
+        None => None,
+    };
     let registry = manager.registry.load();
     let Some(entry) = registry.get(endpoint_name) else {
         let reply = Reply::new(conn.clone(), head, None);
@@ -181,7 +211,27 @@ fn dispatch(
         return Ok(());
     };
     let name = &entry.name;
-    let reply = Reply::new(conn.clone(), head, Some(entry.clone()));
+    if **name != *HEALTH_ENDPOINT {
+        let limits = &manager.config;
+        let refusal = if manager.stats.in_flight() >= limits.max_concurrent_requests {
+            Some(format!(
+                "service `{}` is at its limit of {} concurrent requests",
+                manager.name, limits.max_concurrent_requests
+            ))
+        } else if conn.in_flight.load(Ordering::Relaxed) >= limits.max_requests_per_connection {
+            Some(format!(
+                "this connection is at its limit of {} requests in flight",
+                limits.max_requests_per_connection
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            Reply::new(conn.clone(), head, None).error(ErrorCode::Overloaded, &message);
+            return Ok(());
+        }
+    }
+    let reply = Reply::new(conn.clone(), head, Some(entry.clone())).with_deadline(deadline);
     let body = envelope.body();
     if !is_json_object(body) {
         reply.error(
@@ -200,6 +250,22 @@ fn dispatch(
 }
 
 impl ServerConnection {
+    /// Tells the peer, with a `shutting_down` notice under a `null` request id, to send no new
+    /// calls here: the calls in flight still get their answers. Velithon clients drop it.
+    fn announce_shutdown(&self) {
+        let message = format!("service `{}` is shutting down", self.manager.name);
+        let head = response_head("null", &self.manager.name, "");
+        let _ = self.queue.push(|out| {
+            encode_frame(out, |out| {
+                out.extend_from_slice(&head);
+                write_response_header_end(out, Some(&ErrorCode::ShuttingDown));
+                write_error_body(out, &message);
+                out.push(b'}');
+                Ok::<_, std::convert::Infallible>(())
+            })
+        });
+    }
+
     /// Tells the peer why the connection is about to close when no request id can be echoed.
     fn reply_without_id(self: &Arc<Self>, code: ErrorCode, message: &str) {
         Reply::new(

@@ -187,17 +187,34 @@ where
     }
 }
 
-/// Drives a handler to completion as its own task, unless the server closes first.
+/// How a handler running as its own task ended.
+enum Ended<T> {
+    Finished(Caught<T>),
+    /// The caller's deadline passed first: the handler was dropped.
+    PastDeadline(u64),
+    /// The server closed after its drain timeout: nobody reads a reply.
+    ServerClosed,
+}
+
+/// Drives a handler to completion as its own task, unless its deadline passes or the server
+/// closes first.
 async fn finish_handler<F, O>(running: F, reply: Reply)
 where
     F: Future<Output = Caught<O>>,
     O: Outcome,
 {
-    let outcome = {
+    let ended = {
         let mut lifecycle = reply.conn.manager().lifecycle();
+        let deadline = reply.deadline;
         tokio::select! {
-            outcome = running => Some(outcome),
-            _ = lifecycle.wait_for(|state| *state == Lifecycle::Closed) => None,
+            outcome = running => Ended::Finished(outcome),
+            _ = lifecycle.wait_for(|state| *state == Lifecycle::Closed) => Ended::ServerClosed,
+            _ = async {
+                match deadline {
+                    Some((at, _)) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => Ended::PastDeadline(deadline.map_or(0, |(_, ms)| ms)),
         }
     };
     reply
@@ -206,9 +223,16 @@ where
         .stats
         .active_workers
         .fetch_sub(1, Ordering::Relaxed);
-    // `None`: the server closed after its drain timeout; nobody reads a reply.
-    if let Some(outcome) = outcome {
-        answer(outcome, reply);
+    match ended {
+        Ended::Finished(outcome) => answer(outcome, reply),
+        Ended::PastDeadline(ms) => {
+            let message = format!(
+                "`{}` was stopped: the caller's deadline of {ms} ms passed",
+                reply.endpoint()
+            );
+            reply.error(ErrorCode::Timeout, &message);
+        }
+        Ended::ServerClosed => {}
     }
 }
 
@@ -270,6 +294,8 @@ pub(crate) struct Reply {
     /// When the request arrived; `None` when stats are off.
     received: Option<Instant>,
     failed: bool,
+    /// The caller's deadline (and its `timeout_ms`), past which the handler is stopped.
+    deadline: Option<(tokio::time::Instant, u64)>,
 }
 
 impl Reply {
@@ -280,6 +306,7 @@ impl Reply {
     ) -> Self {
         let manager = conn.manager();
         manager.stats.request_started();
+        conn.in_flight.fetch_add(1, Ordering::Relaxed);
         let received = manager.stats_enabled().then(Instant::now);
         Reply {
             conn,
@@ -287,7 +314,13 @@ impl Reply {
             entry,
             received,
             failed: false,
+            deadline: None,
         }
+    }
+
+    pub(crate) fn with_deadline(mut self, deadline: Option<(tokio::time::Instant, u64)>) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     fn endpoint(&self) -> &str {
@@ -384,6 +417,7 @@ impl Reply {
 
 impl Drop for Reply {
     fn drop(&mut self) {
+        self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
         let elapsed = self.received.map(|received| received.elapsed());
         self.conn.manager().stats.request_finished(elapsed);
         if let (Some(entry), Some(elapsed)) = (&self.entry, elapsed) {

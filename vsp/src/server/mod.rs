@@ -75,16 +75,26 @@ impl Lifecycle {
 }
 
 #[derive(Debug, Clone)]
-struct ServerConfig {
-    max_frame_size: usize,
+pub(crate) struct ServerConfig {
+    pub(crate) max_frame_size: usize,
     drain_timeout: Duration,
     worker_type: WorkerType,
     stats: bool,
+    pub(crate) max_concurrent_requests: usize,
+    pub(crate) max_requests_per_connection: usize,
 }
+
+/// The default bound on requests being handled at once, over all connections.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 10_000;
+/// The default bound on requests being handled at once for one connection.
+pub const DEFAULT_MAX_REQUESTS_PER_CONNECTION: usize = 1_024;
+/// How long a draining server keeps connections open after telling clients, at least: requests
+/// already on their way get a `shutting_down` answer instead of a closed connection.
+const DRAIN_GRACE: Duration = Duration::from_millis(100);
 
 pub(crate) struct ManagerInner {
     name: String,
-    config: ServerConfig,
+    pub(crate) config: ServerConfig,
     registry: ArcSwap<Registry>,
     /// Serializes registrations (the copy-on-write of `registry`).
     registering: Mutex<()>,
@@ -217,6 +227,20 @@ impl VspManagerBuilder {
         self
     }
 
+    /// The most requests handled at once over all connections (default 10,000); beyond it,
+    /// requests are answered `overloaded` at once instead of queueing.
+    pub fn max_concurrent_requests(mut self, requests: usize) -> Self {
+        self.config.max_concurrent_requests = requests.max(1);
+        self
+    }
+
+    /// The most requests handled at once for one connection (default 1,024); beyond it, that
+    /// connection's requests are answered `overloaded` at once.
+    pub fn max_requests_per_connection(mut self, requests: usize) -> Self {
+        self.config.max_requests_per_connection = requests.max(1);
+        self
+    }
+
     /// Where handlers run (default [`WorkerType::Async`]).
     pub fn worker_type(mut self, worker_type: WorkerType) -> Self {
         self.config.worker_type = worker_type;
@@ -269,6 +293,8 @@ impl VspManager {
                 drain_timeout: DEFAULT_DRAIN_TIMEOUT,
                 worker_type: WorkerType::Async,
                 stats: true,
+                max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+                max_requests_per_connection: DEFAULT_MAX_REQUESTS_PER_CONNECTION,
             },
         }
     }
@@ -418,8 +444,10 @@ impl VspManager {
         Ok(addr)
     }
 
-    /// Stops gracefully: stops accepting, answers new requests with `shutting_down`, waits up
-    /// to the drain timeout for running calls to finish, then closes every connection.
+    /// Stops gracefully: stops accepting, tells every connected client (a `shutting_down`
+    /// notice, so they send new calls elsewhere at once), answers requests still arriving with
+    /// `shutting_down`, waits up to the drain timeout for running calls to finish (and at least
+    /// 100 ms, for requests already on their way), then closes every connection.
     ///
     /// Calling it again, or on a manager that never started, is a no-op.
     ///
@@ -433,9 +461,13 @@ impl VspManager {
             return Ok(());
         }
         inner.stats.set_draining();
+        let draining_since = tokio::time::Instant::now();
         let drained = inner
             .stats
             .wait_for_zero(ServerStats::in_flight, inner.config.drain_timeout)
+            .await;
+        // Requests sent before the clients read the notice still get an answer.
+        tokio::time::sleep_until(draining_since + DRAIN_GRACE.min(inner.config.drain_timeout))
             .await;
         let aborted = inner.stats.in_flight();
         self.close_connections().await;

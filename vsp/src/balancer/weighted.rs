@@ -1,0 +1,81 @@
+//! Smooth weighted round robin, as nginx does it.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::{LoadBalancer, ServiceBalancer};
+use crate::mesh::Instance;
+
+/// Each eligible instance gets calls in proportion to its weight, interleaved: weights 5:1:1 give
+/// `a a b a c a a`, never five `a` in a row.
+///
+/// Every pick adds each eligible instance's weight to its running score, takes the highest, and
+/// subtracts the total weight from the winner (nginx's smooth weighted round robin). Over any
+/// `sum(weights)` consecutive picks of a stable set, the shares are exact.
+///
+/// ```
+/// use vsp::{ServiceInfo, ServiceMesh, WeightedBalancer};
+///
+/// let mesh = ServiceMesh::builder().load_balancer(WeightedBalancer::new()).build();
+/// mesh.register(ServiceInfo::new("svc", "10.0.0.1", 80).with_weight(5.0))?;
+/// mesh.register(ServiceInfo::new("svc", "10.0.0.2", 80).with_weight(1.0))?;
+/// let picks: Vec<String> = (0..6).map(|_| mesh.pick("svc").unwrap().endpoint().to_owned()).collect();
+/// assert_eq!(picks.iter().filter(|p| *p == "10.0.0.1:80").count(), 5);
+/// # Ok::<(), vsp::VspError>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WeightedBalancer {
+    _private: (),
+}
+
+impl WeightedBalancer {
+    /// A smooth weighted round-robin balancer.
+    pub fn new() -> Self {
+        WeightedBalancer::default()
+    }
+}
+
+impl LoadBalancer for WeightedBalancer {
+    fn for_service(&self, _service: &str) -> Box<dyn ServiceBalancer> {
+        Box::new(SmoothWeighted::default())
+    }
+}
+
+#[derive(Debug, Default)]
+struct SmoothWeighted {
+    scores: Mutex<Scores>,
+}
+
+#[derive(Debug, Default)]
+struct Scores {
+    /// Which instance list the scores belong to (its address and length); a new list resets them.
+    list: (usize, usize),
+    current: Vec<f64>,
+}
+
+impl ServiceBalancer for SmoothWeighted {
+    fn pick(&self, instances: &[Arc<Instance>]) -> Option<usize> {
+        let mut scores = self.scores.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = (instances.as_ptr() as usize, instances.len());
+        if scores.list != list {
+            scores.list = list;
+            scores.current.clear();
+            scores.current.resize(instances.len(), 0.0);
+        }
+        let mut total = 0.0;
+        let mut best: Option<usize> = None;
+        for (index, instance) in instances.iter().enumerate() {
+            if !instance.is_eligible() {
+                continue;
+            }
+            let weight = instance.weight();
+            scores.current[index] += weight;
+            total += weight;
+            if best.is_none_or(|b| scores.current[index] > scores.current[b]) {
+                best = Some(index);
+            }
+        }
+        let best = best?;
+        scores.current[best] -= total;
+        Some(best)
+    }
+}
