@@ -70,20 +70,11 @@ impl std::fmt::Debug for ServiceMesh {
 }
 
 /// Builds a [`ServiceMesh`].
+#[derive(Default)]
 pub struct ServiceMeshBuilder {
     discovery: Option<Arc<dyn Discovery>>,
     balancer: Option<Box<dyn LoadBalancer>>,
     health: HealthPolicy,
-}
-
-impl Default for ServiceMeshBuilder {
-    fn default() -> Self {
-        ServiceMeshBuilder {
-            discovery: None,
-            balancer: None,
-            health: HealthPolicy::default(),
-        }
-    }
 }
 
 impl std::fmt::Debug for ServiceMeshBuilder {
