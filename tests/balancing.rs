@@ -22,7 +22,13 @@ fn picks(mesh: &ServiceMesh, service: &str, n: usize) -> Vec<u16> {
     (0..n)
         .map(|_| {
             let instance = mesh.pick(service).unwrap();
-            instance.endpoint().rsplit_once(':').unwrap().1.parse().unwrap()
+            instance
+                .endpoint()
+                .rsplit_once(':')
+                .unwrap()
+                .1
+                .parse()
+                .unwrap()
         })
         .collect()
 }
@@ -40,7 +46,10 @@ fn weighted_5_1_1_gives_exactly_5000_1000_1000_of_7000_interleaved() {
     let mesh = mesh_with(WeightedBalancer::new(), &[5.0, 1.0, 1.0]);
     let picks = picks(&mesh, "svc", 7000);
     let counts = counts(&picks);
-    assert_eq!((counts[&8000], counts[&8001], counts[&8002]), (5000, 1000, 1000));
+    assert_eq!(
+        (counts[&8000], counts[&8001], counts[&8002]),
+        (5000, 1000, 1000)
+    );
     // Interleaved: the heavy instance never gets more than its share of a cycle in a row.
     let longest_run = picks
         .chunk_by(|a, b| a == b)
@@ -66,7 +75,8 @@ fn weighted_follows_fractional_weights_and_skips_unhealthy_instances() {
 #[test]
 fn round_robin_keeps_one_rotation_per_service() {
     let mesh = mesh_with(RoundRobinBalancer::new(), &[1.0, 1.0]);
-    mesh.register(ServiceInfo::new("other", "10.0.0.2", 9000)).unwrap();
+    mesh.register(ServiceInfo::new("other", "10.0.0.2", 9000))
+        .unwrap();
     let mut svc = Vec::new();
     for _ in 0..4 {
         svc.extend(picks(&mesh, "svc", 1));
@@ -98,7 +108,8 @@ async fn slow_instance_share(balancer: impl LoadBalancer) -> f64 {
             })
             .unwrap();
         let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
-        mesh.register(ServiceInfo::new("svc", "127.0.0.1", addr.port())).unwrap();
+        mesh.register(ServiceInfo::new("svc", "127.0.0.1", addr.port()))
+            .unwrap();
         managers.push(manager);
     }
     let client = VspClient::builder(mesh).build();
@@ -127,7 +138,10 @@ async fn slow_instance_share(balancer: impl LoadBalancer) -> f64 {
 async fn least_loaded_sends_a_slow_instance_clearly_less_than_round_robin() {
     let round_robin = slow_instance_share(RoundRobinBalancer::new()).await;
     let least_loaded = slow_instance_share(LeastLoadedBalancer::new()).await;
-    assert!((round_robin - 1.0 / 3.0).abs() < 0.01, "round robin gave it {round_robin}");
+    assert!(
+        (round_robin - 1.0 / 3.0).abs() < 0.01,
+        "round robin gave it {round_robin}"
+    );
     assert!(
         least_loaded < round_robin / 2.0,
         "least loaded gave the slow instance {least_loaded} of the calls, round robin {round_robin}"

@@ -12,7 +12,10 @@ use common::{test_manager, SERVICE};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
-use vsp::{CallOptions, HealthPolicy, HealthStatus, ServiceInfo, ServiceMesh, VspClient, VspError, VspManager};
+use vsp::{
+    CallOptions, HealthPolicy, HealthStatus, ServiceInfo, ServiceMesh, VspClient, VspError,
+    VspManager,
+};
 
 fn fast_health() -> HealthPolicy {
     HealthPolicy {
@@ -25,7 +28,8 @@ fn fast_health() -> HealthPolicy {
 fn mesh_of(ports: &[u16]) -> ServiceMesh {
     let mesh = ServiceMesh::builder().health_policy(fast_health()).build();
     for port in ports {
-        mesh.register(ServiceInfo::new(SERVICE, "127.0.0.1", *port)).unwrap();
+        mesh.register(ServiceInfo::new(SERVICE, "127.0.0.1", *port))
+            .unwrap();
     }
     mesh
 }
@@ -71,9 +75,17 @@ impl Load {
                 tokio::spawn(async move {
                     let mut failures = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
-                        let call = client.call_with::<Value>(SERVICE, "echo", json!({"value": i}), options);
+                        let call = client.call_with::<Value>(
+                            SERVICE,
+                            "echo",
+                            json!({"value": i}),
+                            options,
+                        );
                         // Every call ends within its deadline: a hang fails the test here.
-                        match tokio::time::timeout(Duration::from_secs(30), call).await.expect("a call hung") {
+                        match tokio::time::timeout(Duration::from_secs(30), call)
+                            .await
+                            .expect("a call hung")
+                        {
                             Ok(value) => {
                                 assert_eq!(value, json!(i));
                                 ok.fetch_add(1, Ordering::Relaxed);
@@ -120,7 +132,9 @@ async fn three_instances() -> (Vec<VspManager>, Vec<u16>) {
 async fn killing_one_of_three_under_load_loses_no_idempotent_call_and_it_returns_after_restart() {
     let (mut managers, ports) = three_instances().await;
     let mesh = mesh_of(&ports);
-    let client = VspClient::builder(mesh.clone()).timeout(Duration::from_secs(5)).build();
+    let client = VspClient::builder(mesh.clone())
+        .timeout(Duration::from_secs(5))
+        .build();
     let load = Load::start(&client, 8, CallOptions::new().idempotent(true));
     load.until_more_calls(200).await;
 
@@ -133,7 +147,10 @@ async fn killing_one_of_three_under_load_loses_no_idempotent_call_and_it_returns
     load.until_more_calls(300).await;
     let served_after = managers[1].get_performance_stats().messages_processed
         + managers[2].get_performance_stats().messages_processed;
-    assert!(served_after >= served_before + 300, "the survivors took over");
+    assert!(
+        served_after >= served_before + 300,
+        "the survivors took over"
+    );
 
     // Back on the same port: a probe re-admits it and it gets calls again.
     managers[0] = start_at(ports[0]).await;
@@ -142,14 +159,22 @@ async fn killing_one_of_three_under_load_loses_no_idempotent_call_and_it_returns
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (ok, failures) = load.stop().await;
-    assert!(failures.is_empty(), "{} of {} calls failed: {:?}", failures.len(), ok, &failures[..failures.len().min(3)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {} calls failed: {:?}",
+        failures.len(),
+        ok,
+        &failures[..failures.len().min(3)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_three_instances_loses_zero_calls() {
     let (mut managers, ports) = three_instances().await;
     let mesh = mesh_of(&ports);
-    let client = VspClient::builder(mesh.clone()).timeout(Duration::from_secs(5)).build();
+    let client = VspClient::builder(mesh.clone())
+        .timeout(Duration::from_secs(5))
+        .build();
     // Not idempotent: nothing may be resent after it was written.
     let load = Load::start(&client, 8, CallOptions::new());
     load.until_more_calls(200).await;
@@ -161,7 +186,13 @@ async fn a_rolling_restart_of_three_instances_loses_zero_calls() {
         load.until_more_calls(100).await;
     }
     let (ok, failures) = load.stop().await;
-    assert!(failures.is_empty(), "{} of {} calls failed: {:?}", failures.len(), ok, &failures[..failures.len().min(3)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {} calls failed: {:?}",
+        failures.len(),
+        ok,
+        &failures[..failures.len().min(3)]
+    );
     assert!(ok >= 800);
 }
 
@@ -189,7 +220,10 @@ async fn a_blackholed_instance_costs_deadline_errors_then_is_ejected() {
     let mut timeouts = 0;
     for i in 0..40 {
         let call = client.call(SERVICE, "echo", json!({"value": i}));
-        match tokio::time::timeout(Duration::from_secs(10), call).await.expect("a call hung") {
+        match tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("a call hung")
+        {
             Ok(value) => assert_eq!(value, json!(i)),
             Err(VspError::Timeout { .. }) => timeouts += 1,
             Err(other) => panic!("unexpected {other:?}"),
@@ -203,24 +237,49 @@ async fn a_blackholed_instance_costs_deadline_errors_then_is_ejected() {
 #[tokio::test]
 async fn a_refused_connect_fails_over_before_anything_was_sent() {
     let (_live, live) = common::start_test_server().await;
-    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mesh = mesh_of(&[dead, live.port()]);
     let client = VspClient::builder(mesh.clone()).build();
     for i in 0..10 {
-        assert_eq!(client.call(SERVICE, "echo", json!({"value": i})).await.unwrap(), json!(i));
+        assert_eq!(
+            client
+                .call(SERVICE, "echo", json!({"value": i}))
+                .await
+                .unwrap(),
+            json!(i)
+        );
     }
     assert_eq!(status_of(&mesh, dead), HealthStatus::Unhealthy);
 }
 
 #[tokio::test]
 async fn with_every_instance_ejected_calls_fail_fast() {
-    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mesh = mesh_of(&[dead]);
     let client = VspClient::builder(mesh).build();
-    let first = client.call(SERVICE, "echo", json!({"value": 1})).await.unwrap_err();
+    let first = client
+        .call(SERVICE, "echo", json!({"value": 1}))
+        .await
+        .unwrap_err();
     assert!(matches!(first, VspError::Connect { .. }), "{first:?}");
-    let second = client.call(SERVICE, "echo", json!({"value": 1})).await.unwrap_err();
-    assert!(matches!(second, VspError::NoHealthyInstances { instances: 1, .. }), "{second:?}");
+    let second = client
+        .call(SERVICE, "echo", json!({"value": 1}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(second, VspError::NoHealthyInstances { instances: 1, .. }),
+        "{second:?}"
+    );
 }
 
 /// Reads each request, then drops the connection without an answer.
@@ -252,7 +311,12 @@ async fn a_written_call_is_resent_only_when_idempotent() {
 
     let client = VspClient::builder(mesh_of(&[flaky.port(), live.port()])).build();
     let value: Value = client
-        .call_with(SERVICE, "echo", json!({"value": 2}), CallOptions::new().idempotent(true))
+        .call_with(
+            SERVICE,
+            "echo",
+            json!({"value": 2}),
+            CallOptions::new().idempotent(true),
+        )
         .await
         .unwrap();
     assert_eq!(value, json!(2));
@@ -266,7 +330,12 @@ async fn an_empty_retry_budget_stops_resends() {
         .retry_budget(0.0, 0)
         .build();
     let err = client
-        .call_with::<Value>(SERVICE, "echo", json!({"value": 1}), CallOptions::new().idempotent(true))
+        .call_with::<Value>(
+            SERVICE,
+            "echo",
+            json!({"value": 1}),
+            CallOptions::new().idempotent(true),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, VspError::ConnectionClosed { .. }), "{err:?}");
@@ -281,6 +350,7 @@ async fn generated_clients_resend_idempotent_methods() {
     }
     let (_live, live) = common::start_test_server().await;
     let flaky = closes_after_reading().await;
-    let client = EchoesClient::new(VspClient::builder(mesh_of(&[flaky.port(), live.port()])).build());
+    let client =
+        EchoesClient::new(VspClient::builder(mesh_of(&[flaky.port(), live.port()])).build());
     assert_eq!(client.echo(json!("again")).await.unwrap(), json!("again"));
 }

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use serde::Serialize;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 use crate::error::ErrorCode;
 use crate::protocol::frame::{encode_frame, FrameReader, ReadError};
@@ -47,15 +48,20 @@ pub(crate) enum CallFailure {
     Encode(serde_json::Error),
     /// The response could not be matched to the call but named its request id.
     Protocol(String),
+    /// The call's deadline passed before its response arrived.
+    TimedOut,
 }
 
 type Slot = oneshot::Sender<Result<RawResponse, CallFailure>>;
 
 #[derive(Default)]
 struct PendingCalls {
-    calls: HashMap<u64, Slot>,
+    /// Each call's response slot and deadline.
+    calls: HashMap<u64, (Slot, Instant)>,
     /// Set once the connection is closed; no call may be added after.
     closed: Option<String>,
+    /// When the deadline reaper wakes next; `None` while it waits for a call.
+    reaper_at: Option<Instant>,
 }
 
 struct ConnectionState {
@@ -66,6 +72,7 @@ struct ConnectionState {
     in_flight: AtomicUsize,
     /// Mirrors `pending.closed`, readable without the lock.
     closed: AtomicBool,
+    reaper_wake: Notify,
     /// The server said it is shutting down: calls in flight finish, new ones go elsewhere.
     draining: AtomicBool,
     /// When a call last started, in milliseconds since `epoch` (for the idle timeout).
@@ -93,9 +100,10 @@ impl ConnectionState {
         if !calls.is_empty() {
             tracing::debug!(instance = %self.instance, calls = calls.len(), "connection closed: {reason}");
         }
-        for (_, slot) in calls {
+        for (_, (slot, _)) in calls {
             let _ = slot.send(Err(CallFailure::Closed(reason.clone())));
         }
+        self.reaper_wake.notify_one();
     }
 
     fn deliver(&self, frame: Bytes) {
@@ -103,7 +111,9 @@ impl ConnectionState {
             Ok(envelope) => envelope,
             Err(err) => {
                 let id = salvage_request_id(&frame).and_then(parse_int_request_id);
-                let slot = id.and_then(|id| self.pending().calls.remove(&id));
+                let slot = id
+                    .and_then(|id| self.pending().calls.remove(&id))
+                    .map(|(slot, _)| slot);
                 match slot {
                     Some(slot) => {
                         let _ = slot.send(Err(CallFailure::Protocol(err.to_string())));
@@ -135,7 +145,7 @@ impl ConnectionState {
             }
             return;
         };
-        let Some(slot) = self.pending().calls.remove(&id) else {
+        let Some((slot, _)) = self.pending().calls.remove(&id) else {
             tracing::debug!(instance = %self.instance, id, "dropped a late response (its call gave up)");
             return;
         };
@@ -188,6 +198,7 @@ impl Connection {
             next_id: AtomicU64::new(1),
             in_flight: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            reaper_wake: Notify::new(),
             draining: AtomicBool::new(false),
             last_active_ms: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
@@ -202,6 +213,7 @@ impl Connection {
                 state.close(reason);
             });
         }
+        tokio::spawn(reap_expired_calls(state.clone()));
         let reader = {
             let state = state.clone();
             tokio::spawn(async move {
@@ -257,17 +269,29 @@ impl Connection {
         service: &str,
         endpoint: &str,
         body: &(impl Serialize + ?Sized),
-        timeout_ms: u64,
+        deadline: Instant,
     ) -> Result<PendingCall, CallFailure> {
         let id = self.state.next_id.fetch_add(1, Ordering::Relaxed);
         let (slot, response) = oneshot::channel();
-        {
+        let wake_reaper = {
             let mut pending = self.state.pending();
             if let Some(reason) = &pending.closed {
                 return Err(CallFailure::NotSent(reason.clone()));
             }
-            pending.calls.insert(id, slot);
+            pending.calls.insert(id, (slot, deadline));
+            let earlier = pending.reaper_at.is_none_or(|at| deadline < at);
+            if earlier {
+                pending.reaper_at = Some(deadline);
+            }
+            earlier
+        };
+        if wake_reaper {
+            self.state.reaper_wake.notify_one();
         }
+        let timeout_ms = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .max(1) as u64;
         self.state.in_flight.fetch_add(1, Ordering::Relaxed);
         self.state.last_active_ms.store(
             self.state.epoch.elapsed().as_millis() as u64,
@@ -309,20 +333,52 @@ pub(crate) struct PendingCall {
 }
 
 impl PendingCall {
-    /// Waits for the response until `deadline`; `None` if it passed first.
-    pub(crate) async fn wait(
-        &mut self,
-        deadline: tokio::time::Instant,
-    ) -> Option<Result<RawResponse, CallFailure>> {
-        let outcome = tokio::time::timeout_at(deadline, &mut self.response)
-            .await
-            .ok()?;
+    /// Waits for the response, or for the deadline given to `send` (`TimedOut`).
+    pub(crate) async fn wait(&mut self) -> Result<RawResponse, CallFailure> {
+        let outcome = (&mut self.response).await;
+        // Whoever sent into the slot (reader, reaper, close) took it out of the table.
         self.answered = true;
-        Some(
-            outcome.unwrap_or_else(|_| {
-                Err(CallFailure::Closed("the connection was dropped".to_owned()))
-            }),
-        )
+        outcome
+            .unwrap_or_else(|_| Err(CallFailure::Closed("the connection was dropped".to_owned())))
+    }
+}
+
+/// Fails the calls whose deadline passed. One task per connection, asleep until the earliest
+/// deadline: far cheaper than a timer per call, and precise to the runtime's timer.
+async fn reap_expired_calls(state: Arc<ConnectionState>) {
+    loop {
+        let (expired, next) = {
+            let mut pending = state.pending();
+            if pending.closed.is_some() {
+                return;
+            }
+            let now = Instant::now();
+            let expired: Vec<u64> = pending
+                .calls
+                .iter()
+                .filter(|(_, (_, deadline))| *deadline <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            let slots: Vec<Slot> = expired
+                .iter()
+                .filter_map(|id| pending.calls.remove(id).map(|(slot, _)| slot))
+                .collect();
+            let next = pending.calls.values().map(|(_, deadline)| *deadline).min();
+            pending.reaper_at = next;
+            (slots, next)
+        };
+        for slot in expired {
+            let _ = slot.send(Err(CallFailure::TimedOut));
+        }
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = state.reaper_wake.notified() => {}
+                }
+            }
+            None => state.reaper_wake.notified().await,
+        }
     }
 }
 

@@ -226,6 +226,14 @@ impl VspClientBuilder {
     }
 }
 
+/// When an attempt started, and the call's deadline and timeout.
+#[derive(Clone, Copy)]
+struct Clock {
+    started: Instant,
+    deadline: Instant,
+    timeout: Duration,
+}
+
 /// One attempt's failure, and what it allows next.
 struct AttemptFailure {
     error: VspError,
@@ -370,7 +378,8 @@ impl VspClient {
     ) -> Result<RawResponse, VspError> {
         self.inner.start_background();
         let timeout = options.timeout.unwrap_or(self.timeout);
-        let deadline = Instant::now() + timeout;
+        let mut started = Instant::now();
+        let deadline = started + timeout;
         let config = &self.inner.config;
         let health = self.inner.mesh.health();
         self.inner.budget.deposit();
@@ -383,7 +392,17 @@ impl VspClient {
                 Err(err) => return Err(last_error.unwrap_or(err)),
             };
             let failure = match self
-                .attempt(&instance, service, endpoint, body, deadline, timeout)
+                .attempt(
+                    &instance,
+                    service,
+                    endpoint,
+                    body,
+                    Clock {
+                        started,
+                        deadline,
+                        timeout,
+                    },
+                )
                 .await
             {
                 Ok(response) => match &response.error_code {
@@ -414,7 +433,8 @@ impl VspClient {
             let may_resend = !failure.written
                 || ((options.idempotent || config.retry_written_calls)
                     && self.inner.budget.withdraw());
-            let out_of_time = Instant::now() >= deadline;
+            started = Instant::now();
+            let out_of_time = started >= deadline;
             if failure.fatal
                 || !may_resend
                 || out_of_time
@@ -456,12 +476,15 @@ impl VspClient {
         service: &str,
         endpoint: &str,
         body: &(impl Serialize + ?Sized),
-        deadline: Instant,
-        timeout: Duration,
+        clock: Clock,
     ) -> Result<RawResponse, AttemptFailure> {
+        let Clock {
+            started,
+            deadline,
+            timeout,
+        } = clock;
         let config = &self.inner.config;
         let _in_flight = instance.track_call();
-        let started = Instant::now();
         let pool = self.inner.pool(instance.endpoint_arc());
         let remaining = deadline.saturating_duration_since(started);
         let connect_timeout = config.connect_timeout.min(remaining);
@@ -506,11 +529,7 @@ impl VspClient {
             instance: instance.endpoint().to_owned(),
             reason,
         };
-        let remaining_ms = deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis()
-            .max(1) as u64;
-        let mut call = match connection.send(service, endpoint, body, remaining_ms) {
+        let mut call = match connection.send(service, endpoint, body, deadline) {
             Ok(call) => call,
             Err(CallFailure::Encode(source)) => {
                 return Err(AttemptFailure {
@@ -531,29 +550,30 @@ impl VspClient {
                     crate::error::ProtocolError::Malformed(reason),
                 )))
             }
+            Err(CallFailure::TimedOut) => return Err(AttemptFailure::unsent(timed_out())),
         };
-        let outcome = call.wait(deadline).await;
+        let outcome = call.wait().await;
         if connection.is_draining() {
             // The server announced its shutdown: no more calls to it until a probe says so.
             self.inner.eject(instance);
         }
         let error = match outcome {
             // The server stopped the handler at the deadline: the same timeout as ours.
-            Some(Ok(response)) if response.error_code == Some(ErrorCode::Timeout) => timed_out(),
-            Some(Ok(response)) => {
+            Ok(response) if response.error_code == Some(ErrorCode::Timeout) => timed_out(),
+            Ok(response) => {
                 instance.record_latency(started.elapsed());
                 return Ok(response);
             }
-            Some(Err(CallFailure::Protocol(reason))) => {
+            Err(CallFailure::Protocol(reason)) => {
                 VspError::Protocol(crate::error::ProtocolError::Malformed(reason))
             }
-            Some(Err(CallFailure::NotSent(reason) | CallFailure::Closed(reason))) => closed(reason),
-            Some(Err(CallFailure::Encode(source))) => VspError::Encode {
+            Err(CallFailure::NotSent(reason) | CallFailure::Closed(reason)) => closed(reason),
+            Err(CallFailure::Encode(source)) => VspError::Encode {
                 service: service.to_owned(),
                 endpoint: endpoint.to_owned(),
                 source,
             },
-            None => timed_out(),
+            Err(CallFailure::TimedOut) => timed_out(),
         };
         self.inner.report_failure(instance, false);
         Err(AttemptFailure {
@@ -647,16 +667,17 @@ impl ClientInner {
             instance.service(),
             crate::server::HEALTH_ENDPOINT,
             &EmptyBody {},
-            timeout.as_millis() as u64,
+            deadline,
         ) else {
             return false;
         };
-        matches!(call.wait(deadline).await, Some(Ok(response)) if response.error_code.is_none())
+        matches!(call.wait().await, Ok(response) if response.error_code.is_none())
     }
 
     /// Starts the background tasks once, from the first call (which runs inside a runtime).
     fn start_background(self: &Arc<Self>) {
-        if self.background.swap(true, Ordering::AcqRel) {
+        // A plain load first: after the first call this is a read of a shared cache line.
+        if self.background.load(Ordering::Acquire) || self.background.swap(true, Ordering::AcqRel) {
             return;
         }
         let idle = self.config.idle_timeout;
