@@ -712,7 +712,17 @@ async fn bench(settings: Settings) {
             .build(),
     )];
     for (name, mesh) in balancers {
-        let contender = Contender::Vsp(vsp_client(&addrs, mesh));
+        let contender = if name.starts_with("weighted") {
+            for (addr, weight) in addrs.iter().zip([3.0, 2.0, 1.0]) {
+                mesh.register(
+                    ServiceInfo::new("bench", "127.0.0.1", addr.port()).with_weight(weight),
+                )
+                .unwrap();
+            }
+            Contender::Vsp(vsp_client(&[], mesh))
+        } else {
+            Contender::Vsp(vsp_client(&addrs, mesh))
+        };
         let mut figures = Figures::default();
         for _ in 0..settings.rounds {
             figures.add(settings.measure(&contender, Workload::GetUser, 64).await);
