@@ -354,3 +354,19 @@ async fn generated_clients_resend_idempotent_methods() {
         EchoesClient::new(VspClient::builder(mesh_of(&[flaky.port(), live.port()])).build());
     assert_eq!(client.echo(json!("again")).await.unwrap(), json!("again"));
 }
+
+#[tokio::test]
+async fn active_health_checks_eject_and_readmit_without_any_calls() {
+    let (manager, addr) = common::start_test_server().await;
+    let mesh = mesh_of(&[addr.port()]);
+    let client = VspClient::builder(mesh.clone())
+        .health_check_interval(Duration::from_millis(50))
+        .build();
+    // One call starts the client's background work; from then on, no calls at all.
+    client.call(SERVICE, "echo", json!({"value": 0})).await.unwrap();
+    wait_for_status(&mesh, addr.port(), HealthStatus::Healthy).await;
+    manager.close().await;
+    wait_for_status(&mesh, addr.port(), HealthStatus::Unhealthy).await;
+    let _back = start_at(addr.port()).await;
+    wait_for_status(&mesh, addr.port(), HealthStatus::Healthy).await;
+}
