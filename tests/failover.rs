@@ -363,7 +363,10 @@ async fn active_health_checks_eject_and_readmit_without_any_calls() {
         .health_check_interval(Duration::from_millis(50))
         .build();
     // One call starts the client's background work; from then on, no calls at all.
-    client.call(SERVICE, "echo", json!({"value": 0})).await.unwrap();
+    client
+        .call(SERVICE, "echo", json!({"value": 0}))
+        .await
+        .unwrap();
     wait_for_status(&mesh, addr.port(), HealthStatus::Healthy).await;
     manager.close().await;
     wait_for_status(&mesh, addr.port(), HealthStatus::Unhealthy).await;

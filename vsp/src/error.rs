@@ -152,6 +152,15 @@ pub enum VspError {
         reason: String,
     },
 
+    /// A discovery backend (mDNS, Consul) failed; the reason says which and why.
+    #[error("discovery ({backend}) failed: {reason}")]
+    Discovery {
+        /// `mdns`, `consul`, ...
+        backend: &'static str,
+        /// What went wrong, with its context.
+        reason: String,
+    },
+
     /// The server could not bind its listening socket.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

@@ -173,6 +173,8 @@ pub use vsp_macros::call;
 
 pub use balancer::{LeastLoadedBalancer, LoadBalancer, RoundRobinBalancer, WeightedBalancer};
 pub use client::{CallOptions, PoolStats, VspClient, VspClientBuilder};
+#[cfg(feature = "mdns")]
+pub use discovery::MdnsDiscovery;
 pub use discovery::{Discovery, StaticDiscovery};
 pub use error::{CallError, ErrorCode, ProtocolError, VspError};
 pub use mesh::{

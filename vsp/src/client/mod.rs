@@ -386,7 +386,12 @@ impl VspClient {
         let mut tried: Vec<Arc<Instance>> = Vec::new();
         let mut last_error: Option<VspError> = None;
         loop {
-            let instance = match self.pick(service, &tried) {
+            let picked = if tried.is_empty() {
+                self.inner.mesh.pick_or_wait(service, deadline).await
+            } else {
+                self.pick(service, &tried)
+            };
+            let instance = match picked {
                 Ok(instance) => instance,
                 // After a failed attempt, its error says more than "no healthy instance left".
                 Err(err) => return Err(last_error.unwrap_or(err)),

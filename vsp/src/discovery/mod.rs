@@ -4,11 +4,23 @@
 //! learns of changes on its own schedule, so it writes them into the mesh through a
 //! [`MeshRegistry`] as they happen, and a call never waits on discovery.
 
+#[cfg(feature = "mdns")]
+mod mdns;
 mod static_list;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+#[cfg(feature = "mdns")]
+pub use mdns::MdnsDiscovery;
 pub use static_list::StaticDiscovery;
 
-use crate::mesh::MeshRegistry;
+use crate::error::VspError;
+use crate::mesh::{MeshRegistry, ServiceInfo};
+
+/// A boxed, sendable future: what [`Discovery`]'s async methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A source of service instances; pass one to
 /// [`ServiceMeshBuilder::discovery`](crate::ServiceMeshBuilder::discovery).
@@ -38,6 +50,28 @@ use crate::mesh::MeshRegistry;
 /// ```
 pub trait Discovery: Send + Sync + 'static {
     /// Called once, when the mesh is built: from now on, feed instances into `registry`
-    /// (synchronously here, or from a task that runs until [`MeshRegistry::is_closed`]).
+    /// (synchronously here, or from a task or thread that runs until
+    /// [`MeshRegistry::is_closed`]). It may be called outside a tokio runtime.
     fn start(&self, registry: MeshRegistry);
+
+    /// Makes a local server known to others: a [`VspManager`](crate::VspManager) built with
+    /// this mesh calls it from `start_server`. `info.host()` is the advertised host, `0.0.0.0`
+    /// or `::` when the server listens on every address. The default does nothing.
+    fn announce<'a>(&'a self, info: &'a ServiceInfo) -> BoxFuture<'a, Result<(), VspError>> {
+        let _ = info;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Withdraws what [`announce`](Discovery::announce) published; called from `shutdown`.
+    fn withdraw<'a>(&'a self, info: &'a ServiceInfo) -> BoxFuture<'a, Result<(), VspError>> {
+        let _ = info;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// How long a call to a service with no instance yet may wait for this discovery's first
+    /// answer before failing with `NoInstances` (default zero: static lists have nothing to
+    /// wait for).
+    fn first_resolution_wait(&self) -> Duration {
+        Duration::ZERO
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::Discovery;
+use super::{BoxFuture, Discovery};
 use crate::error::VspError;
 use crate::mesh::{MeshRegistry, ServiceInfo};
 
@@ -97,6 +97,19 @@ impl StaticDiscovery {
 }
 
 impl Discovery for StaticDiscovery {
+    /// Registers a local server in the list (an unspecified host becomes loopback).
+    fn announce<'a>(&'a self, info: &'a ServiceInfo) -> BoxFuture<'a, Result<(), VspError>> {
+        Box::pin(async move { self.register(local(info)) })
+    }
+
+    fn withdraw<'a>(&'a self, info: &'a ServiceInfo) -> BoxFuture<'a, Result<(), VspError>> {
+        Box::pin(async move {
+            let info = local(info);
+            self.deregister(info.name(), info.host(), info.port());
+            Ok(())
+        })
+    }
+
     fn start(&self, registry: MeshRegistry) {
         self.with_state(|state| {
             if let StaticState::Pending(list) = std::mem::take(state) {
@@ -107,5 +120,16 @@ impl Discovery for StaticDiscovery {
             }
             *state = StaticState::Attached(registry);
         });
+    }
+}
+
+/// A server listening on every address is reachable on loopback from this process.
+fn local(info: &ServiceInfo) -> ServiceInfo {
+    match info.host() {
+        "0.0.0.0" => {
+            ServiceInfo::new(info.name(), "127.0.0.1", info.port()).with_weight(info.weight())
+        }
+        "::" => ServiceInfo::new(info.name(), "::1", info.port()).with_weight(info.weight()),
+        _ => info.clone(),
     }
 }

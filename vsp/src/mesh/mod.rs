@@ -36,6 +36,8 @@ struct MeshInner {
     changing: Mutex<()>,
     balancer: Box<dyn LoadBalancer>,
     health: HealthPolicy,
+    /// Woken whenever an instance is added or changed (callers waiting for a first resolution).
+    changed: tokio::sync::Notify,
 }
 
 /// Routes calls by service name: instances from discovery, filtered by health, picked by the load
@@ -58,7 +60,7 @@ struct MeshInner {
 pub struct ServiceMesh {
     inner: Arc<MeshInner>,
     /// Kept alive as long as the mesh: it feeds the mesh through a weak handle.
-    _discovery: Arc<dyn Discovery>,
+    discovery: Arc<dyn Discovery>,
 }
 
 impl std::fmt::Debug for ServiceMesh {
@@ -113,6 +115,7 @@ impl ServiceMeshBuilder {
                 .balancer
                 .unwrap_or_else(|| Box::new(RoundRobinBalancer::new())),
             health: self.health,
+            changed: tokio::sync::Notify::new(),
         });
         let discovery = self
             .discovery
@@ -120,10 +123,7 @@ impl ServiceMeshBuilder {
         discovery.start(MeshRegistry {
             mesh: Arc::downgrade(&inner),
         });
-        ServiceMesh {
-            inner,
-            _discovery: discovery,
-        }
+        ServiceMesh { inner, discovery }
     }
 }
 
@@ -175,6 +175,44 @@ impl ServiceMesh {
             .get(service)
             .map(|entry| entry.instances.load().to_vec())
             .unwrap_or_default()
+    }
+
+    /// Announces a local server through this mesh's discovery.
+    pub(crate) async fn announce(&self, info: &ServiceInfo) -> Result<(), VspError> {
+        self.discovery.announce(info).await
+    }
+
+    /// Withdraws an announcement.
+    pub(crate) async fn withdraw(&self, info: &ServiceInfo) -> Result<(), VspError> {
+        self.discovery.withdraw(info).await
+    }
+
+    /// As [`pick`](ServiceMesh::pick), but a service with no instance yet may wait for the
+    /// discovery's first answer, up to its `first_resolution_wait` (and `until`).
+    pub(crate) async fn pick_or_wait(
+        &self,
+        service: &str,
+        until: tokio::time::Instant,
+    ) -> Result<Arc<Instance>, VspError> {
+        match self.pick(service) {
+            Err(VspError::NoInstances { .. }) => {}
+            picked => return picked,
+        }
+        let wait = self.discovery.first_resolution_wait();
+        let until = until.min(tokio::time::Instant::now() + wait);
+        loop {
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.pick(service) {
+                Err(VspError::NoInstances { .. }) if tokio::time::Instant::now() < until => {
+                    if tokio::time::timeout_at(until, changed).await.is_err() {
+                        return self.pick(service);
+                    }
+                }
+                picked => return picked,
+            }
+        }
     }
 
     /// The health policy, for the client that reports outcomes and runs the probes.
@@ -268,6 +306,7 @@ impl MeshInner {
             None => instances.push(instance),
         }
         entry.instances.store(Arc::new(instances));
+        self.changed.notify_waiters();
         Ok(())
     }
 

@@ -33,6 +33,7 @@ pub use worker::WorkerType;
 use worker::{PollLimiter, WorkerPool};
 
 use crate::error::VspError;
+use crate::mesh::{ServiceInfo, ServiceMesh};
 use crate::protocol::DEFAULT_MAX_FRAME_SIZE;
 use crate::stats::{EndpointCounters, PerformanceStats, ServerStats};
 
@@ -105,6 +106,48 @@ pub(crate) struct ManagerInner {
     pub(crate) stats: ServerStats,
     /// The handler pool of a `Multicore` manager, made by `start_server`.
     workers: OnceLock<WorkerPool>,
+    /// Where and how the server announces itself, if it does.
+    announcement: Option<Announcement>,
+}
+
+struct Announcement {
+    mesh: ServiceMesh,
+    weight: f64,
+    advertise_host: Option<String>,
+    /// What was announced, to withdraw it.
+    announced: Mutex<Option<ServiceInfo>>,
+}
+
+impl Announcement {
+    async fn announce(&self, service: &str, addr: SocketAddr) -> Result<(), VspError> {
+        let host = self
+            .advertise_host
+            .clone()
+            .unwrap_or_else(|| addr.ip().to_string());
+        let info = ServiceInfo::new(service, host, addr.port()).with_weight(self.weight);
+        self.mesh.announce(&info).await?;
+        *self
+            .announced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(info);
+        Ok(())
+    }
+
+    async fn withdraw(&self) {
+        let announced = self
+            .announced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(info) = announced {
+            if let Err(err) = self.mesh.withdraw(&info).await {
+                tracing::warn!(
+                    service = info.name(),
+                    "could not withdraw the announcement: {err}"
+                );
+            }
+        }
+    }
 }
 
 impl ManagerInner {
@@ -210,6 +253,9 @@ impl std::fmt::Debug for VspManager {
 pub struct VspManagerBuilder {
     name: String,
     config: ServerConfig,
+    mesh: Option<ServiceMesh>,
+    weight: f64,
+    advertise_host: Option<String>,
 }
 
 impl VspManagerBuilder {
@@ -238,6 +284,26 @@ impl VspManagerBuilder {
     /// connection's requests are answered `overloaded` at once.
     pub fn max_requests_per_connection(mut self, requests: usize) -> Self {
         self.config.max_requests_per_connection = requests.max(1);
+        self
+    }
+
+    /// Announces the server through `mesh`'s discovery when it starts (mDNS, Consul, or the
+    /// static list itself), and withdraws it when it shuts down.
+    pub fn mesh(mut self, mesh: ServiceMesh) -> Self {
+        self.mesh = Some(mesh);
+        self
+    }
+
+    /// The weight announced for this instance (default 1.0).
+    pub fn weight(mut self, weight: f64) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// The host announced for this instance (default: the address it binds; when that is
+    /// `0.0.0.0` or `::`, each discovery announces the machine's addresses its own way).
+    pub fn advertise_host(mut self, host: impl Into<String>) -> Self {
+        self.advertise_host = Some(host.into());
         self
     }
 
@@ -278,6 +344,12 @@ impl VspManagerBuilder {
                 lifecycle,
                 stats: ServerStats::default(),
                 workers: OnceLock::new(),
+                announcement: self.mesh.map(|mesh| Announcement {
+                    mesh,
+                    weight: self.weight,
+                    advertise_host: self.advertise_host,
+                    announced: Mutex::new(None),
+                }),
             }),
         }
     }
@@ -287,6 +359,9 @@ impl VspManager {
     /// Starts building a manager for the service `name`.
     pub fn builder(name: impl Into<String>) -> VspManagerBuilder {
         VspManagerBuilder {
+            mesh: None,
+            weight: 1.0,
+            advertise_host: None,
             name: name.into(),
             config: ServerConfig {
                 max_frame_size: DEFAULT_MAX_FRAME_SIZE,
@@ -441,6 +516,12 @@ impl VspManager {
         })?;
         tracing::info!(service = %self.inner.name, %addr, "VSP server listening");
         tokio::spawn(accept_loop(listener, self.inner.clone()));
+        if let Some(announcement) = &self.inner.announcement {
+            if let Err(err) = announcement.announce(&self.inner.name, addr).await {
+                self.close().await;
+                return Err(err);
+            }
+        }
         Ok(addr)
     }
 
@@ -459,6 +540,9 @@ impl VspManager {
         if !inner.transition(Lifecycle::Running, Lifecycle::Draining) {
             inner.transition(Lifecycle::Idle, Lifecycle::Closed);
             return Ok(());
+        }
+        if let Some(announcement) = &inner.announcement {
+            announcement.withdraw().await;
         }
         inner.stats.set_draining();
         let draining_since = tokio::time::Instant::now();
@@ -488,6 +572,9 @@ impl VspManager {
     pub async fn close(&self) {
         if self.inner.state() == Lifecycle::Closed {
             return;
+        }
+        if let Some(announcement) = &self.inner.announcement {
+            announcement.withdraw().await;
         }
         self.inner.stats.set_draining();
         self.close_connections().await;
