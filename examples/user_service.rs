@@ -1,13 +1,15 @@
 //! A standalone `user-service`: `cargo run --example user_service -- --addr 127.0.0.1:9090`.
 //!
+//! `--mdns` also announces it over multicast DNS (and withdraws it on exit).
 //! Prints `listening on <addr>` once ready; shuts down gracefully on SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
 
-use vsp::VspManager;
+use vsp::{MdnsDiscovery, ServiceMesh, VspManager};
 use vsp_suite::user_service::{UserServiceClient, UserServiceServer, Users};
 
-const USAGE: &str = "usage: user_service [--addr HOST:PORT]   (default 127.0.0.1:9090)";
+const USAGE: &str =
+    "usage: user_service [--addr HOST:PORT] [--mdns] [--weight W]   (default 127.0.0.1:9090)";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,9 +18,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
 
     let mut addr: SocketAddr = "127.0.0.1:9090".parse()?;
+    let mut mdns = false;
+    let mut weight = 1.0;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--mdns" => mdns = true,
+            "--weight" => {
+                let value = args.next().ok_or(USAGE)?;
+                weight = value
+                    .parse()
+                    .map_err(|err| format!("bad --weight {value}: {err}\n{USAGE}"))?;
+            }
             "--addr" => {
                 let value = args.next().ok_or(USAGE)?;
                 addr = value
@@ -33,7 +44,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    let manager = VspManager::builder(UserServiceClient::SERVICE_NAME).build();
+    let mut builder = VspManager::builder(UserServiceClient::SERVICE_NAME).weight(weight);
+    if mdns {
+        builder = builder.mesh(
+            ServiceMesh::builder()
+                .discovery(MdnsDiscovery::new())
+                .build(),
+        );
+    }
+    let manager = builder.build();
     manager.serve(UserServiceServer::new(Users::default()))?;
     let bound = manager
         .start_server(&addr.ip().to_string(), addr.port())

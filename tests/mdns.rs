@@ -350,3 +350,55 @@ fn an_ipv6_instance_is_found_and_called() {
         },
     );
 }
+
+fn example_binary(name: &str) -> std::path::PathBuf {
+    let mut path = std::env::current_exe().unwrap();
+    path.pop();
+    if path.ends_with("deps") {
+        path.pop();
+    }
+    path.join("examples").join(name)
+}
+
+#[test]
+fn the_examples_find_each_other_over_mdns() {
+    isolated("the_examples_find_each_other_over_mdns", || async {
+        use std::io::{BufRead, BufReader};
+        use std::process::Stdio;
+        let mut server = Command::new(example_binary("user_service"))
+            .args(["--addr", "127.0.0.1:0", "--mdns"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("build the examples first: cargo test builds them");
+        let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        assert!(first.starts_with("listening on "), "{first}");
+        let drain = std::thread::spawn(move || lines.map_while(Result::ok).count());
+
+        let client = tokio::task::spawn_blocking(|| {
+            Command::new(example_binary("mdns_client"))
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&client.stdout);
+        assert!(
+            client.status.success(),
+            "mdns_client failed: {stdout}{}",
+            String::from_utf8_lossy(&client.stderr)
+        );
+        assert!(
+            stdout.contains("get_user -> User { id: \"123\""),
+            "{stdout}"
+        );
+        assert!(stdout.contains("found 127.0.0.1:"), "{stdout}");
+
+        Command::new("kill")
+            .args(["-TERM", &server.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(server.wait().unwrap().success());
+        drain.join().unwrap();
+    });
+}

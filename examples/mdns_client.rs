@@ -1,0 +1,32 @@
+//! Finds `user-service` over multicast DNS and calls it:
+//! `cargo run --example mdns_client` (with `cargo run --example user_service -- --mdns` running
+//! on the same network segment).
+
+use std::time::Duration;
+
+use vsp::{MdnsDiscovery, ServiceMesh, VspClient};
+use vsp_suite::user_service::UserServiceClient;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+
+    let mesh = ServiceMesh::builder()
+        .discovery(MdnsDiscovery::new().first_resolution_wait(Duration::from_secs(5)))
+        .build();
+    let users = UserServiceClient::new(VspClient::builder(mesh.clone()).build());
+
+    let user = users.get_user("123".into()).await?;
+    println!("get_user -> {user:?}");
+    for instance in mesh.instances(UserServiceClient::SERVICE_NAME) {
+        println!(
+            "found {} (weight {}, {:?})",
+            instance.info.endpoint(),
+            instance.info.weight(),
+            instance.info.status()
+        );
+    }
+    Ok(())
+}
