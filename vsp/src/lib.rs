@@ -175,6 +175,8 @@ pub use balancer::{LeastLoadedBalancer, LoadBalancer, RoundRobinBalancer, Weight
 pub use client::{CallOptions, PoolStats, VspClient, VspClientBuilder};
 #[cfg(feature = "mdns")]
 pub use discovery::MdnsDiscovery;
+#[cfg(feature = "consul")]
+pub use discovery::{ConsulCheck, ConsulConfig, ConsulDiscovery};
 pub use discovery::{Discovery, StaticDiscovery};
 pub use error::{CallError, ErrorCode, ProtocolError, VspError};
 pub use mesh::{

@@ -4,6 +4,8 @@
 //! learns of changes on its own schedule, so it writes them into the mesh through a
 //! [`MeshRegistry`] as they happen, and a call never waits on discovery.
 
+#[cfg(feature = "consul")]
+mod consul;
 #[cfg(feature = "mdns")]
 mod mdns;
 mod static_list;
@@ -12,6 +14,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+#[cfg(feature = "consul")]
+pub use consul::{ConsulCheck, ConsulConfig, ConsulDiscovery};
 #[cfg(feature = "mdns")]
 pub use mdns::MdnsDiscovery;
 pub use static_list::StaticDiscovery;
@@ -73,5 +77,19 @@ pub trait Discovery: Send + Sync + 'static {
     /// wait for).
     fn first_resolution_wait(&self) -> Duration {
         Duration::ZERO
+    }
+
+    /// A call found no instance of `service`: start looking for it, if this discovery looks per
+    /// service (Consul watches one service per query). Called from inside the runtime. The
+    /// default does nothing.
+    fn watch(&self, service: &str) {
+        let _ = service;
+    }
+
+    /// Why `service` has no instance when that is the discovery's fault (it never answered),
+    /// reported instead of `NoInstances`. Default: `None`.
+    fn resolution_error(&self, service: &str) -> Option<VspError> {
+        let _ = service;
+        None
     }
 }

@@ -198,6 +198,7 @@ impl ServiceMesh {
             Err(VspError::NoInstances { .. }) => {}
             picked => return picked,
         }
+        self.discovery.watch(service);
         let wait = self.discovery.first_resolution_wait();
         let until = until.min(tokio::time::Instant::now() + wait);
         loop {
@@ -207,11 +208,19 @@ impl ServiceMesh {
             match self.pick(service) {
                 Err(VspError::NoInstances { .. }) if tokio::time::Instant::now() < until => {
                     if tokio::time::timeout_at(until, changed).await.is_err() {
-                        return self.pick(service);
+                        return self.pick(service).map_err(|err| self.explain(service, err));
                     }
                 }
-                picked => return picked,
+                picked => return picked.map_err(|err| self.explain(service, err)),
             }
+        }
+    }
+
+    /// A discovery that never answered for `service` says why, instead of "no instances".
+    fn explain(&self, service: &str, err: VspError) -> VspError {
+        match err {
+            VspError::NoInstances { .. } => self.discovery.resolution_error(service).unwrap_or(err),
+            other => other,
         }
     }
 

@@ -108,6 +108,8 @@ pub(crate) struct ManagerInner {
     workers: OnceLock<WorkerPool>,
     /// Where and how the server announces itself, if it does.
     announcement: Option<Announcement>,
+    /// The accept loop: awaited on close, so the port is free when `shutdown` returns.
+    accepting: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 struct Announcement {
@@ -344,6 +346,7 @@ impl VspManagerBuilder {
                 lifecycle,
                 stats: ServerStats::default(),
                 workers: OnceLock::new(),
+                accepting: Mutex::new(None),
                 announcement: self.mesh.map(|mesh| Announcement {
                     mesh,
                     weight: self.weight,
@@ -515,7 +518,12 @@ impl VspManager {
             source,
         })?;
         tracing::info!(service = %self.inner.name, %addr, "VSP server listening");
-        tokio::spawn(accept_loop(listener, self.inner.clone()));
+        let accepting = tokio::spawn(accept_loop(listener, self.inner.clone()));
+        *self
+            .inner
+            .accepting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(accepting);
         if let Some(announcement) = &self.inner.announcement {
             if let Err(err) = announcement.announce(&self.inner.name, addr).await {
                 self.close().await;
@@ -583,6 +591,15 @@ impl VspManager {
     async fn close_connections(&self) {
         let inner = &self.inner;
         inner.set_state(Lifecycle::Closed);
+        let accepting = inner
+            .accepting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(accepting) = accepting {
+            // It stops at once on the state change; the bound only guards against a bug.
+            let _ = tokio::time::timeout(CONNECTION_CLOSE_TIMEOUT, accepting).await;
+        }
         if !inner
             .stats
             .wait_for_zero(ServerStats::connections_active, CONNECTION_CLOSE_TIMEOUT)
