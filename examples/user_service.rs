@@ -1,15 +1,16 @@
 //! A standalone `user-service`: `cargo run --example user_service -- --addr 127.0.0.1:9090`.
 //!
-//! `--mdns` also announces it over multicast DNS (and withdraws it on exit).
+//! `--mdns` also announces it over multicast DNS; `--consul http://127.0.0.1:8500` registers it
+//! with that Consul agent (with a TCP check). Both are withdrawn on exit.
 //! Prints `listening on <addr>` once ready; shuts down gracefully on SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
 
-use vsp::{MdnsDiscovery, ServiceMesh, VspManager};
+use vsp::{ConsulConfig, ConsulDiscovery, MdnsDiscovery, ServiceMesh, VspManager};
 use vsp_suite::user_service::{UserServiceClient, UserServiceServer, Users};
 
 const USAGE: &str =
-    "usage: user_service [--addr HOST:PORT] [--mdns] [--weight W]   (default 127.0.0.1:9090)";
+    "usage: user_service [--addr HOST:PORT] [--mdns | --consul AGENT_URL] [--weight W]   (default 127.0.0.1:9090)";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -19,11 +20,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut addr: SocketAddr = "127.0.0.1:9090".parse()?;
     let mut mdns = false;
+    let mut consul: Option<String> = None;
     let mut weight = 1.0;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--mdns" => mdns = true,
+            "--consul" => consul = Some(args.next().ok_or(USAGE)?),
             "--weight" => {
                 let value = args.next().ok_or(USAGE)?;
                 weight = value
@@ -45,12 +48,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let mut builder = VspManager::builder(UserServiceClient::SERVICE_NAME).weight(weight);
+    if mdns && consul.is_some() {
+        return Err(format!("--mdns and --consul exclude each other\n{USAGE}").into());
+    }
     if mdns {
         builder = builder.mesh(
             ServiceMesh::builder()
                 .discovery(MdnsDiscovery::new())
                 .build(),
         );
+    }
+    if let Some(agent) = consul {
+        let discovery = ConsulDiscovery::new(ConsulConfig::new(agent));
+        builder = builder.mesh(ServiceMesh::builder().discovery(discovery).build());
     }
     let manager = builder.build();
     manager.serve(UserServiceServer::new(Users::default()))?;

@@ -260,3 +260,39 @@ async fn registering_with_an_unreachable_agent_fails_start_server() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_service_example_registers_and_deregisters() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let fake = FakeConsul::start().await;
+    let mut exe = std::env::current_exe().unwrap();
+    exe.pop();
+    if exe.ends_with("deps") {
+        exe.pop();
+    }
+    let mut server = Command::new(exe.join("examples").join("user_service"))
+        .args(["--addr", "127.0.0.1:0", "--consul", &fake.url()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("cargo test builds the examples");
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let first = tokio::task::spawn_blocking(move || {
+        let first = lines.next();
+        let rest = std::thread::spawn(move || lines.map_while(Result::ok).count());
+        (first, rest)
+    });
+    let (first, rest) = first.await.unwrap();
+    let first = first.unwrap().unwrap();
+    let port = first.rsplit(':').next().unwrap().to_owned();
+    let registered = fake.registrations();
+    assert_eq!(registered.len(), 1);
+    let body = &registered.values().next().unwrap().body;
+    assert_eq!((body["Name"].as_str(), body["Port"].to_string()), (Some("user-service"), port));
+
+    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    let status = tokio::task::spawn_blocking(move || server.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    rest.join().unwrap();
+    assert!(fake.registrations().is_empty(), "deregistered on exit");
+}
