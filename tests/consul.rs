@@ -288,10 +288,19 @@ async fn the_user_service_example_registers_and_deregisters() {
     let registered = fake.registrations();
     assert_eq!(registered.len(), 1);
     let body = &registered.values().next().unwrap().body;
-    assert_eq!((body["Name"].as_str(), body["Port"].to_string()), (Some("user-service"), port));
+    assert_eq!(
+        (body["Name"].as_str(), body["Port"].to_string()),
+        (Some("user-service"), port)
+    );
 
-    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
-    let status = tokio::task::spawn_blocking(move || server.wait()).await.unwrap().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success());
     rest.join().unwrap();
     assert!(fake.registrations().is_empty(), "deregistered on exit");

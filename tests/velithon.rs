@@ -1,0 +1,307 @@
+//! Interop with the real Velithon 0.6.0 from PyPI: its client against our server, our clients
+//! against its server, and the raw frames a Python peer may send.
+//!
+//! The Python side runs in a virtualenv with `velithon==0.6.0`: `$VELITHON_PYTHON`, or
+//! `target/velithon-venv/bin/python` (what `.ci/run` makes). Without it the tests skip with a
+//! message, except in CI (`CI` set), where that is a failure.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use vsp::{CallError, ErrorCode, ServiceInfo, ServiceMesh, VspClient, VspError, VspManager};
+use vsp_suite::user_service::{UserServiceServer, Users};
+
+fn python() -> Option<PathBuf> {
+    let python = std::env::var_os("VELITHON_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/velithon-venv/bin/python")
+        });
+    let works = Command::new(&python)
+        .args(["-c", "import velithon.vsp"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if works {
+        return Some(python);
+    }
+    let message = format!(
+        "no Python with velithon==0.6.0 at {} (see the README: python3 -m venv target/velithon-venv && target/velithon-venv/bin/pip install velithon==0.6.0)",
+        python.display()
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{message}");
+    }
+    eprintln!("skipping: {message}");
+    None
+}
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(name)
+}
+
+/// Runs a Python script to the end and returns its stdout lines as JSON.
+async fn run_script(python: PathBuf, name: &str, port: u16) -> Vec<Value> {
+    let script = script(name);
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::task::spawn_blocking(move || {
+            Command::new(python)
+                .arg(script)
+                .arg(port.to_string())
+                .output()
+                .unwrap()
+        }),
+    )
+    .await
+    .expect("the Python script did not finish in 120 s")
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{name} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect()
+}
+
+fn step<'a>(results: &'a [Value], key: &str, name: &str) -> &'a Value {
+    results
+        .iter()
+        .find(|r| r[key] == name)
+        .unwrap_or_else(|| panic!("no {name} in {results:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn velithons_client_calls_a_rust_service() {
+    let Some(python) = python() else { return };
+    let manager = VspManager::builder("user-service").build();
+    manager
+        .serve(UserServiceServer::new(Users::default()))
+        .unwrap();
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    let results = run_script(python, "velithon_client.py", addr.port()).await;
+
+    assert_eq!(
+        step(&results, "step", "get_user")["ok"],
+        json!({"id": "123", "name": "John Doe", "email": "john@example.com"})
+    );
+    assert_eq!(step(&results, "step", "create_user")["ok"]["name"], "Ada");
+    assert_eq!(
+        step(&results, "step", "update_user")["ok"]["name"],
+        "Ada Lovelace"
+    );
+    assert_eq!(step(&results, "step", "health")["ok"]["status"], "healthy");
+    // Our errors reach Python as velithon's VSPError, with our message.
+    assert_eq!(
+        step(&results, "step", "unknown_endpoint")["error"],
+        "Endpoint no_such_endpoint not found"
+    );
+    assert_eq!(
+        step(&results, "step", "handler_error")["error"],
+        r#"{"NotFound":{"user_id":"nobody"}}"#
+    );
+    let bad = step(&results, "step", "bad_arguments")["error"]
+        .as_str()
+        .unwrap();
+    assert!(bad.contains("missing field `user_id`"), "{bad}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_a_python_peer_sends_are_answered_as_documented() {
+    let Some(python) = python() else { return };
+    let manager = VspManager::builder("user-service").build();
+    manager
+        .serve(UserServiceServer::new(Users::default()))
+        .unwrap();
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    let results = run_script(python, "raw_edge_cases.py", addr.port()).await;
+
+    let replies = |name: &str| {
+        step(&results, "case", name)["replies"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let no_is_response = replies("no_is_response");
+    assert_eq!(
+        (
+            no_is_response[0]["header"]["request_id"].clone(),
+            no_is_response[0]["body"]["name"].clone()
+        ),
+        (json!("a1"), json!("John Doe"))
+    );
+    assert_eq!(replies("integer_request_id")[0]["header"]["request_id"], 42);
+    let ids: Vec<i64> = replies("several_frames_one_write")
+        .iter()
+        .map(|r| r["header"]["request_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 5);
+    let list = replies("list_body");
+    assert_eq!(list[0]["header"]["error_code"], "bad_request");
+    assert!(list[0]["body"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("must be a JSON object"));
+    let not_json = step(&results, "case", "not_json");
+    assert_eq!(not_json["replies"][0]["header"]["error_code"], "protocol");
+    assert_eq!(not_json["closed"], true);
+}
+
+/// A Velithon server, killed when dropped.
+struct PythonServer {
+    child: Child,
+    port: u16,
+}
+
+impl PythonServer {
+    async fn start(python: PathBuf) -> PythonServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(python)
+            .arg(script("velithon_server.py"))
+            .arg(port.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let ready = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        });
+        let line = tokio::time::timeout(Duration::from_secs(60), ready)
+            .await
+            .expect("the Velithon server did not start in 60 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(line.trim(), "listening");
+        PythonServer { child, port }
+    }
+
+    fn client(&self) -> VspClient {
+        let mesh = ServiceMesh::new();
+        mesh.register(ServiceInfo::new("py-users", "127.0.0.1", self.port))
+            .unwrap();
+        VspClient::builder(mesh).build()
+    }
+}
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct PyUser {
+    id: String,
+    name: String,
+    email: String,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct Echoed {
+    value: Value,
+}
+
+/// The Python service, described as a trait: the generated client calls it.
+#[vsp::service(name = "py-users")]
+pub trait PyUsers {
+    async fn get_user(&self, user_id: String) -> Result<PyUser, String>;
+    async fn create_user(&self, name: String, email: String) -> PyUser;
+    async fn echo(&self, value: Value) -> Echoed;
+    async fn slow_echo(&self, value: Value, ms: u64) -> Echoed;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_client_calls_a_velithon_service() {
+    let Some(python) = python() else { return };
+    let server = PythonServer::start(python).await;
+    let users = PyUsersClient::new(server.client());
+    assert_eq!(
+        users.get_user("123".into()).await.unwrap(),
+        PyUser {
+            id: "123".into(),
+            name: "John Doe".into(),
+            email: "john@example.com".into()
+        }
+    );
+    let created = users
+        .create_user("Ada".into(), "ada@example.com".into())
+        .await
+        .unwrap();
+    assert_eq!(created.name, "Ada");
+    assert_eq!(
+        users.echo(json!([1, "two"])).await.unwrap(),
+        Echoed {
+            value: json!([1, "two"])
+        }
+    );
+    // Their error replies carry only a message: a remote error, not the typed `E`.
+    match users.get_user("nobody".into()).await {
+        Err(CallError::Vsp(VspError::Remote {
+            code: ErrorCode::Unspecified(_),
+            message,
+            ..
+        })) => {
+            assert_eq!(message, "no user nobody")
+        }
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dynamic_client_calls_a_velithon_service() {
+    let Some(python) = python() else { return };
+    let server = PythonServer::start(python).await;
+    let client = server.client();
+    let user = client
+        .call("py-users", "get_user", json!({"user_id": "123"}))
+        .await
+        .unwrap();
+    assert_eq!(user["name"], "John Doe");
+    let health = client.call("py-users", "health", json!({})).await.unwrap();
+    assert_eq!(health["status"], "healthy");
+    match client.call("py-users", "nope", json!({})).await {
+        Err(VspError::Remote { message, .. }) => assert_eq!(message, "Endpoint nope not found"),
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+    match client
+        .call("py-users", "get_user", json!({"wrong": 1}))
+        .await
+    {
+        Err(VspError::Remote { message, .. }) => {
+            assert!(message.contains("unexpected keyword argument"), "{message}")
+        }
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_calls_to_velithon_all_get_their_own_answer() {
+    let Some(python) = python() else { return };
+    let server = PythonServer::start(python).await;
+    let users = PyUsersClient::new(server.client());
+    let calls: Vec<_> = (0..200)
+        .map(|i| {
+            let users = users.clone();
+            tokio::spawn(async move { (i, users.slow_echo(json!(i), 20).await) })
+        })
+        .collect();
+    for call in calls {
+        let (i, echoed) = call.await.unwrap();
+        assert_eq!(echoed.unwrap().value, json!(i));
+    }
+}
