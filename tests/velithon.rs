@@ -305,3 +305,68 @@ async fn two_hundred_concurrent_calls_to_velithon_all_get_their_own_answer() {
         assert_eq!(echoed.unwrap().value, json!(i));
     }
 }
+
+/// The `vsp` binary, built by `cargo test --workspace` for its own tests.
+fn vsp_binary() -> Option<PathBuf> {
+    let mut dir = std::env::current_exe().unwrap();
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let binary = dir.join("vsp");
+    if binary.exists() {
+        return Some(binary);
+    }
+    let message = format!(
+        "{} is missing: run `cargo test --workspace`",
+        binary.display()
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{message}");
+    }
+    eprintln!("skipping: {message}");
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_calls_a_velithon_service() {
+    let (Some(python), Some(vsp)) = (python(), vsp_binary()) else {
+        return;
+    };
+    let server = PythonServer::start(python).await;
+    let target = format!("127.0.0.1:{}", server.port);
+    let run = |args: Vec<String>| {
+        let vsp = vsp.clone();
+        tokio::task::spawn_blocking(move || Command::new(vsp).args(args).output().unwrap())
+    };
+    let ok = run(vec![
+        "call".into(),
+        target.clone(),
+        "get_user".into(),
+        r#"{"user_id":"123"}"#.into(),
+        "--compact".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let user: Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(user["name"], "John Doe");
+
+    let failed = run(vec![
+        "call".into(),
+        target.clone(),
+        "get_user".into(),
+        r#"{"user_id":"x"}"#.into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("no user x"));
+
+    let health = run(vec!["health".into(), target.clone()]).await.unwrap();
+    assert!(String::from_utf8_lossy(&health.stdout).contains("\thealthy\t"));
+}

@@ -1,0 +1,218 @@
+//! `vsp bench`: a load generator in the manner of ghz.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+use serde_json::Value;
+use vsp::VspError;
+
+use crate::target::TargetArgs;
+use crate::{parse_duration, read_body, Failure};
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("amount").required(true).args(["calls", "duration"])))]
+pub(crate) struct BenchArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// The endpoint to call.
+    endpoint: String,
+    /// The request body: JSON, `@file.json`, or `-` for stdin (default `{}`).
+    body: Option<String>,
+    /// Calls in flight at once.
+    #[arg(short = 'c', long, default_value_t = 10)]
+    concurrency: usize,
+    /// Total calls to make.
+    #[arg(short = 'n', long)]
+    calls: Option<u64>,
+    /// How long to keep calling (like 10s).
+    #[arg(short = 'd', long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Prints the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    calls: u64,
+    ok: u64,
+    seconds: f64,
+    calls_per_sec: f64,
+    latency_ms: Latency,
+    errors: BTreeMap<String, u64>,
+}
+
+#[derive(Serialize)]
+struct Latency {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+/// What one caller saw.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+fn error_kind(err: &VspError) -> String {
+    match err {
+        VspError::Remote { code, .. } => format!("remote: {code}"),
+        VspError::Timeout { .. } => "timeout".into(),
+        VspError::Connect { .. } | VspError::ConnectTimeout { .. } => "connect".into(),
+        VspError::ConnectionClosed { .. } => "connection closed".into(),
+        VspError::NoInstances { .. } | VspError::NoHealthyInstances { .. } => "no instance".into(),
+        VspError::TooManyInFlight { .. } => "too many in flight".into(),
+        other => format!("other: {other}"),
+    }
+}
+
+pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
+    let body = Arc::new(read_body(args.body.as_deref())?);
+    if args.concurrency == 0 {
+        return Err(Failure::usage("-c must be at least 1"));
+    }
+    let resolved = Arc::new(args.target.resolve()?);
+    let endpoint = Arc::new(args.endpoint);
+    let started = Instant::now();
+    let until = args.duration.map(|d| started + d);
+    let budget = args.calls.unwrap_or(u64::MAX);
+    let issued = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let first_error: Arc<Mutex<Option<VspError>>> = Arc::new(Mutex::new(None));
+
+    let callers: Vec<_> = (0..args.concurrency)
+        .map(|_| {
+            let (resolved, endpoint, body) = (resolved.clone(), endpoint.clone(), body.clone());
+            let (issued, done, first_error) = (issued.clone(), done.clone(), first_error.clone());
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                loop {
+                    if until.is_some_and(|until| Instant::now() >= until)
+                        || issued.fetch_add(1, Ordering::Relaxed) >= budget
+                    {
+                        return tally;
+                    }
+                    let t0 = Instant::now();
+                    let outcome: Result<Value, VspError> = resolved
+                        .client
+                        .call(&resolved.service, &endpoint, &*body)
+                        .await;
+                    match outcome {
+                        Ok(_) => tally.latencies.push(t0.elapsed().as_nanos() as u64),
+                        Err(err) => {
+                            *tally.errors.entry(error_kind(&err)).or_default() += 1;
+                            first_error
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(err);
+                        }
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+
+    let progress = (!args.json && std::io::stderr().is_terminal()).then(|| {
+        let done = done.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let elapsed = started.elapsed();
+                let calls = done.load(Ordering::Relaxed);
+                let fraction = match (until, budget) {
+                    (Some(until), _) => elapsed.as_secs_f64() / (until - started).as_secs_f64(),
+                    (None, budget) => calls as f64 / budget as f64,
+                }
+                .min(1.0);
+                let filled = (fraction * 30.0) as usize;
+                eprint!(
+                    "\r[{}{}] {calls} calls, {:.0}/s ",
+                    "#".repeat(filled),
+                    ".".repeat(30 - filled),
+                    calls as f64 / elapsed.as_secs_f64().max(1e-9)
+                );
+                let _ = std::io::stderr().flush();
+            }
+        })
+    });
+
+    let mut tally = Tally::default();
+    for caller in callers {
+        let one = caller
+            .await
+            .map_err(|err| Failure::unreachable(format!("a caller task failed: {err}")))?;
+        tally.latencies.extend(one.latencies);
+        for (kind, count) in one.errors {
+            *tally.errors.entry(kind).or_default() += count;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(progress) = progress {
+        progress.abort();
+        eprintln!();
+    }
+
+    tally.latencies.sort_unstable();
+    let at = |q: f64| {
+        if tally.latencies.is_empty() {
+            return 0.0;
+        }
+        let index = ((tally.latencies.len() - 1) as f64 * q).round() as usize;
+        tally.latencies[index] as f64 / 1e6
+    };
+    let ok = tally.latencies.len() as u64;
+    let failed: u64 = tally.errors.values().sum();
+    let report = Report {
+        calls: ok + failed,
+        ok,
+        seconds,
+        calls_per_sec: (ok + failed) as f64 / seconds.max(1e-9),
+        latency_ms: Latency {
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            max: at(1.0),
+        },
+        errors: tally.errors,
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        println!("Summary:");
+        println!(
+            "  Calls:     {} ({} ok, {} failed)",
+            report.calls, report.ok, failed
+        );
+        println!("  Duration:  {:.2} s", report.seconds);
+        println!("  Calls/s:   {:.1}", report.calls_per_sec);
+        println!("Latency (ok calls):");
+        println!("  p50  {:>10.3} ms", report.latency_ms.p50);
+        println!("  p90  {:>10.3} ms", report.latency_ms.p90);
+        println!("  p99  {:>10.3} ms", report.latency_ms.p99);
+        println!("  max  {:>10.3} ms", report.latency_ms.max);
+        if !report.errors.is_empty() {
+            println!("Errors:");
+            for (kind, count) in &report.errors {
+                println!("  {count:>8}  {kind}");
+            }
+        }
+    }
+    // A run in which nothing succeeded exits like the failure it met.
+    let first_error = first_error.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match (ok, first_error) {
+        (0, Some(err)) => Err(err.into()),
+        _ => Ok(()),
+    }
+}

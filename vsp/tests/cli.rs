@@ -1,0 +1,318 @@
+//! The `vsp` command line, run as a built binary against real servers started in the test.
+
+#[path = "../../tests/fake_consul/mod.rs"]
+mod fake_consul;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use vsp::{ConsulCheck, ConsulConfig, ConsulDiscovery, ServiceMesh, VspManager};
+
+async fn server() -> (VspManager, SocketAddr) {
+    let manager = VspManager::builder("echo-service").build();
+    manager
+        .endpoint("echo", |body: Value| async move { Ok::<_, String>(body) })
+        .unwrap();
+    manager
+        .endpoint("fail", |_: Value| async move {
+            Err::<Value, _>("nope, not today")
+        })
+        .unwrap();
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    (manager, addr)
+}
+
+/// Runs `vsp` with `args` (and `stdin`), off the runtime's threads.
+async fn vsp(args: Vec<String>, stdin: Option<&str>) -> Output {
+    let stdin = stdin.map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vsp"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn args(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_prints_the_response_as_pretty_or_compact_json() {
+    let (_server, addr) = server().await;
+    let target = addr.to_string();
+    let output = vsp(args(&["call", &target, "echo", r#"{"a":[1,2]}"#]), None).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("\n  \"a\": ["),
+        "pretty: {}",
+        stdout(&output)
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&output)).unwrap(),
+        json!({"a": [1, 2]})
+    );
+
+    let output = vsp(
+        args(&["call", &target, "echo", r#"{"a":1}"#, "--compact"]),
+        None,
+    )
+    .await;
+    assert_eq!(stdout(&output), "{\"a\":1}\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_body_comes_from_a_file_or_stdin() {
+    let (_server, addr) = server().await;
+    let target = addr.to_string();
+    let path = std::env::temp_dir().join(format!("vsp-cli-body-{}.json", std::process::id()));
+    std::fs::write(&path, r#"{"from":"file"}"#).unwrap();
+    let output = vsp(
+        args(&[
+            "call",
+            &target,
+            "echo",
+            &format!("@{}", path.display()),
+            "--compact",
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(
+        stdout(&output),
+        "{\"from\":\"file\"}\n",
+        "{}",
+        stderr(&output)
+    );
+    let _ = std::fs::remove_file(path);
+
+    let output = vsp(
+        args(&["call", &target, "echo", "-", "--compact"]),
+        Some(r#"{"from":"stdin"}"#),
+    )
+    .await;
+    assert_eq!(
+        stdout(&output),
+        "{\"from\":\"stdin\"}\n",
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_say_what_went_wrong() {
+    let (_server, addr) = server().await;
+    let target = addr.to_string();
+
+    let remote = vsp(args(&["call", &target, "fail"]), None).await;
+    assert_eq!(remote.status.code(), Some(1));
+    assert!(
+        stderr(&remote).contains("`fail`") && stderr(&remote).contains("nope, not today"),
+        "{}",
+        stderr(&remote)
+    );
+
+    let bad_json = vsp(args(&["call", &target, "echo", "{not json"]), None).await;
+    assert_eq!(bad_json.status.code(), Some(2));
+    assert!(
+        stderr(&bad_json).contains("not valid JSON"),
+        "{}",
+        stderr(&bad_json)
+    );
+
+    let usage = vsp(args(&["call", &target]), None).await;
+    assert_eq!(usage.status.code(), Some(2));
+    let not_a_target = vsp(args(&["call", "echo-service", "echo"]), None).await;
+    assert_eq!(not_a_target.status.code(), Some(2));
+    assert!(
+        stderr(&not_a_target).contains("--static, --mdns or --consul"),
+        "{}",
+        stderr(&not_a_target)
+    );
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let unreachable = vsp(
+        args(&["call", &closed.to_string(), "echo", "--timeout", "2s"]),
+        None,
+    )
+    .await;
+    assert_eq!(unreachable.status.code(), Some(3));
+    assert!(
+        stderr(&unreachable).contains(&closed.to_string()),
+        "{}",
+        stderr(&unreachable)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_name_resolves_through_static_instances() {
+    let (_a, a) = server().await;
+    let (_b, b) = server().await;
+    let instances = format!("{a},{b}");
+    let output = vsp(
+        args(&[
+            "call",
+            "echo-service",
+            "echo",
+            r#"{"x":1}"#,
+            "--static",
+            &instances,
+            "--compact",
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(stdout(&output), "{\"x\":1}\n", "{}", stderr(&output));
+
+    let health = vsp(
+        args(&["health", "echo-service", "--static", &instances]),
+        None,
+    )
+    .await;
+    assert!(health.status.success(), "{}", stderr(&health));
+    let lines: Vec<String> = stdout(&health).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for line in lines {
+        let fields: Vec<&str> = line.split('\t').collect();
+        assert_eq!(fields[1], "healthy", "{line}");
+        assert!(fields[2].ends_with(" ms"), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_an_unreachable_instance_and_exits_3() {
+    let (_a, a) = server().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let instances = format!("{a},{closed}");
+    let health = vsp(
+        args(&[
+            "health",
+            "echo-service",
+            "--static",
+            &instances,
+            "--timeout",
+            "2s",
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(health.status.code(), Some(3));
+    let out = stdout(&health);
+    assert!(out.contains(&format!("{a}\thealthy")), "{out}");
+    assert!(out.contains(&format!("{closed}\tunreachable")), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_reports_calls_latencies_and_errors_as_json() {
+    let (server, addr) = server().await;
+    let target = addr.to_string();
+    let output = vsp(
+        args(&[
+            "bench",
+            &target,
+            "echo",
+            r#"{"k":"v"}"#,
+            "-c",
+            "4",
+            "-n",
+            "300",
+            "--json",
+        ]),
+        None,
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(
+        (report["calls"].as_u64(), report["ok"].as_u64()),
+        (Some(300), Some(300))
+    );
+    assert!(report["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(report["latency_ms"]["p99"].as_f64() <= report["latency_ms"]["max"].as_f64());
+    assert_eq!(report["errors"], json!({}));
+    assert_eq!(server.get_performance_stats().endpoints["echo"].calls, 300);
+
+    let failing = vsp(
+        args(&["bench", &target, "fail", "-c", "2", "-d", "200ms", "--json"]),
+        None,
+    )
+    .await;
+    assert_eq!(failing.status.code(), Some(1), "every call failed remotely");
+    let report: Value = serde_json::from_str(&stdout(&failing)).unwrap();
+    assert!(
+        report["errors"]["remote: handler"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+
+    let text = vsp(args(&["bench", &target, "echo", "-n", "50"]), None).await;
+    assert!(
+        stdout(&text).contains("Calls/s:") && stdout(&text).contains("p99"),
+        "{}",
+        stdout(&text)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_lists_the_instances_consul_knows() {
+    let fake = fake_consul::FakeConsul::start().await;
+    let check = ConsulCheck::Tcp {
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(200),
+    };
+    let manager = VspManager::builder("echo-service")
+        .mesh(
+            ServiceMesh::builder()
+                .discovery(ConsulDiscovery::new(
+                    ConsulConfig::new(fake.url()).check(check),
+                ))
+                .build(),
+        )
+        .weight(2.0)
+        .build();
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    let output = vsp(
+        args(&[
+            "discover",
+            "echo-service",
+            "--consul",
+            &fake.url(),
+            "--timeout",
+            "5s",
+        ]),
+        None,
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), format!("{addr}\tweight 2\tUnknown\n"));
+
+    let usage = vsp(args(&["discover", "echo-service"]), None).await;
+    assert_eq!(usage.status.code(), Some(2));
+}
