@@ -290,3 +290,56 @@ async fn many_bad_peers_at_once_leave_the_server_responsive() {
     }
     assert_eq!(active, 1, "only the good client's connection should remain");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_its_answers_stops_being_read() {
+    let (manager, addr) = start_test_server().await;
+    let greedy = RawPeer::connect(addr).await;
+    let (mut read, mut write) = greedy.stream.into_split();
+    // 1,000 requests whose answers total 64 MiB, and not one answer read.
+    let payload = "x".repeat(64 * 1024);
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        for id in 0..1000 {
+            let request = request_json(
+                &id.to_string(),
+                "echo",
+                &format!(r#"{{"value":"{payload}"}}"#),
+            );
+            if write.write_all(&frame(&request)).await.is_err() {
+                return;
+            }
+        }
+    });
+    // The server stops reading once 4 MiB of answers wait (about 64 of them, plus what the
+    // sockets hold): the count stays there however long we wait. Without that push-back it
+    // would take all 64 MiB and buffer every answer.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let processed = manager.get_performance_stats().messages_processed;
+    assert!(
+        processed < 300,
+        "{processed} requests read from a peer that reads nothing"
+    );
+
+    // Others are served meanwhile.
+    let client = client_for(addr);
+    assert_eq!(
+        client
+            .call(SERVICE, "echo", json!({"value": "fine"}))
+            .await
+            .unwrap(),
+        json!("fine")
+    );
+
+    // Once the peer reads, every answer arrives.
+    let mut answered = 0;
+    let mut len = [0u8; 4];
+    use tokio::io::AsyncReadExt;
+    while answered < 1000 {
+        read.read_exact(&mut len).await.unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        read.read_exact(&mut body).await.unwrap();
+        answered += 1;
+    }
+    writer.await.unwrap();
+}

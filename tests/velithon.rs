@@ -29,10 +29,14 @@ fn python() -> Option<PathBuf> {
     if works {
         return Some(python);
     }
-    let message = format!(
+    unavailable(format!(
         "no Python with velithon==0.6.0 at {} (see the README: python3 -m venv target/velithon-venv && target/velithon-venv/bin/pip install velithon==0.6.0)",
         python.display()
-    );
+    ))
+}
+
+/// A prerequisite is missing: a failure in CI, a skip with a message elsewhere.
+fn unavailable<T>(message: String) -> Option<T> {
     if std::env::var_os("CI").is_some() {
         panic!("{message}");
     }
@@ -317,15 +321,10 @@ fn vsp_binary() -> Option<PathBuf> {
     if binary.exists() {
         return Some(binary);
     }
-    let message = format!(
+    unavailable(format!(
         "{} is missing: run `cargo test --workspace`",
         binary.display()
-    );
-    if std::env::var_os("CI").is_some() {
-        panic!("{message}");
-    }
-    eprintln!("skipping: {message}");
-    None
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

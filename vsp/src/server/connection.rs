@@ -28,6 +28,9 @@ use crate::transport::{run_writer, WriteQueue};
 /// The name of the endpoint every server answers itself.
 pub const HEALTH_ENDPOINT: &str = "health";
 
+/// Replies waiting to be written beyond which the connection stops reading requests.
+const MAX_WRITE_BACKLOG: usize = 4 * 1024 * 1024;
+
 /// How long a closing connection may take to flush its last replies to a peer that stopped reading.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -114,7 +117,11 @@ pub(crate) async fn serve_connection(
                 Ok(()) => continue,
                 Err(_) => break,
             },
-            next = frames.next_frame() => next,
+            // A peer that sends requests but does not read the answers is no longer read.
+            next = async {
+                conn.queue.wait_for_backlog_below(MAX_WRITE_BACKLOG).await;
+                frames.next_frame().await
+            } => next,
         };
         match next {
             Ok(Some(frame)) => {

@@ -1,6 +1,7 @@
 //! One connection's outgoing bytes: a buffer many tasks append frames to, drained by one writer.
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -15,6 +16,10 @@ pub(crate) struct QueueClosed;
 pub(crate) struct WriteQueue {
     state: Mutex<QueueState>,
     wake_writer: Notify,
+    /// Bytes queued or being written, readable without the lock.
+    backlog: AtomicUsize,
+    /// Woken each time the writer finishes a write, for readers waiting on the backlog.
+    written: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -46,10 +51,12 @@ impl WriteQueue {
         if state.closed {
             return Err(QueueClosed);
         }
-        let was_empty = state.pending.is_empty();
+        let before = state.pending.len();
         let result = encode(&mut state.pending);
-        let wake = was_empty && !state.pending.is_empty();
+        let added = state.pending.len() - before;
+        let wake = before == 0 && added > 0;
         drop(state);
+        self.backlog.fetch_add(added, Ordering::Relaxed);
         // The writer only sleeps after it found the buffer empty, so only the push that makes it
         // non-empty needs to wake it.
         if wake {
@@ -62,10 +69,27 @@ impl WriteQueue {
     pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.wake_writer.notify_one();
+        self.written.notify_waiters();
     }
 
     pub(crate) fn is_closed(&self) -> bool {
         self.lock().closed
+    }
+
+    /// Waits until fewer than `limit` bytes wait to be written (or the queue closes): a reader
+    /// calls this before taking more requests, so a peer that does not read its answers stops
+    /// being read instead of filling memory.
+    pub(crate) async fn wait_for_backlog_below(&self, limit: usize) {
+        // The common case, a backlog under the limit, costs one atomic load.
+        while self.backlog.load(Ordering::Relaxed) >= limit {
+            let written = self.written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            if self.backlog.load(Ordering::Relaxed) < limit || self.is_closed() {
+                return;
+            }
+            written.await;
+        }
     }
 }
 
@@ -82,7 +106,10 @@ pub(crate) async fn run_writer<W: AsyncWrite + Unpin>(
             state.closed
         };
         if !sending.is_empty() {
-            io.write_all(&sending).await?;
+            let written = io.write_all(&sending).await;
+            queue.backlog.fetch_sub(sending.len(), Ordering::Relaxed);
+            queue.written.notify_waiters();
+            written?;
             sending.clear();
             if sending.capacity() > KEEP_CAPACITY {
                 sending = Vec::new();
