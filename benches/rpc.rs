@@ -705,12 +705,26 @@ async fn bench(settings: Settings) {
         instances.push(start_vsp(VspManager::builder("bench")).await);
     }
     let addrs: Vec<SocketAddr> = instances.iter().map(|(_, addr)| *addr).collect();
-    let balancers: Vec<(&str, ServiceMesh)> = vec![(
-        "round robin",
-        ServiceMesh::builder()
-            .load_balancer(vsp::RoundRobinBalancer::new())
-            .build(),
-    )];
+    let balancers: Vec<(&str, ServiceMesh)> = vec![
+        (
+            "round robin",
+            ServiceMesh::builder()
+                .load_balancer(vsp::RoundRobinBalancer::new())
+                .build(),
+        ),
+        (
+            "weighted 3:2:1",
+            ServiceMesh::builder()
+                .load_balancer(vsp::WeightedBalancer::new())
+                .build(),
+        ),
+        (
+            "least loaded (P2C)",
+            ServiceMesh::builder()
+                .load_balancer(vsp::LeastLoadedBalancer::new())
+                .build(),
+        ),
+    ];
     for (name, mesh) in balancers {
         let contender = if name.starts_with("weighted") {
             for (addr, weight) in addrs.iter().zip([3.0, 2.0, 1.0]) {

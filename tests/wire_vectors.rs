@@ -129,3 +129,15 @@ async fn health_answers_as_velithon_does() {
         "timestamp {timestamp} is not now ({now})"
     );
 }
+
+#[tokio::test]
+async fn escaped_header_strings_are_echoed_with_their_meaning() {
+    let (_manager, addr) = start_test_server().await;
+    let mut peer = RawPeer::connect(addr).await;
+    let request = r#"{"header":{"request_id":"a\"b","service":"odd \u00e9 \"service\"","endpoint":"echo"},"body":{"value":1}}"#;
+    peer.send(&common::frame(request)).await;
+    let reply = peer.recv().await.unwrap();
+    assert_eq!(reply["header"]["request_id"], "a\"b");
+    assert_eq!(reply["header"]["service"], "odd é \"service\"");
+    assert_eq!(reply["body"], 1);
+}

@@ -288,13 +288,13 @@ impl Connection {
         if wake_reaper {
             self.state.reaper_wake.notify_one();
         }
-        let timeout_ms = deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis()
-            .max(1) as u64;
+        let now = Instant::now();
+        let timeout_ms = deadline.saturating_duration_since(now).as_millis().max(1) as u64;
         self.state.in_flight.fetch_add(1, Ordering::Relaxed);
         self.state.last_active_ms.store(
-            self.state.epoch.elapsed().as_millis() as u64,
+            now.into_std()
+                .saturating_duration_since(self.state.epoch)
+                .as_millis() as u64,
             Ordering::Relaxed,
         );
         let call = PendingCall {

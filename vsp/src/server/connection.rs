@@ -5,6 +5,7 @@
 //! read, ends this connection) and touches no other connection.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -182,11 +183,7 @@ fn dispatch(
         return Ok(());
     }
     let manager = conn.manager();
-    let head = response_head(
-        envelope.request_id().get(),
-        envelope.service(),
-        envelope.endpoint(),
-    );
+    let head = ResponseHead::echo(frame, &envelope);
     let endpoint_name = envelope.endpoint();
 
     if manager.state() != Lifecycle::Running {
@@ -195,18 +192,15 @@ fn dispatch(
         reply.error(ErrorCode::ShuttingDown, &message);
         return Ok(());
     }
-    let deadline = match envelope.timeout_ms() {
-        Some(0) => {
-            let reply = Reply::new(conn.clone(), head, None);
-            reply.error(
-                ErrorCode::Timeout,
-                "the caller's deadline had passed on arrival",
-            );
-            return Ok(());
-        }
-        Some(ms) => Some((tokio::time::Instant::now() + Duration::from_millis(ms), ms)),
-        None => None,
-    };
+    let timeout_ms = envelope.timeout_ms();
+    if timeout_ms == Some(0) {
+        let reply = Reply::new(conn.clone(), head, None);
+        reply.error(
+            ErrorCode::Timeout,
+            "the caller's deadline had passed on arrival",
+        );
+        return Ok(());
+    }
     let registry = manager.registry.load();
     let Some(entry) = registry.get(endpoint_name) else {
         let reply = Reply::new(conn.clone(), head, None);
@@ -238,7 +232,7 @@ fn dispatch(
             return Ok(());
         }
     }
-    let reply = Reply::new(conn.clone(), head, Some(entry.clone())).with_deadline(deadline);
+    let reply = Reply::new(conn.clone(), head, Some(entry.clone())).with_timeout(timeout_ms);
     let body = envelope.body();
     if !is_json_object(body) {
         reply.error(
@@ -264,7 +258,7 @@ impl ServerConnection {
         let head = response_head("null", &self.manager.name, "");
         let _ = self.queue.push(|out| {
             encode_frame(out, |out| {
-                out.extend_from_slice(&head);
+                head.write(out);
                 write_response_header_end(out, Some(&ErrorCode::ShuttingDown));
                 write_error_body(out, &message);
                 out.push(b'}');
@@ -284,7 +278,7 @@ impl ServerConnection {
     }
 }
 
-fn response_head(request_id: &str, service: &str, endpoint: &str) -> Vec<u8> {
+fn response_head(request_id: &str, service: &str, endpoint: &str) -> ResponseHead {
     let mut head = Vec::with_capacity(80 + request_id.len() + service.len() + endpoint.len());
     write_header_start(
         &mut head,
@@ -293,7 +287,77 @@ fn response_head(request_id: &str, service: &str, endpoint: &str) -> Vec<u8> {
         endpoint,
         true,
     );
-    head
+    ResponseHead::Built(head)
+}
+
+/// What a response echoes of its request's header.
+///
+/// Why it points into the request frame: the id, service and endpoint are already there, so a
+/// reply costs no allocation to remember them; only header strings that had JSON escapes (not
+/// borrowable) are copied out.
+pub(crate) enum ResponseHead {
+    Echo {
+        frame: Bytes,
+        request_id: Range<usize>,
+        service: Range<usize>,
+        endpoint: Range<usize>,
+    },
+    /// The header start, written out.
+    Built(Vec<u8>),
+}
+
+impl ResponseHead {
+    fn echo(frame: &Bytes, envelope: &Envelope<'_>) -> ResponseHead {
+        let bounds = frame.as_ptr_range();
+        let range = |s: &str| {
+            let start = s.as_ptr();
+            (bounds.contains(&start) && start.wrapping_add(s.len()) <= bounds.end).then(|| {
+                let offset = start as usize - bounds.start as usize;
+                offset..offset + s.len()
+            })
+        };
+        match (
+            range(envelope.request_id().get()),
+            range(envelope.service()),
+            range(envelope.endpoint()),
+        ) {
+            (Some(request_id), Some(service), Some(endpoint)) => ResponseHead::Echo {
+                frame: frame.clone(),
+                request_id,
+                service,
+                endpoint,
+            },
+            _ => response_head(
+                envelope.request_id().get(),
+                envelope.service(),
+                envelope.endpoint(),
+            ),
+        }
+    }
+
+    /// Writes `{"header":{...,"is_response":true`.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            ResponseHead::Built(head) => out.extend_from_slice(head),
+            ResponseHead::Echo {
+                frame,
+                request_id,
+                service,
+                endpoint,
+            } => {
+                // The ranges came from `&str`s of this frame: always UTF-8.
+                let text =
+                    |range: &Range<usize>| std::str::from_utf8(&frame[range.clone()]).unwrap_or("");
+                write_header_start(
+                    out,
+                    RequestIdOut::Raw(text(request_id)),
+                    text(service),
+                    text(endpoint),
+                    true,
+                );
+            }
+        }
+    }
 }
 
 fn json_kind(raw: &RawValue) -> &'static str {

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::connection::ServerConnection;
+use super::connection::{ResponseHead, ServerConnection};
 use super::worker::Limited;
 use super::{EndpointEntry, Lifecycle};
 use crate::error::ErrorCode;
@@ -205,7 +205,13 @@ where
 {
     let ended = {
         let mut lifecycle = reply.conn.manager().lifecycle();
-        let deadline = reply.deadline;
+        // Counted from the request's arrival; the clock is read only for handlers that wait.
+        let deadline = reply.timeout_ms.map(|ms| {
+            let arrived = reply
+                .received
+                .map_or_else(tokio::time::Instant::now, Into::into);
+            (arrived + std::time::Duration::from_millis(ms), ms)
+        });
         tokio::select! {
             outcome = running => Ended::Finished(outcome),
             _ = lifecycle.wait_for(|state| *state == Lifecycle::Closed) => Ended::ServerClosed,
@@ -288,20 +294,20 @@ impl<F: Future> Future for CatchUnwind<F> {
 pub(crate) struct Reply {
     conn: Arc<ServerConnection>,
     /// The response header up to and including `"is_response":true`.
-    head: Vec<u8>,
+    head: ResponseHead,
     /// The endpoint called; `None` for requests no endpoint took (unknown, malformed, refused).
     entry: Option<Arc<EndpointEntry>>,
     /// When the request arrived; `None` when stats are off.
     received: Option<Instant>,
     failed: bool,
-    /// The caller's deadline (and its `timeout_ms`), past which the handler is stopped.
-    deadline: Option<(tokio::time::Instant, u64)>,
+    /// The caller's remaining wait (`timeout_ms`), past which the handler is stopped.
+    timeout_ms: Option<u64>,
 }
 
 impl Reply {
     pub(crate) fn new(
         conn: Arc<ServerConnection>,
-        head: Vec<u8>,
+        head: ResponseHead,
         entry: Option<Arc<EndpointEntry>>,
     ) -> Self {
         let manager = conn.manager();
@@ -314,12 +320,12 @@ impl Reply {
             entry,
             received,
             failed: false,
-            deadline: None,
+            timeout_ms: None,
         }
     }
 
-    pub(crate) fn with_deadline(mut self, deadline: Option<(tokio::time::Instant, u64)>) -> Self {
-        self.deadline = deadline;
+    pub(crate) fn with_timeout(mut self, timeout_ms: Option<u64>) -> Self {
+        self.timeout_ms = timeout_ms;
         self
     }
 
@@ -332,7 +338,7 @@ impl Reply {
     pub(crate) fn ok<T: Serialize + ?Sized>(self, value: &T) {
         let pushed = self.conn.queue().push(|out| {
             encode_frame(out, |out| {
-                out.extend_from_slice(&self.head);
+                self.head.write(out);
                 write_response_header_end(out, None);
                 serde_json::to_writer(&mut *out, value)?;
                 out.push(b'}');
@@ -375,7 +381,7 @@ impl Reply {
         self.failed = true;
         let pushed = self.conn.queue().push(|out| {
             encode_frame(out, |out| {
-                out.extend_from_slice(&self.head);
+                self.head.write(out);
                 write_response_header_end(out, Some(&ErrorCode::Handler));
                 out.extend_from_slice(b"{\"error\":");
                 write_json_str(out, &message);
@@ -399,7 +405,7 @@ impl Reply {
         self.failed = true;
         let pushed = self.conn.queue().push(|out| {
             encode_frame(out, |out| {
-                out.extend_from_slice(&self.head);
+                self.head.write(out);
                 write_response_header_end(out, Some(&code));
                 write_error_body(out, message);
                 out.push(b'}');
