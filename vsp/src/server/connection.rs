@@ -241,12 +241,7 @@ fn dispatch(
         );
         return Ok(());
     }
-    if let Err((reply, err)) = entry.endpoint.start(body, reply, cx) {
-        reply.error(
-            ErrorCode::BadRequest,
-            &format!("invalid arguments for `{name}`: {err}"),
-        );
-    }
+    entry.endpoint.start(body, reply, cx);
     Ok(())
 }
 

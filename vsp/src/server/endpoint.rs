@@ -27,12 +27,8 @@ pub(crate) trait Endpoint: Send + Sync + 'static {
     /// Deserializes the arguments from `body` and starts the handler, which answers through
     /// `reply`. If the arguments do not fit, `reply` comes back with the deserializer's error.
     /// `cx` is the connection task's context, for a first poll of the handler in place.
-    fn start(
-        &self,
-        body: &RawValue,
-        reply: Reply,
-        cx: &mut Context<'_>,
-    ) -> Result<(), (Reply, serde_json::Error)>;
+    /// Arguments that do not fit are answered `bad_request`, naming the field.
+    fn start(&self, body: &RawValue, reply: Reply, cx: &mut Context<'_>);
 }
 
 /// A handler function registered with [`VspManager::endpoint`](crate::VspManager::endpoint).
@@ -54,14 +50,8 @@ impl<F, A> FnEndpoint<F, A> {
 pub(crate) struct HealthEndpoint;
 
 impl Endpoint for HealthEndpoint {
-    fn start(
-        &self,
-        _body: &RawValue,
-        reply: Reply,
-        _cx: &mut Context<'_>,
-    ) -> Result<(), (Reply, serde_json::Error)> {
+    fn start(&self, _body: &RawValue, reply: Reply, _cx: &mut Context<'_>) {
         reply.ok(&Health::now());
-        Ok(())
     }
 }
 
@@ -135,18 +125,14 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: Outcome,
 {
-    fn start(
-        &self,
-        body: &RawValue,
-        reply: Reply,
-        cx: &mut Context<'_>,
-    ) -> Result<(), (Reply, serde_json::Error)> {
-        let args = match serde_json::from_str::<A>(body.get()) {
-            Ok(args) => args,
-            Err(err) => return Err((reply, err)),
-        };
-        run_handler((self.handler)(args), reply, cx);
-        Ok(())
+    fn start(&self, body: &RawValue, reply: Reply, cx: &mut Context<'_>) {
+        match serde_json::from_str::<A>(body.get()) {
+            Ok(args) => run_handler((self.handler)(args), reply, cx),
+            Err(err) => {
+                let message = format!("invalid arguments for `{}`: {err}", reply.endpoint());
+                reply.error(ErrorCode::BadRequest, &message);
+            }
+        }
     }
 }
 
