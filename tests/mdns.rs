@@ -402,3 +402,37 @@ fn the_examples_find_each_other_over_mdns() {
         drain.join().unwrap();
     });
 }
+
+#[test]
+fn discovery_can_be_limited_to_named_interfaces() {
+    isolated("discovery_can_be_limited_to_named_interfaces", || async {
+        let on_lo = || {
+            ServiceMesh::builder()
+                .discovery(
+                    MdnsDiscovery::new()
+                        .interface("lo")
+                        .service_type("_vsptest._tcp.local.")
+                        .first_resolution_wait(Duration::from_secs(10)),
+                )
+                .build()
+        };
+        let manager = VspManager::builder("echo-service").mesh(on_lo()).build();
+        manager.start_server("127.0.0.1", 0).await.unwrap();
+        // Same interface and service type: found.
+        let client = VspClient::builder(on_lo()).build();
+        client
+            .call("echo-service", "health", json!({}))
+            .await
+            .unwrap();
+        // Another service type sees nothing.
+        let other = ServiceMesh::builder()
+            .discovery(MdnsDiscovery::new().first_resolution_wait(Duration::from_millis(500)))
+            .build();
+        let err = VspClient::builder(other)
+            .build()
+            .call("echo-service", "health", json!({}))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, vsp::VspError::NoInstances { .. }), "{err:?}");
+    });
+}
