@@ -67,19 +67,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bound = manager
         .start_server(&addr.ip().to_string(), addr.port())
         .await?;
+    // Listening for the signals before saying so: a SIGTERM right after the line still drains.
+    let stop = stop_signal()?;
     println!("listening on {bound}");
 
-    wait_for_signal().await?;
+    stop.await?;
     println!("shutting down");
     manager.shutdown().await?;
     Ok(())
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
+/// Resolves on the first SIGINT or SIGTERM; the handlers are installed when this returns.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate())?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result,
-        _ = terminate.recv() => Ok(()),
-    }
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        Ok(())
+    })
 }

@@ -279,6 +279,11 @@ impl EndpointCounters {
         self.histogram.record(elapsed);
     }
 
+    /// A call first counted as a success turned out to fail.
+    pub(crate) fn count_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> EndpointStats {
         let [p50, p99] = self.histogram.quantiles([0.50, 0.99]);
         EndpointStats {

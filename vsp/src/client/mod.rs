@@ -18,7 +18,9 @@ mod retry;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -63,7 +65,10 @@ struct ClientConfig {
 struct ClientInner {
     mesh: ServiceMesh,
     config: ClientConfig,
-    pools: RwLock<HashMap<Arc<str>, Arc<InstancePool>>>,
+    /// One pool per instance, read without a lock on every call...
+    pools: ArcSwap<HashMap<Arc<str>, Arc<InstancePool>>>,
+    /// ...and changed under this one.
+    changing_pools: Mutex<()>,
     counters: Arc<PoolCounters>,
     budget: RetryBudget,
     /// The idle sweeper (and the active health checker) run once the first call is made.
@@ -216,7 +221,8 @@ impl VspClientBuilder {
             timeout: config.timeout,
             inner: Arc::new(ClientInner {
                 mesh: self.mesh,
-                pools: RwLock::new(HashMap::new()),
+                pools: ArcSwap::from_pointee(HashMap::new()),
+                changing_pools: Mutex::new(()),
                 counters: Arc::new(PoolCounters::default()),
                 budget: RetryBudget::new(config.retry_ratio, config.retry_reserve),
                 background: AtomicBool::new(false),
@@ -362,8 +368,7 @@ impl VspClient {
     pub fn open_connections(&self, endpoint: &str) -> usize {
         self.inner
             .pools
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+            .load()
             .get(endpoint)
             .map_or(0, |pool| pool.open_connections())
     }
@@ -591,17 +596,15 @@ impl VspClient {
 
 impl ClientInner {
     fn pool(&self, endpoint: &Arc<str>) -> Arc<InstancePool> {
-        if let Some(pool) = self
-            .pools
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(endpoint)
-        {
+        if let Some(pool) = self.pools.load().get(endpoint) {
             return pool.clone();
         }
-        self.pools
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+        let _changing = self
+            .changing_pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut pools = HashMap::clone(&self.pools.load());
+        let pool = pools
             .entry(endpoint.clone())
             .or_insert_with(|| {
                 Arc::new(InstancePool::new(
@@ -610,7 +613,9 @@ impl ClientInner {
                     self.counters.clone(),
                 ))
             })
-            .clone()
+            .clone();
+        self.pools.store(Arc::new(pools));
+        pool
     }
 
     fn report_failure(self: &Arc<Self>, instance: &Arc<Instance>, connect: bool) {
@@ -706,8 +711,7 @@ async fn sweep_idle(client: Weak<ClientInner>, idle: Duration, every: Duration) 
         };
         let pools: Vec<(Arc<str>, Arc<InstancePool>)> = client
             .pools
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+            .load()
             .iter()
             .map(|(endpoint, pool)| (endpoint.clone(), pool.clone()))
             .collect();
@@ -725,10 +729,15 @@ async fn sweep_idle(client: Weak<ClientInner>, idle: Duration, every: Duration) 
                 .flat_map(|service| client.mesh.instance_handles(service))
                 .map(|instance| instance.endpoint_arc().clone())
                 .collect();
-            let mut pools = client.pools.write().unwrap_or_else(PoisonError::into_inner);
+            let _changing = client
+                .changing_pools
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut pools = HashMap::clone(&client.pools.load());
             for endpoint in empty.iter().filter(|e| !known.contains(*e)) {
                 pools.remove(endpoint);
             }
+            client.pools.store(Arc::new(pools));
         }
     }
 }

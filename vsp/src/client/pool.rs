@@ -2,7 +2,9 @@
 //! when idle, never more than the limits allow.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -69,7 +71,10 @@ pub(crate) struct InstancePool {
     endpoint: Arc<str>,
     limits: PoolLimits,
     counters: Arc<PoolCounters>,
-    connections: Mutex<Vec<Arc<Connection>>>,
+    /// The open connections, read without a lock on every call...
+    connections: ArcSwap<Vec<Arc<Connection>>>,
+    /// ...and changed (opened, retired) under this one.
+    changing: Mutex<()>,
     /// One connect at a time per instance, so a burst of calls opens connections one by one
     /// up to the limit instead of all at once.
     connecting: tokio::sync::Mutex<()>,
@@ -85,33 +90,32 @@ impl InstancePool {
                 ..limits
             },
             counters,
-            connections: Mutex::new(Vec::new()),
+            connections: ArcSwap::from_pointee(Vec::new()),
+            changing: Mutex::new(()),
             connecting: tokio::sync::Mutex::new(()),
         }
     }
 
-    fn connections(&self) -> MutexGuard<'_, Vec<Arc<Connection>>> {
-        self.connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Drops connections that match `retire` from the pool (calls in flight on them finish).
-    fn retire(&self, connections: &mut Vec<Arc<Connection>>, retire: impl Fn(&Connection) -> bool) {
-        let before = connections.len();
-        connections.retain(|connection| !retire(connection));
-        let removed = (before - connections.len()) as u64;
+    fn retire(&self, retire: impl Fn(&Connection) -> bool) -> usize {
+        let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.connections.load();
+        let kept: Vec<Arc<Connection>> = current.iter().filter(|c| !retire(c)).cloned().collect();
+        let removed = (current.len() - kept.len()) as u64;
         if removed > 0 {
             self.counters.closed.fetch_add(removed, Ordering::Relaxed);
+            self.connections.store(Arc::new(kept));
         }
+        self.connections.load().len()
     }
 
     /// The least-loaded usable connection, and whether another should be opened (every open one
     /// is busy and the limit is not reached).
     fn least_loaded(&self) -> (Option<Arc<Connection>>, bool) {
-        let mut connections = self.connections();
+        let mut connections = self.connections.load();
         if connections.iter().any(|connection| connection.is_retired()) {
-            self.retire(&mut connections, Connection::is_retired);
+            self.retire(Connection::is_retired);
+            connections = self.connections.load();
         }
         let best = connections.iter().min_by_key(|c| c.in_flight()).cloned();
         let open_another = connections.len() < self.limits.max_transports
@@ -163,7 +167,12 @@ impl InstancePool {
             self.endpoint.clone(),
             self.limits.max_frame_size,
         ));
-        self.connections().push(connection.clone());
+        {
+            let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut next = Vec::clone(&self.connections.load());
+            next.push(connection.clone());
+            self.connections.store(Arc::new(next));
+        }
         self.counters.created.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(instance = %self.endpoint, "opened a connection");
         Ok(connection)
@@ -171,15 +180,11 @@ impl InstancePool {
 
     /// Closes connections without calls for `idle` or longer; true if none is left open.
     pub(crate) fn close_idle(&self, idle: Duration) -> bool {
-        let mut connections = self.connections();
-        self.retire(&mut connections, |c| c.is_retired() || c.is_idle_for(idle));
-        connections.is_empty()
+        self.retire(|c| c.is_retired() || c.is_idle_for(idle)) == 0
     }
 
     /// Open connections.
     pub(crate) fn open_connections(&self) -> usize {
-        let mut connections = self.connections();
-        self.retire(&mut connections, Connection::is_retired);
-        connections.len()
+        self.retire(Connection::is_retired)
     }
 }

@@ -285,7 +285,8 @@ pub(crate) struct Reply {
     entry: Option<Arc<EndpointEntry>>,
     /// When the request arrived; `None` when stats are off.
     received: Option<Instant>,
-    failed: bool,
+    /// The accounting is done (see `settle`).
+    settled: bool,
     /// The caller's remaining wait (`timeout_ms`), past which the handler is stopped.
     timeout_ms: Option<u64>,
 }
@@ -305,7 +306,7 @@ impl Reply {
             head,
             entry,
             received,
-            failed: false,
+            settled: false,
             timeout_ms: None,
         }
     }
@@ -321,7 +322,8 @@ impl Reply {
 
     /// Answers with `value` as the body; a value that fails to serialize becomes a `handler`
     /// error.
-    pub(crate) fn ok<T: Serialize + ?Sized>(self, value: &T) {
+    pub(crate) fn ok<T: Serialize + ?Sized>(mut self, value: &T) {
+        self.settle(false);
         let pushed = self.conn.queue().push(|out| {
             encode_frame(out, |out| {
                 self.head.write(out);
@@ -339,6 +341,10 @@ impl Reply {
                     self.endpoint()
                 );
                 tracing::error!(endpoint = self.endpoint(), "{message}");
+                // Already counted as a success: count the failure it turned out to be.
+                if let Some(entry) = &self.entry {
+                    entry.counters.count_error();
+                }
                 self.error(ErrorCode::Handler, &message);
             }
             Err(_closed) => {
@@ -364,7 +370,7 @@ impl Reply {
         let message =
             serde_json::from_str::<String>(data.get()).unwrap_or_else(|_| data.get().to_owned());
         self.conn.manager().stats.error_sent(&ErrorCode::Handler);
-        self.failed = true;
+        self.settle(true);
         let pushed = self.conn.queue().push(|out| {
             encode_frame(out, |out| {
                 self.head.write(out);
@@ -388,7 +394,7 @@ impl Reply {
     /// Answers with an error: `{"error": message}` in the body, `code` in the header.
     pub(crate) fn error(mut self, code: ErrorCode, message: &str) {
         self.conn.manager().stats.error_sent(&code);
-        self.failed = true;
+        self.settle(true);
         let pushed = self.conn.queue().push(|out| {
             encode_frame(out, |out| {
                 self.head.write(out);
@@ -407,13 +413,26 @@ impl Reply {
     }
 }
 
-impl Drop for Reply {
-    fn drop(&mut self) {
+impl Reply {
+    /// Settles the request's accounting, once: before the answer is queued, so a caller that has
+    /// its answer also finds it in the stats.
+    fn settle(&mut self, failed: bool) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
         self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
         let elapsed = self.received.map(|received| received.elapsed());
         self.conn.manager().stats.request_finished(elapsed);
         if let (Some(entry), Some(elapsed)) = (&self.entry, elapsed) {
-            entry.counters.record(elapsed, self.failed);
+            entry.counters.record(elapsed, failed);
         }
+    }
+}
+
+impl Drop for Reply {
+    /// A reply dropped unanswered (the server closed) still settles, so `in_flight` never leaks.
+    fn drop(&mut self) {
+        self.settle(false);
     }
 }
