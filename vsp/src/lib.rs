@@ -43,8 +43,14 @@
 //! # }
 //! ```
 //!
-//! Modules: [`protocol`] (the wire), [`server`], [`client`], [`mesh`], [`discovery`],
-//! [`balancer`]. Logging goes through `tracing`.
+//! Most users write a trait and let [`service`] generate the server adapter and a typed client;
+//! [`VspClient::call`] and [`VspManager::endpoint`] are the same wire without a trait.
+//!
+//! Modules: [`protocol`] (the wire), [`server`] (endpoints, worker types, shutdown), [`client`]
+//! (pooled multiplexed connections, failover, retry budget), [`mesh`] (instances and their
+//! health), [`discovery`] (static; mDNS with feature `mdns`; Consul with feature `consul`) and
+//! [`balancer`] (round robin, smooth weighted, least loaded). Logging goes through `tracing`.
+//! Feature `cli` builds the `vsp` command line.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
