@@ -10,7 +10,9 @@
 //! interleaved (A B C D, A B C D, ...) and each figure is the median over rounds, because these
 //! machines switch between two speed modes and only same-run ratios mean anything.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +25,37 @@ use tarpc::tokio_serde::formats::{Bincode, Json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use vsp::{ServiceInfo, ServiceMesh, VspClient, VspManager, WorkerType};
+
+// ---------------------------------------------------------------------------------------------
+// Counting allocations, for the "allocations per call" figure (one relaxed add per allocation,
+// paid by every contender alike).
+
+struct CountingAllocator;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed on as is.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 // ---------------------------------------------------------------------------------------------
 // The workload.
@@ -694,6 +727,18 @@ async fn bench(settings: Settings) {
 
     if settings.only.is_some() {
         return;
+    }
+
+    // Allocations per call: one call at a time, client and server both in this process.
+    println!("\n## Allocations per call (get_user, one in flight, client and server together)\n");
+    println!("| contender | allocations per call |");
+    println!("|---|---:|");
+    for (name, contender) in contenders.iter() {
+        contender.run(Workload::GetUser, 1, Instant::now() + settings.warmup).await;
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let sample = contender.run(Workload::GetUser, 1, Instant::now() + settings.run / 2).await;
+        let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        println!("| {name} | {:.1} |", allocations as f64 / sample.latencies.len().max(1) as f64);
     }
 
     // (d) three VSP instances behind the mesh, with each balancer.
