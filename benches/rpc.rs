@@ -12,9 +12,9 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -734,11 +734,18 @@ async fn bench(settings: Settings) {
     println!("| contender | allocations per call |");
     println!("|---|---:|");
     for (name, contender) in contenders.iter() {
-        contender.run(Workload::GetUser, 1, Instant::now() + settings.warmup).await;
+        contender
+            .run(Workload::GetUser, 1, Instant::now() + settings.warmup)
+            .await;
         let before = ALLOCATIONS.load(Ordering::Relaxed);
-        let sample = contender.run(Workload::GetUser, 1, Instant::now() + settings.run / 2).await;
+        let sample = contender
+            .run(Workload::GetUser, 1, Instant::now() + settings.run / 2)
+            .await;
         let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
-        println!("| {name} | {:.1} |", allocations as f64 / sample.latencies.len().max(1) as f64);
+        println!(
+            "| {name} | {:.1} |",
+            allocations as f64 / sample.latencies.len().max(1) as f64
+        );
     }
 
     // (d) three VSP instances behind the mesh, with each balancer.

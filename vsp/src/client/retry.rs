@@ -29,6 +29,10 @@ impl RetryBudget {
     }
 
     pub(crate) fn deposit(&self) {
+        // Full, as it is while calls succeed: a read, not a write every core must see.
+        if self.balance.load(Ordering::Relaxed) >= self.max_balance {
+            return;
+        }
         let _ = self
             .balance
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |balance| {
