@@ -417,20 +417,14 @@ impl VspClient {
             {
                 Ok(response) => match &response.error_code {
                     // Refused before running: safe to send elsewhere.
-                    Some(ErrorCode::ShuttingDown) => {
+                    Some(code @ ErrorCode::ShuttingDown) => {
                         self.inner.eject(&instance);
-                        AttemptFailure::unsent(
-                            decode_response::<serde_json::Value>(service, endpoint, &response)
-                                .unwrap_err(),
-                        )
+                        AttemptFailure::unsent(remote_error(service, endpoint, code, &response))
                     }
-                    Some(ErrorCode::Overloaded) => AttemptFailure {
+                    Some(code @ ErrorCode::Overloaded) => AttemptFailure {
                         // Not run, but another try adds load: it spends retry budget.
                         written: true,
-                        ..AttemptFailure::unsent(
-                            decode_response::<serde_json::Value>(service, endpoint, &response)
-                                .unwrap_err(),
-                        )
+                        ..AttemptFailure::unsent(remote_error(service, endpoint, code, &response))
                     },
                     _ => {
                         health.record_success(&instance);
@@ -773,6 +767,25 @@ struct ServiceErrorBody<E> {
 }
 
 /// Turns a response into the caller's type or the remote error it carries.
+/// The remote error a response with an `error_code` carries.
+fn remote_error(
+    service: &str,
+    endpoint: &str,
+    code: &ErrorCode,
+    response: &RawResponse,
+) -> VspError {
+    let body = response.body();
+    let message = serde_json::from_slice::<ErrorBody<'_>>(body)
+        .map(|body| body.error.into_owned())
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+    VspError::Remote {
+        service: service.to_owned(),
+        endpoint: endpoint.to_owned(),
+        code: code.clone(),
+        message,
+    }
+}
+
 fn decode_response<R: DeserializeOwned>(
     service: &str,
     endpoint: &str,
@@ -786,10 +799,7 @@ fn decode_response<R: DeserializeOwned>(
         message,
     };
     if let Some(code) = &response.error_code {
-        let message = serde_json::from_slice::<ErrorBody<'_>>(body)
-            .map(|body| body.error.into_owned())
-            .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
-        return Err(remote(code.clone(), message));
+        return Err(remote_error(service, endpoint, code, response));
     }
     if !response.from_vsp_peer {
         // Velithon marks errors only by an `error` key in the body.
