@@ -165,15 +165,7 @@ async fn a_peer_stalled_in_the_middle_of_a_frame_blocks_nobody() {
     stalled.send(&whole[..whole.len() / 2]).await;
 
     let client = client_for(addr);
-    for i in 0..10 {
-        assert_eq!(
-            client
-                .call(SERVICE, "echo", json!({"value": i}))
-                .await
-                .unwrap(),
-            json!(i)
-        );
-    }
+    common::assert_echoes(&client, 10).await;
     // The stalled peer finishes its frame later and is answered.
     stalled.send(&whole[whole.len() / 2..]).await;
     assert_eq!(stalled.recv().await.unwrap()["body"], json!(1));

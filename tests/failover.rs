@@ -245,15 +245,7 @@ async fn a_refused_connect_fails_over_before_anything_was_sent() {
         .port();
     let mesh = mesh_of(&[dead, live.port()]);
     let client = VspClient::builder(mesh.clone()).build();
-    for i in 0..10 {
-        assert_eq!(
-            client
-                .call(SERVICE, "echo", json!({"value": i}))
-                .await
-                .unwrap(),
-            json!(i)
-        );
-    }
+    common::assert_echoes(&client, 10).await;
     assert_eq!(status_of(&mesh, dead), HealthStatus::Unhealthy);
 }
 

@@ -141,15 +141,7 @@ async fn unhealthy_instances_get_no_calls() {
     mesh.register(ServiceInfo::new(SERVICE, "127.0.0.1", addr.port()))
         .unwrap();
     let client = VspClient::builder(mesh.clone()).build();
-    for i in 0..10 {
-        assert_eq!(
-            client
-                .call(SERVICE, "echo", json!({"value": i}))
-                .await
-                .unwrap(),
-            json!(i)
-        );
-    }
+    common::assert_echoes(&client, 10).await;
     mesh.set_status(SERVICE, "127.0.0.1", addr.port(), HealthStatus::Unhealthy);
     let err = client
         .call(SERVICE, "echo", json!({"value": 0}))

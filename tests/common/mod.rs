@@ -96,6 +96,16 @@ pub fn client_builder_for(addr: SocketAddr) -> vsp::VspClientBuilder {
     VspClient::builder(mesh)
 }
 
+/// Makes `n` echo calls and checks each answer.
+pub async fn assert_echoes(client: &VspClient, n: i64) {
+    for i in 0..n {
+        let value = client
+            .call(SERVICE, "echo", serde_json::json!({ "value": i }))
+            .await;
+        assert_eq!(value.unwrap(), serde_json::json!(i));
+    }
+}
+
 /// Encodes `json` as one frame.
 pub fn frame(json: &str) -> Vec<u8> {
     let mut out = (json.len() as u32).to_be_bytes().to_vec();
