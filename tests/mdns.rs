@@ -351,13 +351,18 @@ fn an_ipv6_instance_is_found_and_called() {
     );
 }
 
-fn example_binary(name: &str) -> std::path::PathBuf {
+/// `target/debug` (or the profile's folder), where cargo puts binaries and examples.
+fn target_dir() -> std::path::PathBuf {
     let mut path = std::env::current_exe().unwrap();
     path.pop();
     if path.ends_with("deps") {
         path.pop();
     }
-    path.join("examples").join(name)
+    path
+}
+
+fn example_binary(name: &str) -> std::path::PathBuf {
+    target_dir().join("examples").join(name)
 }
 
 #[test]
@@ -434,5 +439,37 @@ fn discovery_can_be_limited_to_named_interfaces() {
             .await
             .unwrap_err();
         assert!(matches!(err, vsp::VspError::NoInstances { .. }), "{err:?}");
+    });
+}
+
+#[test]
+fn the_command_line_discovers_over_mdns() {
+    isolated("the_command_line_discovers_over_mdns", || async {
+        let _server = announced_server(2.0).await;
+        // Built by `cargo test --workspace` for the vsp package's own tests.
+        let binary = target_dir().join("vsp");
+        assert!(
+            binary.exists(),
+            "{} is missing: run `cargo test --workspace`",
+            binary.display()
+        );
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new(binary)
+                .args(["discover", "echo-service", "--mdns", "--timeout", "5s"])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.starts_with("127.0.0.1:") && stdout.contains("\tweight 2\t"),
+            "{stdout}"
+        );
     });
 }
