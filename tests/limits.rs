@@ -38,9 +38,7 @@ async fn beyond_the_concurrency_limit_calls_are_refused_at_once_and_health_still
     let client = client_builder_for(addr).max_attempts(1).build();
 
     let held = slow_calls(&client, 4, 1_000).await;
-    while manager.get_performance_stats().in_flight < 4 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::wait_in_flight(&manager, 4).await;
     for i in 0..6 {
         let err = client
             .call(SERVICE, "echo", json!({"value": i}))

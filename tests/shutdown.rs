@@ -27,9 +27,7 @@ async fn shutdown_lets_calls_in_flight_finish() {
         })
         .collect();
     // Wait until all five are running on the server.
-    while manager.get_performance_stats().in_flight < 5 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::wait_in_flight(&manager, 5).await;
     manager.shutdown().await.unwrap();
     for (i, call) in calls.into_iter().enumerate() {
         assert_eq!(call.await.unwrap().unwrap(), json!(format!("call-{i}")));
@@ -70,9 +68,7 @@ async fn requests_arriving_while_draining_are_refused_as_shutting_down() {
     let mut peer = RawPeer::connect(addr).await;
     peer.send_request("1", "sleep", r#"{"ms":400,"tag":"slow"}"#)
         .await;
-    while manager.get_performance_stats().in_flight < 1 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::wait_in_flight(&manager, 1).await;
     let shutdown = {
         let manager = manager.clone();
         tokio::spawn(async move { manager.shutdown().await })
@@ -113,17 +109,7 @@ async fn calls_still_running_at_the_drain_timeout_are_aborted_and_reported() {
     let client = client_builder_for(addr)
         .timeout(Duration::from_secs(600))
         .build();
-    let call = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            client
-                .call(SERVICE, "sleep", json!({"ms": 60_000, "tag": "x"}))
-                .await
-        })
-    };
-    while manager.get_performance_stats().in_flight < 1 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let call = common::held_call(&client, &manager, 60_000).await;
     let err = manager.shutdown().await.unwrap_err();
     assert!(
         matches!(err, VspError::DrainTimeout { in_flight: 1, .. }),
@@ -146,17 +132,7 @@ async fn close_stops_at_once() {
     let client = client_builder_for(addr)
         .timeout(Duration::from_secs(600))
         .build();
-    let call = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            client
-                .call(SERVICE, "sleep", json!({"ms": 60_000, "tag": "x"}))
-                .await
-        })
-    };
-    while manager.get_performance_stats().in_flight < 1 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let call = common::held_call(&client, &manager, 60_000).await;
     manager.close().await;
     let result = tokio::time::timeout(Duration::from_secs(30), call)
         .await

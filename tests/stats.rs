@@ -90,9 +90,7 @@ async fn with_stats_off_calls_are_not_timed_but_draining_still_works() {
                 .await
         })
     };
-    while manager.get_performance_stats().in_flight == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::wait_in_flight(&manager, 1).await;
     let stats = manager.get_performance_stats();
     assert_eq!(stats.messages_processed, 0);
     assert_eq!(stats.endpoints["echo"].calls, 0);

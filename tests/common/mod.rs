@@ -96,6 +96,34 @@ pub fn client_builder_for(addr: SocketAddr) -> vsp::VspClientBuilder {
     VspClient::builder(mesh)
 }
 
+/// Waits until the server has at least `n` requests in flight.
+pub async fn wait_in_flight(manager: &VspManager, n: usize) {
+    while manager.get_performance_stats().in_flight < n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Starts a call to `sleep` that runs `ms` on the server, and returns once the server has it.
+pub async fn held_call(
+    client: &VspClient,
+    manager: &VspManager,
+    ms: u64,
+) -> tokio::task::JoinHandle<Result<Value, vsp::VspError>> {
+    let before = manager.get_performance_stats().in_flight;
+    let client = client.clone();
+    let call = tokio::spawn(async move {
+        client
+            .call(
+                SERVICE,
+                "sleep",
+                serde_json::json!({"ms": ms, "tag": "held"}),
+            )
+            .await
+    });
+    wait_in_flight(manager, before + 1).await;
+    call
+}
+
 /// Makes `n` echo calls and checks each answer.
 pub async fn assert_echoes(client: &VspClient, n: i64) {
     for i in 0..n {
