@@ -62,11 +62,17 @@ pub mod balancer;
 pub mod client;
 pub mod discovery;
 mod error;
+pub mod instance;
 pub mod mesh;
 pub mod protocol;
 pub mod server;
 mod stats;
-mod transport;
+pub mod transport;
+
+/// A boxed, sendable future: what the async methods of VSP's plug-in traits
+/// ([`Discovery`], [`Connector`](transport::Connector), [`Listener`](transport::Listener))
+/// return.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Turns a trait into a VSP service: its endpoints, a server adapter and a typed client.
 ///
@@ -185,11 +191,11 @@ pub use discovery::MdnsDiscovery;
 pub use discovery::{ConsulCheck, ConsulConfig, ConsulDiscovery};
 pub use discovery::{Discovery, StaticDiscovery};
 pub use error::{CallError, ErrorCode, ProtocolError, VspError};
-pub use mesh::{
-    HealthPolicy, HealthStatus, InstanceState, ServiceInfo, ServiceMesh, ServiceMeshBuilder,
-};
+pub use instance::{HealthPolicy, HealthStatus, InstanceState, ServiceInfo};
+pub use mesh::{ServiceMesh, ServiceMeshBuilder};
 pub use server::{EndpointInfo, Service, VspManager, VspManagerBuilder, WorkerType};
 pub use stats::{EndpointStats, PerformanceStats};
+pub use transport::Address;
 
 // The README's examples compile as doc tests, so they cannot drift from the API.
 #[cfg(doctest)]

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::{LoadBalancer, ServiceBalancer};
-use crate::mesh::Instance;
+use crate::instance::Instance;
 
 /// Picks two eligible instances at random and sends the call to the less loaded one.
 ///

@@ -16,7 +16,7 @@ pub use least_loaded::LeastLoadedBalancer;
 pub use round_robin::RoundRobinBalancer;
 pub use weighted::WeightedBalancer;
 
-use crate::mesh::Instance;
+use crate::instance::Instance;
 
 /// A load-balancing policy; pass one to
 /// [`ServiceMeshBuilder::load_balancer`](crate::ServiceMeshBuilder::load_balancer).
@@ -24,7 +24,7 @@ use crate::mesh::Instance;
 /// ```
 /// use std::sync::Arc;
 /// use vsp::balancer::{LoadBalancer, ServiceBalancer};
-/// use vsp::mesh::Instance;
+/// use vsp::instance::Instance;
 ///
 /// /// Always the first eligible instance: a primary with standbys.
 /// struct FirstEligible;

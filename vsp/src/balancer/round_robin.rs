@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::{LoadBalancer, ServiceBalancer};
-use crate::mesh::Instance;
+use crate::instance::Instance;
 
 /// Each service's calls go to its eligible instances in turn (the default).
 #[derive(Debug, Clone, Copy, Default)]
@@ -44,7 +44,7 @@ impl ServiceBalancer for RoundRobinCursor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::{HealthStatus, ServiceInfo};
+    use crate::instance::{HealthStatus, ServiceInfo};
 
     fn instances(statuses: &[HealthStatus]) -> Vec<Arc<Instance>> {
         statuses

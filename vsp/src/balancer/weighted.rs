@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{LoadBalancer, ServiceBalancer};
-use crate::mesh::Instance;
+use crate::instance::Instance;
 
 /// Each eligible instance gets calls in proportion to its weight, interleaved: weights 5:1:1 give
 /// `a a b a c a a`, never five `a` in a row.

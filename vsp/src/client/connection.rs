@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -15,10 +14,10 @@ use tokio::time::Instant;
 use crate::error::ErrorCode;
 use crate::protocol::frame::{encode_frame, FrameReader, ReadError};
 use crate::protocol::{
-    parse_int_request_id, salvage_request_id, write_header_start, write_timeout_extension,
-    Envelope, RequestIdOut,
+    parse_int_request_id, salvage_request_id, write_envelope, Envelope, Extensions, HeaderOut,
+    RequestIdOut,
 };
-use crate::transport::{run_writer, WriteQueue};
+use crate::transport::{run_writer, Io, WriteQueue};
 
 /// A response frame handed to its caller; the body is a range of the frame, not a copy.
 #[derive(Debug)]
@@ -185,12 +184,8 @@ impl Drop for Connection {
 
 impl Connection {
     /// Starts the reader and writer tasks of a connected stream.
-    pub(crate) fn start(
-        stream: TcpStream,
-        instance: Arc<str>,
-        max_frame_size: usize,
-    ) -> Connection {
-        let (read, write) = stream.into_split();
+    pub(crate) fn start(io: Io, instance: Arc<str>, max_frame_size: usize) -> Connection {
+        let (read, write) = io.into_halves();
         let state = Arc::new(ConnectionState {
             instance,
             queue: Arc::new(WriteQueue::new()),
@@ -303,14 +298,17 @@ impl Connection {
             response,
             answered: false,
         };
+        let header = HeaderOut {
+            request_id: RequestIdOut::Int(id),
+            service,
+            endpoint,
+            is_response: false,
+        };
         let queued = self.state.queue.push(|out| {
             encode_frame(out, |out| {
-                write_header_start(out, RequestIdOut::Int(id), service, endpoint, false);
-                write_timeout_extension(out, timeout_ms);
-                out.extend_from_slice(b"},\"body\":");
-                serde_json::to_writer(&mut *out, body)?;
-                out.push(b'}');
-                Ok(())
+                write_envelope(out, &header, &Extensions::request(timeout_ms), |out| {
+                    serde_json::to_writer(&mut *out, body)
+                })
             })
         });
         match queued {

@@ -1,16 +1,17 @@
-//! Connections per instance: up to `max_transports`, opened lazily, least loaded first, closed
-//! when idle, never more than the limits allow.
+//! Connections per instance: up to `max_transports`, opened lazily through the client's
+//! [`Connector`], least loaded first, closed when idle, never more than the limits allow.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-
-use arc_swap::ArcSwap;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use super::connection::Connection;
-use crate::transport::{connect, ConnectError};
+use crate::instance::Instance;
+use crate::transport::{Address, Connector};
 
 /// Why no connection could be had.
 #[derive(Debug)]
@@ -69,6 +70,8 @@ pub(crate) struct PoolLimits {
 /// The connections of one client to one instance.
 pub(crate) struct InstancePool {
     endpoint: Arc<str>,
+    address: Address,
+    connector: Arc<dyn Connector>,
     limits: PoolLimits,
     counters: Arc<PoolCounters>,
     /// The open connections, read without a lock on every call...
@@ -81,9 +84,16 @@ pub(crate) struct InstancePool {
 }
 
 impl InstancePool {
-    pub(crate) fn new(endpoint: Arc<str>, limits: PoolLimits, counters: Arc<PoolCounters>) -> Self {
+    fn new(
+        instance: &Instance,
+        connector: Arc<dyn Connector>,
+        limits: PoolLimits,
+        counters: Arc<PoolCounters>,
+    ) -> Self {
         InstancePool {
-            endpoint,
+            endpoint: instance.endpoint_arc().clone(),
+            address: instance.address().clone(),
+            connector,
             limits: PoolLimits {
                 max_transports: limits.max_transports.max(1),
                 max_in_flight: limits.max_in_flight.max(1),
@@ -156,14 +166,12 @@ impl InstancePool {
         if let (Some(best), false) = self.least_loaded() {
             return self.admit(best);
         }
-        let stream = connect(&self.endpoint, connect_timeout)
+        let io = tokio::time::timeout(connect_timeout, self.connector.connect(&self.address))
             .await
-            .map_err(|err| match err {
-                ConnectError::Io(err) => PoolError::Connect(err),
-                ConnectError::TimedOut => PoolError::TimedOut(connect_timeout),
-            })?;
+            .map_err(|_| PoolError::TimedOut(connect_timeout))?
+            .map_err(PoolError::Connect)?;
         let connection = Arc::new(Connection::start(
-            stream,
+            io,
             self.endpoint.clone(),
             self.limits.max_frame_size,
         ));
@@ -179,12 +187,94 @@ impl InstancePool {
     }
 
     /// Closes connections without calls for `idle` or longer; true if none is left open.
-    pub(crate) fn close_idle(&self, idle: Duration) -> bool {
+    fn close_idle(&self, idle: Duration) -> bool {
         self.retire(|c| c.is_retired() || c.is_idle_for(idle)) == 0
     }
 
     /// Open connections.
     pub(crate) fn open_connections(&self) -> usize {
         self.retire(Connection::is_retired)
+    }
+}
+
+/// A client's pools, one per instance, read without a lock on every call and changed (a new
+/// instance, a swept one) under a lock.
+pub(crate) struct Pools {
+    map: ArcSwap<HashMap<Arc<str>, Arc<InstancePool>>>,
+    changing: Mutex<()>,
+    limits: PoolLimits,
+    connector: Arc<dyn Connector>,
+    counters: Arc<PoolCounters>,
+}
+
+impl Pools {
+    pub(crate) fn new(limits: PoolLimits, connector: Arc<dyn Connector>) -> Self {
+        Pools {
+            map: ArcSwap::from_pointee(HashMap::new()),
+            changing: Mutex::new(()),
+            limits,
+            connector,
+            counters: Arc::new(PoolCounters::default()),
+        }
+    }
+
+    /// The pool of `instance`, made on first use.
+    pub(crate) fn of(&self, instance: &Instance) -> Arc<InstancePool> {
+        if let Some(pool) = self.map.load().get(instance.endpoint_arc()) {
+            return pool.clone();
+        }
+        let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pools = HashMap::clone(&self.map.load());
+        let pool = pools
+            .entry(instance.endpoint_arc().clone())
+            .or_insert_with(|| {
+                Arc::new(InstancePool::new(
+                    instance,
+                    self.connector.clone(),
+                    self.limits,
+                    self.counters.clone(),
+                ))
+            })
+            .clone();
+        self.map.store(Arc::new(pools));
+        pool
+    }
+
+    /// Open connections to the instance at `endpoint`.
+    pub(crate) fn open_connections(&self, endpoint: &str) -> usize {
+        self.map
+            .load()
+            .get(endpoint)
+            .map_or(0, |pool| pool.open_connections())
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        self.counters.snapshot()
+    }
+
+    /// Closes connections idle for `idle`, and forgets the pools left empty of instances that
+    /// `is_known` no longer knows.
+    pub(crate) fn sweep(&self, idle: Duration, is_known: impl FnOnce() -> HashSet<Arc<str>>) {
+        let pools: Vec<(Arc<str>, Arc<InstancePool>)> = self
+            .map
+            .load()
+            .iter()
+            .map(|(endpoint, pool)| (endpoint.clone(), pool.clone()))
+            .collect();
+        let empty: Vec<Arc<str>> = pools
+            .into_iter()
+            .filter(|(_, pool)| pool.close_idle(idle))
+            .map(|(endpoint, _)| endpoint)
+            .collect();
+        if empty.is_empty() {
+            return;
+        }
+        let known = is_known();
+        let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pools = HashMap::clone(&self.map.load());
+        for endpoint in empty.iter().filter(|e| !known.contains(*e)) {
+            pools.remove(endpoint);
+        }
+        self.map.store(Arc::new(pools));
     }
 }

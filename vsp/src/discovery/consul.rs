@@ -16,9 +16,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::task::AbortHandle;
 
+use super::MeshRegistry;
 use super::{BoxFuture, Discovery};
 use crate::error::VspError;
-use crate::mesh::{MeshRegistry, ServiceInfo};
+use crate::instance::ServiceInfo;
 use crate::protocol::PROTOCOL_VERSION;
 
 /// The default agent address.
@@ -335,6 +336,7 @@ impl Discovery for ConsulDiscovery {
 
     fn announce<'a>(&'a self, info: &'a ServiceInfo) -> BoxFuture<'a, Result<(), VspError>> {
         Box::pin(async move {
+            super::require_tcp("consul", info)?;
             let shared = &self.shared;
             let config = &shared.config;
             let unspecified = matches!(info.host(), "0.0.0.0" | "::");

@@ -19,9 +19,10 @@ use std::time::Duration;
 
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent};
 
+use super::MeshRegistry;
 use super::{BoxFuture, Discovery};
 use crate::error::VspError;
-use crate::mesh::{MeshRegistry, ServiceInfo};
+use crate::instance::ServiceInfo;
 use crate::protocol::PROTOCOL_VERSION;
 
 /// The default DNS-SD service type.
@@ -177,6 +178,7 @@ impl Discovery for MdnsDiscovery {
 
     fn announce<'a>(&'a self, info: &'a ServiceInfo) -> BoxFuture<'a, Result<(), VspError>> {
         Box::pin(async move {
+            super::require_tcp("mdns", info)?;
             let daemon = self.daemon()?;
             let hostname = local_hostname();
             let instance = instance_name(info.name(), &hostname, info.port());
@@ -295,8 +297,7 @@ impl Browser {
     fn upsert(&mut self, fullname: String, info: ServiceInfo) {
         if let Some(previous) = self.known.get(&fullname) {
             if previous.endpoint() != info.endpoint() || previous.name() != info.name() {
-                self.registry
-                    .remove(previous.name(), previous.host(), previous.port());
+                self.registry.remove_at(previous.name(), previous.address());
             }
         }
         match self.registry.upsert(info.clone()) {
@@ -311,7 +312,7 @@ impl Browser {
     fn remove(&mut self, fullname: &str) {
         if let Some(info) = self.known.remove(fullname) {
             tracing::debug!(%fullname, "mDNS instance removed");
-            self.registry.remove(info.name(), info.host(), info.port());
+            self.registry.remove_at(info.name(), info.address());
         }
     }
 }

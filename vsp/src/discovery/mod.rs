@@ -8,30 +8,29 @@
 mod consul;
 #[cfg(feature = "mdns")]
 mod mdns;
+mod registry;
 mod static_list;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 #[cfg(feature = "consul")]
 pub use consul::{ConsulCheck, ConsulConfig, ConsulDiscovery};
 #[cfg(feature = "mdns")]
 pub use mdns::MdnsDiscovery;
+pub(crate) use registry::Membership;
+pub use registry::MeshRegistry;
 pub use static_list::StaticDiscovery;
 
 use crate::error::VspError;
-use crate::mesh::{MeshRegistry, ServiceInfo};
-
-/// A boxed, sendable future: what [`Discovery`]'s async methods return.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use crate::instance::ServiceInfo;
+pub use crate::BoxFuture;
 
 /// A source of service instances; pass one to
 /// [`ServiceMeshBuilder::discovery`](crate::ServiceMeshBuilder::discovery).
 ///
 /// ```
 /// use vsp::discovery::Discovery;
-/// use vsp::mesh::MeshRegistry;
+/// use vsp::discovery::MeshRegistry;
 /// use vsp::ServiceInfo;
 ///
 /// /// Instances read once from an environment variable like `host:port,host:port`.
@@ -92,4 +91,21 @@ pub trait Discovery: Send + Sync + 'static {
         let _ = service;
         None
     }
+}
+
+/// mDNS and Consul publish TCP addresses only: a Unix socket or in-memory name means nothing on
+/// another host.
+#[cfg(any(feature = "mdns", feature = "consul"))]
+fn require_tcp(backend: &'static str, info: &ServiceInfo) -> Result<(), VspError> {
+    if info.address().is_tcp() {
+        return Ok(());
+    }
+    Err(VspError::Discovery {
+        backend,
+        reason: format!(
+            "cannot announce {} of `{}`: {backend} announces TCP addresses only",
+            info.endpoint(),
+            info.name()
+        ),
+    })
 }

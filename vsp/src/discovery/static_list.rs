@@ -2,9 +2,11 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use super::MeshRegistry;
 use super::{BoxFuture, Discovery};
 use crate::error::VspError;
-use crate::mesh::{MeshRegistry, ServiceInfo};
+use crate::instance::ServiceInfo;
+use crate::transport::Address;
 
 /// A fixed list of instances, kept up to date by hand: the default discovery.
 ///
@@ -61,7 +63,7 @@ impl StaticDiscovery {
             StaticState::Attached(registry) => registry.upsert(info),
             StaticState::Pending(list) => {
                 list.retain(|known| {
-                    !(known.name() == info.name() && known.endpoint() == info.endpoint())
+                    !(known.name() == info.name() && known.address() == info.address())
                 });
                 list.push(info);
                 Ok(())
@@ -69,15 +71,18 @@ impl StaticDiscovery {
         })
     }
 
-    /// Removes the instance of `service` at `host:port`; true if it was registered.
+    /// Removes the TCP instance of `service` at `host:port`; true if it was registered.
     pub fn deregister(&self, service: &str, host: &str, port: u16) -> bool {
+        self.deregister_at(service, &Address::tcp(host, port))
+    }
+
+    /// Removes the instance of `service` at `address`; true if it was registered.
+    pub fn deregister_at(&self, service: &str, address: &Address) -> bool {
         self.with_state(|state| match state {
-            StaticState::Attached(registry) => registry.remove(service, host, port),
+            StaticState::Attached(registry) => registry.remove_at(service, address),
             StaticState::Pending(list) => {
                 let before = list.len();
-                list.retain(|known| {
-                    !(known.name() == service && known.host() == host && known.port() == port)
-                });
+                list.retain(|known| !(known.name() == service && known.address() == address));
                 list.len() != before
             }
         })
@@ -105,7 +110,7 @@ impl Discovery for StaticDiscovery {
     fn withdraw<'a>(&'a self, info: &'a ServiceInfo) -> BoxFuture<'a, Result<(), VspError>> {
         Box::pin(async move {
             let info = local(info);
-            self.deregister(info.name(), info.host(), info.port());
+            self.deregister_at(info.name(), info.address());
             Ok(())
         })
     }
@@ -125,11 +130,10 @@ impl Discovery for StaticDiscovery {
 
 /// A server listening on every address is reachable on loopback from this process.
 fn local(info: &ServiceInfo) -> ServiceInfo {
-    match info.host() {
-        "0.0.0.0" => {
-            ServiceInfo::new(info.name(), "127.0.0.1", info.port()).with_weight(info.weight())
-        }
-        "::" => ServiceInfo::new(info.name(), "::1", info.port()).with_weight(info.weight()),
-        _ => info.clone(),
-    }
+    let loopback = match info.address().host() {
+        Some("0.0.0.0") => "127.0.0.1",
+        Some("::") => "::1",
+        _ => return info.clone(),
+    };
+    ServiceInfo::new(info.name(), loopback, info.port()).with_weight(info.weight())
 }

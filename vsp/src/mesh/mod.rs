@@ -6,21 +6,19 @@
 //! picks happen on every call, so a pick reads a snapshot without taking any lock, and a change
 //! publishes a new one.
 
-mod health;
-mod instance;
-
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arc_swap::ArcSwap;
 
-pub use health::HealthPolicy;
-pub(crate) use health::Verdict;
-pub use instance::{HealthStatus, Instance, InstanceState, ServiceInfo};
+// Where these lived before the plug-in types moved below the mesh; still found here.
+pub use crate::discovery::MeshRegistry;
+pub use crate::instance::{HealthPolicy, HealthStatus, Instance, InstanceState, ServiceInfo};
 
 use crate::balancer::{LoadBalancer, RoundRobinBalancer, ServiceBalancer};
-use crate::discovery::{Discovery, StaticDiscovery};
+use crate::discovery::{Discovery, Membership, StaticDiscovery};
 use crate::error::VspError;
+use crate::transport::Address;
 
 /// One service's instances and its balancer state.
 struct ServiceEntry {
@@ -120,9 +118,8 @@ impl ServiceMeshBuilder {
         let discovery = self
             .discovery
             .unwrap_or_else(|| Arc::new(StaticDiscovery::new()));
-        discovery.start(MeshRegistry {
-            mesh: Arc::downgrade(&inner),
-        });
+        let membership: Arc<dyn Membership> = inner.clone();
+        discovery.start(MeshRegistry::new(Arc::downgrade(&membership)));
         ServiceMesh { inner, discovery }
     }
 }
@@ -144,7 +141,7 @@ impl ServiceMesh {
         ServiceMeshBuilder::default()
     }
 
-    /// Adds an instance, or updates the one at the same host and port.
+    /// Adds an instance, or updates the one at the same address.
     ///
     /// # Errors
     /// [`VspError::InvalidInstance`] for an empty name or host, or a weight that is not a finite
@@ -153,9 +150,14 @@ impl ServiceMesh {
         self.inner.upsert(info)
     }
 
-    /// Removes the instance of `service` at `host:port`; true if it was registered.
+    /// Removes the TCP instance of `service` at `host:port`; true if it was registered.
     pub fn deregister(&self, service: &str, host: &str, port: u16) -> bool {
-        self.inner.remove(service, host, port)
+        self.inner.remove(service, &Address::tcp(host, port))
+    }
+
+    /// Removes the instance of `service` at `address`; true if it was registered.
+    pub fn deregister_at(&self, service: &str, address: &Address) -> bool {
+        self.inner.remove(service, address)
     }
 
     /// The instances of `service` with their live status, weight, calls in flight and latency
@@ -241,10 +243,15 @@ impl ServiceMesh {
         names
     }
 
-    /// Sets the health status of the instance of `service` at `host:port`; true if it exists.
-    /// `Unhealthy` takes it out of rotation until it is set back.
+    /// Sets the health status of the TCP instance of `service` at `host:port`; true if it
+    /// exists. `Unhealthy` takes it out of rotation until it is set back.
     pub fn set_status(&self, service: &str, host: &str, port: u16, status: HealthStatus) -> bool {
-        match self.inner.find(service, host, port) {
+        self.set_status_at(service, &Address::tcp(host, port), status)
+    }
+
+    /// Sets the health status of the instance of `service` at `address`; true if it exists.
+    pub fn set_status_at(&self, service: &str, address: &Address, status: HealthStatus) -> bool {
+        match self.inner.find(service, address) {
             Some(instance) => {
                 instance.set_status(status);
                 true
@@ -319,7 +326,7 @@ impl MeshInner {
         Ok(())
     }
 
-    fn remove(&self, service: &str, host: &str, port: u16) -> bool {
+    fn remove(&self, service: &str, address: &Address) -> bool {
         let _changing = self.lock_changes();
         let services = self.services.load();
         let Some(entry) = services.get(service) else {
@@ -328,7 +335,7 @@ impl MeshInner {
         let current = entry.instances.load();
         let kept: Vec<Arc<Instance>> = current
             .iter()
-            .filter(|instance| !instance.same_address(host, port))
+            .filter(|instance| !instance.has_address(address))
             .cloned()
             .collect();
         let removed = kept.len() != current.len();
@@ -346,61 +353,26 @@ impl MeshInner {
             .unwrap_or_default()
     }
 
-    fn find(&self, service: &str, host: &str, port: u16) -> Option<Arc<Instance>> {
+    fn find(&self, service: &str, address: &Address) -> Option<Arc<Instance>> {
         let services = self.services.load();
         let instances = services.get(service)?.instances.load();
         instances
             .iter()
-            .find(|instance| instance.same_address(host, port))
+            .find(|instance| instance.has_address(address))
             .cloned()
     }
 }
 
-/// The handle a [`Discovery`] uses to feed the mesh it serves. It does not keep the mesh alive:
-/// once the mesh is dropped, updates are ignored and [`MeshRegistry::is_closed`] turns true, so a
-/// discovery task knows to stop.
-#[derive(Clone)]
-pub struct MeshRegistry {
-    mesh: Weak<MeshInner>,
-}
-
-impl std::fmt::Debug for MeshRegistry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MeshRegistry")
-            .field("closed", &self.is_closed())
-            .finish()
-    }
-}
-
-impl MeshRegistry {
-    /// Adds an instance, or replaces the one at the same host and port.
-    ///
-    /// # Errors
-    /// As [`ServiceMesh::register`]. Ignored (`Ok`) once the mesh is gone.
-    pub fn upsert(&self, info: ServiceInfo) -> Result<(), VspError> {
-        match self.mesh.upgrade() {
-            Some(mesh) => mesh.upsert(info),
-            None => Ok(()),
-        }
+impl Membership for MeshInner {
+    fn upsert(&self, info: ServiceInfo) -> Result<(), VspError> {
+        MeshInner::upsert(self, info)
     }
 
-    /// Removes an instance; true if it was registered.
-    pub fn remove(&self, service: &str, host: &str, port: u16) -> bool {
-        self.mesh
-            .upgrade()
-            .is_some_and(|mesh| mesh.remove(service, host, port))
+    fn remove(&self, service: &str, address: &Address) -> bool {
+        MeshInner::remove(self, service, address)
     }
 
-    /// The instances of `service` now in the mesh.
-    pub fn instances(&self, service: &str) -> Vec<ServiceInfo> {
-        match self.mesh.upgrade() {
-            Some(mesh) => mesh.instances(service),
-            None => Vec::new(),
-        }
-    }
-
-    /// True once the mesh has been dropped.
-    pub fn is_closed(&self) -> bool {
-        self.mesh.strong_count() == 0
+    fn instances(&self, service: &str) -> Vec<ServiceInfo> {
+        MeshInner::instances(self, service)
     }
 }

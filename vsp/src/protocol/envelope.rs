@@ -13,6 +13,9 @@ use crate::error::{ErrorCode, ProtocolError};
 /// The protocol version this crate speaks, sent in the `vsp` header key of every response.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The endpoint every server answers itself, as Velithon's do: `{"status":"healthy",...}`.
+pub const HEALTH_ENDPOINT: &str = "health";
+
 /// A decoded envelope that borrows from its frame.
 ///
 /// ```
@@ -128,44 +131,94 @@ pub(crate) enum RequestIdOut<'a> {
     Raw(&'a str),
 }
 
-/// Writes `{"header":{"request_id":..,"service":..,"endpoint":..,"is_response":..` — the part
-/// every header shares, byte for byte as Velithon writes it. The caller closes the header.
-pub(crate) fn write_header_start(
+/// The four header keys every VSP peer, Velithon included, writes and reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeaderOut<'a> {
+    pub(crate) request_id: RequestIdOut<'a>,
+    pub(crate) service: &'a str,
+    pub(crate) endpoint: &'a str,
+    pub(crate) is_response: bool,
+}
+
+/// The optional header keys (extensions) a frame carries; Velithon ignores them all.
+///
+/// One struct for every extension, so features agree on the keys and their order. Planned next
+/// (see the header registry in the README): `meta` (per-call metadata: auth, trace context) and
+/// the stream and cancel fields.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Extensions<'a> {
+    /// `timeout_ms`: how long the caller still waits (requests).
+    pub(crate) timeout_ms: Option<u64>,
+    /// `error_code`: a typed error (responses).
+    pub(crate) error_code: Option<&'a ErrorCode>,
+    /// `vsp`: the sender's protocol version; on every response we send, which tells our client
+    /// that the header, not the body, marks an error.
+    pub(crate) version: Option<u32>,
+}
+
+impl<'a> Extensions<'a> {
+    /// A request's extensions.
+    pub(crate) fn request(timeout_ms: u64) -> Self {
+        Extensions {
+            timeout_ms: Some(timeout_ms),
+            ..Extensions::default()
+        }
+    }
+
+    /// A response's extensions: our version, and the error code of an error.
+    pub(crate) fn response(error_code: Option<&'a ErrorCode>) -> Self {
+        Extensions {
+            error_code,
+            version: Some(PROTOCOL_VERSION),
+            ..Extensions::default()
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        if let Some(timeout_ms) = self.timeout_ms {
+            out.extend_from_slice(b",\"timeout_ms\":");
+            out.extend_from_slice(itoa_u64(timeout_ms, &mut [0; 20]));
+        }
+        if let Some(code) = self.error_code {
+            out.extend_from_slice(b",\"error_code\":");
+            write_json_str(out, code.as_str());
+        }
+        if let Some(version) = self.version {
+            out.extend_from_slice(b",\"vsp\":");
+            out.extend_from_slice(itoa_u64(u64::from(version), &mut [0; 20]));
+        }
+    }
+}
+
+/// Writes a whole envelope, `{"header":{..},"body":..}`: the header's four keys byte for byte
+/// as Velithon writes them, then `extensions`, then the body that `write_body` writes. The only
+/// writer of envelopes; if `write_body` fails, what was written stays for the caller to drop
+/// (the frame encoder does).
+pub(crate) fn write_envelope<E>(
     out: &mut Vec<u8>,
-    request_id: RequestIdOut<'_>,
-    service: &str,
-    endpoint: &str,
-    is_response: bool,
-) {
+    header: &HeaderOut<'_>,
+    extensions: &Extensions<'_>,
+    write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<(), E> {
     out.extend_from_slice(b"{\"header\":{\"request_id\":");
-    match request_id {
+    match header.request_id {
         RequestIdOut::Int(id) => out.extend_from_slice(itoa_u64(id, &mut [0; 20])),
         RequestIdOut::Raw(raw) => out.extend_from_slice(raw.as_bytes()),
     }
     out.extend_from_slice(b",\"service\":");
-    write_json_str(out, service);
+    write_json_str(out, header.service);
     out.extend_from_slice(b",\"endpoint\":");
-    write_json_str(out, endpoint);
-    out.extend_from_slice(if is_response {
+    write_json_str(out, header.endpoint);
+    out.extend_from_slice(if header.is_response {
         b",\"is_response\":true"
     } else {
         b",\"is_response\":false"
     });
-}
-
-/// Adds the caller's remaining wait to a request header (a VSP extension Velithon ignores).
-pub(crate) fn write_timeout_extension(out: &mut Vec<u8>, timeout_ms: u64) {
-    out.extend_from_slice(b",\"timeout_ms\":");
-    out.extend_from_slice(itoa_u64(timeout_ms, &mut [0; 20]));
-}
-
-/// Closes a response header with our extensions and opens the body.
-pub(crate) fn write_response_header_end(out: &mut Vec<u8>, error_code: Option<&ErrorCode>) {
-    if let Some(code) = error_code {
-        out.extend_from_slice(b",\"error_code\":");
-        write_json_str(out, code.as_str());
-    }
-    out.extend_from_slice(b",\"vsp\":1},\"body\":");
+    extensions.write(out);
+    out.extend_from_slice(b"},\"body\":");
+    write_body(out)?;
+    out.push(b'}');
+    Ok(())
 }
 
 /// Writes an error body `{"error":"message"}`, the shape Velithon reads.
@@ -175,8 +228,18 @@ pub(crate) fn write_error_body(out: &mut Vec<u8>, message: &str) {
     out.push(b'}');
 }
 
+/// Writes a service method's typed error: `{"error":"message","data":DATA}`, the text for
+/// Velithon's clients and the JSON for generated ones.
+pub(crate) fn write_service_error_body(out: &mut Vec<u8>, message: &str, data: &RawValue) {
+    out.extend_from_slice(b"{\"error\":");
+    write_json_str(out, message);
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(data.get().as_bytes());
+    out.push(b'}');
+}
+
 /// Writes `s` as a JSON string literal.
-pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
@@ -254,6 +317,38 @@ mod tests {
                 serde_json::to_string(s).unwrap()
             );
         }
+    }
+
+    #[test]
+    fn writes_what_the_decoder_reads() {
+        let code = ErrorCode::Timeout;
+        let mut out = Vec::new();
+        write_envelope::<()>(
+            &mut out,
+            &HeaderOut {
+                request_id: RequestIdOut::Int(7),
+                service: "svc",
+                endpoint: "e\"p",
+                is_response: true,
+            },
+            &Extensions {
+                timeout_ms: Some(250),
+                ..Extensions::response(Some(&code))
+            },
+            |out| {
+                write_error_body(out, "late");
+                Ok(())
+            },
+        )
+        .unwrap();
+        let envelope = Envelope::parse(&out).unwrap();
+        assert_eq!(envelope.request_id().get(), "7");
+        assert_eq!(envelope.endpoint(), "e\"p");
+        assert!(envelope.is_response());
+        assert_eq!(envelope.timeout_ms(), Some(250));
+        assert_eq!(envelope.error_code(), Some(ErrorCode::Timeout));
+        assert_eq!(envelope.version(), Some(PROTOCOL_VERSION));
+        assert_eq!(envelope.body().get(), r#"{"error":"late"}"#);
     }
 
     #[test]

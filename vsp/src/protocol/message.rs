@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::envelope::{write_header_start, Envelope, RequestIdOut};
+use super::envelope::{write_envelope, Envelope, Extensions, HeaderOut, RequestIdOut};
 use crate::error::ProtocolError;
 
 /// An owned VSP message, as Velithon's `VSPMessage`: a request id, the service and endpoint, the
@@ -81,17 +81,21 @@ impl VspMessage {
                         + self.endpoint.len()
                         + self.body.get().len(),
                 );
-                write_header_start(
-                    &mut out,
-                    RequestIdOut::Raw(self.request_id.get()),
-                    &self.service,
-                    &self.endpoint,
-                    self.is_response,
-                );
-                out.extend_from_slice(b"},\"body\":");
-                out.extend_from_slice(self.body.get().as_bytes());
-                out.push(b'}');
-                Bytes::from(out)
+                let header = HeaderOut {
+                    request_id: RequestIdOut::Raw(self.request_id.get()),
+                    service: &self.service,
+                    endpoint: &self.endpoint,
+                    is_response: self.is_response,
+                };
+                // Velithon's envelope exactly: no extensions.
+                let written = write_envelope(&mut out, &header, &Extensions::default(), |out| {
+                    out.extend_from_slice(self.body.get().as_bytes());
+                    Ok::<_, std::convert::Infallible>(())
+                });
+                match written {
+                    Ok(()) => Bytes::from(out),
+                    Err(never) => match never {},
+                }
             })
             .clone()
     }

@@ -7,16 +7,20 @@
 //! response we send, which tells our client that the header, not the body, marks an error.
 //!
 //! Why a hand-written encoder: the envelope is written straight into the connection's write
-//! buffer, with no intermediate `Value` and no allocation per frame.
+//! buffer, with no intermediate `Value` and no allocation per frame. It is the only code that
+//! writes envelope punctuation: every request, response and message goes through
+//! `write_envelope`, whose `Extensions` is where new header keys are added.
+//!
+//! Reserved endpoint names, answered by every server itself: [`HEALTH_ENDPOINT`].
 
 mod envelope;
 pub(crate) mod frame;
 mod message;
 
 pub(crate) use envelope::{
-    is_json_object, parse_int_request_id, salvage_request_id, write_error_body, write_header_start,
-    write_json_str, write_response_header_end, write_timeout_extension, RequestIdOut,
+    is_json_object, parse_int_request_id, salvage_request_id, write_envelope, write_error_body,
+    write_service_error_body, Extensions, HeaderOut, RequestIdOut,
 };
-pub use envelope::{Envelope, PROTOCOL_VERSION};
+pub use envelope::{Envelope, HEALTH_ENDPOINT, PROTOCOL_VERSION};
 pub use frame::{DEFAULT_MAX_FRAME_SIZE, LENGTH_PREFIX_LEN};
 pub use message::VspMessage;

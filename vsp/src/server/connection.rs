@@ -4,8 +4,6 @@
 //! leave in completion order. A bad frame is answered (or, when not even its request id can be
 //! read, ends this connection) and touches no other connection.
 
-use std::net::SocketAddr;
-use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,21 +11,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
-use tokio::net::TcpStream;
 
-use super::endpoint::Reply;
+use super::reply::{response_head, Reply, ResponseHead, ServerConnection};
 use super::{Lifecycle, ManagerInner};
 use crate::error::{ErrorCode, ProtocolError};
 use crate::protocol::frame::encode_frame;
 use crate::protocol::frame::{FrameReader, ReadError};
 use crate::protocol::{
-    is_json_object, salvage_request_id, write_error_body, write_header_start,
-    write_response_header_end, Envelope, RequestIdOut,
+    is_json_object, salvage_request_id, write_envelope, write_error_body, Envelope, Extensions,
+    HeaderOut, RequestIdOut, HEALTH_ENDPOINT,
 };
-use crate::transport::{run_writer, WriteQueue};
-
-/// The name of the endpoint every server answers itself.
-pub const HEALTH_ENDPOINT: &str = "health";
+use crate::transport::{run_writer, Address, Io, WriteQueue};
 
 /// Replies waiting to be written beyond which the connection stops reading requests.
 const MAX_WRITE_BACKLOG: usize = 4 * 1024 * 1024;
@@ -35,46 +29,18 @@ const MAX_WRITE_BACKLOG: usize = 4 * 1024 * 1024;
 /// How long a closing connection may take to flush its last replies to a peer that stopped reading.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// What the reader and the handlers of one connection share. When the reader has stopped and the
-/// last handler has replied, the last reference drops and the write side closes.
-pub(crate) struct ServerConnection {
-    manager: Arc<ManagerInner>,
-    queue: Arc<WriteQueue>,
-    /// Requests of this connection not answered yet.
-    pub(crate) in_flight: AtomicUsize,
-}
-
-impl ServerConnection {
-    pub(crate) fn manager(&self) -> &ManagerInner {
-        &self.manager
-    }
-
-    pub(crate) fn queue(&self) -> &WriteQueue {
-        &self.queue
-    }
-}
-
-impl Drop for ServerConnection {
-    fn drop(&mut self) {
-        self.queue.close();
-    }
-}
-
 /// Serves one accepted connection until the peer closes it, it breaks the protocol beyond
 /// answering, or the server closes.
-pub(crate) async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    manager: Arc<ManagerInner>,
-) {
-    let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
+pub(crate) async fn serve_connection(io: Io, peer: Address, manager: Arc<ManagerInner>) {
+    let (read, write) = io.into_halves();
     let queue = Arc::new(WriteQueue::new());
     manager.stats.connection_opened();
+    manager.drain.connection_opened();
 
     let writer = {
         let queue = queue.clone();
         let manager = manager.clone();
+        let peer = peer.clone();
         tokio::spawn(async move {
             let mut lifecycle = manager.lifecycle();
             let flush = run_writer(&queue, write);
@@ -91,7 +57,7 @@ pub(crate) async fn serve_connection(
                 tracing::debug!(%peer, "connection write side ended: {err}");
             }
             queue.close();
-            manager.stats.connection_closed();
+            manager.drain.connection_closed();
         })
     };
 
@@ -214,7 +180,7 @@ fn dispatch(
     let name = &entry.name;
     if **name != *HEALTH_ENDPOINT {
         let limits = &manager.config;
-        let refusal = if manager.stats.in_flight() >= limits.max_concurrent_requests {
+        let refusal = if manager.drain.in_flight() >= limits.max_concurrent_requests {
             Some(format!(
                 "service `{}` is at its limit of {} concurrent requests",
                 manager.name, limits.max_concurrent_requests
@@ -250,14 +216,19 @@ impl ServerConnection {
     /// calls here: the calls in flight still get their answers. Velithon clients drop it.
     fn announce_shutdown(&self) {
         let message = format!("service `{}` is shutting down", self.manager.name);
-        let head = response_head("null", &self.manager.name, "");
+        let header = HeaderOut {
+            request_id: RequestIdOut::Raw("null"),
+            service: &self.manager.name,
+            endpoint: "",
+            is_response: true,
+        };
+        let code = ErrorCode::ShuttingDown;
         let _ = self.queue.push(|out| {
             encode_frame(out, |out| {
-                head.write(out);
-                write_response_header_end(out, Some(&ErrorCode::ShuttingDown));
-                write_error_body(out, &message);
-                out.push(b'}');
-                Ok::<_, std::convert::Infallible>(())
+                write_envelope(out, &header, &Extensions::response(Some(&code)), |out| {
+                    write_error_body(out, &message);
+                    Ok::<_, std::convert::Infallible>(())
+                })
             })
         });
     }
@@ -270,88 +241,6 @@ impl ServerConnection {
             None,
         )
         .error(code, message);
-    }
-}
-
-fn response_head(request_id: &str, service: &str, endpoint: &str) -> ResponseHead {
-    let mut head = Vec::with_capacity(80 + request_id.len() + service.len() + endpoint.len());
-    write_header_start(
-        &mut head,
-        RequestIdOut::Raw(request_id),
-        service,
-        endpoint,
-        true,
-    );
-    ResponseHead::Built(head)
-}
-
-/// What a response echoes of its request's header.
-///
-/// Why it points into the request frame: the id, service and endpoint are already there, so a
-/// reply costs no allocation to remember them; only header strings that had JSON escapes (not
-/// borrowable) are copied out.
-pub(crate) enum ResponseHead {
-    Echo {
-        frame: Bytes,
-        request_id: Range<usize>,
-        service: Range<usize>,
-        endpoint: Range<usize>,
-    },
-    /// The header start, written out.
-    Built(Vec<u8>),
-}
-
-impl ResponseHead {
-    fn echo(frame: &Bytes, envelope: &Envelope<'_>) -> ResponseHead {
-        let bounds = frame.as_ptr_range();
-        let range = |s: &str| {
-            let start = s.as_ptr();
-            (bounds.contains(&start) && start.wrapping_add(s.len()) <= bounds.end).then(|| {
-                let offset = start as usize - bounds.start as usize;
-                offset..offset + s.len()
-            })
-        };
-        match (
-            range(envelope.request_id().get()),
-            range(envelope.service()),
-            range(envelope.endpoint()),
-        ) {
-            (Some(request_id), Some(service), Some(endpoint)) => ResponseHead::Echo {
-                frame: frame.clone(),
-                request_id,
-                service,
-                endpoint,
-            },
-            _ => response_head(
-                envelope.request_id().get(),
-                envelope.service(),
-                envelope.endpoint(),
-            ),
-        }
-    }
-
-    /// Writes `{"header":{...,"is_response":true`.
-    pub(crate) fn write(&self, out: &mut Vec<u8>) {
-        match self {
-            ResponseHead::Built(head) => out.extend_from_slice(head),
-            ResponseHead::Echo {
-                frame,
-                request_id,
-                service,
-                endpoint,
-            } => {
-                // The ranges came from `&str`s of this frame: always UTF-8.
-                let text =
-                    |range: &Range<usize>| std::str::from_utf8(&frame[range.clone()]).unwrap_or("");
-                write_header_start(
-                    out,
-                    RequestIdOut::Raw(text(request_id)),
-                    text(service),
-                    text(endpoint),
-                    true,
-                );
-            }
-        }
     }
 }
 

@@ -7,20 +7,16 @@ use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::connection::{ResponseHead, ServerConnection};
+use super::reply::Reply;
 use super::worker::Limited;
-use super::{EndpointEntry, Lifecycle};
+use super::Lifecycle;
 use crate::error::ErrorCode;
-use crate::protocol::frame::encode_frame;
-use crate::protocol::{write_error_body, write_json_str, write_response_header_end};
 
 /// A registered endpoint with its argument and result types erased.
 pub(crate) trait Endpoint: Send + Sync + 'static {
@@ -272,167 +268,5 @@ impl<F: Future> Future for CatchUnwind<F> {
             Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
             Err(panic) => Poll::Ready(Err(panic)),
         }
-    }
-}
-
-/// The answer one request owes. Dropping it unanswered (the server closed) still settles the
-/// request's accounting, so `in_flight` can never leak.
-pub(crate) struct Reply {
-    conn: Arc<ServerConnection>,
-    /// The response header up to and including `"is_response":true`.
-    head: ResponseHead,
-    /// The endpoint called; `None` for requests no endpoint took (unknown, malformed, refused).
-    entry: Option<Arc<EndpointEntry>>,
-    /// When the request arrived; `None` when stats are off.
-    received: Option<Instant>,
-    /// The accounting is done (see `settle`).
-    settled: bool,
-    /// The caller's remaining wait (`timeout_ms`), past which the handler is stopped.
-    timeout_ms: Option<u64>,
-}
-
-impl Reply {
-    pub(crate) fn new(
-        conn: Arc<ServerConnection>,
-        head: ResponseHead,
-        entry: Option<Arc<EndpointEntry>>,
-    ) -> Self {
-        let manager = conn.manager();
-        manager.stats.request_started();
-        conn.in_flight.fetch_add(1, Ordering::Relaxed);
-        let received = manager.stats_enabled().then(Instant::now);
-        Reply {
-            conn,
-            head,
-            entry,
-            received,
-            settled: false,
-            timeout_ms: None,
-        }
-    }
-
-    pub(crate) fn with_timeout(mut self, timeout_ms: Option<u64>) -> Self {
-        self.timeout_ms = timeout_ms;
-        self
-    }
-
-    fn endpoint(&self) -> &str {
-        self.entry.as_ref().map_or("", |entry| &entry.name)
-    }
-
-    /// Answers with `value` as the body; a value that fails to serialize becomes a `handler`
-    /// error.
-    pub(crate) fn ok<T: Serialize + ?Sized>(mut self, value: &T) {
-        self.settle(false);
-        let pushed = self.conn.queue().push(|out| {
-            encode_frame(out, |out| {
-                self.head.write(out);
-                write_response_header_end(out, None);
-                serde_json::to_writer(&mut *out, value)?;
-                out.push(b'}');
-                Ok::<_, serde_json::Error>(())
-            })
-        });
-        match pushed {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                let message = format!(
-                    "cannot serialize the result of `{}`: {err}",
-                    self.endpoint()
-                );
-                tracing::error!(endpoint = self.endpoint(), "{message}");
-                // Already counted as a success: count the failure it turned out to be.
-                if let Some(entry) = &self.entry {
-                    entry.counters.count_error();
-                }
-                self.error(ErrorCode::Handler, &message);
-            }
-            Err(_closed) => {
-                tracing::debug!(
-                    endpoint = self.endpoint(),
-                    "reply dropped: connection closed"
-                )
-            }
-        }
-    }
-
-    /// Answers with a service method's typed error: code `handler`, the error as JSON under
-    /// `data` for our clients, and as text under `error` for Velithon's.
-    pub(crate) fn service_error<E: Serialize + ?Sized>(mut self, err: &E) {
-        let data = match serde_json::value::to_raw_value(err) {
-            Ok(data) => data,
-            Err(ser) => {
-                let message = format!("cannot serialize the error of `{}`: {ser}", self.endpoint());
-                return self.error(ErrorCode::Handler, &message);
-            }
-        };
-        // A string error reads as itself; anything else as its JSON.
-        let message =
-            serde_json::from_str::<String>(data.get()).unwrap_or_else(|_| data.get().to_owned());
-        self.conn.manager().stats.error_sent(&ErrorCode::Handler);
-        self.settle(true);
-        let pushed = self.conn.queue().push(|out| {
-            encode_frame(out, |out| {
-                self.head.write(out);
-                write_response_header_end(out, Some(&ErrorCode::Handler));
-                out.extend_from_slice(b"{\"error\":");
-                write_json_str(out, &message);
-                out.extend_from_slice(b",\"data\":");
-                out.extend_from_slice(data.get().as_bytes());
-                out.extend_from_slice(b"}}");
-                Ok::<_, std::convert::Infallible>(())
-            })
-        });
-        if pushed.is_err() {
-            tracing::debug!(
-                endpoint = self.endpoint(),
-                "error reply dropped: connection closed"
-            );
-        }
-    }
-
-    /// Answers with an error: `{"error": message}` in the body, `code` in the header.
-    pub(crate) fn error(mut self, code: ErrorCode, message: &str) {
-        self.conn.manager().stats.error_sent(&code);
-        self.settle(true);
-        let pushed = self.conn.queue().push(|out| {
-            encode_frame(out, |out| {
-                self.head.write(out);
-                write_response_header_end(out, Some(&code));
-                write_error_body(out, message);
-                out.push(b'}');
-                Ok::<_, std::convert::Infallible>(())
-            })
-        });
-        if pushed.is_err() {
-            tracing::debug!(
-                endpoint = self.endpoint(),
-                "error reply dropped: connection closed"
-            );
-        }
-    }
-}
-
-impl Reply {
-    /// Settles the request's accounting, once: before the answer is queued, so a caller that has
-    /// its answer also finds it in the stats.
-    fn settle(&mut self, failed: bool) {
-        if self.settled {
-            return;
-        }
-        self.settled = true;
-        self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let elapsed = self.received.map(|received| received.elapsed());
-        self.conn.manager().stats.request_finished(elapsed);
-        if let (Some(entry), Some(elapsed)) = (&self.entry, elapsed) {
-            entry.counters.record(elapsed, failed);
-        }
-    }
-}
-
-impl Drop for Reply {
-    /// A reply dropped unanswered (the server closed) still settles, so `in_flight` never leaks.
-    fn drop(&mut self) {
-        self.settle(false);
     }
 }

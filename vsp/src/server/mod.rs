@@ -9,7 +9,9 @@
 //! calls already running finish; then, drained or out of time, it closes every connection.
 
 mod connection;
+mod drain;
 mod endpoint;
+mod reply;
 mod worker;
 
 use std::collections::HashMap;
@@ -23,19 +25,22 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use connection::HEALTH_ENDPOINT;
+use drain::Drain;
 use endpoint::{Endpoint, HealthEndpoint};
 pub(crate) use endpoint::{FnEndpoint, ServiceResult, ServiceValue};
 pub use worker::WorkerType;
 use worker::{PollLimiter, WorkerPool};
 
 use crate::error::VspError;
-use crate::mesh::{ServiceInfo, ServiceMesh};
+use crate::instance::ServiceInfo;
+use crate::mesh::ServiceMesh;
+// Reserved names live with the wire; still found here.
 use crate::protocol::DEFAULT_MAX_FRAME_SIZE;
-use crate::stats::{EndpointCounters, PerformanceStats, ServerStats};
+pub use crate::protocol::HEALTH_ENDPOINT;
+use crate::stats::{EndpointCounters, LiveCounts, PerformanceStats, ServerStats};
+use crate::transport::{Address, Listener, TcpListener};
 
 /// The default bound on graceful shutdown's wait for running calls.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -104,6 +109,8 @@ pub(crate) struct ManagerInner {
     /// ...and watchable by the tasks that must stop when it changes.
     lifecycle: watch::Sender<Lifecycle>,
     pub(crate) stats: ServerStats,
+    /// Requests and connections a graceful shutdown waits for.
+    pub(crate) drain: Drain,
     /// The handler pool of a `Multicore` manager, made by `start_server`.
     workers: OnceLock<WorkerPool>,
     /// Where and how the server announces itself, if it does.
@@ -121,12 +128,12 @@ struct Announcement {
 }
 
 impl Announcement {
-    async fn announce(&self, service: &str, addr: SocketAddr) -> Result<(), VspError> {
-        let host = self
-            .advertise_host
-            .clone()
-            .unwrap_or_else(|| addr.ip().to_string());
-        let info = ServiceInfo::new(service, host, addr.port()).with_weight(self.weight);
+    async fn announce(&self, service: &str, addr: &Address) -> Result<(), VspError> {
+        let address = match (addr, &self.advertise_host) {
+            (Address::Tcp { port, .. }, Some(host)) => Address::tcp(host.clone(), *port),
+            _ => addr.clone(),
+        };
+        let info = ServiceInfo::at(service, address).with_weight(self.weight);
         self.mesh.announce(&info).await?;
         *self
             .announced
@@ -211,7 +218,7 @@ pub trait Service {
     fn register(self, manager: &VspManager) -> Result<(), VspError>;
 }
 
-/// A VSP service: named endpoints served over TCP.
+/// A VSP service: named endpoints served over TCP, a Unix socket or in memory.
 ///
 /// Cheap to clone; clones share one server.
 ///
@@ -345,6 +352,7 @@ impl VspManagerBuilder {
                 state: AtomicU8::new(Lifecycle::Idle as u8),
                 lifecycle,
                 stats: ServerStats::default(),
+                drain: Drain::default(),
                 workers: OnceLock::new(),
                 accepting: Mutex::new(None),
                 announcement: self.mesh.map(|mesh| Announcement {
@@ -478,13 +486,52 @@ impl VspManager {
         names
     }
 
-    /// Binds `host:port` and serves in the background; returns the bound address (pass port 0
-    /// for an ephemeral one).
+    /// Binds `host:port` over TCP and serves in the background; returns the bound address (pass
+    /// port 0 for an ephemeral one). The TCP shorthand of
+    /// [`start_server_on`](VspManager::start_server_on).
     ///
     /// # Errors
     /// [`VspError::Bind`] if the address cannot be bound, [`VspError::AlreadyStarted`] if this
     /// manager already served.
     pub async fn start_server(&self, host: &str, port: u16) -> Result<SocketAddr, VspError> {
+        self.check_startable()?;
+        let listener = TcpListener::bind(host, port)
+            .await
+            .map_err(|source| VspError::Bind {
+                addr: Address::tcp(host, port).to_string(),
+                source,
+            })?;
+        let bound = listener.socket_addr();
+        self.start_server_on(listener).await?;
+        Ok(bound)
+    }
+
+    /// Binds `address` (TCP `host:port`, `unix:/path` or `memory:name`; see
+    /// [`transport::bind`](crate::transport::bind)) and serves it; returns the bound address.
+    ///
+    /// # Errors
+    /// As [`start_server`](VspManager::start_server).
+    pub async fn start_server_at(&self, address: &Address) -> Result<Address, VspError> {
+        self.check_startable()?;
+        let listener = crate::transport::bind(address)
+            .await
+            .map_err(|source| VspError::Bind {
+                addr: address.to_string(),
+                source,
+            })?;
+        self.start_server_on(listener).await
+    }
+
+    /// Serves the connections `listener` accepts, in the background: any [`Listener`] (TCP,
+    /// [`UnixListener`](crate::transport::UnixListener),
+    /// [`MemoryListener`](crate::transport::MemoryListener), or your own). Returns its address.
+    /// Shutting down drops the listener (a Unix listener removes its socket file).
+    ///
+    /// # Errors
+    /// [`VspError::AlreadyStarted`] if this manager already served, [`VspError::WorkerPool`] if
+    /// `Multicore` workers cannot start, and the announcement's error if the mesh's discovery
+    /// refuses it.
+    pub async fn start_server_on(&self, listener: impl Listener) -> Result<Address, VspError> {
         if !self.inner.transition(Lifecycle::Idle, Lifecycle::Running) {
             return Err(VspError::AlreadyStarted {
                 service: self.inner.name.clone(),
@@ -503,34 +550,31 @@ impl VspManager {
                 }
             }
         }
-        let listener = match TcpListener::bind((host, port)).await {
-            Ok(listener) => listener,
-            Err(source) => {
-                self.inner.set_state(Lifecycle::Idle);
-                return Err(VspError::Bind {
-                    addr: format!("{host}:{port}"),
-                    source,
-                });
-            }
-        };
-        let addr = listener.local_addr().map_err(|source| VspError::Bind {
-            addr: format!("{host}:{port}"),
-            source,
-        })?;
+        let addr = listener.local_addr();
         tracing::info!(service = %self.inner.name, %addr, "VSP server listening");
-        let accepting = tokio::spawn(accept_loop(listener, self.inner.clone()));
+        let accepting = tokio::spawn(accept_loop(Box::new(listener), self.inner.clone()));
         *self
             .inner
             .accepting
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(accepting);
         if let Some(announcement) = &self.inner.announcement {
-            if let Err(err) = announcement.announce(&self.inner.name, addr).await {
+            if let Err(err) = announcement.announce(&self.inner.name, &addr).await {
                 self.close().await;
                 return Err(err);
             }
         }
         Ok(addr)
+    }
+
+    /// Fails early, before binding anything, when the manager cannot start.
+    fn check_startable(&self) -> Result<(), VspError> {
+        match self.inner.state() {
+            Lifecycle::Idle => Ok(()),
+            _ => Err(VspError::AlreadyStarted {
+                service: self.inner.name.clone(),
+            }),
+        }
     }
 
     /// Stops gracefully: stops accepting, tells every connected client (a `shutting_down`
@@ -552,16 +596,16 @@ impl VspManager {
         if let Some(announcement) = &inner.announcement {
             announcement.withdraw().await;
         }
-        inner.stats.set_draining();
+        inner.drain.start();
         let draining_since = tokio::time::Instant::now();
         let drained = inner
-            .stats
-            .wait_for_zero(ServerStats::in_flight, inner.config.drain_timeout)
+            .drain
+            .wait_for_zero(Drain::in_flight, inner.config.drain_timeout)
             .await;
         // Requests sent before the clients read the notice still get an answer.
         tokio::time::sleep_until(draining_since + DRAIN_GRACE.min(inner.config.drain_timeout))
             .await;
-        let aborted = inner.stats.in_flight();
+        let aborted = inner.drain.in_flight();
         self.close_connections().await;
         if drained {
             tracing::info!(service = %inner.name, "VSP server shut down");
@@ -584,7 +628,7 @@ impl VspManager {
         if let Some(announcement) = &self.inner.announcement {
             announcement.withdraw().await;
         }
-        self.inner.stats.set_draining();
+        self.inner.drain.start();
         self.close_connections().await;
     }
 
@@ -601,13 +645,13 @@ impl VspManager {
             let _ = tokio::time::timeout(CONNECTION_CLOSE_TIMEOUT, accepting).await;
         }
         if !inner
-            .stats
-            .wait_for_zero(ServerStats::connections_active, CONNECTION_CLOSE_TIMEOUT)
+            .drain
+            .wait_for_zero(Drain::connections_active, CONNECTION_CLOSE_TIMEOUT)
             .await
         {
             tracing::warn!(
                 service = %inner.name,
-                open = inner.stats.connections_active(),
+                open = inner.drain.connections_active(),
                 "connections still closing after {CONNECTION_CLOSE_TIMEOUT:?}"
             );
         }
@@ -622,11 +666,15 @@ impl VspManager {
             .values()
             .map(|entry| (entry.name.to_string(), entry.counters.snapshot()))
             .collect();
-        self.inner.stats.snapshot(&self.inner.name, endpoints)
+        let live = LiveCounts {
+            in_flight: self.inner.drain.in_flight(),
+            connections_active: self.inner.drain.connections_active(),
+        };
+        self.inner.stats.snapshot(&self.inner.name, endpoints, live)
     }
 }
 
-async fn accept_loop(listener: TcpListener, manager: Arc<ManagerInner>) {
+async fn accept_loop(mut listener: Box<dyn Listener>, manager: Arc<ManagerInner>) {
     let mut lifecycle = manager.lifecycle();
     loop {
         let accepted = tokio::select! {

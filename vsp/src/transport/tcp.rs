@@ -1,24 +1,69 @@
-//! TCP: bounded connects with Nagle off.
+//! TCP: connections with Nagle off.
 
 use std::io;
-use std::time::Duration;
 
-use tokio::net::TcpStream;
+use super::{Address, Io, Listener};
+use crate::BoxFuture;
 
-/// Why a connect failed.
-#[derive(Debug)]
-pub(crate) enum ConnectError {
-    Io(io::Error),
-    TimedOut,
+/// Opens a TCP connection to `host:port` (resolved here).
+pub(crate) async fn connect(host: &str, port: u16) -> io::Result<Io> {
+    let stream = tokio::net::TcpStream::connect((host, port)).await?;
+    into_io(stream)
 }
 
-/// Opens a TCP connection to `addr` (`host:port`, resolved here) within `timeout`.
-pub(crate) async fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, ConnectError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| ConnectError::TimedOut)?
-        .map_err(ConnectError::Io)?;
+fn into_io(stream: tokio::net::TcpStream) -> io::Result<Io> {
     // Frames are written whole; waiting for an ACK before sending the next small one only adds latency.
-    stream.set_nodelay(true).map_err(ConnectError::Io)?;
-    Ok(stream)
+    stream.set_nodelay(true)?;
+    let (read, write) = stream.into_split();
+    Ok(Io::new(read, write))
+}
+
+/// A TCP listener for [`VspManager::start_server_on`](crate::VspManager::start_server_on).
+#[derive(Debug)]
+pub struct TcpListener {
+    inner: tokio::net::TcpListener,
+    bound: std::net::SocketAddr,
+}
+
+impl TcpListener {
+    /// Binds `host:port` (port 0 for an ephemeral port).
+    ///
+    /// # Errors
+    /// What the bind reported (address in use, permission denied, unknown host).
+    pub async fn bind(host: &str, port: u16) -> io::Result<Self> {
+        TcpListener::from_tokio(tokio::net::TcpListener::bind((host, port)).await?)
+    }
+
+    /// Serves a tokio listener bound elsewhere.
+    ///
+    /// # Errors
+    /// If its local address cannot be read.
+    pub fn from_tokio(inner: tokio::net::TcpListener) -> io::Result<Self> {
+        let bound = inner.local_addr()?;
+        Ok(TcpListener { inner, bound })
+    }
+
+    /// The bound socket address.
+    pub fn socket_addr(&self) -> std::net::SocketAddr {
+        self.bound
+    }
+}
+
+impl Listener for TcpListener {
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(Io, Address)>> {
+        Box::pin(async move {
+            let (stream, peer) = self.inner.accept().await?;
+            // Best effort: a socket that refuses the option still works, only slower.
+            let _ = stream.set_nodelay(true);
+            let (read, write) = stream.into_split();
+            Ok((
+                Io::new(read, write),
+                Address::tcp(peer.ip().to_string(), peer.port()),
+            ))
+        })
+    }
+
+    fn local_addr(&self) -> Address {
+        Address::tcp(self.bound.ip().to_string(), self.bound.port())
+    }
 }

@@ -13,7 +13,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::instance::{HealthStatus, Instance};
+use super::{HealthStatus, Instance};
 
 /// When a mesh ejects an instance and how long it waits before probing it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -115,7 +115,7 @@ impl HealthPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::ServiceInfo;
+    use crate::instance::ServiceInfo;
 
     fn instance() -> Instance {
         Instance::new(ServiceInfo::new("svc", "127.0.0.1", 1))

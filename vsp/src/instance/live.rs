@@ -1,4 +1,5 @@
-//! `ServiceInfo` (what is registered) and `Instance` (what the mesh tracks about it live).
+//! `Instance`: what the mesh tracks live about a registered instance (health, calls in flight,
+//! latency), and the snapshot it reports (`InstanceState`).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -6,144 +7,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::error::VspError;
-
-/// What the mesh knows of an instance's health.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HealthStatus {
-    /// Not checked yet. Eligible for traffic: a new instance must be reachable before anything
-    /// has probed it.
-    Unknown,
-    /// Checked and healthy. Eligible for traffic.
-    Healthy,
-    /// Checked and failing. Gets no traffic.
-    Unhealthy,
-}
-
-impl HealthStatus {
-    fn from_u8(value: u8) -> HealthStatus {
-        match value {
-            1 => HealthStatus::Healthy,
-            2 => HealthStatus::Unhealthy,
-            _ => HealthStatus::Unknown,
-        }
-    }
-
-    fn as_u8(self) -> u8 {
-        match self {
-            HealthStatus::Unknown => 0,
-            HealthStatus::Healthy => 1,
-            HealthStatus::Unhealthy => 2,
-        }
-    }
-}
-
-/// One instance of a service, as registered with the mesh.
-///
-/// ```
-/// use vsp::{HealthStatus, ServiceInfo};
-///
-/// let info = ServiceInfo::new("user-service", "127.0.0.1", 9090).with_weight(3.0);
-/// assert_eq!(info.endpoint(), "127.0.0.1:9090");
-/// assert_eq!(info.status(), HealthStatus::Unknown);
-/// assert!(info.is_eligible() && !info.is_healthy());
-/// ```
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ServiceInfo {
-    name: String,
-    host: String,
-    port: u16,
-    weight: f64,
-    status: HealthStatus,
-}
-
-impl ServiceInfo {
-    /// An instance of service `name` at `host:port`, weight 1.0, status `Unknown`.
-    pub fn new(name: impl Into<String>, host: impl Into<String>, port: u16) -> Self {
-        ServiceInfo {
-            name: name.into(),
-            host: host.into(),
-            port,
-            weight: 1.0,
-            status: HealthStatus::Unknown,
-        }
-    }
-
-    /// Sets the weight, its share of traffic under a weighted balancer; must be finite and > 0
-    /// (checked when it is registered).
-    pub fn with_weight(mut self, weight: f64) -> Self {
-        self.weight = weight;
-        self
-    }
-
-    /// Sets the initial health status.
-    pub fn with_status(mut self, status: HealthStatus) -> Self {
-        self.status = status;
-        self
-    }
-
-    /// The service name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The host (name or IP address).
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
-    /// The port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// The weight.
-    pub fn weight(&self) -> f64 {
-        self.weight
-    }
-
-    /// The health status.
-    pub fn status(&self) -> HealthStatus {
-        self.status
-    }
-
-    /// True only once a check has found the instance healthy.
-    pub fn is_healthy(&self) -> bool {
-        self.status == HealthStatus::Healthy
-    }
-
-    /// True if the instance may get traffic: `Healthy` or `Unknown`.
-    pub fn is_eligible(&self) -> bool {
-        self.status != HealthStatus::Unhealthy
-    }
-
-    /// `host:port`, with an IPv6 host in brackets: what a connection dials.
-    pub fn endpoint(&self) -> String {
-        if self.host.contains(':') && !self.host.starts_with('[') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-
-    pub(crate) fn validate(&self) -> Result<(), VspError> {
-        let reason = if self.name.is_empty() {
-            "the service name is empty".to_owned()
-        } else if self.host.is_empty() {
-            "the host is empty".to_owned()
-        } else if !(self.weight.is_finite() && self.weight > 0.0) {
-            format!("weight {} is not a finite number above zero", self.weight)
-        } else {
-            return Ok(());
-        };
-        Err(VspError::InvalidInstance {
-            service: self.name.clone(),
-            instance: self.endpoint(),
-            reason,
-        })
-    }
-}
+use super::{HealthStatus, ServiceInfo};
+use crate::transport::Address;
 
 /// An instance as the mesh tracks it while routing: its registration, its live health status and
 /// its calls in flight. Balancers pick among these.
@@ -153,11 +18,11 @@ pub struct Instance {
     status: AtomicU8,
     in_flight: AtomicUsize,
     /// Transport failures since the last success.
-    pub(crate) consecutive_failures: AtomicU32,
+    pub(super) consecutive_failures: AtomicU32,
     /// Ejections since the instance was last healthy: the exponent of the backoff.
-    pub(crate) ejections: AtomicU32,
+    pub(super) ejections: AtomicU32,
     /// A probe is scheduled to decide re-admission.
-    pub(crate) probing: AtomicBool,
+    pub(super) probing: AtomicBool,
     /// Moving average of call latency, in nanoseconds (0: no sample yet).
     latency_ewma_ns: AtomicU64,
 }
@@ -176,7 +41,7 @@ impl Instance {
     pub(crate) fn new(info: ServiceInfo) -> Self {
         Instance {
             endpoint: Arc::from(info.endpoint()),
-            status: AtomicU8::new(info.status.as_u8()),
+            status: AtomicU8::new(info.status().as_u8()),
             in_flight: AtomicUsize::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
@@ -188,7 +53,7 @@ impl Instance {
 
     /// A new registration of the same address keeps what was learned about its health.
     pub(crate) fn inherit_health(&self, previous: &Instance) {
-        if self.info.status == HealthStatus::Unknown {
+        if self.info.status() == HealthStatus::Unknown {
             self.set_status(previous.status());
         }
         for (mine, theirs) in [
@@ -235,10 +100,10 @@ impl Instance {
 
     /// The service name.
     pub fn service(&self) -> &str {
-        &self.info.name
+        self.info.name()
     }
 
-    /// `host:port`.
+    /// The address as text (`host:port`, `unix:/path`): the instance's key.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
@@ -249,7 +114,7 @@ impl Instance {
 
     /// The registered weight.
     pub fn weight(&self) -> f64 {
-        self.info.weight
+        self.info.weight()
     }
 
     /// The current health status.
@@ -277,16 +142,26 @@ impl Instance {
         InFlightGuard(self.clone())
     }
 
-    pub(crate) fn same_address(&self, host: &str, port: u16) -> bool {
-        self.info.host == host && self.info.port == port
+    pub(crate) fn has_address(&self, address: &Address) -> bool {
+        self.info.address() == address
+    }
+
+    /// Where the instance listens.
+    pub fn address(&self) -> &Address {
+        self.info.address()
+    }
+
+    /// True while a probe decides whether an ejected instance comes back (an active health check
+    /// leaves it to that probe).
+    pub(crate) fn is_probing(&self) -> bool {
+        self.probing.load(Ordering::Acquire)
     }
 
     /// The registration, with the live status.
     pub fn info(&self) -> ServiceInfo {
-        ServiceInfo {
-            status: self.status(),
-            ..self.info.clone()
-        }
+        let mut info = self.info.clone();
+        info.set_status(self.status());
+        info
     }
 }
 

@@ -1,0 +1,198 @@
+//! How a client is configured: [`VspClientBuilder`], its defaults, and per-call
+//! [`CallOptions`].
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::pool::{PoolLimits, Pools};
+use super::retry::RetryBudget;
+use super::{ClientInner, VspClient};
+use crate::mesh::ServiceMesh;
+use crate::protocol::DEFAULT_MAX_FRAME_SIZE;
+use crate::transport::{Connector, DefaultConnector};
+
+/// The default deadline of a call: 30 s, as Velithon's.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default bound on opening a connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default number of connections per instance.
+pub const DEFAULT_MAX_TRANSPORTS: usize = 5;
+/// The default limit of calls in flight on one connection.
+pub const DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
+/// The default time after which a connection without calls is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// The default number of attempts of one call, the first included.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, Clone)]
+pub(super) struct ClientConfig {
+    pub(super) limits: PoolLimits,
+    pub(super) timeout: Duration,
+    pub(super) connect_timeout: Duration,
+    pub(super) idle_timeout: Duration,
+    pub(super) max_attempts: u32,
+    pub(super) retry_written_calls: bool,
+    pub(super) retry_ratio: f64,
+    pub(super) retry_reserve: u32,
+    pub(super) health_check_interval: Option<Duration>,
+}
+
+/// Per-call settings for [`VspClient::call_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// This call's deadline, instead of the client's.
+    pub timeout: Option<Duration>,
+    /// Safe to send again after it may have run (a read, an upsert): it may be retried on
+    /// another instance after a connection loss.
+    pub idempotent: bool,
+}
+
+impl CallOptions {
+    /// Default options: the client's deadline, not idempotent.
+    pub fn new() -> Self {
+        CallOptions::default()
+    }
+
+    /// Sets this call's deadline.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Marks the call idempotent.
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = idempotent;
+        self
+    }
+}
+
+/// Builds a [`VspClient`].
+pub struct VspClientBuilder {
+    mesh: ServiceMesh,
+    config: ClientConfig,
+    connector: Arc<dyn Connector>,
+}
+
+impl std::fmt::Debug for VspClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VspClientBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VspClientBuilder {
+    pub(super) fn new(mesh: ServiceMesh) -> Self {
+        VspClientBuilder {
+            mesh,
+            config: ClientConfig {
+                limits: PoolLimits {
+                    max_transports: DEFAULT_MAX_TRANSPORTS,
+                    max_in_flight: DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION,
+                    max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+                },
+                timeout: DEFAULT_TIMEOUT,
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                idle_timeout: DEFAULT_IDLE_TIMEOUT,
+                max_attempts: DEFAULT_MAX_ATTEMPTS,
+                retry_written_calls: false,
+                retry_ratio: 0.2,
+                retry_reserve: 10,
+                health_check_interval: None,
+            },
+            connector: Arc::new(DefaultConnector::new()),
+        }
+    }
+
+    /// The most connections per instance (default 5). New connections open only when every
+    /// open one has calls in flight; calls go to the least-loaded one.
+    pub fn max_transports(mut self, connections: usize) -> Self {
+        self.config.limits.max_transports = connections.max(1);
+        self
+    }
+
+    /// The most calls in flight on one connection (default 1024). A call that finds every
+    /// connection of its instance full fails at once with
+    /// [`VspError::TooManyInFlight`](crate::VspError::TooManyInFlight).
+    pub fn max_in_flight_per_connection(mut self, calls: usize) -> Self {
+        self.config.limits.max_in_flight = calls.max(1);
+        self
+    }
+
+    /// The deadline of every call, from the moment it starts, connecting and retries included
+    /// (default 30 s). It travels to the server, which stops the work when it passes.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = timeout;
+        self
+    }
+
+    /// The bound on opening one connection (default 5 s, and never past the call's deadline).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Connections without calls for this long are closed (default 90 s).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// Attempts of one call, the first included (default 3, at least 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.config.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Retries calls that may have run even when they are not marked idempotent (default off:
+    /// only idempotent calls are sent again once written).
+    pub fn retry_non_idempotent(mut self, enabled: bool) -> Self {
+        self.config.retry_written_calls = enabled;
+        self
+    }
+
+    /// The retry budget: retries of written calls may add at most `ratio` of the calls made
+    /// (default 0.2), plus a reserve of `reserve` retries (default 10) for when traffic is light.
+    pub fn retry_budget(mut self, ratio: f64, reserve: u32) -> Self {
+        self.config.retry_ratio = ratio.clamp(0.0, 1000.0);
+        self.config.retry_reserve = reserve;
+        self
+    }
+
+    /// Pings the `health` endpoint of every instance of every service in the mesh at this
+    /// interval (default: off; failures still eject instances passively).
+    pub fn health_check_interval(mut self, interval: Duration) -> Self {
+        self.config.health_check_interval = Some(interval);
+        self
+    }
+
+    /// The largest response frame accepted (default 16 MiB).
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.config.limits.max_frame_size = bytes;
+        self
+    }
+
+    /// How connections are dialed (default [`DefaultConnector`]: by the address's kind, TCP,
+    /// Unix socket or in-memory).
+    pub fn connector(mut self, connector: impl Connector) -> Self {
+        self.connector = Arc::new(connector);
+        self
+    }
+
+    /// Builds the client. Connections open on first use.
+    pub fn build(self) -> VspClient {
+        let config = self.config;
+        VspClient {
+            timeout: config.timeout,
+            inner: Arc::new(ClientInner {
+                mesh: self.mesh,
+                pools: Pools::new(config.limits, self.connector),
+                budget: RetryBudget::new(config.retry_ratio, config.retry_reserve),
+                background: AtomicBool::new(false),
+                config,
+            }),
+        }
+    }
+}

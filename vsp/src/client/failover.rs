@@ -1,0 +1,245 @@
+//! One call's attempts: pick an instance, send, and on failure decide whether another instance
+//! may get it (the rules in the module docs of [`client`](super)).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::connection::{CallFailure, RawResponse};
+use super::pool::PoolError;
+use super::response::remote_error;
+use super::{CallOptions, VspClient};
+use crate::error::{ErrorCode, ProtocolError, VspError};
+use crate::instance::Instance;
+
+/// One attempt's failure, and what it allows next.
+struct AttemptFailure {
+    error: VspError,
+    /// The request may have reached the server.
+    written: bool,
+    /// Nothing to retry (an encoding error).
+    fatal: bool,
+}
+
+impl AttemptFailure {
+    fn unsent(error: VspError) -> Self {
+        AttemptFailure {
+            error,
+            written: false,
+            fatal: false,
+        }
+    }
+}
+
+/// What one attempt is about, for its errors.
+struct Attempt<'a> {
+    service: &'a str,
+    endpoint: &'a str,
+    instance: &'a Arc<Instance>,
+    /// The call's whole deadline, for `Timeout` errors.
+    timeout: Duration,
+}
+
+impl Attempt<'_> {
+    /// The one place a connection-level failure becomes a [`VspError`].
+    fn error(&self, failure: CallFailure) -> VspError {
+        match failure {
+            CallFailure::NotSent(reason) | CallFailure::Closed(reason) => {
+                VspError::ConnectionClosed {
+                    service: self.service.to_owned(),
+                    endpoint: self.endpoint.to_owned(),
+                    instance: self.instance.endpoint().to_owned(),
+                    reason,
+                }
+            }
+            CallFailure::Encode(source) => VspError::Encode {
+                service: self.service.to_owned(),
+                endpoint: self.endpoint.to_owned(),
+                source,
+            },
+            CallFailure::Protocol(reason) => VspError::Protocol(ProtocolError::Malformed(reason)),
+            CallFailure::TimedOut => self.timed_out(),
+        }
+    }
+
+    fn timed_out(&self) -> VspError {
+        VspError::Timeout {
+            service: self.service.to_owned(),
+            endpoint: self.endpoint.to_owned(),
+            after: self.timeout,
+        }
+    }
+}
+
+impl VspClient {
+    /// Sends one call, failing over to other instances as the rules in the module docs allow.
+    pub(super) async fn exchange(
+        &self,
+        service: &str,
+        endpoint: &str,
+        body: &(impl Serialize + ?Sized),
+        options: CallOptions,
+    ) -> Result<RawResponse, VspError> {
+        self.inner.start_background();
+        let timeout = options.timeout.unwrap_or(self.timeout);
+        let mut started = Instant::now();
+        let deadline = started + timeout;
+        let config = &self.inner.config;
+        let health = self.inner.mesh.health();
+        self.inner.budget.deposit();
+        let mut tried: Vec<Arc<Instance>> = Vec::new();
+        let mut last_error: Option<VspError> = None;
+        loop {
+            let picked = if tried.is_empty() {
+                self.inner.mesh.pick_or_wait(service, deadline).await
+            } else {
+                self.pick(service, &tried)
+            };
+            let instance = match picked {
+                Ok(instance) => instance,
+                // After a failed attempt, its error says more than "no healthy instance left".
+                Err(err) => return Err(last_error.unwrap_or(err)),
+            };
+            let attempt = Attempt {
+                service,
+                endpoint,
+                instance: &instance,
+                timeout,
+            };
+            let failure = match self.attempt(&attempt, body, started, deadline).await {
+                Ok(response) => match &response.error_code {
+                    // Refused before running: safe to send elsewhere.
+                    Some(code @ ErrorCode::ShuttingDown) => {
+                        self.inner.eject(&instance);
+                        AttemptFailure::unsent(remote_error(service, endpoint, code, &response))
+                    }
+                    Some(code @ ErrorCode::Overloaded) => AttemptFailure {
+                        // Not run, but another try adds load: it spends retry budget.
+                        written: true,
+                        ..AttemptFailure::unsent(remote_error(service, endpoint, code, &response))
+                    },
+                    _ => {
+                        health.record_success(&instance);
+                        return Ok(response);
+                    }
+                },
+                Err(failure) => failure,
+            };
+            tried.push(instance);
+            let may_resend = !failure.written
+                || ((options.idempotent || config.retry_written_calls)
+                    && self.inner.budget.withdraw());
+            started = Instant::now();
+            let out_of_time = started >= deadline;
+            if failure.fatal
+                || !may_resend
+                || out_of_time
+                || tried.len() >= config.max_attempts as usize
+            {
+                return Err(failure.error);
+            }
+            tracing::debug!(
+                service,
+                endpoint,
+                attempt = tried.len(),
+                "retrying: {}",
+                failure.error
+            );
+            last_error = Some(failure.error);
+        }
+    }
+
+    /// An eligible instance, preferring one not tried yet by this call.
+    fn pick(&self, service: &str, tried: &[Arc<Instance>]) -> Result<Arc<Instance>, VspError> {
+        let mesh = &self.inner.mesh;
+        let first = mesh.pick(service)?;
+        if !tried.iter().any(|t| Arc::ptr_eq(t, &first)) {
+            return Ok(first);
+        }
+        for _ in 0..tried.len() + 2 {
+            let next = mesh.pick(service)?;
+            if !tried.iter().any(|t| Arc::ptr_eq(t, &next)) {
+                return Ok(next);
+            }
+        }
+        Ok(first)
+    }
+
+    /// One attempt on one instance, reporting its outcome to the mesh's health tracking.
+    async fn attempt(
+        &self,
+        attempt: &Attempt<'_>,
+        body: &(impl Serialize + ?Sized),
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<RawResponse, AttemptFailure> {
+        let config = &self.inner.config;
+        let instance = attempt.instance;
+        let _in_flight = instance.track_call();
+        let pool = self.inner.pools.of(instance);
+        let remaining = deadline.saturating_duration_since(started);
+        let connect_timeout = config.connect_timeout.min(remaining);
+        let connection = match pool.get(connect_timeout).await {
+            Ok(connection) => connection,
+            Err(PoolError::Saturated { limit }) => {
+                return Err(AttemptFailure::unsent(VspError::TooManyInFlight {
+                    service: attempt.service.to_owned(),
+                    instance: instance.endpoint().to_owned(),
+                    limit,
+                }))
+            }
+            Err(PoolError::TimedOut(after)) if after < config.connect_timeout => {
+                // The call's deadline, not the connect timeout, cut the connect short.
+                return Err(AttemptFailure::unsent(attempt.timed_out()));
+            }
+            Err(err) => {
+                self.inner.report_failure(instance, true);
+                let error = match err {
+                    PoolError::Connect(source) => VspError::Connect {
+                        service: attempt.service.to_owned(),
+                        instance: instance.endpoint().to_owned(),
+                        source,
+                    },
+                    _ => VspError::ConnectTimeout {
+                        service: attempt.service.to_owned(),
+                        instance: instance.endpoint().to_owned(),
+                        after: connect_timeout,
+                    },
+                };
+                return Err(AttemptFailure::unsent(error));
+            }
+        };
+        let mut call = match connection.send(attempt.service, attempt.endpoint, body, deadline) {
+            Ok(call) => call,
+            Err(failure) => {
+                let fatal = matches!(failure, CallFailure::Encode(_));
+                return Err(AttemptFailure {
+                    fatal,
+                    ..AttemptFailure::unsent(attempt.error(failure))
+                });
+            }
+        };
+        let outcome = call.wait().await;
+        if connection.is_draining() {
+            // The server announced its shutdown: no more calls to it until a probe says so.
+            self.inner.eject(instance);
+        }
+        let error = match outcome {
+            // The server stopped the handler at the deadline: the same timeout as ours.
+            Ok(response) if response.error_code == Some(ErrorCode::Timeout) => attempt.timed_out(),
+            Ok(response) => {
+                instance.record_latency(started.elapsed());
+                return Ok(response);
+            }
+            Err(failure) => attempt.error(failure),
+        };
+        self.inner.report_failure(instance, false);
+        Err(AttemptFailure {
+            error,
+            written: true,
+            fatal: false,
+        })
+    }
+}

@@ -1,0 +1,300 @@
+//! The answer each request owes, and the connection state it is written to.
+//!
+//! Why its own file: the connection task builds a [`Reply`] for every request and the endpoints
+//! answer through it; with the reply here, both depend on this file and not on each other.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::{EndpointEntry, ManagerInner};
+use crate::error::ErrorCode;
+use crate::protocol::frame::encode_frame;
+use crate::protocol::{
+    write_envelope, write_error_body, write_service_error_body, Envelope, Extensions, HeaderOut,
+    RequestIdOut,
+};
+use crate::transport::{QueueClosed, WriteQueue};
+
+/// What the reader and the handlers of one connection share. When the reader has stopped and the
+/// last handler has replied, the last reference drops and the write side closes.
+pub(crate) struct ServerConnection {
+    pub(super) manager: Arc<ManagerInner>,
+    pub(super) queue: Arc<WriteQueue>,
+    /// Requests of this connection not answered yet.
+    pub(crate) in_flight: AtomicUsize,
+}
+
+impl ServerConnection {
+    pub(crate) fn manager(&self) -> &ManagerInner {
+        &self.manager
+    }
+
+    pub(crate) fn queue(&self) -> &WriteQueue {
+        &self.queue
+    }
+}
+
+impl Drop for ServerConnection {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
+/// A response head that owns its strings: for requests whose header could not be borrowed, and
+/// for notices without a request.
+pub(crate) fn response_head(request_id: &str, service: &str, endpoint: &str) -> ResponseHead {
+    ResponseHead::Owned {
+        request_id: request_id.to_owned(),
+        service: service.to_owned(),
+        endpoint: endpoint.to_owned(),
+    }
+}
+
+/// What a response echoes of its request's header.
+///
+/// Why it points into the request frame: the id, service and endpoint are already there, so a
+/// reply costs no allocation to remember them; only header strings that had JSON escapes (not
+/// borrowable) are copied out.
+pub(crate) enum ResponseHead {
+    Echo {
+        frame: Bytes,
+        request_id: Range<usize>,
+        service: Range<usize>,
+        endpoint: Range<usize>,
+    },
+    /// The header's strings, copied.
+    Owned {
+        request_id: String,
+        service: String,
+        endpoint: String,
+    },
+}
+
+impl ResponseHead {
+    pub(crate) fn echo(frame: &Bytes, envelope: &Envelope<'_>) -> ResponseHead {
+        let bounds = frame.as_ptr_range();
+        let range = |s: &str| {
+            let start = s.as_ptr();
+            (bounds.contains(&start) && start.wrapping_add(s.len()) <= bounds.end).then(|| {
+                let offset = start as usize - bounds.start as usize;
+                offset..offset + s.len()
+            })
+        };
+        match (
+            range(envelope.request_id().get()),
+            range(envelope.service()),
+            range(envelope.endpoint()),
+        ) {
+            (Some(request_id), Some(service), Some(endpoint)) => ResponseHead::Echo {
+                frame: frame.clone(),
+                request_id,
+                service,
+                endpoint,
+            },
+            _ => response_head(
+                envelope.request_id().get(),
+                envelope.service(),
+                envelope.endpoint(),
+            ),
+        }
+    }
+
+    /// The response header's four keys.
+    pub(crate) fn header(&self) -> HeaderOut<'_> {
+        let (request_id, service, endpoint) = match self {
+            ResponseHead::Owned {
+                request_id,
+                service,
+                endpoint,
+            } => (request_id.as_str(), service.as_str(), endpoint.as_str()),
+            ResponseHead::Echo {
+                frame,
+                request_id,
+                service,
+                endpoint,
+            } => {
+                // The ranges came from `&str`s of this frame: always UTF-8.
+                let text =
+                    |range: &Range<usize>| std::str::from_utf8(&frame[range.clone()]).unwrap_or("");
+                (text(request_id), text(service), text(endpoint))
+            }
+        };
+        HeaderOut {
+            request_id: RequestIdOut::Raw(request_id),
+            service,
+            endpoint,
+            is_response: true,
+        }
+    }
+}
+
+/// The answer one request owes. Dropping it unanswered (the server closed) still settles the
+/// request's accounting, so `in_flight` can never leak.
+pub(crate) struct Reply {
+    pub(super) conn: Arc<ServerConnection>,
+    /// The response header up to and including `"is_response":true`.
+    head: ResponseHead,
+    /// The endpoint called; `None` for requests no endpoint took (unknown, malformed, refused).
+    pub(super) entry: Option<Arc<EndpointEntry>>,
+    /// When the request arrived; `None` when stats are off.
+    pub(super) received: Option<Instant>,
+    /// The accounting is done (see `settle`).
+    settled: bool,
+    /// The caller's remaining wait (`timeout_ms`), past which the handler is stopped.
+    pub(super) timeout_ms: Option<u64>,
+}
+
+impl Reply {
+    pub(crate) fn new(
+        conn: Arc<ServerConnection>,
+        head: ResponseHead,
+        entry: Option<Arc<EndpointEntry>>,
+    ) -> Self {
+        let manager = conn.manager();
+        manager.drain.request_started();
+        conn.in_flight.fetch_add(1, Ordering::Relaxed);
+        let received = manager.stats_enabled().then(Instant::now);
+        Reply {
+            conn,
+            head,
+            entry,
+            received,
+            settled: false,
+            timeout_ms: None,
+        }
+    }
+
+    pub(crate) fn with_timeout(mut self, timeout_ms: Option<u64>) -> Self {
+        self.timeout_ms = timeout_ms;
+        self
+    }
+
+    pub(crate) fn endpoint(&self) -> &str {
+        self.entry.as_ref().map_or("", |entry| &entry.name)
+    }
+
+    /// Answers with `value` as the body; a value that fails to serialize becomes a `handler`
+    /// error.
+    pub(crate) fn ok<T: Serialize + ?Sized>(mut self, value: &T) {
+        self.settle(false);
+        let header = self.head.header();
+        let pushed = self.conn.queue().push(|out| {
+            encode_frame(out, |out| {
+                write_envelope(out, &header, &Extensions::response(None), |out| {
+                    serde_json::to_writer(&mut *out, value)
+                })
+            })
+        });
+        match pushed {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                let message = format!(
+                    "cannot serialize the result of `{}`: {err}",
+                    self.endpoint()
+                );
+                tracing::error!(endpoint = self.endpoint(), "{message}");
+                // Already counted as a success: count the failure it turned out to be.
+                if let Some(entry) = &self.entry {
+                    entry.counters.count_error();
+                }
+                self.error(ErrorCode::Handler, &message);
+            }
+            Err(_closed) => {
+                tracing::debug!(
+                    endpoint = self.endpoint(),
+                    "reply dropped: connection closed"
+                )
+            }
+        }
+    }
+
+    /// Answers with a service method's typed error: code `handler`, the error as JSON under
+    /// `data` for our clients, and as text under `error` for Velithon's.
+    pub(crate) fn service_error<E: Serialize + ?Sized>(mut self, err: &E) {
+        let data = match serde_json::value::to_raw_value(err) {
+            Ok(data) => data,
+            Err(ser) => {
+                let message = format!("cannot serialize the error of `{}`: {ser}", self.endpoint());
+                return self.error(ErrorCode::Handler, &message);
+            }
+        };
+        // A string error reads as itself; anything else as its JSON.
+        let message =
+            serde_json::from_str::<String>(data.get()).unwrap_or_else(|_| data.get().to_owned());
+        self.conn.manager().stats.error_sent(&ErrorCode::Handler);
+        self.settle(true);
+        let pushed = self.push_error(&ErrorCode::Handler, |out| {
+            write_service_error_body(out, &message, &data)
+        });
+        if pushed.is_err() {
+            tracing::debug!(
+                endpoint = self.endpoint(),
+                "error reply dropped: connection closed"
+            );
+        }
+    }
+
+    /// Answers with an error: `{"error": message}` in the body, `code` in the header.
+    pub(crate) fn error(mut self, code: ErrorCode, message: &str) {
+        self.conn.manager().stats.error_sent(&code);
+        self.settle(true);
+        let pushed = self.push_error(&code, |out| write_error_body(out, message));
+        if pushed.is_err() {
+            tracing::debug!(
+                endpoint = self.endpoint(),
+                "error reply dropped: connection closed"
+            );
+        }
+    }
+}
+
+impl Reply {
+    /// Queues an error response whose body `write_body` writes.
+    fn push_error(
+        &self,
+        code: &ErrorCode,
+        write_body: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), QueueClosed> {
+        let header = self.head.header();
+        let pushed = self.conn.queue().push(|out| {
+            encode_frame(out, |out| {
+                write_envelope(out, &header, &Extensions::response(Some(code)), |out| {
+                    write_body(out);
+                    Ok::<_, std::convert::Infallible>(())
+                })
+            })
+        });
+        pushed.map(|_| ())
+    }
+
+    /// Settles the request's accounting, once: before the answer is queued, so a caller that has
+    /// its answer also finds it in the stats.
+    fn settle(&mut self, failed: bool) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let elapsed = self.received.map(|received| received.elapsed());
+        let manager = self.conn.manager();
+        manager.drain.request_finished();
+        if let Some(elapsed) = elapsed {
+            manager.stats.request_finished(elapsed);
+        }
+        if let (Some(entry), Some(elapsed)) = (&self.entry, elapsed) {
+            entry.counters.record(elapsed, failed);
+        }
+    }
+}
+
+impl Drop for Reply {
+    /// A reply dropped unanswered (the server closed) still settles, so `in_flight` never leaks.
+    fn drop(&mut self) {
+        self.settle(false);
+    }
+}
