@@ -1,16 +1,17 @@
-//! A standalone `user-service`: `cargo run --example user_service -- --addr 127.0.0.1:9090`.
+//! A standalone `user-service`: `cargo run --example user_service -- --addr 127.0.0.1:9090`, or
+//! on a Unix socket: `--addr unix:/run/vsp/user.sock` (a stale socket file from a crashed run is
+//! replaced; the file is removed on exit).
 //!
 //! `--mdns` also announces it over multicast DNS; `--consul http://127.0.0.1:8500` registers it
 //! with that Consul agent (with a TCP check). Both are withdrawn on exit.
 //! Prints `listening on <addr>` once ready; shuts down gracefully on SIGINT or SIGTERM.
 
-use std::net::SocketAddr;
-
+use vsp::transport::Address;
 use vsp::{ConsulConfig, ConsulDiscovery, MdnsDiscovery, ServiceMesh, VspManager};
 use vsp_suite::user_service::{UserServiceClient, UserServiceServer, Users};
 
 const USAGE: &str =
-    "usage: user_service [--addr HOST:PORT] [--mdns | --consul AGENT_URL] [--weight W]   (default 127.0.0.1:9090)";
+    "usage: user_service [--addr HOST:PORT | --addr unix:/PATH] [--mdns | --consul AGENT_URL] [--weight W]   (default 127.0.0.1:9090)";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,7 +19,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
 
-    let mut addr: SocketAddr = "127.0.0.1:9090".parse()?;
+    let mut addr = Address::tcp("127.0.0.1", 9090);
     let mut mdns = false;
     let mut consul: Option<String> = None;
     let mut weight = 1.0;
@@ -64,9 +65,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let manager = builder.build();
     manager.serve(UserServiceServer::new(Users::default()))?;
-    let bound = manager
-        .start_server(&addr.ip().to_string(), addr.port())
-        .await?;
+    if let Some(dir) = addr.unix_path().and_then(|path| path.parent()) {
+        // Like systemd's RuntimeDirectory: the socket's directory is made if it is missing.
+        std::fs::create_dir_all(dir)?;
+    }
+    let bound = manager.start_server_at(&addr).await?;
     // Listening for the signals before saying so: a SIGTERM right after the line still drains.
     let stop = stop_signal()?;
     println!("listening on {bound}");

@@ -1,16 +1,14 @@
 //! Consul discovery and registration, against a fake agent that follows the documented API
-//! (no real Consul agent can be installed on these machines; see tests/fake_consul).
-
-mod fake_consul;
+//! (no real Consul agent can be installed on these machines; see tests/support).
 
 use std::time::Duration;
 
-use fake_consul::{CheckStatus, FakeConsul};
 use serde_json::{json, Value};
 use vsp::{
     ConsulCheck, ConsulConfig, ConsulDiscovery, ServiceMesh, VspClient, VspError, VspManager,
     WeightedBalancer,
 };
+use vsp_test_support::fake_consul::{CheckStatus, FakeConsul};
 
 const SERVICE: &str = "echo-service";
 

@@ -99,3 +99,60 @@ async fn user_service_serves_and_stops_gracefully_on_sigterm() {
     assert!(exit.success(), "user_service exited with {exit}");
     assert_eq!(output.await.unwrap(), ["shutting down"]);
 }
+
+#[tokio::test]
+async fn user_service_serves_on_a_unix_socket_and_removes_it_on_exit() {
+    let dir = std::env::temp_dir().join(format!("vsp-example-unix-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // The socket's directory does not exist yet: the example makes it, as systemd would.
+    let path = dir.join("run/vsp/user.sock");
+    let address = format!("unix:{}", path.display());
+    let mut child = Command::new(example_binary("user_service"))
+        .args(["--addr", &address])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (first_tx, first_line) = tokio::sync::oneshot::channel();
+    // Reads stdout to the end, so the example's later output never hits a closed pipe.
+    let output = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = first_tx.send(lines.next());
+        lines.map_while(Result::ok).collect::<Vec<_>>()
+    });
+    let line = tokio::time::timeout(Duration::from_secs(30), first_line)
+        .await
+        .expect("user_service never said it was listening")
+        .unwrap()
+        .expect("user_service printed nothing")
+        .unwrap();
+    assert_eq!(line.trim(), format!("listening on {address}"));
+
+    let mesh = ServiceMesh::new();
+    mesh.register(ServiceInfo::at("user-service", address.parse().unwrap()))
+        .unwrap();
+    let client = VspClient::builder(mesh).build();
+    let user = client
+        .call("user-service", "get_user", json!({"user_id": "123"}))
+        .await
+        .unwrap();
+    assert_eq!(user["name"], "John Doe");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .expect("user_service did not exit after SIGTERM")
+    .unwrap()
+    .unwrap();
+    assert!(exit.success(), "user_service exited with {exit}");
+    assert_eq!(output.await.unwrap(), ["shutting down"]);
+    assert!(!path.exists(), "the socket file is removed on exit");
+    let _ = std::fs::remove_dir_all(&dir);
+}

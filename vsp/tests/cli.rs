@@ -1,8 +1,5 @@
 //! The `vsp` command line, run as a built binary against real servers started in the test.
 
-#[path = "../../tests/fake_consul/mod.rs"]
-mod fake_consul;
-
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Output, Stdio};
@@ -282,7 +279,7 @@ async fn bench_reports_calls_latencies_and_errors_as_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discover_lists_the_instances_consul_knows() {
-    let fake = fake_consul::FakeConsul::start().await;
+    let fake = vsp_test_support::fake_consul::FakeConsul::start().await;
     let check = ConsulCheck::Tcp {
         interval: Duration::from_millis(50),
         timeout: Duration::from_millis(200),
@@ -315,4 +312,69 @@ async fn discover_lists_the_instances_consul_knows() {
 
     let usage = vsp(args(&["discover", "echo-service"]), None).await;
     assert_eq!(usage.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_health_and_bench_reach_a_server_on_a_unix_socket() {
+    let dir = std::env::temp_dir().join(format!("vsp-cli-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("echo.sock");
+    let manager = VspManager::builder("echo-service").build();
+    manager
+        .endpoint("echo", |body: Value| async move { Ok::<_, String>(body) })
+        .unwrap();
+    let address = vsp::Address::unix(&path);
+    manager.start_server_at(&address).await.unwrap();
+
+    for target in [
+        format!("unix:{}", path.display()),
+        format!("unix://{}", path.display()),
+    ] {
+        let call = vsp(
+            args(&["call", &target, "echo", r#"{"a":1}"#, "--compact"]),
+            None,
+        )
+        .await;
+        assert!(call.status.success(), "{target}: {}", stderr(&call));
+        assert_eq!(stdout(&call).trim(), r#"{"a":1}"#);
+    }
+    let target = address.to_string();
+    let health = vsp(args(&["health", &target]), None).await;
+    assert!(health.status.success(), "{}", stderr(&health));
+    assert!(
+        stdout(&health).starts_with(&format!("{target}\thealthy\t")),
+        "{}",
+        stdout(&health)
+    );
+    let by_name = vsp(
+        args(&[
+            "call",
+            "echo-service",
+            "echo",
+            "--static",
+            &target,
+            "--compact",
+        ]),
+        None,
+    )
+    .await;
+    assert!(by_name.status.success(), "{}", stderr(&by_name));
+    let bench = vsp(
+        args(&["bench", &target, "echo", "-c", "4", "-n", "200", "--json"]),
+        None,
+    )
+    .await;
+    assert!(bench.status.success(), "{}", stderr(&bench));
+    let report: Value = serde_json::from_str(&stdout(&bench)).unwrap();
+    assert_eq!(report["ok"].as_u64(), Some(200), "{report}");
+
+    let memory = vsp(args(&["call", "memory:x", "echo"]), None).await;
+    assert_eq!(memory.status.code(), Some(2));
+    assert!(
+        stderr(&memory).contains("only inside the process"),
+        "{}",
+        stderr(&memory)
+    );
+    manager.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,18 +3,18 @@
 //! Exit codes: 0 success, 1 the service answered with an error, 2 usage error (bad arguments,
 //! bad JSON), 3 connection or discovery failure.
 
-mod bench;
-mod target;
+mod commands;
+mod discovery_args;
 
 use std::io::Read;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use serde_json::Value;
 use vsp::VspError;
 
-use target::{Resolved, TargetArgs};
+use commands::{bench, call, discover, health};
 
 #[derive(Parser)]
 #[command(
@@ -30,45 +30,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Calls an endpoint and prints the response body as JSON.
-    Call {
-        #[command(flatten)]
-        target: TargetArgs,
-        /// The endpoint to call.
-        endpoint: String,
-        /// The request body: JSON, `@file.json`, or `-` for stdin (default `{}`).
-        body: Option<String>,
-        /// Prints the response on one line.
-        #[arg(long)]
-        compact: bool,
-    },
+    Call(call::CallArgs),
     /// Calls the built-in `health` endpoint of every instance, with its round-trip time.
-    Health {
-        #[command(flatten)]
-        target: TargetArgs,
-    },
+    Health(health::HealthArgs),
     /// Lists the instances of a service found by mDNS or Consul.
-    Discover(DiscoverArgs),
+    Discover(discover::DiscoverArgs),
     /// Load-tests an endpoint: calls/s, latency percentiles, errors by code.
     Bench(bench::BenchArgs),
-}
-
-#[derive(Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["mdns", "consul"])))]
-struct DiscoverArgs {
-    /// The service name.
-    service: String,
-    /// Browses multicast DNS.
-    #[arg(long)]
-    mdns: bool,
-    /// Asks the Consul agent at this URL.
-    #[arg(long, value_name = "URL")]
-    consul: Option<String>,
-    /// How long to look before listing (default 3s).
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
-    timeout: Duration,
-    /// Keeps running and prints every change.
-    #[arg(long)]
-    watch: bool,
 }
 
 /// A failure, with the exit code it maps to.
@@ -187,127 +155,9 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Call {
-            target,
-            endpoint,
-            body,
-            compact,
-        } => {
-            let body = read_body(body.as_deref())?;
-            let resolved = target.resolve()?;
-            let response = resolved
-                .client
-                .call(&resolved.service, &endpoint, body)
-                .await
-                .map_err(|err| explain(err, &target.target, &endpoint))?;
-            let text = if compact {
-                serde_json::to_string(&response)
-            } else {
-                serde_json::to_string_pretty(&response)
-            };
-            println!("{}", text.unwrap_or_default());
-            Ok(())
-        }
-        Command::Health { target } => health(target.resolve()?, target.timeout).await,
-        Command::Discover(args) => discover(args).await,
+        Command::Call(args) => call::run(args).await,
+        Command::Health(args) => health::run(args).await,
+        Command::Discover(args) => discover::run(args).await,
         Command::Bench(args) => bench::run(args).await,
-    }
-}
-
-async fn health(resolved: Resolved, timeout: Duration) -> Result<(), Failure> {
-    let instances = resolved.wait_for_instances(timeout).await?;
-    let mut worst: Option<Failure> = None;
-    for instance in instances {
-        let endpoint = instance.info.endpoint();
-        let client = target::direct_client(
-            &resolved.service,
-            instance.info.host(),
-            instance.info.port(),
-            timeout,
-        )?;
-        let started = Instant::now();
-        match client
-            .call(
-                &resolved.service,
-                vsp::server::HEALTH_ENDPOINT,
-                serde_json::json!({}),
-            )
-            .await
-        {
-            Ok(answer) => {
-                let status = answer["status"].as_str().unwrap_or("unknown").to_owned();
-                println!(
-                    "{endpoint}\t{status}\t{:.2} ms",
-                    started.elapsed().as_secs_f64() * 1000.0
-                );
-            }
-            Err(err) => {
-                println!("{endpoint}\tunreachable\t{err}");
-                let failure = Failure::from(err);
-                if worst.as_ref().is_none_or(|w| failure.code > w.code) {
-                    worst = Some(failure);
-                }
-            }
-        }
-    }
-    match worst {
-        Some(failure) => Err(failure),
-        None => Ok(()),
-    }
-}
-
-async fn discover(args: DiscoverArgs) -> Result<(), Failure> {
-    let resolved = target::discovering(
-        &args.service,
-        args.mdns,
-        args.consul.as_deref(),
-        args.timeout,
-    )?;
-    let print = |instances: &[vsp::InstanceState]| {
-        for instance in instances {
-            println!(
-                "{}\tweight {}\t{:?}",
-                instance.info.endpoint(),
-                instance.info.weight(),
-                instance.info.status()
-            );
-        }
-    };
-    let mut seen = match resolved.wait_for_instances(args.timeout).await {
-        Ok(instances) => instances,
-        Err(failure) if args.watch => {
-            eprintln!("vsp: {}", failure.message);
-            Vec::new()
-        }
-        Err(failure) => return Err(failure),
-    };
-    print(&seen);
-    if !args.watch {
-        return Ok(());
-    }
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-        let now = resolved.mesh.instances(&resolved.service);
-        let key = |i: &vsp::InstanceState| (i.info.endpoint(), i.info.weight().to_bits());
-        for gone in seen
-            .iter()
-            .filter(|old| !now.iter().any(|new| key(new) == key(old)))
-        {
-            println!("- {}\tweight {}", gone.info.endpoint(), gone.info.weight());
-        }
-        for added in now
-            .iter()
-            .filter(|new| !seen.iter().any(|old| key(new) == key(old)))
-        {
-            println!(
-                "+ {}\tweight {}",
-                added.info.endpoint(),
-                added.info.weight()
-            );
-        }
-        seen = now;
     }
 }

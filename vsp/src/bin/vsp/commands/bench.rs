@@ -11,11 +11,12 @@ use serde::Serialize;
 use serde_json::Value;
 use vsp::VspError;
 
-use crate::target::TargetArgs;
+use crate::discovery_args::TargetArgs;
 use crate::{parse_duration, read_body, Failure};
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("amount").required(true).args(["calls", "duration"])))]
+/// Load-tests an endpoint: calls/s, latency percentiles, errors by code.
 pub(crate) struct BenchArgs {
     #[command(flatten)]
     target: TargetArgs,

@@ -1,8 +1,7 @@
 //! A fake Consul agent for the tests: no real agent can be installed on these machines. It keeps
-//! state and follows ../shared/consul-api.md: service register and deregister, TCP checks that
+//! state and follows Consul's documented HTTP API: service register and deregister, TCP checks that
 //! really dial the instance, TTL checks with pass/warn/fail, the `passing` filter, and blocking
 //! queries that wait until the index changes or `wait` passes. It speaks just enough HTTP/1.1.
-#![allow(dead_code)] // each test uses its own part
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,0 +1,81 @@
+//! `vsp discover`: lists the instances of a service found by mDNS or Consul.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::discovery_args::{DiscoveryArgs, Resolved};
+use crate::{parse_duration, Failure};
+
+/// Lists the instances of a service found by mDNS or Consul.
+#[derive(Args)]
+pub(crate) struct DiscoverArgs {
+    /// The service name.
+    service: String,
+    #[command(flatten)]
+    discovery: DiscoveryArgs,
+    /// How long to look before listing (default 3s).
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Keeps running and prints every change.
+    #[arg(long)]
+    watch: bool,
+}
+
+pub(crate) async fn run(args: DiscoverArgs) -> Result<(), Failure> {
+    if !args.discovery.mdns && args.discovery.consul.is_none() {
+        return Err(Failure::usage("give --mdns or --consul"));
+    }
+    let resolved = Resolved::new(
+        &args.service,
+        args.discovery.mesh(&args.service, args.timeout)?,
+        args.timeout,
+    )?;
+    let print = |instances: &[vsp::InstanceState]| {
+        for instance in instances {
+            println!(
+                "{}\tweight {}\t{:?}",
+                instance.info.endpoint(),
+                instance.info.weight(),
+                instance.info.status()
+            );
+        }
+    };
+    let mut seen = match resolved.wait_for_instances(args.timeout).await {
+        Ok(instances) => instances,
+        Err(failure) if args.watch => {
+            eprintln!("vsp: {}", failure.message);
+            Vec::new()
+        }
+        Err(failure) => return Err(failure),
+    };
+    print(&seen);
+    if !args.watch {
+        return Ok(());
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let now = resolved.mesh.instances(&resolved.service);
+        let key = |i: &vsp::InstanceState| (i.info.endpoint(), i.info.weight().to_bits());
+        for gone in seen
+            .iter()
+            .filter(|old| !now.iter().any(|new| key(new) == key(old)))
+        {
+            println!("- {}\tweight {}", gone.info.endpoint(), gone.info.weight());
+        }
+        for added in now
+            .iter()
+            .filter(|new| !seen.iter().any(|old| key(new) == key(old)))
+        {
+            println!(
+                "+ {}\tweight {}",
+                added.info.endpoint(),
+                added.info.weight()
+            );
+        }
+        seen = now;
+    }
+}

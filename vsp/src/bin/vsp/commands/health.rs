@@ -1,0 +1,54 @@
+//! `vsp health`: calls the built-in `health` endpoint of every instance, with its round-trip time.
+
+use std::time::Instant;
+
+use clap::Args;
+
+use crate::discovery_args::{direct_client, TargetArgs};
+use crate::Failure;
+
+/// Calls the built-in `health` endpoint of every instance, with its round-trip time.
+#[derive(Args)]
+pub(crate) struct HealthArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+pub(crate) async fn run(args: HealthArgs) -> Result<(), Failure> {
+    let timeout = args.target.timeout;
+    let resolved = args.target.resolve()?;
+    let instances = resolved.wait_for_instances(timeout).await?;
+    let mut worst: Option<Failure> = None;
+    for instance in instances {
+        let endpoint = instance.info.endpoint();
+        let client = direct_client(&resolved.service, instance.info.address(), timeout)?;
+        let started = Instant::now();
+        match client
+            .call(
+                &resolved.service,
+                vsp::protocol::HEALTH_ENDPOINT,
+                serde_json::json!({}),
+            )
+            .await
+        {
+            Ok(answer) => {
+                let status = answer["status"].as_str().unwrap_or("unknown").to_owned();
+                println!(
+                    "{endpoint}\t{status}\t{:.2} ms",
+                    started.elapsed().as_secs_f64() * 1000.0
+                );
+            }
+            Err(err) => {
+                println!("{endpoint}\tunreachable\t{err}");
+                let failure = Failure::from(err);
+                if worst.as_ref().is_none_or(|w| failure.code > w.code) {
+                    worst = Some(failure);
+                }
+            }
+        }
+    }
+    match worst {
+        Some(failure) => Err(failure),
+        None => Ok(()),
+    }
+}

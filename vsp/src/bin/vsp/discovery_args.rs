@@ -1,0 +1,178 @@
+//! The flags every subcommand shares to find instances (`--static`, `--mdns`, `--consul`), and
+//! what `<target>` names: one address, or a service found through those flags.
+
+use std::time::Duration;
+
+use clap::Args;
+use vsp::transport::Address;
+use vsp::{
+    ConsulConfig, ConsulDiscovery, InstanceState, MdnsDiscovery, ServiceInfo, ServiceMesh,
+    VspClient,
+};
+
+use crate::{parse_duration, Failure};
+
+/// Where instances come from: one struct for every subcommand, which builds the mesh.
+#[derive(Args)]
+pub(crate) struct DiscoveryArgs {
+    /// Instances of the service, as `host:port` or `unix:/path`, comma separated.
+    #[arg(long = "static", value_name = "ADDR", value_delimiter = ',')]
+    pub(crate) static_instances: Vec<String>,
+    /// Finds the service by multicast DNS.
+    #[arg(long)]
+    pub(crate) mdns: bool,
+    /// Finds the service through the Consul agent at this URL.
+    #[arg(long, value_name = "URL")]
+    pub(crate) consul: Option<String>,
+}
+
+impl DiscoveryArgs {
+    pub(crate) fn given(&self) -> bool {
+        !self.static_instances.is_empty() || self.mdns || self.consul.is_some()
+    }
+
+    /// A mesh that finds `service` the way the flags say, waiting up to `timeout` for a first
+    /// answer.
+    pub(crate) fn mesh(&self, service: &str, timeout: Duration) -> Result<ServiceMesh, Failure> {
+        let sources = usize::from(!self.static_instances.is_empty())
+            + usize::from(self.mdns)
+            + usize::from(self.consul.is_some());
+        if sources > 1 {
+            return Err(Failure::usage(
+                "--static, --mdns and --consul exclude each other",
+            ));
+        }
+        if self.mdns {
+            return Ok(ServiceMesh::builder()
+                .discovery(MdnsDiscovery::new().first_resolution_wait(timeout))
+                .build());
+        }
+        if let Some(url) = &self.consul {
+            return Ok(ServiceMesh::builder()
+                .discovery(ConsulDiscovery::new(
+                    ConsulConfig::new(url)
+                        .service(service)
+                        .first_resolution_wait(timeout),
+                ))
+                .build());
+        }
+        if self.static_instances.is_empty() {
+            return Err(Failure::usage("give --static, --mdns or --consul"));
+        }
+        let mesh = ServiceMesh::new();
+        for instance in &self.static_instances {
+            let address = parse_address(instance)
+                .map_err(|reason| Failure::usage(format!("--static {reason}")))?;
+            mesh.register(ServiceInfo::at(service, address))
+                .map_err(|err| Failure::usage(err.to_string()))?;
+        }
+        Ok(mesh)
+    }
+}
+
+/// An address a separate process can dial: `host:port` or `unix:/path` (`memory:` names live
+/// inside one process only).
+pub(crate) fn parse_address(text: &str) -> Result<Address, String> {
+    match text.parse::<Address>() {
+        Ok(Address::Memory(_)) => Err(format!(
+            "`{text}`: in-memory addresses exist only inside the process that binds them"
+        )),
+        Ok(address) => Ok(address),
+        Err(_) => Err(format!("`{text}` is not host:port or unix:/path")),
+    }
+}
+
+/// `<target>` and how to reach it.
+#[derive(Args)]
+pub(crate) struct TargetArgs {
+    /// `host:port` or `unix:/path`, or a service name resolved with --static, --mdns or --consul.
+    pub(crate) target: String,
+    #[command(flatten)]
+    pub(crate) discovery: DiscoveryArgs,
+    /// The deadline of each call, discovery included (default 10s).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) timeout: Duration,
+    /// The service name written in requests to an address target (default: the target).
+    #[arg(long)]
+    pub(crate) service: Option<String>,
+}
+
+/// A client that reaches the target, and the service name to call.
+pub(crate) struct Resolved {
+    pub(crate) service: String,
+    pub(crate) mesh: ServiceMesh,
+    pub(crate) client: VspClient,
+}
+
+/// A client for the one instance at `address`, registered under `service`.
+pub(crate) fn direct_client(
+    service: &str,
+    address: &Address,
+    timeout: Duration,
+) -> Result<VspClient, Failure> {
+    let mesh = ServiceMesh::new();
+    mesh.register(ServiceInfo::at(service, address.clone()))
+        .map_err(|err| Failure::usage(err.to_string()))?;
+    Ok(VspClient::builder(mesh).timeout(timeout).build())
+}
+
+impl TargetArgs {
+    pub(crate) fn resolve(&self) -> Result<Resolved, Failure> {
+        if !self.discovery.given() {
+            let address = parse_address(&self.target).map_err(|reason| {
+                Failure::usage(format!(
+                    "{reason}; to call a service by name, give --static, --mdns or --consul"
+                ))
+            })?;
+            let service = self.service.clone().unwrap_or_else(|| self.target.clone());
+            let client = direct_client(&service, &address, self.timeout)?;
+            return Ok(Resolved {
+                mesh: client.mesh().clone(),
+                client,
+                service,
+            });
+        }
+        Resolved::new(
+            &self.target,
+            self.discovery.mesh(&self.target, self.timeout)?,
+            self.timeout,
+        )
+    }
+}
+
+impl Resolved {
+    pub(crate) fn new(
+        service: &str,
+        mesh: ServiceMesh,
+        timeout: Duration,
+    ) -> Result<Resolved, Failure> {
+        Ok(Resolved {
+            service: service.to_owned(),
+            client: VspClient::builder(mesh.clone()).timeout(timeout).build(),
+            mesh,
+        })
+    }
+
+    /// The instances of the service, once discovery found at least one (within `timeout`).
+    pub(crate) async fn wait_for_instances(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<InstanceState>, Failure> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let instances = self.mesh.instances(&self.service);
+            if !instances.is_empty() {
+                // A moment more, for the others answering at about the same time.
+                tokio::time::sleep(Duration::from_millis(200).min(timeout / 4)).await;
+                return Ok(self.mesh.instances(&self.service));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Failure::unreachable(format!(
+                    "no instance of `{}` found within {timeout:?}",
+                    self.service
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
