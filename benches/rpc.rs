@@ -24,7 +24,7 @@ use tarpc::server::Channel;
 use tarpc::tokio_serde::formats::{Bincode, Json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use vsp::{ServiceInfo, ServiceMesh, VspClient, VspManager, WorkerType};
+use vsp::{Address, ServiceInfo, ServiceMesh, VspClient, VspManager, WorkerType};
 
 // ---------------------------------------------------------------------------------------------
 // Counting allocations, for the "allocations per call" figure (one relaxed add per allocation,
@@ -136,9 +136,39 @@ async fn start_vsp(builder: vsp::VspManagerBuilder) -> (VspManager, SocketAddr) 
     (manager, addr)
 }
 
+/// A directory removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A VSP server on a Unix socket in a fresh directory (removed when the bench ends).
+async fn start_vsp_unix() -> (VspManager, Address, TempDir) {
+    let dir = std::env::temp_dir().join(format!("vsp-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manager = VspManager::builder("bench").build();
+    manager.serve(BenchApiServer::new(BenchImpl)).unwrap();
+    let addr = manager
+        .start_server_at(&Address::unix(dir.join("bench.sock")))
+        .await
+        .unwrap();
+    (manager, addr, TempDir(dir))
+}
+
 fn vsp_client(addrs: &[SocketAddr], mesh: ServiceMesh) -> BenchApiClient {
+    let addrs: Vec<Address> = addrs
+        .iter()
+        .map(|addr| Address::tcp("127.0.0.1", addr.port()))
+        .collect();
+    vsp_client_at(&addrs, mesh)
+}
+
+fn vsp_client_at(addrs: &[Address], mesh: ServiceMesh) -> BenchApiClient {
     for addr in addrs {
-        mesh.register(ServiceInfo::new("bench", "127.0.0.1", addr.port()))
+        mesh.register(ServiceInfo::at("bench", addr.clone()))
             .unwrap();
     }
     BenchApiClient::new(
@@ -631,11 +661,16 @@ async fn bench(settings: Settings) {
     let tarpc_bincode = Contender::TarpcBincode(start_tarpc!(Bincode::default));
     let (_vsp_server, vsp_addr) = start_vsp(VspManager::builder("bench")).await;
     let vsp = Contender::Vsp(vsp_client(&[vsp_addr], ServiceMesh::new()));
+    // The same VSP client and server code over a Unix domain socket: not a TCP contender, but
+    // what the transport seam costs or saves next to TCP on one machine.
+    let (_vsp_unix_server, vsp_unix_addr, _unix_dir) = start_vsp_unix().await;
+    let vsp_unix = Contender::Vsp(vsp_client_at(&[vsp_unix_addr], ServiceMesh::new()));
     let contenders = [
         ("raw TCP", &raw),
         ("tarpc json", &tarpc_json),
         ("tarpc bincode", &tarpc_bincode),
         ("VSP", &vsp),
+        ("VSP unix socket", &vsp_unix),
     ];
 
     // (a) one call in flight, (b) 64 concurrent, (c) 256 concurrent; both workloads.
@@ -701,8 +736,8 @@ async fn bench(settings: Settings) {
     println!(
         "\n## Ratios, VSP / peer, same run (throughput: higher is better; p50: lower is better)\n"
     );
-    println!("| scenario | workload | vs raw TCP | vs tarpc json | vs tarpc bincode | p50 vs tarpc json | p50 vs tarpc bincode |");
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!("| scenario | workload | vs raw TCP | vs tarpc json | vs tarpc bincode | p50 vs tarpc json | p50 vs tarpc bincode | VSP unix / VSP TCP |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for (s, (scenario, _)) in scenarios
         .iter()
         .enumerate()
@@ -713,14 +748,16 @@ async fn bench(settings: Settings) {
             let ratio = |c: usize| vsp.calls() / results[&(s, w, c)].calls();
             let p50_ratio =
                 |c: usize| vsp.p50().as_secs_f64() / results[&(s, w, c)].p50().as_secs_f64();
+            let unix = results[&(s, w, 4)].calls() / vsp.calls();
             println!(
-                "| {scenario} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                "| {scenario} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
                 workload.label(),
                 ratio(0),
                 ratio(1),
                 ratio(2),
                 p50_ratio(1),
-                p50_ratio(2)
+                p50_ratio(2),
+                unix
             );
         }
     }

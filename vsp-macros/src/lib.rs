@@ -3,6 +3,7 @@
 
 use proc_macro::TokenStream;
 
+mod attr;
 mod call;
 mod naming;
 mod service;

@@ -14,6 +14,7 @@ use syn::{
     Token, TraitItem, TraitItemFn, Type, Visibility,
 };
 
+use crate::attr::Once;
 use crate::naming::{const_name, kebab_case, suffixed};
 
 pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
@@ -30,7 +31,7 @@ struct ServiceArgs {
 
 impl Parse for ServiceArgs {
     fn parse(input: ParseStream) -> syn::Result<Self> {
-        let mut args = ServiceArgs::default();
+        let mut name_option = Once::new("name");
         while !input.is_empty() {
             let key: Ident = input.parse()?;
             if key != "name" {
@@ -47,12 +48,14 @@ impl Parse for ServiceArgs {
                     "the service name cannot be empty",
                 ));
             }
-            args.name = Some(name);
+            name_option.set(key.span(), name)?;
             if !input.is_empty() {
                 input.parse::<Token![,]>()?;
             }
         }
-        Ok(args)
+        Ok(ServiceArgs {
+            name: name_option.into_value(),
+        })
     }
 }
 
@@ -514,8 +517,8 @@ fn parse_method(method: TraitItemFn, errors: &mut Errors) -> Option<Method> {
         }
     }
 
-    let mut wire_name = sig.ident.to_string().trim_start_matches("r#").to_owned();
-    let mut idempotent = false;
+    let mut name_option = Once::new("name");
+    let mut idempotent_option = Once::new("idempotent");
     let mut kept_attrs = Vec::new();
     for attr in attrs {
         if !attr.path().is_ident("vsp") {
@@ -531,11 +534,9 @@ fn parse_method(method: TraitItemFn, errors: &mut Errors) -> Option<Method> {
                         "an endpoint name cannot be empty",
                     ));
                 }
-                wire_name = name.value();
-                Ok(())
+                name_option.set(meta.path.span(), name.value())
             } else if meta.path.is_ident("idempotent") {
-                idempotent = true;
-                Ok(())
+                idempotent_option.set(meta.path.span(), ())
             } else {
                 Err(meta.error("unknown `vsp` option; expected `name = \"...\"` or `idempotent`"))
             }
@@ -544,6 +545,10 @@ fn parse_method(method: TraitItemFn, errors: &mut Errors) -> Option<Method> {
             errors.push_error(err);
         }
     }
+    let wire_name = name_option
+        .into_value()
+        .unwrap_or_else(|| sig.ident.to_string().trim_start_matches("r#").to_owned());
+    let idempotent = idempotent_option.into_value().is_some();
 
     let ret: Type = match &sig.output {
         ReturnType::Default => syn::parse_quote!(()),

@@ -1,5 +1,6 @@
 //! VSP, the Velithon Service Protocol in Rust: call services by name over a service mesh, with
-//! multiplexed JSON-over-TCP connections that speak the same wire format as Velithon's Python VSP.
+//! multiplexed JSON connections (TCP, Unix domain sockets, or in memory) that speak the same wire
+//! format as Velithon's Python VSP.
 //!
 //! A service registers endpoints on a [`VspManager`] and serves them; a caller routes by service
 //! name through a [`ServiceMesh`] (discovery, health filter, load balancer) and a [`VspClient`]
@@ -46,10 +47,14 @@
 //! Most users write a trait and let [`service`] generate the server adapter and a typed client;
 //! [`VspClient::call`] and [`VspManager::endpoint`] are the same wire without a trait.
 //!
-//! Modules: [`protocol`] (the wire), [`server`] (endpoints, worker types, shutdown), [`client`]
-//! (pooled multiplexed connections, failover, retry budget), [`mesh`] (instances and their
-//! health), [`discovery`] (static; mDNS with feature `mdns`; Consul with feature `consul`) and
-//! [`balancer`] (round robin, smooth weighted, least loaded). Logging goes through `tracing`.
+//! Modules, from the bottom up (each depends only on those before it): [`protocol`] (the wire),
+//! [`transport`] (addresses, the [`Connector`](transport::Connector) and
+//! [`Listener`](transport::Listener) seam: TCP, Unix domain sockets, in-memory), [`instance`]
+//! (what is registered about an instance and its live health), [`balancer`] (round robin,
+//! smooth weighted, least loaded) and [`discovery`] (static; mDNS with feature `mdns`; Consul with
+//! feature `consul`), [`mesh`] (routing by service name), then [`client`] (pooled multiplexed
+//! connections, failover, retry budget) and [`server`] (endpoints, worker types, shutdown).
+//! Logging goes through `tracing`.
 //! Feature `cli` builds the `vsp` command line.
 
 #![deny(missing_docs)]
@@ -68,6 +73,9 @@ pub mod protocol;
 pub mod server;
 mod stats;
 pub mod transport;
+
+#[cfg(test)]
+mod layering;
 
 /// A boxed, sendable future: what the async methods of VSP's plug-in traits
 /// ([`Discovery`], [`Connector`](transport::Connector), [`Listener`](transport::Listener))
