@@ -1,0 +1,145 @@
+//! How a server is configured: [`VspManagerBuilder`] and its defaults.
+
+use std::sync::atomic::AtomicU8;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use super::announce::Announcement;
+use super::drain::Drain;
+use super::endpoint::HealthEndpoint;
+use super::{
+    EndpointEntry, Lifecycle, ManagerInner, Registry, ServerConfig, VspManager, WorkerType,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+};
+use crate::mesh::ServiceMesh;
+use crate::protocol::{DEFAULT_MAX_FRAME_SIZE, HEALTH_ENDPOINT};
+use crate::stats::{EndpointCounters, ServerStats};
+
+/// Builds a [`VspManager`].
+#[derive(Debug, Clone)]
+pub struct VspManagerBuilder {
+    name: String,
+    config: ServerConfig,
+    mesh: Option<ServiceMesh>,
+    weight: f64,
+    advertise_host: Option<String>,
+}
+
+impl VspManagerBuilder {
+    pub(super) fn new(name: String) -> Self {
+        VspManagerBuilder {
+            mesh: None,
+            weight: 1.0,
+            advertise_host: None,
+            name,
+            config: ServerConfig {
+                max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+                drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+                worker_type: WorkerType::Async,
+                stats: true,
+                max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+                max_requests_per_connection: DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+            },
+        }
+    }
+
+    /// The largest request frame accepted (default 16 MiB). A peer that announces a larger one
+    /// gets a `protocol` error and its connection is closed.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.config.max_frame_size = bytes;
+        self
+    }
+
+    /// How long [`VspManager::shutdown`] waits for running calls before it aborts them
+    /// (default 30 s).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.config.drain_timeout = timeout;
+        self
+    }
+
+    /// The most requests handled at once over all connections (default 10,000); beyond it,
+    /// requests are answered `overloaded` at once instead of queueing.
+    pub fn max_concurrent_requests(mut self, requests: usize) -> Self {
+        self.config.max_concurrent_requests = requests.max(1);
+        self
+    }
+
+    /// The most requests handled at once for one connection (default 1,024); beyond it, that
+    /// connection's requests are answered `overloaded` at once.
+    pub fn max_requests_per_connection(mut self, requests: usize) -> Self {
+        self.config.max_requests_per_connection = requests.max(1);
+        self
+    }
+
+    /// Announces the server through `mesh`'s discovery when it starts (mDNS, Consul, or the
+    /// static list itself), and withdraws it when it shuts down.
+    pub fn mesh(mut self, mesh: ServiceMesh) -> Self {
+        self.mesh = Some(mesh);
+        self
+    }
+
+    /// The weight announced for this instance (default 1.0).
+    pub fn weight(mut self, weight: f64) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// The host announced for this instance (default: the address it binds; when that is
+    /// `0.0.0.0` or `::`, each discovery announces the machine's addresses its own way).
+    pub fn advertise_host(mut self, host: impl Into<String>) -> Self {
+        self.advertise_host = Some(host.into());
+        self
+    }
+
+    /// Where handlers run (default [`WorkerType::Async`]).
+    pub fn worker_type(mut self, worker_type: WorkerType) -> Self {
+        self.config.worker_type = worker_type;
+        self
+    }
+
+    /// Whether every call records its processing time (default on). Off, the counters of
+    /// [`VspManager::get_performance_stats`] other than `in_flight`, `active_workers`, errors and
+    /// connections stay at zero.
+    pub fn stats(mut self, enabled: bool) -> Self {
+        self.config.stats = enabled;
+        self
+    }
+
+    /// Builds the manager. It serves nothing until [`VspManager::start_server`].
+    pub fn build(self) -> VspManager {
+        let (lifecycle, _) = watch::channel(Lifecycle::Idle);
+        let health: Arc<str> = Arc::from(HEALTH_ENDPOINT);
+        let registry = Registry::from([(
+            health.clone(),
+            Arc::new(EndpointEntry {
+                name: health,
+                endpoint: Box::new(HealthEndpoint),
+                counters: EndpointCounters::default(),
+                limiter: None,
+            }),
+        )]);
+        VspManager {
+            inner: Arc::new(ManagerInner {
+                name: self.name,
+                config: self.config,
+                registry: ArcSwap::from_pointee(registry),
+                registering: Mutex::new(()),
+                state: AtomicU8::new(Lifecycle::Idle as u8),
+                lifecycle,
+                stats: ServerStats::default(),
+                drain: Drain::default(),
+                workers: OnceLock::new(),
+                accepting: Mutex::new(None),
+                announcement: self.mesh.map(|mesh| Announcement {
+                    mesh,
+                    weight: self.weight,
+                    advertise_host: self.advertise_host,
+                    announced: Mutex::new(None),
+                }),
+            }),
+        }
+    }
+}
