@@ -25,16 +25,22 @@ fn example_binary(name: &str) -> PathBuf {
     path
 }
 
-#[tokio::test]
-async fn user_service_serves_and_stops_gracefully_on_sigterm() {
+/// Starts the example on `addr`; returns it, its first line (`listening on ...`), and the rest of
+/// its output once it exits (read to the end, so later output never hits a closed pipe).
+async fn start_user_service(
+    addr: &str,
+) -> (
+    std::process::Child,
+    String,
+    tokio::task::JoinHandle<Vec<String>>,
+) {
     let mut child = Command::new(example_binary("user_service"))
-        .args(["--addr", "127.0.0.1:0"])
+        .args(["--addr", addr])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let (first_tx, first_line) = tokio::sync::oneshot::channel();
-    // Reads stdout to the end, so the example's later output never hits a closed pipe.
     let output = tokio::task::spawn_blocking(move || {
         let mut lines = BufReader::new(stdout).lines();
         let _ = first_tx.send(lines.next());
@@ -46,6 +52,34 @@ async fn user_service_serves_and_stops_gracefully_on_sigterm() {
         .unwrap()
         .expect("user_service printed nothing")
         .unwrap();
+    (child, line, output)
+}
+
+/// Sends SIGTERM and checks the example drains, says so, and exits cleanly.
+async fn stop_gracefully(
+    mut child: std::process::Child,
+    output: tokio::task::JoinHandle<Vec<String>>,
+) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .expect("user_service did not exit after SIGTERM")
+    .unwrap()
+    .unwrap();
+    assert!(exit.success(), "user_service exited with {exit}");
+    assert_eq!(output.await.unwrap(), ["shutting down"]);
+}
+
+#[tokio::test]
+async fn user_service_serves_and_stops_gracefully_on_sigterm() {
+    let (child, line, output) = start_user_service("127.0.0.1:0").await;
     let addr: std::net::SocketAddr = line
         .trim()
         .strip_prefix("listening on ")
@@ -83,21 +117,7 @@ async fn user_service_serves_and_stops_gracefully_on_sigterm() {
         (Some("Ada"), Some("ada@lovelace.org"))
     );
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::task::spawn_blocking(move || child.wait()),
-    )
-    .await
-    .expect("user_service did not exit after SIGTERM")
-    .unwrap()
-    .unwrap();
-    assert!(exit.success(), "user_service exited with {exit}");
-    assert_eq!(output.await.unwrap(), ["shutting down"]);
+    stop_gracefully(child, output).await;
 }
 
 #[tokio::test]
@@ -107,25 +127,7 @@ async fn user_service_serves_on_a_unix_socket_and_removes_it_on_exit() {
     // The socket's directory does not exist yet: the example makes it, as systemd would.
     let path = dir.join("run/vsp/user.sock");
     let address = format!("unix:{}", path.display());
-    let mut child = Command::new(example_binary("user_service"))
-        .args(["--addr", &address])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (first_tx, first_line) = tokio::sync::oneshot::channel();
-    // Reads stdout to the end, so the example's later output never hits a closed pipe.
-    let output = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let _ = first_tx.send(lines.next());
-        lines.map_while(Result::ok).collect::<Vec<_>>()
-    });
-    let line = tokio::time::timeout(Duration::from_secs(30), first_line)
-        .await
-        .expect("user_service never said it was listening")
-        .unwrap()
-        .expect("user_service printed nothing")
-        .unwrap();
+    let (child, line, output) = start_user_service(&address).await;
     assert_eq!(line.trim(), format!("listening on {address}"));
 
     let mesh = ServiceMesh::new();
@@ -138,21 +140,7 @@ async fn user_service_serves_on_a_unix_socket_and_removes_it_on_exit() {
         .unwrap();
     assert_eq!(user["name"], "John Doe");
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::task::spawn_blocking(move || child.wait()),
-    )
-    .await
-    .expect("user_service did not exit after SIGTERM")
-    .unwrap()
-    .unwrap();
-    assert!(exit.success(), "user_service exited with {exit}");
-    assert_eq!(output.await.unwrap(), ["shutting down"]);
+    stop_gracefully(child, output).await;
     assert!(!path.exists(), "the socket file is removed on exit");
     let _ = std::fs::remove_dir_all(&dir);
 }
