@@ -96,11 +96,26 @@ pub fn client_builder_for(addr: SocketAddr) -> vsp::VspClientBuilder {
     VspClient::builder(mesh)
 }
 
-/// Waits until the server has at least `n` requests in flight.
-pub async fn wait_in_flight(manager: &VspManager, n: usize) {
-    while manager.get_performance_stats().in_flight < n {
+/// Polls `condition` every 5 ms until it holds; panics naming `what` after `bound`.
+pub async fn wait_until(what: &str, bound: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + bound;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {bound:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Waits (at most 10 s) until the server has at least `n` requests in flight.
+pub async fn wait_in_flight(manager: &VspManager, n: usize) {
+    wait_until(
+        &format!("{n} requests in flight on the server"),
+        Duration::from_secs(10),
+        || manager.get_performance_stats().in_flight >= n,
+    )
+    .await;
 }
 
 /// Starts a call to `sleep` that runs `ms` on the server, and returns once the server has it.
@@ -185,9 +200,14 @@ impl RawPeer {
 
     /// True if the server closed the connection (reads EOF) within 10 s.
     pub async fn is_closed_by_server(&mut self) -> bool {
+        self.is_closed_within(Duration::from_secs(10)).await
+    }
+
+    /// True if the server closed the connection (reads EOF or a reset) within `bound`.
+    pub async fn is_closed_within(&mut self, bound: Duration) -> bool {
         let mut buf = [0u8; 64];
         matches!(
-            tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut buf)).await,
+            tokio::time::timeout(bound, self.stream.read(&mut buf)).await,
             Ok(Ok(0)) | Ok(Err(_))
         )
     }

@@ -221,6 +221,10 @@ impl Connection {
                         Err(ReadError::Protocol(err)) => {
                             break format!("bad frame from the server: {err}")
                         }
+                        // Only guarded reads (the server's) give up on their own.
+                        Err(ReadError::Stalled { .. } | ReadError::Idle(_)) => {
+                            break "the read gave up".to_owned()
+                        }
                     }
                 };
                 state.close(reason);

@@ -2,8 +2,12 @@
 
 use std::io;
 
+use std::pin::Pin;
+use std::time::Duration;
+
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::time::{Instant, Sleep};
 
 use crate::error::ProtocolError;
 
@@ -29,8 +33,9 @@ pub(crate) fn encode_frame<E>(
         out.truncate(start);
         return Err(err);
     }
-    // Frames above u32::MAX cannot be written; the maximum frame size keeps us far below it.
-    let len = (out.len() - start - LENGTH_PREFIX_LEN) as u32;
+    // Callers check the size against the peer's limit before queueing (`frame_len`); a frame
+    // above `u32::MAX` is never announced with a wrapped length.
+    let len = u32::try_from(out.len() - start - LENGTH_PREFIX_LEN).unwrap_or(u32::MAX);
     out[start..start + LENGTH_PREFIX_LEN].copy_from_slice(&len.to_be_bytes());
     Ok(())
 }
@@ -42,7 +47,35 @@ pub(crate) enum ReadError {
     Io(io::Error),
     /// The length prefix broke the protocol; the connection must be closed.
     Protocol(ProtocolError),
+    /// The peer sent part of a frame and then nothing more for the frame deadline.
+    Stalled {
+        /// The frame deadline.
+        after: Duration,
+        /// Bytes of the unfinished frame received.
+        buffered: usize,
+    },
+    /// No call in flight and no new frame for the idle timeout.
+    Idle(Duration),
 }
+
+/// How long a server-side read may wait (see [`FrameReader::next_frame_within`]).
+pub(crate) struct Patience<'a> {
+    /// From the moment a frame is partly read to its last byte.
+    pub(crate) frame: Duration,
+    /// Without a call in flight, until the next frame starts.
+    pub(crate) idle: Duration,
+    /// Since when the connection has had no call in flight (`None` while it has some).
+    pub(crate) idle_since: &'a (dyn Fn() -> Option<Instant> + Sync),
+}
+
+/// `at + wait`, where a wait too long to represent means "never" (30 years, as tokio's).
+pub(crate) fn instant_after(at: Instant, wait: Duration) -> Instant {
+    at.checked_add(wait.min(FOREVER))
+        .unwrap_or_else(|| at + Duration::from_secs(86_400))
+}
+
+/// The longest wait a deadline is given; longer ones (`Duration::MAX`: "no limit") are clamped.
+pub(crate) const FOREVER: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// Reads frames from a byte stream into one growing buffer; each frame comes out as a `Bytes`
 /// that shares that buffer, so no frame is copied.
@@ -50,6 +83,10 @@ pub(crate) struct FrameReader<R> {
     io: R,
     buf: BytesMut,
     max_frame_size: usize,
+    /// When a read first had to wait in the middle of the current frame.
+    partial_since: Option<Instant>,
+    /// The wake-up of a guarded read, kept across reads so most reads register no timer.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -58,7 +95,83 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
             max_frame_size,
+            partial_since: None,
+            timer: None,
         }
+    }
+
+    /// As [`next_frame`](FrameReader::next_frame), but gives up on a peer that stalls in the
+    /// middle of a frame for `patience.frame` ([`ReadError::Stalled`]) or stays idle, with no
+    /// call in flight, for `patience.idle` ([`ReadError::Idle`]).
+    ///
+    /// Why one timer kept across reads: the deadlines only matter when a read waits, and a
+    /// busy connection reads thousands of times a second; the timer is re-armed only when it
+    /// fires (then the real condition is checked) or when a stalled frame needs it earlier.
+    pub(crate) async fn next_frame_within(
+        &mut self,
+        patience: &Patience<'_>,
+    ) -> Result<Option<Bytes>, ReadError> {
+        loop {
+            if let Some(frame) = self.try_split_frame()? {
+                self.partial_since = None;
+                return Ok(Some(frame));
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            let timer = self.timer.get_or_insert_with(|| {
+                Box::pin(tokio::time::sleep_until(instant_after(
+                    Instant::now(),
+                    patience.frame.min(patience.idle),
+                )))
+            });
+            if !self.buf.is_empty() {
+                let since = *self.partial_since.get_or_insert_with(Instant::now);
+                let due = instant_after(since, patience.frame);
+                if due < timer.deadline() {
+                    timer.as_mut().reset(due);
+                }
+            }
+            let read = tokio::select! {
+                biased;
+                read = self.io.read_buf(&mut self.buf) => read.map_err(ReadError::Io)?,
+                () = timer.as_mut() => {
+                    let now = Instant::now();
+                    let stalled_due = self.partial_since.map(|since| instant_after(since, patience.frame));
+                    let idle_due = (patience.idle_since)().map(|since| instant_after(since, patience.idle));
+                    if stalled_due.is_some_and(|due| due <= now) {
+                        return Err(ReadError::Stalled { after: patience.frame, buffered: self.buf.len() });
+                    }
+                    if self.buf.is_empty() && idle_due.is_some_and(|due| due <= now) {
+                        return Err(ReadError::Idle(patience.idle));
+                    }
+                    // Not yet: wake again at the earliest moment either could be due.
+                    let next = [stalled_due, idle_due.filter(|_| self.buf.is_empty())]
+                        .into_iter()
+                        .flatten()
+                        .min()
+                        .unwrap_or_else(|| instant_after(now, patience.idle));
+                    timer.as_mut().reset(next);
+                    continue;
+                }
+            };
+            if read == 0 {
+                return self.end_of_stream();
+            }
+        }
+    }
+
+    fn end_of_stream(&self) -> Result<Option<Bytes>, ReadError> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        Err(ReadError::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "peer closed the connection {} bytes into a frame",
+                self.buf.len()
+            ),
+        )))
     }
 
     /// The next frame's JSON, or `None` when the peer closed the stream between frames.
@@ -78,16 +191,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 .await
                 .map_err(ReadError::Io)?;
             if read == 0 {
-                if self.buf.is_empty() {
-                    return Ok(None);
-                }
-                return Err(ReadError::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "peer closed the connection {} bytes into a frame",
-                        self.buf.len()
-                    ),
-                )));
+                return self.end_of_stream();
             }
         }
     }

@@ -12,7 +12,8 @@ use super::drain::Drain;
 use super::endpoint::HealthEndpoint;
 use super::{
     EndpointEntry, Lifecycle, ManagerInner, Registry, ServerConfig, VspManager, WorkerType,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_REQUESTS_PER_CONNECTION,
 };
 use crate::mesh::ServiceMesh;
 use crate::protocol::{DEFAULT_MAX_FRAME_SIZE, HEALTH_ENDPOINT};
@@ -42,6 +43,8 @@ impl VspManagerBuilder {
                 stats: true,
                 max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
                 max_requests_per_connection: DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+                frame_timeout: DEFAULT_FRAME_TIMEOUT,
+                idle_timeout: DEFAULT_IDLE_TIMEOUT,
             },
         }
     }
@@ -71,6 +74,22 @@ impl VspManagerBuilder {
     /// connection's requests are answered `overloaded` at once.
     pub fn max_requests_per_connection(mut self, requests: usize) -> Self {
         self.config.max_requests_per_connection = requests.max(1);
+        self
+    }
+
+    /// How long a peer may take to send the rest of a request frame once its first bytes
+    /// arrived (default 30 s). A peer that stalls in the middle of a frame is disconnected when
+    /// it passes, so half-sent frames cannot pin connections.
+    pub fn frame_timeout(mut self, timeout: Duration) -> Self {
+        self.config.frame_timeout = timeout;
+        self
+    }
+
+    /// How long a connection with no request in flight stays open without a new request
+    /// (default 5 minutes; longer than a client's own idle timeout, 90 s, so a client normally
+    /// closes first). `Duration::MAX` keeps idle connections open.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = timeout;
         self
     }
 

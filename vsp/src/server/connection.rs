@@ -4,7 +4,7 @@
 //! leave in completion order. A bad frame is answered (or, when not even its request id can be
 //! read, ends this connection) and touches no other connection.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,7 +16,7 @@ use super::reply::{response_head, Reply, ResponseHead, ServerConnection};
 use super::{Lifecycle, ManagerInner};
 use crate::error::{ErrorCode, ProtocolError};
 use crate::protocol::frame::encode_frame;
-use crate::protocol::frame::{FrameReader, ReadError};
+use crate::protocol::frame::{FrameReader, Patience, ReadError};
 use crate::protocol::{
     is_json_object, salvage_request_id, write_envelope, write_error_body, Envelope, Extensions,
     HeaderOut, RequestIdOut, HEALTH_ENDPOINT,
@@ -65,8 +65,16 @@ pub(crate) async fn serve_connection(io: Io, peer: Address, manager: Arc<Manager
         manager: manager.clone(),
         queue,
         in_flight: AtomicUsize::new(0),
+        opened: tokio::time::Instant::now(),
+        idle_since_ms: AtomicU64::new(0),
     });
     let mut frames = FrameReader::new(read, manager.config.max_frame_size);
+    let idle_since = || conn.idle_since();
+    let patience = Patience {
+        frame: manager.config.frame_timeout,
+        idle: manager.config.idle_timeout,
+        idle_since: &idle_since,
+    };
     let mut lifecycle = manager.lifecycle();
     let mut announced = false;
     loop {
@@ -87,7 +95,7 @@ pub(crate) async fn serve_connection(io: Io, peer: Address, manager: Arc<Manager
             // A peer that sends requests but does not read the answers is no longer read.
             next = async {
                 conn.queue.wait_for_backlog_below(MAX_WRITE_BACKLOG).await;
-                frames.next_frame().await
+                frames.next_frame_within(&patience).await
             } => next,
         };
         match next {
@@ -108,6 +116,14 @@ pub(crate) async fn serve_connection(io: Io, peer: Address, manager: Arc<Manager
             }
             Err(ReadError::Io(err)) => {
                 tracing::debug!(%peer, "connection read side ended: {err}");
+                break;
+            }
+            Err(ReadError::Stalled { after, buffered }) => {
+                tracing::warn!(%peer, "closing connection: {buffered} bytes of a frame, then nothing for {after:?}");
+                break;
+            }
+            Err(ReadError::Idle(after)) => {
+                tracing::debug!(%peer, "closing connection: idle for {after:?}");
                 break;
             }
         }

@@ -89,7 +89,14 @@ pub(crate) struct ServerConfig {
     stats: bool,
     pub(crate) max_concurrent_requests: usize,
     pub(crate) max_requests_per_connection: usize,
+    pub(crate) frame_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
 }
+
+/// The default bound on receiving one request frame once its first bytes arrived.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default time after which a server closes a connection with no request in flight.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// The default bound on requests being handled at once, over all connections.
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 10_000;

@@ -4,7 +4,7 @@
 //! answer through it; with the reply here, both depend on this file and not on each other.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,6 +27,10 @@ pub(crate) struct ServerConnection {
     pub(super) queue: Arc<WriteQueue>,
     /// Requests of this connection not answered yet.
     pub(crate) in_flight: AtomicUsize,
+    /// When the connection opened: the origin of `idle_since_ms`.
+    pub(crate) opened: tokio::time::Instant,
+    /// When `in_flight` last fell to zero, in milliseconds since `opened` (for the idle timeout).
+    pub(crate) idle_since_ms: AtomicU64,
 }
 
 impl ServerConnection {
@@ -36,6 +40,15 @@ impl ServerConnection {
 
     pub(crate) fn queue(&self) -> &WriteQueue {
         &self.queue
+    }
+
+    /// Since when no request of this connection has been in flight (`None` while one is).
+    pub(crate) fn idle_since(&self) -> Option<tokio::time::Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let ms = self.idle_since_ms.load(Ordering::Relaxed);
+        Some(self.opened + std::time::Duration::from_millis(ms))
     }
 }
 
@@ -279,7 +292,11 @@ impl Reply {
             return;
         }
         self.settled = true;
-        self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.conn.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let idle_ms = self.conn.opened.elapsed().as_millis();
+            let idle_ms = u64::try_from(idle_ms).unwrap_or(u64::MAX);
+            self.conn.idle_since_ms.store(idle_ms, Ordering::Relaxed);
+        }
         let elapsed = self.received.map(|received| received.elapsed());
         let manager = self.conn.manager();
         manager.drain.request_finished();
