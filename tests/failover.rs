@@ -229,8 +229,13 @@ async fn a_blackholed_instance_costs_deadline_errors_then_is_ejected() {
             Err(other) => panic!("unexpected {other:?}"),
         }
     }
-    // Three consecutive failures eject it; after that every call goes to the live one.
-    assert_eq!(timeouts, 3);
+    // A call that times out hearing nothing is not a failure yet: a `health` call on the same
+    // connection checks it (within the call's timeout) while new calls take other connections.
+    // Three confirmed dead connections eject it; after that every call goes to the live one.
+    assert!(
+        (3..=5).contains(&timeouts),
+        "{timeouts} timeouts before the blackhole was ejected"
+    );
     assert_eq!(status_of(&mesh, hole.port()), HealthStatus::Unhealthy);
 }
 

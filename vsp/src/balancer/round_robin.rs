@@ -53,6 +53,7 @@ mod tests {
             .map(|(port, status)| {
                 Arc::new(Instance::new(
                     ServiceInfo::new("svc", "127.0.0.1", port as u16 + 1).with_status(*status),
+                    None,
                 ))
             })
             .collect()

@@ -36,6 +36,7 @@ pub(super) struct ClientConfig {
     pub(super) retry_ratio: f64,
     pub(super) retry_reserve: u32,
     pub(super) health_check_interval: Option<Duration>,
+    pub(super) attempt_timeout: Option<Duration>,
 }
 
 /// Per-call settings for [`VspClient::call_with`].
@@ -101,6 +102,7 @@ impl VspClientBuilder {
                 retry_ratio: 0.2,
                 retry_reserve: 10,
                 health_check_interval: None,
+                attempt_timeout: None,
             },
             connector: Arc::new(DefaultConnector::new()),
         }
@@ -125,6 +127,16 @@ impl VspClientBuilder {
     /// (default 30 s). It travels to the server, which stops the work when it passes.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.config.timeout = timeout;
+        self
+    }
+
+    /// The deadline of each attempt of a call (default: none, an attempt may take the whole
+    /// call's deadline). With it, an attempt that hears nothing in time is given up and, for an
+    /// idempotent call within the retry budget, sent to another instance before the call's own
+    /// deadline: Finagle's and Envoy's per-try timeout. The server is told the attempt's
+    /// deadline, so it stops the work too.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.config.attempt_timeout = Some(timeout);
         self
     }
 
@@ -184,7 +196,7 @@ impl VspClientBuilder {
     /// Builds the client. Connections open on first use.
     pub fn build(self) -> VspClient {
         let config = self.config;
-        VspClient {
+        let client = VspClient {
             timeout: config.timeout,
             inner: Arc::new(ClientInner {
                 mesh: self.mesh,
@@ -193,6 +205,9 @@ impl VspClientBuilder {
                 background: AtomicBool::new(false),
                 config,
             }),
-        }
+        };
+        // Probes belong to the mesh (they outlive this client); it dials as this client does.
+        client.inner.mesh.offer_prober(client.inner.prober());
+        client
     }
 }

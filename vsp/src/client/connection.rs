@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
@@ -47,20 +47,19 @@ pub(crate) enum CallFailure {
     Encode(serde_json::Error),
     /// The response could not be matched to the call but named its request id.
     Protocol(String),
-    /// The call's deadline passed before its response arrived.
-    TimedOut,
+    /// The call's deadline passed before its response arrived. `silent`: nothing at all
+    /// arrived on the connection since the call was sent (it may have stopped answering).
+    TimedOut { silent: bool },
 }
 
 type Slot = oneshot::Sender<Result<RawResponse, CallFailure>>;
 
 #[derive(Default)]
 struct PendingCalls {
-    /// Each call's response slot and deadline.
-    calls: HashMap<u64, (Slot, Instant)>,
+    /// Each call's response slot.
+    calls: HashMap<u64, Slot>,
     /// Set once the connection is closed; no call may be added after.
     closed: Option<String>,
-    /// When the deadline reaper wakes next; `None` while it waits for a call.
-    reaper_at: Option<Instant>,
 }
 
 struct ConnectionState {
@@ -71,7 +70,10 @@ struct ConnectionState {
     in_flight: AtomicUsize,
     /// Mirrors `pending.closed`, readable without the lock.
     closed: AtomicBool,
-    reaper_wake: Notify,
+    /// Frames received: a call that times out with this unchanged heard nothing at all.
+    frames_received: AtomicU64,
+    /// A liveness check of this connection is running.
+    checking: AtomicBool,
     /// The server said it is shutting down: calls in flight finish, new ones go elsewhere.
     draining: AtomicBool,
     /// When a call last started, in milliseconds since `epoch` (for the idle timeout).
@@ -99,10 +101,9 @@ impl ConnectionState {
         if !calls.is_empty() {
             tracing::debug!(instance = %self.instance, calls = calls.len(), "connection closed: {reason}");
         }
-        for (_, (slot, _)) in calls {
+        for (_, slot) in calls {
             let _ = slot.send(Err(CallFailure::Closed(reason.clone())));
         }
-        self.reaper_wake.notify_one();
     }
 
     fn deliver(&self, frame: Bytes) {
@@ -110,9 +111,7 @@ impl ConnectionState {
             Ok(envelope) => envelope,
             Err(err) => {
                 let id = salvage_request_id(&frame).and_then(parse_int_request_id);
-                let slot = id
-                    .and_then(|id| self.pending().calls.remove(&id))
-                    .map(|(slot, _)| slot);
+                let slot = id.and_then(|id| self.pending().calls.remove(&id));
                 match slot {
                     Some(slot) => {
                         let _ = slot.send(Err(CallFailure::Protocol(err.to_string())));
@@ -144,7 +143,7 @@ impl ConnectionState {
             }
             return;
         };
-        let Some((slot, _)) = self.pending().calls.remove(&id) else {
+        let Some(slot) = self.pending().calls.remove(&id) else {
             tracing::debug!(instance = %self.instance, id, "dropped a late response (its call gave up)");
             return;
         };
@@ -166,6 +165,17 @@ impl ConnectionState {
 pub(crate) struct ErrorBody<'a> {
     #[serde(borrow)]
     pub(crate) error: std::borrow::Cow<'a, str>,
+}
+
+/// Closes the connection when the task holding it ends, however it ends: a task dropped with
+/// its runtime must not leave a connection that looks open and is never written or read.
+struct CloseOnDrop(Arc<ConnectionState>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0
+            .close("the connection's task ended (its runtime shut down)".to_owned());
+    }
 }
 
 /// A client connection to one instance. Dropping it closes the connection.
@@ -193,7 +203,8 @@ impl Connection {
             next_id: AtomicU64::new(1),
             in_flight: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
-            reaper_wake: Notify::new(),
+            frames_received: AtomicU64::new(0),
+            checking: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             last_active_ms: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
@@ -201,6 +212,7 @@ impl Connection {
         {
             let state = state.clone();
             tokio::spawn(async move {
+                let _close = CloseOnDrop(state.clone());
                 let reason = match run_writer(&state.queue, write).await {
                     Ok(()) => "closed".to_owned(),
                     Err(err) => format!("write failed: {err}"),
@@ -208,14 +220,17 @@ impl Connection {
                 state.close(reason);
             });
         }
-        tokio::spawn(reap_expired_calls(state.clone()));
         let reader = {
             let state = state.clone();
             tokio::spawn(async move {
+                let _close = CloseOnDrop(state.clone());
                 let mut frames = FrameReader::new(read, max_frame_size);
                 let reason = loop {
                     match frames.next_frame().await {
-                        Ok(Some(frame)) => state.deliver(frame),
+                        Ok(Some(frame)) => {
+                            state.frames_received.fetch_add(1, Ordering::Relaxed);
+                            state.deliver(frame);
+                        }
                         Ok(None) => break "the server closed the connection".to_owned(),
                         Err(ReadError::Io(err)) => break format!("read failed: {err}"),
                         Err(ReadError::Protocol(err)) => {
@@ -234,13 +249,29 @@ impl Connection {
         Connection { state, reader }
     }
 
+    /// Closes the connection, failing its calls with `reason`.
+    pub(crate) fn close(&self, reason: String) {
+        self.state.close(reason);
+    }
+
+    /// Claims the one liveness check of this connection; false if one is running.
+    pub(crate) fn start_check(&self) -> bool {
+        !self.state.checking.swap(true, Ordering::AcqRel)
+    }
+
+    /// Ends the liveness check claimed with `start_check`.
+    pub(crate) fn end_check(&self) {
+        self.state.checking.store(false, Ordering::Release);
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.state.closed.load(Ordering::Acquire)
     }
 
-    /// Closed, or draining: takes no new calls.
+    /// Closed, draining, or suspected dead (a call timed out hearing nothing): takes no new
+    /// calls. The calls already on it finish.
     pub(crate) fn is_retired(&self) -> bool {
-        self.is_closed() || self.is_draining()
+        self.is_closed() || self.is_draining() || self.state.checking.load(Ordering::Acquire)
     }
 
     /// The server announced it is shutting down.
@@ -272,21 +303,14 @@ impl Connection {
     ) -> Result<PendingCall, CallFailure> {
         let id = self.state.next_id.fetch_add(1, Ordering::Relaxed);
         let (slot, response) = oneshot::channel();
-        let wake_reaper = {
+        {
             let mut pending = self.state.pending();
             if let Some(reason) = &pending.closed {
                 return Err(CallFailure::NotSent(reason.clone()));
             }
-            pending.calls.insert(id, (slot, deadline));
-            let earlier = pending.reaper_at.is_none_or(|at| deadline < at);
-            if earlier {
-                pending.reaper_at = Some(deadline);
-            }
-            earlier
-        };
-        if wake_reaper {
-            self.state.reaper_wake.notify_one();
+            pending.calls.insert(id, slot);
         }
+        let frames_at_send = self.state.frames_received.load(Ordering::Relaxed);
         let now = Instant::now();
         let timeout_ms = deadline.saturating_duration_since(now).as_millis().max(1) as u64;
         self.state.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -300,6 +324,8 @@ impl Connection {
             connection: self.clone(),
             id,
             response,
+            deadline,
+            frames_at_send,
             answered: false,
         };
         let header = HeaderOut {
@@ -330,56 +356,38 @@ pub(crate) struct PendingCall {
     connection: Arc<Connection>,
     id: u64,
     response: oneshot::Receiver<Result<RawResponse, CallFailure>>,
+    deadline: Instant,
+    /// The connection's `frames_received` when the call was queued.
+    frames_at_send: u64,
     /// The reader already took the slot out of the table.
     answered: bool,
 }
 
 impl PendingCall {
     /// Waits for the response, or for the deadline given to `send` (`TimedOut`).
+    ///
+    /// Why a timer in the caller's own future: the deadline must hold whatever happens to the
+    /// connection's tasks (a runtime that shut down, a reader stuck behind a stalled peer), so
+    /// nothing else is trusted to end the wait.
     pub(crate) async fn wait(&mut self) -> Result<RawResponse, CallFailure> {
-        let outcome = (&mut self.response).await;
-        // Whoever sent into the slot (reader, reaper, close) took it out of the table.
-        self.answered = true;
-        outcome
-            .unwrap_or_else(|_| Err(CallFailure::Closed("the connection was dropped".to_owned())))
-    }
-}
-
-/// Fails the calls whose deadline passed. One task per connection, asleep until the earliest
-/// deadline: far cheaper than a timer per call, and precise to the runtime's timer.
-async fn reap_expired_calls(state: Arc<ConnectionState>) {
-    loop {
-        let (expired, next) = {
-            let mut pending = state.pending();
-            if pending.closed.is_some() {
-                return;
+        match tokio::time::timeout_at(self.deadline, &mut self.response).await {
+            Ok(outcome) => {
+                // Whoever sent into the slot (reader, close) took it out of the table.
+                self.answered = true;
+                outcome.unwrap_or_else(|_| {
+                    Err(CallFailure::Closed("the connection was dropped".to_owned()))
+                })
             }
-            let now = Instant::now();
-            let expired: Vec<u64> = pending
-                .calls
-                .iter()
-                .filter(|(_, (_, deadline))| *deadline <= now)
-                .map(|(id, _)| *id)
-                .collect();
-            let slots: Vec<Slot> = expired
-                .iter()
-                .filter_map(|id| pending.calls.remove(id).map(|(slot, _)| slot))
-                .collect();
-            let next = pending.calls.values().map(|(_, deadline)| *deadline).min();
-            pending.reaper_at = next;
-            (slots, next)
-        };
-        for slot in expired {
-            let _ = slot.send(Err(CallFailure::TimedOut));
-        }
-        match next {
-            Some(at) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at) => {}
-                    _ = state.reaper_wake.notified() => {}
-                }
+            Err(_elapsed) => {
+                let received = self
+                    .connection
+                    .state
+                    .frames_received
+                    .load(Ordering::Relaxed);
+                Err(CallFailure::TimedOut {
+                    silent: received == self.frames_at_send,
+                })
             }
-            None => state.reaper_wake.notified().await,
         }
     }
 }

@@ -13,6 +13,7 @@ use super::response::remote_error;
 use super::{CallOptions, VspClient};
 use crate::error::{ErrorCode, ProtocolError, VspError};
 use crate::instance::Instance;
+use crate::protocol::frame::instant_after;
 
 /// One attempt's failure, and what it allows next.
 struct AttemptFailure {
@@ -60,7 +61,7 @@ impl Attempt<'_> {
                 source,
             },
             CallFailure::Protocol(reason) => VspError::Protocol(ProtocolError::Malformed(reason)),
-            CallFailure::TimedOut => self.timed_out(),
+            CallFailure::TimedOut { .. } => self.timed_out(),
         }
     }
 
@@ -85,7 +86,7 @@ impl VspClient {
         self.inner.start_background();
         let timeout = options.timeout.unwrap_or(self.timeout);
         let mut started = Instant::now();
-        let deadline = started + timeout;
+        let deadline = instant_after(started, timeout);
         let config = &self.inner.config;
         let health = self.inner.mesh.health();
         self.inner.budget.deposit();
@@ -108,18 +109,25 @@ impl VspClient {
                 instance: &instance,
                 timeout,
             };
-            let failure = match self.attempt(&attempt, body, started, deadline).await {
+            let attempt_deadline = match config.attempt_timeout {
+                Some(per_attempt) => deadline.min(instant_after(started, per_attempt)),
+                None => deadline,
+            };
+            let failure = match self
+                .attempt(&attempt, body, started, attempt_deadline)
+                .await
+            {
                 Ok(response) => match &response.error_code {
                     // Refused before running: safe to send elsewhere.
                     Some(code @ ErrorCode::ShuttingDown) => {
                         self.inner.eject(&instance);
                         AttemptFailure::unsent(remote_error(service, endpoint, code, &response))
                     }
-                    Some(code @ ErrorCode::Overloaded) => AttemptFailure {
-                        // Not run, but another try adds load: it spends retry budget.
-                        written: true,
-                        ..AttemptFailure::unsent(remote_error(service, endpoint, code, &response))
-                    },
+                    // Refused before running too (the server's limits are checked before the
+                    // handler starts): another instance may take it, idempotent or not.
+                    Some(code @ ErrorCode::Overloaded) => {
+                        AttemptFailure::unsent(remote_error(service, endpoint, code, &response))
+                    }
                     _ => {
                         health.record_success(&instance);
                         return Ok(response);
@@ -226,6 +234,9 @@ impl VspClient {
             // The server announced its shutdown: no more calls to it until a probe says so.
             self.inner.eject(instance);
         }
+        // Only transport failures count against the instance's health: a slow endpoint (a
+        // deadline that passed while the connection kept answering, or the server's own
+        // `timeout` answer) says nothing about the instance's other endpoints.
         let error = match outcome {
             // The server stopped the handler at the deadline: the same timeout as ours.
             Ok(response) if response.error_code == Some(ErrorCode::Timeout) => attempt.timed_out(),
@@ -233,9 +244,20 @@ impl VspClient {
                 instance.record_latency(started.elapsed());
                 return Ok(response);
             }
-            Err(failure) => attempt.error(failure),
+            Err(failure @ CallFailure::TimedOut { silent }) => {
+                if silent {
+                    // Nothing at all came back since the call was sent: find out whether the
+                    // connection still answers, without holding this caller past its deadline.
+                    self.inner
+                        .check_connection(&connection, instance, remaining);
+                }
+                attempt.error(failure)
+            }
+            Err(failure) => {
+                self.inner.report_failure(instance, false);
+                attempt.error(failure)
+            }
         };
-        self.inner.report_failure(instance, false);
         Err(AttemptFailure {
             error,
             written: true,

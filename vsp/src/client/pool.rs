@@ -248,6 +248,11 @@ impl Pools {
             .map_or(0, |pool| pool.open_connections())
     }
 
+    /// How this client dials.
+    pub(crate) fn connector(&self) -> &Arc<dyn Connector> {
+        &self.connector
+    }
+
     pub(crate) fn stats(&self) -> PoolStats {
         self.counters.snapshot()
     }

@@ -11,75 +11,90 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::connection::Connection;
 use super::ClientInner;
-use crate::instance::{HealthStatus, Instance, Verdict};
+use crate::instance::{HealthStatus, Instance};
+use crate::mesh::Prober;
+use crate::protocol::frame::{instant_after, FOREVER};
 use crate::protocol::HEALTH_ENDPOINT;
+use crate::transport::Connector;
+use crate::BoxFuture;
 
 #[derive(Serialize)]
 struct EmptyBody {}
 
+/// The longest a liveness check of a silent connection waits for its `health` answer.
+const MAX_LIVENESS_WAIT: Duration = Duration::from_secs(5);
+/// The shortest.
+const MIN_LIVENESS_WAIT: Duration = Duration::from_millis(50);
+
 impl ClientInner {
-    pub(super) fn report_failure(self: &Arc<Self>, instance: &Arc<Instance>, connect: bool) {
-        let verdict = self.mesh.health().record_failure(instance, connect);
-        self.follow_up(instance, verdict);
+    pub(super) fn report_failure(&self, instance: &Arc<Instance>, connect: bool) {
+        self.mesh.report_failure(instance, connect);
     }
 
-    pub(super) fn eject(self: &Arc<Self>, instance: &Arc<Instance>) {
-        let verdict = self.mesh.health().eject(instance);
-        self.follow_up(instance, verdict);
+    pub(super) fn eject(&self, instance: &Arc<Instance>) {
+        self.mesh.eject(instance);
     }
 
-    fn follow_up(self: &Arc<Self>, instance: &Arc<Instance>, verdict: Verdict) {
-        if let Verdict::ProbeAfter(wait) = verdict {
-            self.spawn_probe(instance, wait);
+    /// Calls `health` on `instance` over a fresh connection, bypassing its status; true if it
+    /// answered healthy.
+    async fn probe(&self, instance: &Instance) -> bool {
+        self.prober().probe_now(instance).await
+    }
+
+    pub(super) fn prober(&self) -> ClientProber {
+        ClientProber {
+            connector: self.pools.connector().clone(),
+            timeout: self.config.connect_timeout,
+            max_frame_size: self.config.limits.max_frame_size,
         }
     }
 
-    /// Probes an ejected instance after `wait`, backing off, until it answers `health` (then it
-    /// is re-admitted), it leaves the mesh, or this client is dropped.
-    fn spawn_probe(self: &Arc<Self>, instance: &Arc<Instance>, wait: Duration) {
+    /// Checks, in the background, that `connection` still answers after a call on it timed out
+    /// without hearing anything: a `health` call on the same connection. The connection takes no
+    /// new call meanwhile (the pool retires it; calls on it finish). No answer within `patience`
+    /// (the call's own timeout, at most the connect timeout) means the flow is dead (a
+    /// blackholing NAT, a stalled server): the connection is closed and the instance is charged
+    /// one transport failure. An answer means the endpoint was merely slow: nothing is charged.
+    pub(super) fn check_connection(
+        self: &Arc<Self>,
+        connection: &Arc<Connection>,
+        instance: &Arc<Instance>,
+        patience: Duration,
+    ) {
+        if !connection.start_check() {
+            return;
+        }
         let client = Arc::downgrade(self);
-        let service = instance.service().to_owned();
-        let endpoint = instance.endpoint_arc().clone();
+        let connection = connection.clone();
+        let instance = instance.clone();
         tokio::spawn(async move {
-            let mut wait = wait;
-            loop {
-                tokio::time::sleep(wait).await;
-                let Some(client) = client.upgrade() else {
-                    return;
+            let Some(timeout) = client.upgrade().map(|c| {
+                patience
+                    .min(c.config.connect_timeout)
+                    .clamp(MIN_LIVENESS_WAIT, MAX_LIVENESS_WAIT)
+            }) else {
+                return;
+            };
+            let deadline = Instant::now() + timeout;
+            let answered =
+                match connection.send(instance.service(), HEALTH_ENDPOINT, &EmptyBody {}, deadline)
+                {
+                    Ok(mut call) => call.wait().await.is_ok(),
+                    Err(_) => false,
                 };
-                // Looked up each time: a re-registration replaces the instance, not its health.
-                let Some(instance) = client
-                    .mesh
-                    .instance_handles(&service)
-                    .into_iter()
-                    .find(|i| **i.endpoint_arc() == *endpoint)
-                else {
-                    return;
-                };
-                if client.probe(&instance).await {
-                    client.mesh.health().readmit(&instance);
-                    return;
-                }
-                wait = client.mesh.health().probe_failed(&instance);
+            connection.end_check();
+            if answered {
+                return;
+            }
+            connection.close(format!(
+                "the connection stopped answering (no `health` answer within {timeout:?})"
+            ));
+            if let Some(client) = client.upgrade() {
+                client.report_failure(&instance, false);
             }
         });
-    }
-
-    /// Calls `health` on `instance` directly, bypassing its status; true if it answered healthy.
-    async fn probe(&self, instance: &Instance) -> bool {
-        let timeout = self.config.connect_timeout;
-        let deadline = Instant::now() + timeout;
-        let pool = self.pools.of(instance);
-        let Ok(connection) = pool.get(timeout).await else {
-            return false;
-        };
-        let Ok(mut call) =
-            connection.send(instance.service(), HEALTH_ENDPOINT, &EmptyBody {}, deadline)
-        else {
-            return false;
-        };
-        matches!(call.wait().await, Ok(response) if response.error_code.is_none())
     }
 
     /// Starts the background tasks once, from the first call (which runs inside a runtime).
@@ -88,9 +103,24 @@ impl ClientInner {
         if self.background.load(Ordering::Acquire) || self.background.swap(true, Ordering::AcqRel) {
             return;
         }
-        let idle = self.config.idle_timeout;
-        let sweep_every = (idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(30));
-        tokio::spawn(sweep_idle(Arc::downgrade(self), idle, sweep_every));
+        let idle = self.config.idle_timeout.min(FOREVER);
+        // Every second at most: the sweep also re-probes instances whose probe died.
+        let sweep_every = (idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let client = Arc::downgrade(self);
+        tokio::spawn(async move {
+            // If this task dies with its runtime, the next call (on another runtime) starts it
+            // again.
+            struct Restart(Weak<ClientInner>);
+            impl Drop for Restart {
+                fn drop(&mut self) {
+                    if let Some(client) = self.0.upgrade() {
+                        client.background.store(false, Ordering::Release);
+                    }
+                }
+            }
+            let _restart = Restart(client.clone());
+            sweep_idle(client, idle, sweep_every).await;
+        });
         if let Some(interval) = self.config.health_check_interval {
             tokio::spawn(check_health(Arc::downgrade(self), interval));
         }
@@ -104,6 +134,7 @@ async fn sweep_idle(client: Weak<ClientInner>, idle: Duration, every: Duration) 
         let Some(client) = client.upgrade() else {
             return;
         };
+        client.mesh.revive_orphans();
         client.pools.sweep(idle, || {
             client
                 .mesh
@@ -125,17 +156,55 @@ async fn check_health(client: Weak<ClientInner>, interval: Duration) {
         };
         for service in client.mesh.services() {
             for instance in client.mesh.instance_handles(&service) {
-                if instance.is_probing() {
-                    continue; // an ejection probe owns it
+                if instance.is_probing() || instance.health().is_pinned_out() {
+                    continue; // an ejection probe owns it, or the user took it out
                 }
                 if client.probe(&instance).await {
                     if instance.status() != HealthStatus::Healthy {
-                        client.mesh.health().readmit(&instance);
+                        client.mesh.readmit(&instance);
                     }
                 } else {
                     client.eject(&instance);
                 }
             }
         }
+    }
+}
+
+/// Probes with a client's connector and limits, on a connection of its own: a dead pooled
+/// connection cannot fool it, and it refreshes no pooled connection's idle clock.
+pub(super) struct ClientProber {
+    connector: Arc<dyn Connector>,
+    timeout: Duration,
+    max_frame_size: usize,
+}
+
+impl ClientProber {
+    async fn probe_now(&self, instance: &Instance) -> bool {
+        let deadline = instant_after(Instant::now(), self.timeout);
+        let connect = self.connector.connect(instance.address());
+        let Ok(Ok(io)) = tokio::time::timeout_at(deadline, connect).await else {
+            return false;
+        };
+        let connection = Arc::new(Connection::start(
+            io,
+            instance.endpoint_arc().clone(),
+            self.max_frame_size,
+        ));
+        let Ok(mut call) =
+            connection.send(instance.service(), HEALTH_ENDPOINT, &EmptyBody {}, deadline)
+        else {
+            return false;
+        };
+        let answered = matches!(call.wait().await, Ok(response) if response.error_code.is_none());
+        drop(call);
+        connection.close("probe done".to_owned());
+        answered
+    }
+}
+
+impl Prober for ClientProber {
+    fn probe<'a>(&'a self, instance: &'a Instance) -> BoxFuture<'a, bool> {
+        Box::pin(self.probe_now(instance))
     }
 }

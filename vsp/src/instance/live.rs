@@ -2,11 +2,12 @@
 //! latency), and the snapshot it reports (`InstanceState`).
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::health::HealthRecord;
 use super::{HealthStatus, ServiceInfo};
 use crate::transport::Address;
 
@@ -15,16 +16,9 @@ use crate::transport::Address;
 pub struct Instance {
     info: ServiceInfo,
     endpoint: Arc<str>,
-    status: AtomicU8,
+    /// Shared with every other registration of the same address.
+    health: Arc<HealthRecord>,
     in_flight: AtomicUsize,
-    /// Transport failures since the last success.
-    pub(super) consecutive_failures: AtomicU32,
-    /// Ejections since the instance was last healthy: the exponent of the backoff.
-    pub(super) ejections: AtomicU32,
-    /// A probe is scheduled to decide re-admission.
-    pub(super) probing: AtomicBool,
-    /// Moving average of call latency, in nanoseconds (0: no sample yet).
-    latency_ewma_ns: AtomicU64,
 }
 
 impl fmt::Debug for Instance {
@@ -38,54 +32,45 @@ impl fmt::Debug for Instance {
 }
 
 impl Instance {
-    pub(crate) fn new(info: ServiceInfo) -> Self {
+    /// A registration; `health` is the record of an earlier registration of the same address,
+    /// which it keeps (a status given explicitly in `info` is applied to it as the user's word).
+    pub(crate) fn new(info: ServiceInfo, health: Option<Arc<HealthRecord>>) -> Self {
+        let health = match health {
+            Some(record) => {
+                if info.status() != HealthStatus::Unknown {
+                    record.set_by_user(info.status());
+                }
+                record
+            }
+            None => {
+                let record = HealthRecord::new(HealthStatus::Unknown);
+                if info.status() != HealthStatus::Unknown {
+                    record.set_by_user(info.status());
+                }
+                Arc::new(record)
+            }
+        };
         Instance {
             endpoint: Arc::from(info.endpoint()),
-            status: AtomicU8::new(info.status().as_u8()),
+            health,
             in_flight: AtomicUsize::new(0),
-            consecutive_failures: AtomicU32::new(0),
-            ejections: AtomicU32::new(0),
-            probing: AtomicBool::new(false),
-            latency_ewma_ns: AtomicU64::new(0),
             info,
         }
     }
 
-    /// A new registration of the same address keeps what was learned about its health.
-    pub(crate) fn inherit_health(&self, previous: &Instance) {
-        if self.info.status() == HealthStatus::Unknown {
-            self.set_status(previous.status());
-        }
-        for (mine, theirs) in [
-            (&self.consecutive_failures, &previous.consecutive_failures),
-            (&self.ejections, &previous.ejections),
-        ] {
-            mine.store(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
-        self.probing
-            .store(previous.probing.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.latency_ewma_ns.store(
-            previous.latency_ewma_ns.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
+    /// The health record, shared across re-registrations of this address.
+    pub(crate) fn health(&self) -> &Arc<HealthRecord> {
+        &self.health
     }
 
     /// The moving average of this instance's call latency (zero before the first call).
     pub fn latency(&self) -> std::time::Duration {
-        std::time::Duration::from_nanos(self.latency_ewma_ns.load(Ordering::Relaxed))
+        self.health.latency()
     }
 
-    /// Folds one call's latency into the moving average (weight 1/5 for the new sample).
+    /// Folds one call's latency into the moving average.
     pub(crate) fn record_latency(&self, latency: std::time::Duration) {
-        let sample = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        let old = self.latency_ewma_ns.load(Ordering::Relaxed);
-        // Racing updates may lose a sample; an average does not mind.
-        let new = if old == 0 {
-            sample
-        } else {
-            old - old / 5 + sample / 5
-        };
-        self.latency_ewma_ns.store(new.max(1), Ordering::Relaxed);
+        self.health.record_latency(latency);
     }
 
     /// A snapshot for [`ServiceMesh::instances`](crate::ServiceMesh::instances).
@@ -93,7 +78,7 @@ impl Instance {
         InstanceState {
             info: self.info(),
             in_flight: self.in_flight(),
-            consecutive_failures: self.consecutive_failures.load(Ordering::Relaxed),
+            consecutive_failures: self.health.consecutive_failures(),
             latency: self.latency(),
         }
     }
@@ -119,7 +104,7 @@ impl Instance {
 
     /// The current health status.
     pub fn status(&self) -> HealthStatus {
-        HealthStatus::from_u8(self.status.load(Ordering::Relaxed))
+        self.health.status()
     }
 
     /// True if the instance may get traffic (`Healthy` or `Unknown`).
@@ -130,10 +115,6 @@ impl Instance {
     /// Calls to this instance that have not completed.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn set_status(&self, status: HealthStatus) {
-        self.status.store(status.as_u8(), Ordering::Relaxed);
     }
 
     /// Counts a call against this instance until the guard drops.
@@ -154,7 +135,7 @@ impl Instance {
     /// True while a probe decides whether an ejected instance comes back (an active health check
     /// leaves it to that probe).
     pub(crate) fn is_probing(&self) -> bool {
-        self.probing.load(Ordering::Acquire)
+        self.health.is_probing()
     }
 
     /// The registration, with the live status.

@@ -11,6 +11,6 @@ mod info;
 mod live;
 
 pub use health::HealthPolicy;
-pub(crate) use health::Verdict;
+pub(crate) use health::{HealthRecord, ProbeTicket, Verdict};
 pub use info::{HealthStatus, ServiceInfo};
 pub use live::{Instance, InstanceState};

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -18,6 +19,7 @@ pub use crate::instance::{HealthPolicy, HealthStatus, Instance, InstanceState, S
 use crate::balancer::{LoadBalancer, RoundRobinBalancer, ServiceBalancer};
 use crate::discovery::{Discovery, Membership, StaticDiscovery};
 use crate::error::VspError;
+use crate::instance::{HealthRecord, ProbeTicket, Verdict};
 use crate::transport::Address;
 
 /// One service's instances and its balancer state.
@@ -28,8 +30,18 @@ struct ServiceEntry {
 
 type Services = HashMap<String, Arc<ServiceEntry>>;
 
+/// How the mesh asks an ejected instance whether it is back: a `health` call on a fresh
+/// connection. Implemented by the client layer (which knows how to dial); the mesh keeps the
+/// first one a client gives it, so probes outlive the client that started them.
+pub(crate) trait Prober: Send + Sync + 'static {
+    /// True if `instance` answered `health` without an error.
+    fn probe<'a>(&'a self, instance: &'a Instance) -> crate::BoxFuture<'a, bool>;
+}
+
 struct MeshInner {
     services: ArcSwap<Services>,
+    /// Runs the probes of ejected instances (set by the first client built on this mesh).
+    prober: arc_swap::ArcSwapOption<Box<dyn Prober>>,
     /// Serializes membership changes (the copy-on-write of the snapshots).
     changing: Mutex<()>,
     balancer: Box<dyn LoadBalancer>,
@@ -112,8 +124,9 @@ impl ServiceMeshBuilder {
             balancer: self
                 .balancer
                 .unwrap_or_else(|| Box::new(RoundRobinBalancer::new())),
-            health: self.health,
+            health: self.health.sanitized(),
             changed: tokio::sync::Notify::new(),
+            prober: arc_swap::ArcSwapOption::empty(),
         });
         let discovery = self
             .discovery
@@ -202,7 +215,10 @@ impl ServiceMesh {
         }
         self.discovery.watch(service);
         let wait = self.discovery.first_resolution_wait();
-        let until = until.min(tokio::time::Instant::now() + wait);
+        let until = until.min(crate::protocol::frame::instant_after(
+            tokio::time::Instant::now(),
+            wait,
+        ));
         loop {
             let changed = self.inner.changed.notified();
             tokio::pin!(changed);
@@ -226,9 +242,45 @@ impl ServiceMesh {
         }
     }
 
-    /// The health policy, for the client that reports outcomes and runs the probes.
+    /// The health policy, for the client that reports call outcomes.
     pub(crate) fn health(&self) -> &HealthPolicy {
         &self.inner.health
+    }
+
+    /// Gives the mesh a way to probe ejected instances, unless it has one.
+    pub(crate) fn offer_prober(&self, prober: impl Prober) {
+        if self.inner.prober.load().is_none() {
+            let _ = self.inner.prober.compare_and_swap(
+                &None::<Arc<Box<dyn Prober>>>,
+                Some(Arc::new(Box::new(prober))),
+            );
+        }
+    }
+
+    /// A transport failure of a call to `instance`; `connect` if no connection could be made.
+    pub(crate) fn report_failure(&self, instance: &Arc<Instance>, connect: bool) {
+        let verdict = self.inner.health.record_failure(instance, connect);
+        self.inner.follow_up(instance, verdict);
+    }
+
+    /// Takes `instance` out of rotation until a probe re-admits it.
+    pub(crate) fn eject(&self, instance: &Arc<Instance>) {
+        let verdict = self.inner.health.eject(instance);
+        self.inner.follow_up(instance, verdict);
+    }
+
+    /// Back in rotation after a health check answered (unless the user set it `Unhealthy`).
+    pub(crate) fn readmit(&self, instance: &Instance) -> bool {
+        self.inner.health.readmit(instance)
+    }
+
+    /// Schedules a probe for every ejected instance that has none (its probe died with the
+    /// runtime it ran on). Called from the clients' sweepers and whenever a pick finds no
+    /// healthy instance, so no instance stays out for good.
+    pub(crate) fn revive_orphans(&self) {
+        for entry in self.inner.services.load().values() {
+            self.inner.revive(&entry.instances.load());
+        }
     }
 
     /// The names of the services with at least one instance, sorted.
@@ -253,7 +305,7 @@ impl ServiceMesh {
     pub fn set_status_at(&self, service: &str, address: &Address, status: HealthStatus) -> bool {
         match self.inner.find(service, address) {
             Some(instance) => {
-                instance.set_status(status);
+                instance.health().set_by_user(status);
                 true
             }
             None => false,
@@ -279,10 +331,13 @@ impl ServiceMesh {
             Some(index) if instances.get(index).is_some_and(|i| i.is_eligible()) => {
                 Ok(instances[index].clone())
             }
-            _ => Err(VspError::NoHealthyInstances {
-                service: service.to_owned(),
-                instances: instances.len(),
-            }),
+            _ => {
+                self.inner.revive(&instances);
+                Err(VspError::NoHealthyInstances {
+                    service: service.to_owned(),
+                    instances: instances.len(),
+                })
+            }
         }
     }
 }
@@ -310,16 +365,16 @@ impl MeshInner {
             }
         };
         let mut instances = Vec::clone(&entry.instances.load());
-        let instance = Arc::new(Instance::new(info));
+        let endpoint = info.endpoint();
         match instances
             .iter_mut()
-            .find(|existing| existing.endpoint() == instance.endpoint())
+            .find(|existing| *existing.endpoint() == *endpoint)
         {
+            // The same address again: a new registration, the same health record.
             Some(existing) => {
-                instance.inherit_health(existing);
-                *existing = instance;
+                *existing = Arc::new(Instance::new(info, Some(existing.health().clone())));
             }
-            None => instances.push(instance),
+            None => instances.push(Arc::new(Instance::new(info, None))),
         }
         entry.instances.store(Arc::new(instances));
         self.changed.notify_waiters();
@@ -360,6 +415,85 @@ impl MeshInner {
             .iter()
             .find(|instance| instance.has_address(address))
             .cloned()
+    }
+}
+
+impl MeshInner {
+    fn follow_up(self: &Arc<Self>, instance: &Arc<Instance>, verdict: Verdict) {
+        if let Verdict::ProbeAfter(wait, ticket) = verdict {
+            self.spawn_probe(instance, wait, ticket);
+        }
+    }
+
+    fn revive(self: &Arc<Self>, instances: &[Arc<Instance>]) {
+        for instance in instances.iter().filter(|i| !i.is_eligible()) {
+            if let Some(verdict) = self.health.reclaim_orphan(instance) {
+                tracing::debug!(
+                    instance = instance.endpoint(),
+                    "re-probing an ejected instance whose probe ended"
+                );
+                self.follow_up(instance, verdict);
+            }
+        }
+    }
+
+    /// Probes an ejected instance after `wait`, backing off, until it answers `health` (then it
+    /// is re-admitted), it leaves the mesh, or the mesh is dropped. The probe's claim is given
+    /// back on every exit, a runtime shutting down under it included.
+    fn spawn_probe(
+        self: &Arc<Self>,
+        instance: &Arc<Instance>,
+        wait: Duration,
+        ticket: ProbeTicket,
+    ) {
+        let record = instance.health().clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Outside a runtime nobody can probe now; a later pick or sweep reclaims it.
+            self.health.end_probe(&record, ticket);
+            return;
+        };
+        let mesh = Arc::downgrade(self);
+        let service = instance.service().to_owned();
+        let endpoint = instance.endpoint_arc().clone();
+        let policy = self.health;
+        runtime.spawn(async move {
+            struct EndProbe(Arc<HealthRecord>, ProbeTicket, HealthPolicy);
+            impl Drop for EndProbe {
+                fn drop(&mut self) {
+                    self.2.end_probe(&self.0, self.1);
+                }
+            }
+            let _end = EndProbe(record.clone(), ticket, policy);
+            let mut wait = wait;
+            loop {
+                tokio::time::sleep(wait).await;
+                let Some(mesh) = mesh.upgrade() else {
+                    return;
+                };
+                // Looked up each time: a re-registration replaces the instance, not its record.
+                let Some(instance) = mesh.find_endpoint(&service, &endpoint) else {
+                    return; // it left the mesh
+                };
+                if !Arc::ptr_eq(instance.health(), &record) || record.is_pinned_out() {
+                    return;
+                }
+                let Some(prober) = mesh.prober.load_full() else {
+                    tracing::warn!(instance = %endpoint, "no client to probe an ejected instance with");
+                    return;
+                };
+                if prober.probe(&instance).await {
+                    mesh.health.readmit(&instance);
+                    return;
+                }
+                wait = mesh.health.probe_failed(&instance);
+            }
+        });
+    }
+
+    fn find_endpoint(&self, service: &str, endpoint: &str) -> Option<Arc<Instance>> {
+        let services = self.services.load();
+        let instances = services.get(service)?.instances.load();
+        instances.iter().find(|i| i.endpoint() == endpoint).cloned()
     }
 }
 

@@ -61,7 +61,7 @@ impl Drain {
         count: impl Fn(&Self) -> usize,
         timeout: Duration,
     ) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::protocol::frame::instant_after(tokio::time::Instant::now(), timeout);
         loop {
             let notified = self.drained.notified();
             tokio::pin!(notified);

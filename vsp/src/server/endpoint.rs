@@ -192,7 +192,13 @@ where
             let arrived = reply
                 .received
                 .map_or_else(tokio::time::Instant::now, Into::into);
-            (arrived + std::time::Duration::from_millis(ms), ms)
+            (
+                crate::protocol::frame::instant_after(
+                    arrived,
+                    std::time::Duration::from_millis(ms),
+                ),
+                ms,
+            )
         });
         tokio::select! {
             outcome = running => Ended::Finished(outcome),

@@ -55,8 +55,10 @@ impl WriteQueue {
         let result = encode(&mut state.pending);
         let added = state.pending.len() - before;
         let wake = before == 0 && added > 0;
-        drop(state);
+        // Counted before the lock is released: a writer can take these bytes (and subtract
+        // them) only after it takes the lock, so the count never goes below zero and wraps.
         self.backlog.fetch_add(added, Ordering::Relaxed);
+        drop(state);
         // The writer only sleeps after it found the buffer empty, so only the push that makes it
         // non-empty needs to wake it.
         if wake {
