@@ -81,6 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Resolves on the first SIGINT or SIGTERM; the handlers are installed when this returns.
+#[cfg(unix)]
 fn stop_signal() -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate())?;
@@ -92,4 +93,10 @@ fn stop_signal() -> std::io::Result<impl std::future::Future<Output = std::io::R
         }
         Ok(())
     })
+}
+
+/// Resolves on the first Ctrl-C (there is no SIGTERM outside Unix).
+#[cfg(not(unix))]
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
+    Ok(tokio::signal::ctrl_c())
 }

@@ -354,3 +354,66 @@ async fn an_overloaded_answer_is_sent_to_another_instance_even_when_not_idempote
     busy.shutdown().await.unwrap();
     free.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_reply_above_the_frame_limit_is_refused_and_the_connection_carries_on() {
+    let manager = VspManager::builder(SERVICE).max_frame_size(1024).build();
+    register_test_endpoints(&manager);
+    #[derive(serde::Deserialize)]
+    struct Repeat {
+        n: usize,
+    }
+    manager
+        .endpoint("repeat", |args: Repeat| async move {
+            Ok::<_, String>("x".repeat(args.n))
+        })
+        .unwrap();
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    let client = client_builder_for(addr)
+        .max_transports(1)
+        .max_frame_size(1024)
+        .build();
+    let held = held_call(&client, &manager, 300).await;
+    client
+        .call(SERVICE, "repeat", serde_json::json!({ "n": 500 }))
+        .await
+        .unwrap();
+    // This reply would be above the limit: an error instead of a frame the peer refuses.
+    match client
+        .call(SERVICE, "repeat", serde_json::json!({ "n": 5000 }))
+        .await
+    {
+        Err(vsp::VspError::Remote {
+            code: vsp::ErrorCode::TooLarge,
+            message,
+            ..
+        }) => {
+            assert!(message.contains("above the largest frame"), "{message}")
+        }
+        // Before the fix the server sent it anyway (and a client with the same 1 KiB limit
+        // closed the connection on it, failing every call it carried).
+        other => panic!("expected a too_large error, got {other:?}"),
+    }
+    // The call in flight on the same connection is untouched.
+    assert_eq!(held.await.unwrap().unwrap(), "held");
+    assert_echoes(&client, 2).await;
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_request_above_the_frame_limit_is_refused_before_sending() {
+    let (manager, addr) = start_test_server().await;
+    let client = client_builder_for(addr).max_frame_size(1024).build();
+    let big = serde_json::json!({ "value": "x".repeat(2048) });
+    match client.call(SERVICE, "echo", big).await {
+        Err(vsp::VspError::RequestTooLarge { len, max: 1024, .. }) => assert!(len > 2048),
+        other => panic!("expected RequestTooLarge, got {other:?}"),
+    }
+    assert_eq!(
+        manager.get_performance_stats().messages_processed,
+        0,
+        "it was sent"
+    );
+    assert_echoes(&client, 2).await;
+    manager.shutdown().await.unwrap();
+}

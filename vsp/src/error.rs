@@ -104,6 +104,20 @@ pub enum VspError {
         message: String,
     },
 
+    /// The encoded request is larger than the largest frame the client sends (its
+    /// `max_frame_size`, the peer's limit by default): it was not sent.
+    #[error("the request to `{service}.{endpoint}` is {len} bytes, above the limit of {max}")]
+    RequestTooLarge {
+        /// The service that was called.
+        service: String,
+        /// The endpoint that was called.
+        endpoint: String,
+        /// The encoded request's size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+
     /// The request body could not be serialized.
     #[error("cannot encode the request to `{service}.{endpoint}`: {source}")]
     Encode {
@@ -248,13 +262,15 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The request frame broke the wire protocol.
     Protocol,
+    /// The response would have been larger than the largest frame allowed; it was not sent.
+    TooLarge,
     /// The peer sent no code (Velithon's Python VSP), or one this version does not know.
     Unspecified(String),
 }
 
 impl ErrorCode {
     /// Every code this version sends, in a stable order (used for per-code counters).
-    pub const KNOWN: [ErrorCode; 7] = [
+    pub const KNOWN: [ErrorCode; 8] = [
         ErrorCode::NotFound,
         ErrorCode::BadRequest,
         ErrorCode::Handler,
@@ -262,6 +278,7 @@ impl ErrorCode {
         ErrorCode::Overloaded,
         ErrorCode::ShuttingDown,
         ErrorCode::Protocol,
+        ErrorCode::TooLarge,
     ];
 
     /// The code as written on the wire.
@@ -274,6 +291,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Protocol => "protocol",
+            ErrorCode::TooLarge => "too_large",
             ErrorCode::Unspecified(code) => code,
         }
     }
@@ -288,6 +306,7 @@ impl ErrorCode {
             "overloaded" => ErrorCode::Overloaded,
             "shutting_down" => ErrorCode::ShuttingDown,
             "protocol" => ErrorCode::Protocol,
+            "too_large" => ErrorCode::TooLarge,
             other => ErrorCode::Unspecified(other.to_owned()),
         }
     }

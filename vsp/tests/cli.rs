@@ -315,6 +315,61 @@ async fn discover_lists_the_instances_consul_knows() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_looks_for_the_whole_timeout_before_listing() {
+    let fake = vsp_test_support::fake_consul::FakeConsul::start().await;
+    let announcing = |weight: f64| {
+        VspManager::builder("echo-service")
+            .mesh(
+                ServiceMesh::builder()
+                    .discovery(ConsulDiscovery::new(ConsulConfig::new(fake.url())))
+                    .build(),
+            )
+            .weight(weight)
+            .build()
+    };
+    let first = announcing(1.0);
+    let first_addr = first.start_server("127.0.0.1", 0).await.unwrap();
+    let discover = tokio::spawn(vsp(
+        args(&[
+            "discover",
+            "echo-service",
+            "--consul",
+            &fake.url(),
+            "--timeout",
+            "3s",
+        ]),
+        None,
+    ));
+    // Once `vsp discover` has asked (and found the first), a second instance appears.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !fake
+        .requests()
+        .iter()
+        .any(|r| r.method == "GET" && r.path.contains("/v1/health/service/echo-service"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after 10 s waiting for `vsp discover` to query Consul"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await; // "a moment later": pacing, not a sync
+    let second = announcing(2.0);
+    let second_addr = second.start_server("127.0.0.1", 0).await.unwrap();
+    let output = discover.await.unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let listed = stdout(&output);
+    for addr in [first_addr, second_addr] {
+        assert!(
+            listed.contains(&addr.to_string()),
+            "{addr} missing: `vsp discover --timeout 3s` listed before its timeout:\n{listed}"
+        );
+    }
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_health_and_bench_reach_a_server_on_a_unix_socket() {
     let dir = std::env::temp_dir().join(format!("vsp-cli-unix-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

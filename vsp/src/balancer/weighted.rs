@@ -47,9 +47,13 @@ struct SmoothWeighted {
 
 #[derive(Debug, Default)]
 struct Scores {
-    /// Which instance list the scores belong to (its address and length); a new list resets them.
+    /// Which instance list the scores belong to (its address and length).
     list: (usize, usize),
     current: Vec<f64>,
+    /// The endpoint of each score, to carry the scores over to a new list: discovery republishes
+    /// the list on every answer (Consul's every few seconds), and a reset each time would send
+    /// the first picks after it all to the heaviest instance.
+    endpoints: Vec<Arc<str>>,
 }
 
 impl ServiceBalancer for SmoothWeighted {
@@ -57,9 +61,19 @@ impl ServiceBalancer for SmoothWeighted {
         let mut scores = self.scores.lock().unwrap_or_else(PoisonError::into_inner);
         let list = (instances.as_ptr() as usize, instances.len());
         if scores.list != list {
+            let carried: Vec<f64> = instances
+                .iter()
+                .map(|instance| {
+                    scores
+                        .endpoints
+                        .iter()
+                        .position(|e| **e == *instance.endpoint())
+                        .map_or(0.0, |old| scores.current[old])
+                })
+                .collect();
             scores.list = list;
-            scores.current.clear();
-            scores.current.resize(instances.len(), 0.0);
+            scores.current = carried;
+            scores.endpoints = instances.iter().map(|i| i.endpoint_arc().clone()).collect();
         }
         let mut total = 0.0;
         let mut best: Option<usize> = None;
@@ -77,5 +91,33 @@ impl ServiceBalancer for SmoothWeighted {
         let best = best?;
         scores.current[best] -= total;
         Some(best)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::ServiceInfo;
+
+    #[test]
+    fn a_republished_list_keeps_the_smooth_order() {
+        let instances: Vec<Arc<Instance>> = [(1u16, 1.0), (2, 3.0)]
+            .into_iter()
+            .map(|(port, weight)| {
+                Arc::new(Instance::new(
+                    ServiceInfo::new("svc", "127.0.0.1", port).with_weight(weight),
+                    None,
+                ))
+            })
+            .collect();
+        // Discovery republishes the same instances in a new list on every answer.
+        let lists = [instances.clone(), instances.clone()];
+        let balancer = SmoothWeighted::default();
+        let mut picks = [0usize; 2];
+        for round in 0..400 {
+            let list = &lists[round % 2];
+            picks[balancer.pick(list).unwrap()] += 1;
+        }
+        assert_eq!(picks, [100, 300], "weights 1:3 over 400 picks");
     }
 }

@@ -180,7 +180,11 @@ impl VspClientBuilder {
         self
     }
 
-    /// The largest response frame accepted (default 16 MiB).
+    /// The largest frame sent or accepted (default 16 MiB, a server's default limit too). A
+    /// request above it is refused before sending with
+    /// [`VspError::RequestTooLarge`](crate::VspError::RequestTooLarge); a response above it
+    /// closes the connection. Servers answer `too_large` rather than send a reply above their own
+    /// limit, so keep the two limits equal.
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
         self.config.limits.max_frame_size = bytes;
         self

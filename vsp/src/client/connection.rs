@@ -12,7 +12,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::error::ErrorCode;
-use crate::protocol::frame::{encode_frame, FrameReader, ReadError};
+use crate::protocol::frame::{encode_frame_within, EncodeError, FrameReader, ReadError};
 use crate::protocol::{
     parse_int_request_id, salvage_request_id, write_envelope, Envelope, Extensions, HeaderOut,
     RequestIdOut,
@@ -45,6 +45,8 @@ pub(crate) enum CallFailure {
     Closed(String),
     /// The request body did not serialize.
     Encode(serde_json::Error),
+    /// The encoded request is above the largest frame sent: not sent.
+    TooLarge { len: usize, max: usize },
     /// The response could not be matched to the call but named its request id.
     Protocol(String),
     /// The call's deadline passed before its response arrived. `silent`: nothing at all
@@ -64,6 +66,8 @@ struct PendingCalls {
 
 struct ConnectionState {
     instance: Arc<str>,
+    /// The largest frame sent or accepted.
+    max_frame_size: usize,
     queue: Arc<WriteQueue>,
     pending: Mutex<PendingCalls>,
     next_id: AtomicU64,
@@ -198,6 +202,7 @@ impl Connection {
         let (read, write) = io.into_halves();
         let state = Arc::new(ConnectionState {
             instance,
+            max_frame_size,
             queue: Arc::new(WriteQueue::new()),
             pending: Mutex::new(PendingCalls::default()),
             next_id: AtomicU64::new(1),
@@ -335,7 +340,7 @@ impl Connection {
             is_response: false,
         };
         let queued = self.state.queue.push(|out| {
-            encode_frame(out, |out| {
+            encode_frame_within(out, self.state.max_frame_size, |out| {
                 write_envelope(out, &header, &Extensions::request(timeout_ms), |out| {
                     serde_json::to_writer(&mut *out, body)
                 })
@@ -343,7 +348,8 @@ impl Connection {
         });
         match queued {
             Ok(Ok(())) => Ok(call),
-            Ok(Err(err)) => Err(CallFailure::Encode(err)),
+            Ok(Err(EncodeError::Json(err))) => Err(CallFailure::Encode(err)),
+            Ok(Err(EncodeError::TooLarge { len, max })) => Err(CallFailure::TooLarge { len, max }),
             Err(_closed) => Err(CallFailure::NotSent("the connection is closed".to_owned())),
         }
     }

@@ -60,6 +60,12 @@ impl Attempt<'_> {
                 endpoint: self.endpoint.to_owned(),
                 source,
             },
+            CallFailure::TooLarge { len, max } => VspError::RequestTooLarge {
+                service: self.service.to_owned(),
+                endpoint: self.endpoint.to_owned(),
+                len,
+                max,
+            },
             CallFailure::Protocol(reason) => VspError::Protocol(ProtocolError::Malformed(reason)),
             CallFailure::TimedOut { .. } => self.timed_out(),
         }
@@ -222,7 +228,10 @@ impl VspClient {
         let mut call = match connection.send(attempt.service, attempt.endpoint, body, deadline) {
             Ok(call) => call,
             Err(failure) => {
-                let fatal = matches!(failure, CallFailure::Encode(_));
+                let fatal = matches!(
+                    failure,
+                    CallFailure::Encode(_) | CallFailure::TooLarge { .. }
+                );
                 return Err(AttemptFailure {
                     fatal,
                     ..AttemptFailure::unsent(attempt.error(failure))

@@ -40,6 +40,34 @@ pub(crate) fn encode_frame<E>(
     Ok(())
 }
 
+/// Why a frame was not queued.
+#[derive(Debug)]
+pub(crate) enum EncodeError<E> {
+    /// The JSON writer failed.
+    Json(E),
+    /// The encoded frame is `len` bytes, above `max`.
+    TooLarge { len: usize, max: usize },
+}
+
+/// As [`encode_frame`], but a frame above `max` bytes (or above what the `u32` length prefix
+/// can say) is taken back out of `out` and refused: checked after encoding, since the size of
+/// JSON is only known once written.
+pub(crate) fn encode_frame_within<E>(
+    out: &mut Vec<u8>,
+    max: usize,
+    write_json: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<(), EncodeError<E>> {
+    let start = out.len();
+    encode_frame(out, write_json).map_err(EncodeError::Json)?;
+    let len = out.len() - start - LENGTH_PREFIX_LEN;
+    let max = max.min(u32::MAX as usize);
+    if len > max {
+        out.truncate(start);
+        return Err(EncodeError::TooLarge { len, max });
+    }
+    Ok(())
+}
+
 /// Why reading the next frame failed.
 #[derive(Debug)]
 pub(crate) enum ReadError {

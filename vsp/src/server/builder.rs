@@ -49,8 +49,10 @@ impl VspManagerBuilder {
         }
     }
 
-    /// The largest request frame accepted (default 16 MiB). A peer that announces a larger one
-    /// gets a `protocol` error and its connection is closed.
+    /// The largest frame accepted or sent (default 16 MiB). A peer that announces a larger
+    /// request gets a `protocol` error and its connection is closed; a reply that would be larger
+    /// is not sent, the caller gets a `too_large` error instead (so it never reaches a client
+    /// whose limit it would break, and never wraps the 4-byte length).
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
         self.config.max_frame_size = bytes;
         self

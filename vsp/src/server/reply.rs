@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::{EndpointEntry, ManagerInner};
 use crate::error::ErrorCode;
-use crate::protocol::frame::encode_frame;
+use crate::protocol::frame::{encode_frame, encode_frame_within, EncodeError};
 use crate::protocol::{
     write_envelope, write_error_body, write_service_error_body, Envelope, Extensions, HeaderOut,
     RequestIdOut,
@@ -196,8 +196,9 @@ impl Reply {
     pub(crate) fn ok<T: Serialize + ?Sized>(mut self, value: &T) {
         self.settle(false);
         let header = self.head.header();
+        let max = self.conn.manager().config.max_frame_size;
         let pushed = self.conn.queue().push(|out| {
-            encode_frame(out, |out| {
+            encode_frame_within(out, max, |out| {
                 write_envelope(out, &header, &Extensions::response(None), |out| {
                     serde_json::to_writer(&mut *out, value)
                 })
@@ -205,7 +206,18 @@ impl Reply {
         });
         match pushed {
             Ok(Ok(())) => {}
-            Ok(Err(err)) => {
+            Ok(Err(EncodeError::TooLarge { len, max })) => {
+                let message = format!(
+                    "the result of `{}` is {len} bytes, above the largest frame of {max} bytes",
+                    self.endpoint()
+                );
+                tracing::warn!(endpoint = self.endpoint(), "{message}");
+                if let Some(entry) = &self.entry {
+                    entry.counters.count_error();
+                }
+                self.error(ErrorCode::TooLarge, &message);
+            }
+            Ok(Err(EncodeError::Json(err))) => {
                 let message = format!(
                     "cannot serialize the result of `{}`: {err}",
                     self.endpoint()
@@ -274,13 +286,33 @@ impl Reply {
         write_body: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), QueueClosed> {
         let header = self.head.header();
+        let max = self.conn.manager().config.max_frame_size;
         let pushed = self.conn.queue().push(|out| {
-            encode_frame(out, |out| {
+            let encoded = encode_frame_within(out, max, |out| {
                 write_envelope(out, &header, &Extensions::response(Some(code)), |out| {
                     write_body(out);
                     Ok::<_, std::convert::Infallible>(())
                 })
-            })
+            });
+            if let Err(EncodeError::TooLarge { len, max }) = encoded {
+                // An error too large to send (a huge message or typed error): say so instead.
+                let message = format!(
+                    "the error reply is {len} bytes, above the largest frame of {max} bytes"
+                );
+                let too_large = ErrorCode::TooLarge;
+                let _ = encode_frame(out, |out| {
+                    write_envelope(
+                        out,
+                        &header,
+                        &Extensions::response(Some(&too_large)),
+                        |out| {
+                            write_error_body(out, &message);
+                            Ok::<_, std::convert::Infallible>(())
+                        },
+                    )
+                });
+            }
+            Ok::<_, std::convert::Infallible>(())
         });
         pushed.map(|_| ())
     }

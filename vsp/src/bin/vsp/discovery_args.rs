@@ -153,6 +153,21 @@ impl Resolved {
         })
     }
 
+    /// The instances of the service found by discovery over the whole of `timeout`: an
+    /// instance that answers late (another DNS-SD stack, a Consul agent catching up) is still
+    /// listed.
+    pub(crate) async fn look_for(&self, timeout: Duration) -> Result<Vec<InstanceState>, Failure> {
+        tokio::time::sleep(timeout).await;
+        let instances = self.mesh.instances(&self.service);
+        if instances.is_empty() {
+            return Err(Failure::unreachable(format!(
+                "no instance of `{}` found within {timeout:?}",
+                self.service
+            )));
+        }
+        Ok(instances)
+    }
+
     /// The instances of the service, once discovery found at least one (within `timeout`).
     pub(crate) async fn wait_for_instances(
         &self,

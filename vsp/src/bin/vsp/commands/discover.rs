@@ -41,7 +41,13 @@ pub(crate) async fn run(args: DiscoverArgs) -> Result<(), Failure> {
             );
         }
     };
-    let mut seen = match resolved.wait_for_instances(args.timeout).await {
+    let found = if args.watch {
+        // Watching lists what is there as soon as something is, then every change.
+        resolved.wait_for_instances(args.timeout).await
+    } else {
+        resolved.look_for(args.timeout).await
+    };
+    let mut seen = match found {
         Ok(instances) => instances,
         Err(failure) if args.watch => {
             eprintln!("vsp: {}", failure.message);
