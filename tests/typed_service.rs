@@ -261,3 +261,31 @@ async fn call_functions_go_through_the_generated_client() {
         Err(CallError::Service(BankError::NoSuchAccount { id: 99 }))
     ));
 }
+
+/// Parameters may take any name, `service` and `manager` included.
+#[vsp::service(name = "directory")]
+trait Directory {
+    async fn describe(&self, service: String, manager: String) -> String;
+}
+
+struct Phonebook;
+
+impl Directory for Phonebook {
+    async fn describe(&self, service: String, manager: String) -> String {
+        format!("{service} is run by {manager}")
+    }
+}
+
+#[tokio::test]
+async fn a_parameter_named_service_does_not_shadow_the_generated_code() {
+    let manager = VspManager::builder("directory").build();
+    manager.serve(DirectoryServer::new(Phonebook)).unwrap();
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    let mesh = vsp::ServiceMesh::new();
+    mesh.register(vsp::ServiceInfo::new("directory", "127.0.0.1", addr.port()))
+        .unwrap();
+    let client = DirectoryClient::new(VspClient::builder(mesh).build());
+    let text = client.describe("billing".into(), "ops".into()).await.unwrap();
+    assert_eq!(text, "billing is run by ops");
+    manager.shutdown().await.unwrap();
+}

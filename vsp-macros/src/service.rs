@@ -259,16 +259,19 @@ impl ServiceGenerator {
                 Output::Fallible { .. } => quote!(register_fallible),
                 Output::Value => quote!(register_infallible),
             };
+            // A local of the generated code, invisible to (and not shadowed by) a parameter the
+            // user named `service`.
+            let shared = Ident::new("service", Span::mixed_site());
             // Spanned at the method: an unmet bound on its types is reported there.
             let register = quote_spanned! {ident.span()=>
                 ::vsp::__private::#register(manager, #wire_name, move |#args_ident { #(#names),* }| {
-                    let service = ::core::clone::Clone::clone(&service);
-                    async move { <S as #trait_ident>::#ident(&*service, #(#names),*).await }
+                    let #shared = ::core::clone::Clone::clone(&#shared);
+                    async move { <S as #trait_ident>::#ident(&*#shared, #(#names),*).await }
                 })
             };
             quote! {
                 {
-                    let service = ::core::clone::Clone::clone(&self.service);
+                    let #shared = ::core::clone::Clone::clone(&self.service);
                     #register?;
                 }
             }
