@@ -102,9 +102,12 @@ impl Load {
 
     async fn until_more_calls(&self, n: usize) {
         let target = self.ok.load(Ordering::Relaxed) + n;
-        while self.ok.load(Ordering::Relaxed) < target {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        common::wait_until(
+            &format!("{n} more successful calls under load"),
+            Duration::from_secs(30),
+            || self.ok.load(Ordering::Relaxed) >= target,
+        )
+        .await;
     }
 
     async fn stop(self) -> (usize, Vec<VspError>) {
@@ -155,9 +158,12 @@ async fn killing_one_of_three_under_load_loses_no_idempotent_call_and_it_returns
     // Back on the same port: a probe re-admits it and it gets calls again.
     managers[0] = start_at(ports[0]).await;
     wait_for_status(&mesh, ports[0], HealthStatus::Healthy).await;
-    while managers[0].get_performance_stats().endpoints["echo"].calls < 50 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::wait_until(
+        "the restarted instance to serve 50 calls",
+        Duration::from_secs(30),
+        || managers[0].get_performance_stats().endpoints["echo"].calls >= 50,
+    )
+    .await;
     let (ok, failures) = load.stop().await;
     assert!(
         failures.is_empty(),

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client_builder_for, client_for, start_test_server, SERVICE};
+use common::{client_builder_for, client_for, held_call, start_test_server, wait_until, SERVICE};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
@@ -14,9 +14,11 @@ use vsp::{HealthStatus, ServiceInfo, ServiceMesh, VspClient, VspError};
 #[tokio::test]
 async fn a_call_past_its_deadline_times_out_and_frees_its_slot() {
     let (manager, addr) = start_test_server().await;
+    // One connection with room for two calls: a leaked slot would show at once.
     let client = client_builder_for(addr)
         .timeout(Duration::from_millis(100))
         .max_transports(1)
+        .max_in_flight_per_connection(2)
         .build();
     let err = client
         .call(SERVICE, "sleep", json!({"ms": 400, "tag": "late"}))
@@ -26,9 +28,21 @@ async fn a_call_past_its_deadline_times_out_and_frees_its_slot() {
         matches!(err, VspError::Timeout { ref service, ref endpoint, .. } if service == SERVICE && endpoint == "sleep"),
         "{err:?}"
     );
-    // Let the late response arrive: it must be dropped, not handed to the next call.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(manager.get_performance_stats().in_flight, 0);
+    // The client's slot is free at once: two calls fit on the one connection again.
+    let pair = futures::future::join(
+        client.call(SERVICE, "echo", json!({"value": 1})),
+        client.call(SERVICE, "echo", json!({"value": 2})),
+    )
+    .await;
+    assert_eq!((pair.0.unwrap(), pair.1.unwrap()), (json!(1), json!(2)));
+    // The late response arrives (the server finishes its work): it must be dropped, not handed
+    // to the next call.
+    wait_until(
+        "the server to finish the timed-out call",
+        Duration::from_secs(10),
+        || manager.get_performance_stats().endpoints["sleep"].calls == 1,
+    )
+    .await;
     let value = client
         .call(SERVICE, "echo", json!({"value": "next"}))
         .await
@@ -156,20 +170,28 @@ async fn unhealthy_instances_get_no_calls() {
 #[tokio::test]
 async fn a_dropped_call_frees_its_slot() {
     let (manager, addr) = start_test_server().await;
-    let client = client_builder_for(addr).max_transports(1).build();
-    let call = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            client
-                .call(SERVICE, "sleep", json!({"ms": 300, "tag": "x"}))
-                .await
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let client = client_builder_for(addr)
+        .max_transports(1)
+        .max_in_flight_per_connection(1)
+        .build();
+    let call = held_call(&client, &manager, 300).await;
     call.abort();
+    let _ = call.await;
+    // With room for one call, a leaked slot would refuse this one (`TooManyInFlight`).
+    assert_eq!(
+        client
+            .call(SERVICE, "echo", json!({"value": 8}))
+            .await
+            .unwrap(),
+        json!(8)
+    );
     // The server finishes its work; its response finds no caller and is dropped.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(manager.get_performance_stats().in_flight, 0);
+    wait_until(
+        "the server to finish the dropped call",
+        Duration::from_secs(10),
+        || manager.get_performance_stats().in_flight == 0,
+    )
+    .await;
     assert_eq!(
         client
             .call(SERVICE, "echo", json!({"value": 9}))

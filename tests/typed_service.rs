@@ -285,7 +285,10 @@ async fn a_parameter_named_service_does_not_shadow_the_generated_code() {
     mesh.register(vsp::ServiceInfo::new("directory", "127.0.0.1", addr.port()))
         .unwrap();
     let client = DirectoryClient::new(VspClient::builder(mesh).build());
-    let text = client.describe("billing".into(), "ops".into()).await.unwrap();
+    let text = client
+        .describe("billing".into(), "ops".into())
+        .await
+        .unwrap();
     assert_eq!(text, "billing is run by ops");
     manager.shutdown().await.unwrap();
 }

@@ -49,7 +49,7 @@ impl Mixed for Arc<Impl> {
     }
 }
 
-async fn serve(worker_type: WorkerType) -> (VspManager, Arc<Impl>, MixedClient) {
+async fn serve(worker_type: WorkerType) -> (VspManager, Arc<Impl>, MixedClient, ServiceMesh) {
     let state = Arc::new(Impl::default());
     let manager = VspManager::builder("mixed")
         .worker_type(worker_type)
@@ -59,26 +59,26 @@ async fn serve(worker_type: WorkerType) -> (VspManager, Arc<Impl>, MixedClient) 
     let mesh = ServiceMesh::new();
     mesh.register(ServiceInfo::new("mixed", "127.0.0.1", addr.port()))
         .unwrap();
-    let client = MixedClient::new(VspClient::builder(mesh).build());
-    (manager, state, client)
+    let client = MixedClient::new(VspClient::builder(mesh.clone()).build());
+    (manager, state, client, mesh)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multicore_handlers_run_on_the_worker_pool() {
-    let (_manager, _state, client) = serve(WorkerType::Multicore { workers: 2 }).await;
+    let (_manager, _state, client, _) = serve(WorkerType::Multicore { workers: 2 }).await;
     assert_eq!(client.thread_name().await.unwrap(), "vsp-worker");
     assert_eq!(client.waits(10).await.unwrap(), "done");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_handlers_run_on_the_servers_runtime() {
-    let (_manager, _state, client) = serve(WorkerType::Async).await;
+    let (_manager, _state, client, _) = serve(WorkerType::Async).await;
     assert_ne!(client.thread_name().await.unwrap(), "vsp-worker");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saturated_heavy_endpoint_leaves_light_endpoints_and_health_answering() {
-    let (manager, state, client) = serve(WorkerType::Multicore { workers: 2 }).await;
+    let (manager, state, client, mesh) = serve(WorkerType::Multicore { workers: 2 }).await;
     // More heavy calls than the pool has threads; none can finish until released.
     let heavy: Vec<_> = (0..4)
         .map(|_| {
@@ -97,6 +97,16 @@ async fn a_saturated_heavy_endpoint_leaves_light_endpoints_and_health_answering(
             .expect("a light call was starved by the heavy endpoint");
         assert_eq!(answer.unwrap(), n + 1);
     }
+    let health = tokio::time::timeout(
+        Duration::from_secs(30),
+        VspClient::builder(mesh)
+            .build()
+            .call("mixed", "health", serde_json::json!({})),
+    )
+    .await
+    .expect("health was starved by the heavy endpoint")
+    .unwrap();
+    assert_eq!(health["status"], "healthy");
     assert_eq!(manager.get_performance_stats().endpoints["heavy"].calls, 0);
     // The heavy endpoint never held more than its share (workers - 1) of the pool.
     assert_eq!(state.heavy_running.load(Ordering::SeqCst), 1);
@@ -110,7 +120,7 @@ async fn a_saturated_heavy_endpoint_leaves_light_endpoints_and_health_answering(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multicore_manager_drains_and_shuts_down() {
-    let (manager, _state, client) = serve(WorkerType::Multicore { workers: 3 }).await;
+    let (manager, _state, client, _) = serve(WorkerType::Multicore { workers: 3 }).await;
     let slow = {
         let client = client.clone();
         tokio::spawn(async move { client.waits(200).await })
