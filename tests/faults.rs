@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -50,18 +48,16 @@ async fn run_under(fault: Fault) {
         .retry_budget(0.2, 100)
         .build();
 
-    // Watches, without taking part, whether the faulty instance is ever taken out.
-    let ejected = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (mesh, ejected) = (mesh.clone(), ejected.clone());
+    // Waits, alongside the calls, for the faulty instance to be taken out.
+    let ejected = {
+        let mesh = mesh.clone();
         tokio::spawn(async move {
-            loop {
-                if status_of(&mesh, faulty) == HealthStatus::Unhealthy {
-                    ejected.store(true, Ordering::Relaxed);
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+            wait_until(
+                &format!("the instance behind {fault:?} to be ejected"),
+                Duration::from_secs(30),
+                || status_of(&mesh, faulty) == HealthStatus::Unhealthy,
+            )
+            .await;
         })
     };
 
@@ -100,13 +96,9 @@ async fn run_under(fault: Fault) {
         slowest <= TIMEOUT + LATE_SLACK,
         "{fault:?}: a call took {slowest:?}, past its {TIMEOUT:?} deadline"
     );
-    wait_until(
-        &format!("the instance behind {fault:?} to be ejected"),
-        Duration::from_secs(10),
-        || ejected.load(Ordering::Relaxed),
-    )
-    .await;
-    watcher.abort();
+    if let Err(failed) = ejected.await {
+        std::panic::resume_unwind(failed.into_panic());
+    }
     assert_eq!(
         status_of(&mesh, faulty),
         HealthStatus::Unhealthy,

@@ -51,7 +51,8 @@ async fn a_slow_but_steady_frame_within_the_deadline_is_served() {
     let whole = frame(&request_json("7", "echo", r#"{"value":"slow"}"#));
     for chunk in whole.chunks(whole.len() / 4 + 1) {
         peer.send(chunk).await;
-        tokio::time::sleep(Duration::from_millis(50)).await; // pacing the sender, not syncing
+        // The scenario, not a synchronisation: a sender that trickles its frame.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let reply = peer
         .recv()
@@ -165,18 +166,29 @@ async fn restart_on(port: u16) -> VspManager {
     manager
 }
 
+/// A live instance and one that is down, in a mesh with quick probes.
+fn live_and_down(live: u16, down: u16) -> ServiceMesh {
+    let mesh = quick_probes().build();
+    for port in [down, live] {
+        mesh.register(ServiceInfo::new(SERVICE, "127.0.0.1", port))
+            .unwrap();
+    }
+    mesh
+}
+
+/// Calls through `client` until the down instance has been tried, and checks it was ejected.
+async fn eject_the_down_one(client: &VspClient, down: u16) {
+    assert_echoes(client, 4).await;
+    assert_eq!(status_at(client.mesh(), down), HealthStatus::Unhealthy);
+}
+
 #[tokio::test]
 async fn an_ejected_instance_comes_back_after_the_client_that_ejected_it_is_dropped() {
     let (_live, live) = start_test_server().await;
     let down = stopped_server().await;
-    let mesh = quick_probes().build();
-    for port in [down, live.port()] {
-        mesh.register(ServiceInfo::new(SERVICE, "127.0.0.1", port))
-            .unwrap();
-    }
+    let mesh = live_and_down(live.port(), down);
     let first = VspClient::builder(mesh.clone()).build();
-    assert_echoes(&first, 4).await;
-    assert_eq!(status_at(&mesh, down), HealthStatus::Unhealthy);
+    eject_the_down_one(&first, down).await;
     drop(first); // its probe used to die with it, leaving the instance out for good
     let _second = VspClient::builder(mesh.clone()).build();
     let back = restart_on(down).await;
@@ -193,14 +205,9 @@ async fn an_ejected_instance_comes_back_after_the_client_that_ejected_it_is_drop
 async fn an_ejected_instance_comes_back_while_discovery_keeps_re_registering_it() {
     let (_live, live) = start_test_server().await;
     let down = stopped_server().await;
-    let mesh = quick_probes().build();
-    for port in [down, live.port()] {
-        mesh.register(ServiceInfo::new(SERVICE, "127.0.0.1", port))
-            .unwrap();
-    }
+    let mesh = live_and_down(live.port(), down);
     let client = VspClient::builder(mesh.clone()).build();
-    assert_echoes(&client, 4).await;
-    assert_eq!(status_at(&mesh, down), HealthStatus::Unhealthy);
+    eject_the_down_one(&client, down).await;
     let back = restart_on(down).await;
     // Consul rewrites every instance on each answer; mDNS on each re-announcement.
     let churn = {
@@ -228,29 +235,22 @@ fn an_instance_ejected_on_a_runtime_that_shut_down_is_probed_again() {
     let server_runtime = tokio::runtime::Runtime::new().unwrap();
     let (_live, live) = server_runtime.block_on(start_test_server());
     let down = server_runtime.block_on(stopped_server());
-    let mesh = quick_probes().build();
-    for port in [down, live.port()] {
-        mesh.register(ServiceInfo::new(SERVICE, "127.0.0.1", port))
-            .unwrap();
-    }
+    let mesh = live_and_down(live.port(), down);
     let client = VspClient::builder(mesh.clone()).build();
     let first = runtime();
-    first.block_on(assert_echoes(&client, 4));
-    assert_eq!(status_at(&mesh, down), HealthStatus::Unhealthy);
+    first.block_on(eject_the_down_one(&client, down));
     drop(first); // the probe task dies here
     let back = server_runtime.block_on(restart_on(down));
     let second = runtime();
     second.block_on(async {
-        // Calls keep going to the live instance; the ejected one must come back regardless.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while status_at(&mesh, down) != HealthStatus::Healthy {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out after 10 s waiting for the instance whose probe died with its runtime to be re-admitted"
-            );
-            assert_echoes(&client, 1).await;
-            tokio::time::sleep(Duration::from_millis(20)).await; // call pacing, not a sync
-        }
+        // A call on the new runtime restarts the client's sweeper, which re-probes orphans.
+        assert_echoes(&client, 1).await;
+        wait_until(
+            "the instance whose probe died with its runtime to be re-admitted",
+            Duration::from_secs(10),
+            || status_at(&mesh, down) == HealthStatus::Healthy,
+        )
+        .await;
     });
     server_runtime.block_on(back.shutdown()).unwrap();
 }

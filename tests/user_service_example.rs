@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
-use vsp::{ServiceInfo, ServiceMesh, VspClient};
+use vsp::{Address, ServiceInfo, ServiceMesh, VspClient};
 
 /// `cargo test` builds the examples next to the test binaries' `deps/` folder.
 fn example_binary(name: &str) -> PathBuf {
@@ -87,15 +87,7 @@ async fn user_service_serves_and_stops_gracefully_on_sigterm() {
         .parse()
         .unwrap();
 
-    let mesh = ServiceMesh::new();
-    mesh.register(ServiceInfo::new("user-service", "127.0.0.1", addr.port()))
-        .unwrap();
-    let client = VspClient::builder(mesh).build();
-    let user = client
-        .call("user-service", "get_user", json!({"user_id": "123"}))
-        .await
-        .unwrap();
-    assert_eq!(user["name"], "John Doe");
+    let client = client_getting_user_123(Address::tcp("127.0.0.1", addr.port())).await;
     let created = client
         .call(
             "user-service",
@@ -130,8 +122,17 @@ async fn user_service_serves_on_a_unix_socket_and_removes_it_on_exit() {
     let (child, line, output) = start_user_service(&address).await;
     assert_eq!(line.trim(), format!("listening on {address}"));
 
+    client_getting_user_123(address.parse().unwrap()).await;
+
+    stop_gracefully(child, output).await;
+    assert!(!path.exists(), "the socket file is removed on exit");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client of the `user-service` at `address`, after checking it serves `get_user` for 123.
+async fn client_getting_user_123(address: Address) -> VspClient {
     let mesh = ServiceMesh::new();
-    mesh.register(ServiceInfo::at("user-service", address.parse().unwrap()))
+    mesh.register(ServiceInfo::at("user-service", address))
         .unwrap();
     let client = VspClient::builder(mesh).build();
     let user = client
@@ -139,8 +140,5 @@ async fn user_service_serves_on_a_unix_socket_and_removes_it_on_exit() {
         .await
         .unwrap();
     assert_eq!(user["name"], "John Doe");
-
-    stop_gracefully(child, output).await;
-    assert!(!path.exists(), "the socket file is removed on exit");
-    let _ = std::fs::remove_dir_all(&dir);
+    client
 }

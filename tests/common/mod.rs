@@ -96,17 +96,7 @@ pub fn client_builder_for(addr: SocketAddr) -> vsp::VspClientBuilder {
     VspClient::builder(mesh)
 }
 
-/// Polls `condition` every 5 ms until it holds; panics naming `what` after `bound`.
-pub async fn wait_until(what: &str, bound: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + bound;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {bound:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
+pub use vsp_test_support::wait_until;
 
 /// Waits (at most 10 s) until the server has at least `n` requests in flight.
 pub async fn wait_in_flight(manager: &VspManager, n: usize) {

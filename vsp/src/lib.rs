@@ -65,6 +65,7 @@
 pub mod __private;
 pub mod balancer;
 pub mod client;
+mod deadline;
 pub mod discovery;
 mod error;
 pub mod instance;

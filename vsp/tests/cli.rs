@@ -277,36 +277,44 @@ async fn bench_reports_calls_latencies_and_errors_as_json() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn discover_lists_the_instances_consul_knows() {
-    let fake = vsp_test_support::fake_consul::FakeConsul::start().await;
+/// An `echo-service` manager that announces itself to the Consul agent at `url` with `weight`.
+fn announced_to_consul(url: String, weight: f64) -> VspManager {
     let check = ConsulCheck::Tcp {
         interval: Duration::from_millis(50),
         timeout: Duration::from_millis(200),
     };
-    let manager = VspManager::builder("echo-service")
+    VspManager::builder("echo-service")
         .mesh(
             ServiceMesh::builder()
-                .discovery(ConsulDiscovery::new(
-                    ConsulConfig::new(fake.url()).check(check),
-                ))
+                .discovery(ConsulDiscovery::new(ConsulConfig::new(url).check(check)))
                 .build(),
         )
-        .weight(2.0)
-        .build();
-    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
-    let output = vsp(
+        .weight(weight)
+        .build()
+}
+
+/// `vsp discover echo-service` against the Consul agent at `url`, looking for `timeout`.
+async fn discover_on_consul(url: String, timeout: &str) -> Output {
+    vsp(
         args(&[
             "discover",
             "echo-service",
             "--consul",
-            &fake.url(),
+            &url,
             "--timeout",
-            "5s",
+            timeout,
         ]),
         None,
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_lists_the_instances_consul_knows() {
+    let fake = vsp_test_support::fake_consul::FakeConsul::start().await;
+    let manager = announced_to_consul(fake.url(), 2.0);
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    let output = discover_on_consul(fake.url(), "5s").await;
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(stdout(&output), format!("{addr}\tweight 2\tUnknown\n"));
 
@@ -317,44 +325,24 @@ async fn discover_lists_the_instances_consul_knows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discover_looks_for_the_whole_timeout_before_listing() {
     let fake = vsp_test_support::fake_consul::FakeConsul::start().await;
-    let announcing = |weight: f64| {
-        VspManager::builder("echo-service")
-            .mesh(
-                ServiceMesh::builder()
-                    .discovery(ConsulDiscovery::new(ConsulConfig::new(fake.url())))
-                    .build(),
-            )
-            .weight(weight)
-            .build()
-    };
-    let first = announcing(1.0);
+    let first = announced_to_consul(fake.url(), 1.0);
     let first_addr = first.start_server("127.0.0.1", 0).await.unwrap();
-    let discover = tokio::spawn(vsp(
-        args(&[
-            "discover",
-            "echo-service",
-            "--consul",
-            &fake.url(),
-            "--timeout",
-            "3s",
-        ]),
-        None,
-    ));
+    let discover = tokio::spawn(discover_on_consul(fake.url(), "3s"));
     // Once `vsp discover` has asked (and found the first), a second instance appears.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !fake
-        .requests()
-        .iter()
-        .any(|r| r.method == "GET" && r.path.contains("/v1/health/service/echo-service"))
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after 10 s waiting for `vsp discover` to query Consul"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await; // "a moment later": pacing, not a sync
-    let second = announcing(2.0);
+    vsp_test_support::wait_until(
+        "`vsp discover` to query Consul",
+        Duration::from_secs(10),
+        || {
+            fake.requests()
+                .iter()
+                .any(|r| r.method == "GET" && r.path.contains("/v1/health/service/echo-service"))
+        },
+    )
+    .await;
+    // The scenario, not a synchronisation: the second instance is published a second after the
+    // first was found (the old `discover` listed 200 ms after its first answer and missed it).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = announced_to_consul(fake.url(), 2.0);
     let second_addr = second.start_server("127.0.0.1", 0).await.unwrap();
     let output = discover.await.unwrap();
     assert!(output.status.success(), "{}", stderr(&output));

@@ -4,6 +4,21 @@
 //! - [`fake_consul`]: a stateful fake Consul agent (no real agent can be installed here).
 //! - [`fault_proxy`]: a TCP proxy that injects faults (latency, resets, blackholes, half-closes,
 //!   slow reads) between a client and a server.
+//! - [`wait_until`]: a bounded wait on a condition that names what it waited for.
 
 pub mod fake_consul;
 pub mod fault_proxy;
+
+use std::time::Duration;
+
+/// Polls `condition` every 5 ms until it holds; panics naming `what` once `bound` has passed.
+pub async fn wait_until(what: &str, bound: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + bound;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {bound:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

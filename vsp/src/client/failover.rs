@@ -13,7 +13,6 @@ use super::response::remote_error;
 use super::{CallOptions, VspClient};
 use crate::error::{ErrorCode, ProtocolError, VspError};
 use crate::instance::Instance;
-use crate::protocol::frame::instant_after;
 
 /// One attempt's failure, and what it allows next.
 struct AttemptFailure {
@@ -92,7 +91,7 @@ impl VspClient {
         self.inner.start_background();
         let timeout = options.timeout.unwrap_or(self.timeout);
         let mut started = Instant::now();
-        let deadline = instant_after(started, timeout);
+        let deadline = crate::deadline::after(started, timeout);
         let config = &self.inner.config;
         let health = self.inner.mesh.health();
         self.inner.budget.deposit();
@@ -116,7 +115,7 @@ impl VspClient {
                 timeout,
             };
             let attempt_deadline = match config.attempt_timeout {
-                Some(per_attempt) => deadline.min(instant_after(started, per_attempt)),
+                Some(per_attempt) => deadline.min(crate::deadline::after(started, per_attempt)),
                 None => deadline,
             };
             let failure = match self
@@ -126,7 +125,7 @@ impl VspClient {
                 Ok(response) => match &response.error_code {
                     // Refused before running: safe to send elsewhere.
                     Some(code @ ErrorCode::ShuttingDown) => {
-                        self.inner.eject(&instance);
+                        self.inner.mesh.eject(&instance);
                         AttemptFailure::unsent(remote_error(service, endpoint, code, &response))
                     }
                     // Refused before running too (the server's limits are checked before the
@@ -209,7 +208,7 @@ impl VspClient {
                 return Err(AttemptFailure::unsent(attempt.timed_out()));
             }
             Err(err) => {
-                self.inner.report_failure(instance, true);
+                self.inner.mesh.report_failure(instance, true);
                 let error = match err {
                     PoolError::Connect(source) => VspError::Connect {
                         service: attempt.service.to_owned(),
@@ -241,7 +240,7 @@ impl VspClient {
         let outcome = call.wait().await;
         if connection.is_draining() {
             // The server announced its shutdown: no more calls to it until a probe says so.
-            self.inner.eject(instance);
+            self.inner.mesh.eject(instance);
         }
         // Only transport failures count against the instance's health: a slow endpoint (a
         // deadline that passed while the connection kept answering, or the server's own
@@ -263,7 +262,7 @@ impl VspClient {
                 attempt.error(failure)
             }
             Err(failure) => {
-                self.inner.report_failure(instance, false);
+                self.inner.mesh.report_failure(instance, false);
                 attempt.error(failure)
             }
         };

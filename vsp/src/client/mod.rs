@@ -13,8 +13,8 @@
 //! within a retry budget, so a struggling service does not get a retry storm on top of its load.
 //!
 //! Files: `builder.rs` (configuration and per-call options), `failover.rs` (one call's attempts
-//! and the mapping of each failure to a [`VspError`]), `probe.rs` (ejection probes, active
-//! health checks, the idle sweeper), `pool.rs` and `connection.rs` (connections), `response.rs`
+//! and the mapping of each failure to a [`VspError`]), `probe.rs` (the prober the mesh
+//! runs ejection probes with, liveness checks, active health checks, the idle sweeper), `pool.rs` and `connection.rs` (connections), `response.rs`
 //! (response bodies to values or errors), `retry.rs` (the retry budget).
 
 mod builder;

@@ -1,8 +1,11 @@
-//! The client's background work: probes that re-admit ejected instances, active health checks,
-//! and the sweeper that closes idle connections.
+//! The client's side of health: the prober it gives the mesh (a `health` call on a fresh
+//! connection, dialed as this client dials), liveness checks of connections that went silent,
+//! active health checks, and the sweeper that closes idle connections and re-probes orphaned
+//! ejections.
 //!
 //! The health state and its transitions live with the instance
-//! ([`HealthPolicy`](crate::HealthPolicy)); this file only runs the loops that feed them.
+//! ([`HealthPolicy`](crate::HealthPolicy)); the mesh runs the ejection probes, so they outlive
+//! any one client.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -13,9 +16,9 @@ use tokio::time::Instant;
 
 use super::connection::Connection;
 use super::ClientInner;
+use crate::deadline::{self, FOREVER};
 use crate::instance::{HealthStatus, Instance};
 use crate::mesh::Prober;
-use crate::protocol::frame::{instant_after, FOREVER};
 use crate::protocol::HEALTH_ENDPOINT;
 use crate::transport::Connector;
 use crate::BoxFuture;
@@ -29,14 +32,6 @@ const MAX_LIVENESS_WAIT: Duration = Duration::from_secs(5);
 const MIN_LIVENESS_WAIT: Duration = Duration::from_millis(50);
 
 impl ClientInner {
-    pub(super) fn report_failure(&self, instance: &Arc<Instance>, connect: bool) {
-        self.mesh.report_failure(instance, connect);
-    }
-
-    pub(super) fn eject(&self, instance: &Arc<Instance>) {
-        self.mesh.eject(instance);
-    }
-
     /// Calls `health` on `instance` over a fresh connection, bypassing its status; true if it
     /// answered healthy.
     async fn probe(&self, instance: &Instance) -> bool {
@@ -92,7 +87,7 @@ impl ClientInner {
                 "the connection stopped answering (no `health` answer within {timeout:?})"
             ));
             if let Some(client) = client.upgrade() {
-                client.report_failure(&instance, false);
+                client.mesh.report_failure(&instance, false);
             }
         });
     }
@@ -164,7 +159,7 @@ async fn check_health(client: Weak<ClientInner>, interval: Duration) {
                         client.mesh.readmit(&instance);
                     }
                 } else {
-                    client.eject(&instance);
+                    client.mesh.eject(&instance);
                 }
             }
         }
@@ -181,7 +176,7 @@ pub(super) struct ClientProber {
 
 impl ClientProber {
     async fn probe_now(&self, instance: &Instance) -> bool {
-        let deadline = instant_after(Instant::now(), self.timeout);
+        let deadline = deadline::after(Instant::now(), self.timeout);
         let connect = self.connector.connect(instance.address());
         let Ok(Ok(io)) = tokio::time::timeout_at(deadline, connect).await else {
             return false;

@@ -87,17 +87,20 @@ struct Transitions {
     pinned_out: bool,
 }
 
-impl HealthRecord {
-    pub(crate) fn new(status: HealthStatus) -> Self {
+impl Default for HealthRecord {
+    /// `Unknown`, nothing learned yet.
+    fn default() -> Self {
         HealthRecord {
-            status: AtomicU8::new(status.as_u8()),
+            status: AtomicU8::new(HealthStatus::Unknown.as_u8()),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             latency_ewma_ns: AtomicU64::new(0),
             transitions: Mutex::new(Transitions::default()),
         }
     }
+}
 
+impl HealthRecord {
     fn transitions(&self) -> MutexGuard<'_, Transitions> {
         self.transitions
             .lock()

@@ -35,21 +35,10 @@ impl Instance {
     /// A registration; `health` is the record of an earlier registration of the same address,
     /// which it keeps (a status given explicitly in `info` is applied to it as the user's word).
     pub(crate) fn new(info: ServiceInfo, health: Option<Arc<HealthRecord>>) -> Self {
-        let health = match health {
-            Some(record) => {
-                if info.status() != HealthStatus::Unknown {
-                    record.set_by_user(info.status());
-                }
-                record
-            }
-            None => {
-                let record = HealthRecord::new(HealthStatus::Unknown);
-                if info.status() != HealthStatus::Unknown {
-                    record.set_by_user(info.status());
-                }
-                Arc::new(record)
-            }
-        };
+        let health = health.unwrap_or_default();
+        if info.status() != HealthStatus::Unknown {
+            health.set_by_user(info.status());
+        }
         Instance {
             endpoint: Arc::from(info.endpoint()),
             health,

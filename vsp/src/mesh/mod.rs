@@ -215,10 +215,7 @@ impl ServiceMesh {
         }
         self.discovery.watch(service);
         let wait = self.discovery.first_resolution_wait();
-        let until = until.min(crate::protocol::frame::instant_after(
-            tokio::time::Instant::now(),
-            wait,
-        ));
+        let until = until.min(crate::deadline::after(tokio::time::Instant::now(), wait));
         loop {
             let changed = self.inner.changed.notified();
             tokio::pin!(changed);

@@ -9,6 +9,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::{Instant, Sleep};
 
+use crate::deadline;
 use crate::error::ProtocolError;
 
 /// The largest frame accepted by default: 16 MiB.
@@ -96,15 +97,6 @@ pub(crate) struct Patience<'a> {
     pub(crate) idle_since: &'a (dyn Fn() -> Option<Instant> + Sync),
 }
 
-/// `at + wait`, where a wait too long to represent means "never" (30 years, as tokio's).
-pub(crate) fn instant_after(at: Instant, wait: Duration) -> Instant {
-    at.checked_add(wait.min(FOREVER))
-        .unwrap_or_else(|| at + Duration::from_secs(86_400))
-}
-
-/// The longest wait a deadline is given; longer ones (`Duration::MAX`: "no limit") are clamped.
-pub(crate) const FOREVER: Duration = Duration::from_secs(86_400 * 365 * 30);
-
 /// Reads frames from a byte stream into one growing buffer; each frame comes out as a `Bytes`
 /// that shares that buffer, so no frame is copied.
 pub(crate) struct FrameReader<R> {
@@ -148,14 +140,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.buf.reserve(READ_CHUNK);
             }
             let timer = self.timer.get_or_insert_with(|| {
-                Box::pin(tokio::time::sleep_until(instant_after(
+                Box::pin(tokio::time::sleep_until(deadline::after(
                     Instant::now(),
                     patience.frame.min(patience.idle),
                 )))
             });
             if !self.buf.is_empty() {
                 let since = *self.partial_since.get_or_insert_with(Instant::now);
-                let due = instant_after(since, patience.frame);
+                let due = deadline::after(since, patience.frame);
                 if due < timer.deadline() {
                     timer.as_mut().reset(due);
                 }
@@ -165,8 +157,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 read = self.io.read_buf(&mut self.buf) => read.map_err(ReadError::Io)?,
                 () = timer.as_mut() => {
                     let now = Instant::now();
-                    let stalled_due = self.partial_since.map(|since| instant_after(since, patience.frame));
-                    let idle_due = (patience.idle_since)().map(|since| instant_after(since, patience.idle));
+                    let stalled_due = self.partial_since.map(|since| deadline::after(since, patience.frame));
+                    let idle_due = (patience.idle_since)().map(|since| deadline::after(since, patience.idle));
                     if stalled_due.is_some_and(|due| due <= now) {
                         return Err(ReadError::Stalled { after: patience.frame, buffered: self.buf.len() });
                     }
@@ -178,7 +170,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                         .into_iter()
                         .flatten()
                         .min()
-                        .unwrap_or_else(|| instant_after(now, patience.idle));
+                        .unwrap_or_else(|| deadline::after(now, patience.idle));
                     timer.as_mut().reset(next);
                     continue;
                 }

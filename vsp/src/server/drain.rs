@@ -61,7 +61,7 @@ impl Drain {
         count: impl Fn(&Self) -> usize,
         timeout: Duration,
     ) -> bool {
-        let deadline = crate::protocol::frame::instant_after(tokio::time::Instant::now(), timeout);
+        let deadline = crate::deadline::after(tokio::time::Instant::now(), timeout);
         loop {
             let notified = self.drained.notified();
             tokio::pin!(notified);

@@ -193,10 +193,7 @@ where
                 .received
                 .map_or_else(tokio::time::Instant::now, Into::into);
             (
-                crate::protocol::frame::instant_after(
-                    arrived,
-                    std::time::Duration::from_millis(ms),
-                ),
+                crate::deadline::after(arrived, std::time::Duration::from_millis(ms)),
                 ms,
             )
         });

@@ -204,38 +204,37 @@ impl Reply {
                 })
             })
         });
-        match pushed {
-            Ok(Ok(())) => {}
-            Ok(Err(EncodeError::TooLarge { len, max })) => {
-                let message = format!(
+        let failed = match pushed {
+            Ok(Ok(())) => return,
+            Ok(Err(EncodeError::TooLarge { len, max })) => (
+                ErrorCode::TooLarge,
+                format!(
                     "the result of `{}` is {len} bytes, above the largest frame of {max} bytes",
                     self.endpoint()
-                );
-                tracing::warn!(endpoint = self.endpoint(), "{message}");
-                if let Some(entry) = &self.entry {
-                    entry.counters.count_error();
-                }
-                self.error(ErrorCode::TooLarge, &message);
-            }
-            Ok(Err(EncodeError::Json(err))) => {
-                let message = format!(
+                ),
+            ),
+            Ok(Err(EncodeError::Json(err))) => (
+                ErrorCode::Handler,
+                format!(
                     "cannot serialize the result of `{}`: {err}",
                     self.endpoint()
-                );
-                tracing::error!(endpoint = self.endpoint(), "{message}");
-                // Already counted as a success: count the failure it turned out to be.
-                if let Some(entry) = &self.entry {
-                    entry.counters.count_error();
-                }
-                self.error(ErrorCode::Handler, &message);
-            }
+                ),
+            ),
             Err(_closed) => {
                 tracing::debug!(
                     endpoint = self.endpoint(),
                     "reply dropped: connection closed"
-                )
+                );
+                return;
             }
+        };
+        let (code, message) = failed;
+        tracing::error!(endpoint = self.endpoint(), "{message}");
+        // Already counted as a success: count the failure it turned out to be.
+        if let Some(entry) = &self.entry {
+            entry.counters.count_error();
         }
+        self.error(code, &message);
     }
 
     /// Answers with a service method's typed error: code `handler`, the error as JSON under

@@ -65,7 +65,7 @@ impl From<VspError> for Failure {
     fn from(err: VspError) -> Self {
         let code = match &err {
             VspError::Remote { .. } | VspError::Decode { .. } => 1,
-            VspError::Encode { .. } => 2,
+            VspError::Encode { .. } | VspError::RequestTooLarge { .. } => 2,
             _ => 3,
         };
         Failure {
