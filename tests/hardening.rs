@@ -12,6 +12,8 @@ async fn impatient_server(frame: Duration, idle: Duration) -> (VspManager, std::
     let manager = VspManager::builder(SERVICE)
         .frame_timeout(frame)
         .idle_timeout(idle)
+        // Thousands of stalled peers, all from 127.0.0.1.
+        .max_connections_per_peer(4_096)
         .build();
     register_test_endpoints(&manager);
     let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
@@ -415,5 +417,123 @@ async fn a_request_above_the_frame_limit_is_refused_before_sending() {
         "it was sent"
     );
     assert_echoes(&client, 2).await;
+    manager.shutdown().await.unwrap();
+}
+
+/// A server with the test endpoints, built by `configure`.
+async fn server_with(
+    configure: impl FnOnce(vsp::VspManagerBuilder) -> vsp::VspManagerBuilder,
+) -> (VspManager, std::net::SocketAddr) {
+    let manager = configure(VspManager::builder(SERVICE)).build();
+    register_test_endpoints(&manager);
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    (manager, addr)
+}
+
+#[tokio::test]
+async fn connections_beyond_the_caps_are_closed_at_once_and_their_places_come_back() {
+    let (manager, addr) =
+        server_with(|builder| builder.max_connections(3).max_connections_per_peer(2)).await;
+    let one: std::net::IpAddr = [127, 0, 0, 1].into();
+    let two: std::net::IpAddr = [127, 0, 0, 2].into();
+    let three: std::net::IpAddr = [127, 0, 0, 3].into();
+    let mut first = RawPeer::connect_from(addr, one).await;
+    let mut second = RawPeer::connect_from(addr, one).await;
+    assert!(first.is_served().await && second.is_served().await);
+    let mut third_from_one = RawPeer::connect_from(addr, one).await;
+    assert!(
+        third_from_one
+            .is_closed_within(Duration::from_secs(5))
+            .await,
+        "a third connection from one peer (cap 2) was kept"
+    );
+    let mut from_two = RawPeer::connect_from(addr, two).await;
+    assert!(
+        from_two.is_served().await,
+        "another peer was refused under the caps"
+    );
+    let mut from_three = RawPeer::connect_from(addr, three).await;
+    assert!(
+        from_three.is_closed_within(Duration::from_secs(5)).await,
+        "a fourth connection (cap 3) was kept"
+    );
+    assert_eq!(manager.get_performance_stats().connections_refused, 2);
+    // A closed connection gives its place back, for its peer and in the total.
+    drop(first);
+    wait_until(
+        "the closed connection to be counted closed",
+        Duration::from_secs(5),
+        || manager.get_performance_stats().connections_active == 2,
+    )
+    .await;
+    let mut again = RawPeer::connect_from(addr, one).await;
+    assert!(again.is_served().await, "a place given back was not reused");
+    assert!(second.is_served().await && from_two.is_served().await);
+    manager.shutdown().await.unwrap();
+}
+
+/// A `sleep` request of about `bytes` bytes (its tag is the padding).
+fn large_sleep(id: &str, ms: u64, bytes: usize) -> Vec<u8> {
+    let tag = "x".repeat(bytes);
+    frame(&request_json(
+        id,
+        "sleep",
+        &format!(r#"{{"ms":{ms},"tag":"{tag}"}}"#),
+    ))
+}
+
+#[tokio::test]
+async fn large_requests_beyond_a_connections_byte_budget_are_answered_overloaded() {
+    let (manager, addr) =
+        server_with(|builder| builder.max_request_bytes_per_connection(100_000)).await;
+    let mut peer = RawPeer::connect(addr).await;
+    peer.send(&large_sleep("1", 1_000, 60_000)).await;
+    wait_in_flight(&manager, 1).await;
+    peer.send(&large_sleep("2", 0, 60_000)).await;
+    let refused = peer.recv().await.expect("closed instead of answering");
+    assert_eq!(refused["header"]["request_id"], 2);
+    assert_eq!(refused["header"]["error_code"], "overloaded", "{refused}");
+    // Another connection has its own budget.
+    let mut other = RawPeer::connect(addr).await;
+    other.send(&large_sleep("3", 0, 60_000)).await;
+    let served = other.recv().await.unwrap();
+    assert_eq!(served["body"].as_str().map(str::len), Some(60_000));
+    // Once the first is answered, its bytes are given back.
+    let first = peer.recv().await.unwrap();
+    assert_eq!(first["header"]["request_id"], 1);
+    peer.send(&large_sleep("4", 0, 60_000)).await;
+    let fourth = peer.recv().await.unwrap();
+    assert_eq!(
+        fourth["body"].as_str().map(str::len),
+        Some(60_000),
+        "{}",
+        fourth["header"]
+    );
+    // A request larger than the whole budget is still served when it is the only one.
+    peer.send(&large_sleep("5", 0, 150_000)).await;
+    let alone = peer.recv().await.unwrap();
+    assert_eq!(alone["body"].as_str().map(str::len), Some(150_000));
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn large_requests_beyond_the_servers_byte_budget_are_answered_overloaded() {
+    let (manager, addr) = server_with(|builder| builder.max_request_bytes(100_000)).await;
+    let mut first = RawPeer::connect(addr).await;
+    first.send(&large_sleep("1", 1_000, 60_000)).await;
+    wait_in_flight(&manager, 1).await;
+    let mut second = RawPeer::connect(addr).await;
+    second.send(&large_sleep("2", 0, 60_000)).await;
+    let refused = second.recv().await.expect("closed instead of answering");
+    assert_eq!(refused["header"]["error_code"], "overloaded", "{refused}");
+    // Small requests are not held by the byte budget.
+    second
+        .send_request("3", "echo", r#"{"value":"small"}"#)
+        .await;
+    assert_eq!(second.recv().await.unwrap()["body"], "small");
+    assert_eq!(first.recv().await.unwrap()["header"]["request_id"], 1);
+    second.send(&large_sleep("4", 0, 60_000)).await;
+    let served = second.recv().await.unwrap();
+    assert_eq!(served["body"].as_str().map(str::len), Some(60_000));
     manager.shutdown().await.unwrap();
 }

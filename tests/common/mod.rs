@@ -165,6 +165,31 @@ impl RawPeer {
         }
     }
 
+    /// Connects from `source` (another loopback address, such as 127.0.0.2), to look like
+    /// another peer.
+    pub async fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> RawPeer {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        RawPeer {
+            stream: socket.connect(addr).await.unwrap(),
+        }
+    }
+
+    /// True if a `health` request on this connection is answered (the server kept it).
+    pub async fn is_served(&mut self) -> bool {
+        if self
+            .stream
+            .write_all(&frame(&request_json(r#""h""#, "health", "{}")))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        self.recv()
+            .await
+            .is_some_and(|reply| reply["body"]["status"] == "healthy")
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.unwrap();
     }

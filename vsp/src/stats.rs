@@ -35,6 +35,11 @@ pub struct PerformanceStats {
     pub connections_active: usize,
     /// Client connections accepted since the server started.
     pub connections_total: u64,
+    /// Connections closed as soon as they were accepted, for being beyond the connection caps.
+    pub connections_refused: u64,
+    /// Accepts that failed for lack of resources (out of file descriptors, say); the server
+    /// pauses after each, longer while they last.
+    pub accept_errors: u64,
     /// Per registered endpoint (and `health`): calls and processing-time percentiles.
     pub endpoints: BTreeMap<String, EndpointStats>,
 }
@@ -311,6 +316,8 @@ pub(crate) struct ServerStats {
 pub(crate) struct LiveCounts {
     pub(crate) in_flight: usize,
     pub(crate) connections_active: usize,
+    pub(crate) connections_refused: u64,
+    pub(crate) accept_errors: u64,
 }
 
 impl ServerStats {
@@ -353,6 +360,8 @@ impl ServerStats {
                 .collect(),
             connections_active: live.connections_active,
             connections_total: self.connections_total.load(Ordering::Relaxed),
+            connections_refused: live.connections_refused,
+            accept_errors: live.accept_errors,
         }
     }
 }

@@ -22,6 +22,11 @@ pub const LENGTH_PREFIX_LEN: usize = 4;
 /// costs at most this much more, not the size it announced.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Frames up to this size share the reader's buffer; after a larger one the reader moves the
+/// bytes that follow it to a fresh buffer, so the large frame's allocation is freed with the
+/// frame (and a small frame never keeps a large allocation alive).
+pub(crate) const SHARED_FRAME_MAX: usize = 16 * 1024;
+
 /// Appends one frame to `out`: a placeholder length, whatever `write_json` writes, then the real
 /// length. If `write_json` fails, `out` is left as it was.
 pub(crate) fn encode_frame<E>(
@@ -236,7 +241,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return Ok(None);
         }
         self.buf.advance(LENGTH_PREFIX_LEN);
-        Ok(Some(self.buf.split_to(len).freeze()))
+        let frame = self.buf.split_to(len).freeze();
+        if len > SHARED_FRAME_MAX {
+            let mut rest = BytesMut::with_capacity(READ_CHUNK.max(self.buf.len()));
+            rest.extend_from_slice(&self.buf);
+            self.buf = rest;
+        }
+        Ok(Some(frame))
     }
 }
 
@@ -278,6 +289,23 @@ mod tests {
             other => panic!("expected FrameTooLarge, got {other:?}"),
         }
         assert!(reader.buf.capacity() <= 2 * READ_CHUNK);
+    }
+
+    #[tokio::test]
+    async fn a_frame_after_a_large_one_does_not_share_its_allocation() {
+        let large = format!("\"{}\"", "x".repeat(SHARED_FRAME_MAX * 4));
+        let mut bytes = frame(&large);
+        bytes.extend(frame("{}"));
+        let mut reader = FrameReader::new(&bytes[..], DEFAULT_MAX_FRAME_SIZE);
+        let first = reader.next_frame().await.unwrap().unwrap();
+        let second = reader.next_frame().await.unwrap().unwrap();
+        assert_eq!(&second[..], b"{}");
+        let first_alloc =
+            first.as_ptr() as usize..first.as_ptr() as usize + first.len() + 2 * READ_CHUNK;
+        assert!(
+            !first_alloc.contains(&(second.as_ptr() as usize)),
+            "the small frame still points into the large frame's buffer"
+        );
     }
 
     #[tokio::test]

@@ -13,7 +13,9 @@ use super::endpoint::HealthEndpoint;
 use super::{
     EndpointEntry, Lifecycle, ManagerInner, Registry, ServerConfig, VspManager, WorkerType,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+    DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_PEER,
+    DEFAULT_MAX_REQUESTS_PER_CONNECTION, DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_REQUEST_BYTES_PER_CONNECTION,
 };
 use crate::mesh::ServiceMesh;
 use crate::protocol::{DEFAULT_MAX_FRAME_SIZE, HEALTH_ENDPOINT};
@@ -45,6 +47,10 @@ impl VspManagerBuilder {
                 max_requests_per_connection: DEFAULT_MAX_REQUESTS_PER_CONNECTION,
                 frame_timeout: DEFAULT_FRAME_TIMEOUT,
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
+                max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+                max_request_bytes_per_connection: DEFAULT_MAX_REQUEST_BYTES_PER_CONNECTION,
             },
         }
     }
@@ -76,6 +82,38 @@ impl VspManagerBuilder {
     /// connection's requests are answered `overloaded` at once.
     pub fn max_requests_per_connection(mut self, requests: usize) -> Self {
         self.config.max_requests_per_connection = requests.max(1);
+        self
+    }
+
+    /// The most connections open at once (default 16,384). A connection beyond it is closed as
+    /// soon as it is accepted, with a log line (at most one a second, with the count), and
+    /// counted in [`PerformanceStats::connections_refused`](crate::PerformanceStats).
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.config.max_connections = connections.max(1);
+        self
+    }
+
+    /// The most connections open at once from one peer IP address (default 1,024; TCP peers
+    /// only). Beyond it, as for [`max_connections`](Self::max_connections).
+    pub fn max_connections_per_peer(mut self, connections: usize) -> Self {
+        self.config.max_connections_per_peer = connections.max(1);
+        self
+    }
+
+    /// The budget of large request bytes being handled at once over all connections (default
+    /// 512 MiB). A request above 16 KiB that would take the total past it is answered
+    /// `overloaded` at once (its caller tries another instance), unless it is the only large
+    /// request in flight. Smaller requests are bounded by
+    /// [`max_concurrent_requests`](Self::max_concurrent_requests) instead, so a server's request
+    /// memory stays under about this budget plus 16 KiB per request in flight.
+    pub fn max_request_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_request_bytes = bytes;
+        self
+    }
+
+    /// As [`max_request_bytes`](Self::max_request_bytes), for one connection (default 64 MiB).
+    pub fn max_request_bytes_per_connection(mut self, bytes: usize) -> Self {
+        self.config.max_request_bytes_per_connection = bytes;
         self
     }
 
@@ -152,6 +190,7 @@ impl VspManagerBuilder {
                 lifecycle,
                 stats: ServerStats::default(),
                 drain: Drain::default(),
+                admission: Arc::default(),
                 workers: OnceLock::new(),
                 accepting: Mutex::new(None),
                 announcement: self.mesh.map(|mesh| Announcement {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+use super::admission::{Admitted, LARGE_REQUEST};
 use super::reply::{response_head, Reply, ResponseHead, ServerConnection};
 use super::{Lifecycle, ManagerInner};
 use crate::error::{ErrorCode, ProtocolError};
@@ -31,7 +32,12 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves one accepted connection until the peer closes it, it breaks the protocol beyond
 /// answering, or the server closes.
-pub(crate) async fn serve_connection(io: Io, peer: Address, manager: Arc<ManagerInner>) {
+pub(crate) async fn serve_connection(
+    io: Io,
+    peer: Address,
+    manager: Arc<ManagerInner>,
+    admitted: Admitted,
+) {
     let (read, write) = io.into_halves();
     let queue = Arc::new(WriteQueue::new());
     manager.stats.connection_opened();
@@ -57,6 +63,7 @@ pub(crate) async fn serve_connection(io: Io, peer: Address, manager: Arc<Manager
                 tracing::debug!(%peer, "connection write side ended: {err}");
             }
             queue.close();
+            drop(admitted);
             manager.drain.connection_closed();
         })
     };
@@ -67,6 +74,7 @@ pub(crate) async fn serve_connection(io: Io, peer: Address, manager: Arc<Manager
         in_flight: AtomicUsize::new(0),
         opened: tokio::time::Instant::now(),
         idle_since_ms: AtomicU64::new(0),
+        large_bytes: AtomicUsize::new(0),
     });
     let mut frames = FrameReader::new(read, manager.config.max_frame_size);
     let idle_since = || conn.idle_since();
@@ -206,6 +214,8 @@ fn dispatch(
                 "this connection is at its limit of {} requests in flight",
                 limits.max_requests_per_connection
             ))
+        } else if frame.len() > LARGE_REQUEST {
+            large_request_refusal(conn, frame.len())
         } else {
             None
         };
@@ -214,7 +224,10 @@ fn dispatch(
             return Ok(());
         }
     }
-    let reply = Reply::new(conn.clone(), head, Some(entry.clone())).with_timeout(timeout_ms);
+    let mut reply = Reply::new(conn.clone(), head, Some(entry.clone())).with_timeout(timeout_ms);
+    if frame.len() > LARGE_REQUEST {
+        reply = reply.with_large_request(frame.len());
+    }
     let body = envelope.body();
     if !is_json_object(body) {
         reply.error(
@@ -225,6 +238,29 @@ fn dispatch(
     }
     entry.endpoint.start(body, reply, cx);
     Ok(())
+}
+
+/// Why a large request of `bytes` would break a byte budget, if it would. A request that is the
+/// only large one in flight is always taken (the frame limit bounds it), so no size is refused
+/// for ever.
+fn large_request_refusal(conn: &ServerConnection, bytes: usize) -> Option<String> {
+    let limits = &conn.manager.config;
+    let over = |taken: usize, budget: usize| taken > 0 && taken.saturating_add(bytes) > budget;
+    let server = conn.manager.admission.large_bytes.load(Ordering::Acquire);
+    if over(server, limits.max_request_bytes) {
+        return Some(format!(
+            "service `{}` is at its budget of {} request bytes in flight",
+            conn.manager.name, limits.max_request_bytes
+        ));
+    }
+    let connection = conn.large_bytes.load(Ordering::Acquire);
+    if over(connection, limits.max_request_bytes_per_connection) {
+        return Some(format!(
+            "this connection is at its budget of {} request bytes in flight",
+            limits.max_request_bytes_per_connection
+        ));
+    }
+    None
 }
 
 impl ServerConnection {

@@ -8,6 +8,7 @@
 //! open connections with `shutting_down` (so a client learns at once to go elsewhere) while the
 //! calls already running finish; then, drained or out of time, it closes every connection.
 
+mod admission;
 mod announce;
 mod builder;
 mod connection;
@@ -29,6 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use admission::{AcceptBackoff, Admission, RefusalLog};
 use announce::Announcement;
 pub use builder::VspManagerBuilder;
 use drain::Drain;
@@ -91,6 +93,10 @@ pub(crate) struct ServerConfig {
     pub(crate) max_requests_per_connection: usize,
     pub(crate) frame_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_peer: usize,
+    pub(crate) max_request_bytes: usize,
+    pub(crate) max_request_bytes_per_connection: usize,
 }
 
 /// The default bound on receiving one request frame once its first bytes arrived.
@@ -102,6 +108,14 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 10_000;
 /// The default bound on requests being handled at once for one connection.
 pub const DEFAULT_MAX_REQUESTS_PER_CONNECTION: usize = 1_024;
+/// The default bound on open connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// The default bound on open connections from one peer IP address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 1_024;
+/// The default budget of large request bytes being handled, over all connections.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 512 * 1024 * 1024;
+/// The default budget of large request bytes being handled for one connection.
+pub const DEFAULT_MAX_REQUEST_BYTES_PER_CONNECTION: usize = 64 * 1024 * 1024;
 /// How long a draining server keeps connections open after telling clients, at least: requests
 /// already on their way get a `shutting_down` answer instead of a closed connection.
 const DRAIN_GRACE: Duration = Duration::from_millis(100);
@@ -119,6 +133,8 @@ pub(crate) struct ManagerInner {
     pub(crate) stats: ServerStats,
     /// Requests and connections a graceful shutdown waits for.
     pub(crate) drain: Drain,
+    /// Connections and large request bytes under their caps.
+    pub(crate) admission: Arc<Admission>,
     /// The handler pool of a `Multicore` manager, made by `start_server`.
     workers: OnceLock<WorkerPool>,
     /// Where and how the server announces itself, if it does.
@@ -512,9 +528,12 @@ impl VspManager {
             .values()
             .map(|entry| (entry.name.to_string(), entry.counters.snapshot()))
             .collect();
+        let admission = &self.inner.admission;
         let live = LiveCounts {
             in_flight: self.inner.drain.in_flight(),
             connections_active: self.inner.drain.connections_active(),
+            connections_refused: admission.connections_refused.load(Ordering::Relaxed),
+            accept_errors: admission.accept_errors.load(Ordering::Relaxed),
         };
         self.inner.stats.snapshot(&self.inner.name, endpoints, live)
     }
@@ -522,6 +541,9 @@ impl VspManager {
 
 async fn accept_loop(mut listener: Box<dyn Listener>, manager: Arc<ManagerInner>) {
     let mut lifecycle = manager.lifecycle();
+    let mut backoff = AcceptBackoff::default();
+    let mut refusals = RefusalLog::default();
+    let config = &manager.config;
     loop {
         let accepted = tokio::select! {
             _ = lifecycle.wait_for(|state| *state != Lifecycle::Running) => break,
@@ -529,12 +551,47 @@ async fn accept_loop(mut listener: Box<dyn Listener>, manager: Arc<ManagerInner>
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(connection::serve_connection(stream, peer, manager.clone()));
+                backoff.succeeded();
+                let admitted = manager.admission.admit(
+                    &peer,
+                    config.max_connections,
+                    config.max_connections_per_peer,
+                );
+                match admitted {
+                    Ok(admitted) => {
+                        tokio::spawn(connection::serve_connection(
+                            stream,
+                            peer,
+                            manager.clone(),
+                            admitted,
+                        ));
+                    }
+                    Err(refusal) => {
+                        drop(stream);
+                        manager
+                            .admission
+                            .connections_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        refusals.refused(&manager.name, &peer, refusal);
+                    }
+                }
+            }
+            Err(err) if admission::is_connection_error(&err) => {
+                tracing::debug!(service = %manager.name, "accept failed for one connection: {err}");
             }
             Err(err) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(service = %manager.name, "accept failed: {err}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // Out of file descriptors or memory: pause, longer while it lasts, instead of
+                // spinning (and logging) on a listener that stays ready.
+                manager
+                    .admission
+                    .accept_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                let pause = backoff.failed();
+                tracing::warn!(service = %manager.name, "accept failed: {err}; next try in {pause:?}");
+                tokio::select! {
+                    _ = lifecycle.wait_for(|state| *state != Lifecycle::Running) => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
             }
         }
     }

@@ -11,6 +11,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde::Serialize;
 
+use super::admission::LARGE_REQUEST;
 use super::{EndpointEntry, ManagerInner};
 use crate::error::ErrorCode;
 use crate::protocol::frame::{encode_frame, encode_frame_within, EncodeError};
@@ -31,6 +32,8 @@ pub(crate) struct ServerConnection {
     pub(crate) opened: tokio::time::Instant,
     /// When `in_flight` last fell to zero, in milliseconds since `opened` (for the idle timeout).
     pub(crate) idle_since_ms: AtomicU64,
+    /// Bytes of this connection's large requests being handled (see `LARGE_REQUEST`).
+    pub(crate) large_bytes: AtomicUsize,
 }
 
 impl ServerConnection {
@@ -72,7 +75,8 @@ pub(crate) fn response_head(request_id: &str, service: &str, endpoint: &str) -> 
 ///
 /// Why it points into the request frame: the id, service and endpoint are already there, so a
 /// reply costs no allocation to remember them; only header strings that had JSON escapes (not
-/// borrowable) are copied out.
+/// borrowable) are copied out, and so are those of a large frame, which would otherwise stay in
+/// memory, whole, until its call is answered.
 pub(crate) enum ResponseHead {
     Echo {
         frame: Bytes,
@@ -90,6 +94,13 @@ pub(crate) enum ResponseHead {
 
 impl ResponseHead {
     pub(crate) fn echo(frame: &Bytes, envelope: &Envelope<'_>) -> ResponseHead {
+        if frame.len() > LARGE_REQUEST {
+            return response_head(
+                envelope.request_id().get(),
+                envelope.service(),
+                envelope.endpoint(),
+            );
+        }
         let bounds = frame.as_ptr_range();
         let range = |s: &str| {
             let start = s.as_ptr();
@@ -160,6 +171,8 @@ pub(crate) struct Reply {
     settled: bool,
     /// The caller's remaining wait (`timeout_ms`), past which the handler is stopped.
     pub(super) timeout_ms: Option<u64>,
+    /// The request's size when it counts against the byte budgets, given back on settling.
+    large_bytes: usize,
 }
 
 impl Reply {
@@ -179,7 +192,21 @@ impl Reply {
             received,
             settled: false,
             timeout_ms: None,
+            large_bytes: 0,
         }
+    }
+
+    /// Counts a large request's `bytes` against its connection's and the server's budgets
+    /// until it is answered.
+    pub(crate) fn with_large_request(mut self, bytes: usize) -> Self {
+        self.conn.large_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let manager = self.conn.manager();
+        manager
+            .admission
+            .large_bytes
+            .fetch_add(bytes, Ordering::AcqRel);
+        self.large_bytes = bytes;
+        self
     }
 
     pub(crate) fn with_timeout(mut self, timeout_ms: Option<u64>) -> Self {
@@ -330,6 +357,15 @@ impl Reply {
         }
         let elapsed = self.received.map(|received| received.elapsed());
         let manager = self.conn.manager();
+        if self.large_bytes > 0 {
+            self.conn
+                .large_bytes
+                .fetch_sub(self.large_bytes, Ordering::AcqRel);
+            manager
+                .admission
+                .large_bytes
+                .fetch_sub(self.large_bytes, Ordering::AcqRel);
+        }
         manager.drain.request_finished();
         if let Some(elapsed) = elapsed {
             manager.stats.request_finished(elapsed);
@@ -344,5 +380,39 @@ impl Drop for Reply {
     /// A reply dropped unanswered (the server closed) still settles, so `in_flight` never leaks.
     fn drop(&mut self) {
         self.settle(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head_of(frame: &Bytes) -> ResponseHead {
+        let envelope = Envelope::parse(frame).unwrap();
+        ResponseHead::echo(frame, &envelope)
+    }
+
+    fn request(body: &str) -> Bytes {
+        Bytes::from(format!(
+            r#"{{"header":{{"request_id":"r1","service":"s","endpoint":"e","is_response":false}},"body":{body}}}"#
+        ))
+    }
+
+    #[test]
+    fn a_small_request_is_echoed_in_place_and_a_large_ones_header_is_copied_out() {
+        let small = request("{}");
+        assert!(matches!(head_of(&small), ResponseHead::Echo { .. }));
+        let large = request(&format!(r#"{{"pad":"{}"}}"#, "x".repeat(LARGE_REQUEST)));
+        let head = head_of(&large);
+        assert!(
+            matches!(head, ResponseHead::Owned { .. }),
+            "a large request frame would stay alive until its reply"
+        );
+        let header = head.header();
+        assert_eq!(
+            (header.service, header.endpoint),
+            ("s", "e"),
+            "the copied header lost its strings"
+        );
     }
 }
