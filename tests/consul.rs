@@ -303,3 +303,129 @@ async fn the_user_service_example_registers_and_deregisters() {
     rest.join().unwrap();
     assert!(fake.registrations().is_empty(), "deregistered on exit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_consul_lists_without_instances_fails_at_once() {
+    let fake = FakeConsul::start().await;
+    // A first call may wait 30 s for Consul; Consul answers "none" in milliseconds.
+    let mesh = consul_mesh(config(&fake).first_resolution_wait(Duration::from_secs(30)));
+    let client = VspClient::builder(mesh.clone()).build();
+    for attempt in ["first", "second"] {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.call("ghost-service", "whoami", json!({})),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!("the {attempt} call kept waiting after Consul answered that ghost-service has no instance")
+        });
+        assert!(
+            matches!(&answer, Err(VspError::NoInstances { service }) if service == "ghost-service"),
+            "{answer:?}"
+        );
+    }
+    // The watch goes on: an instance that registers later is found.
+    let manager = VspManager::builder("ghost-service")
+        .mesh(consul_mesh(config(&fake)))
+        .build();
+    manager
+        .endpoint("whoami", |_: Value| async { Ok::<_, String>("hi") })
+        .unwrap();
+    manager.start_server("127.0.0.1", 0).await.unwrap();
+    vsp_test_support::wait_until(
+        "the late ghost-service instance to be discovered",
+        Duration::from_secs(10),
+        || !mesh.instances("ghost-service").is_empty(),
+    )
+    .await;
+    client
+        .call("ghost-service", "whoami", json!({}))
+        .await
+        .unwrap();
+    manager.shutdown().await.unwrap();
+}
+
+/// Watch starts (queries without an index) for `service` so far.
+fn watch_starts(fake: &FakeConsul, service: &str) -> usize {
+    let path = format!("/v1/health/service/{service}");
+    fake.requests()
+        .iter()
+        .filter(|r| r.path == path && !r.query.contains_key("index"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_nobody_uses_stops_and_the_next_call_starts_it_again() {
+    let fake = FakeConsul::start().await;
+    let server = registered_server(&fake, config(&fake), 1.0, 0).await;
+    {
+        // Until its check passes, Consul answers that it has no instance.
+        let (passing, _client) = client(&fake);
+        wait_for_instances(&passing, 1).await;
+    }
+    let starts = watch_starts(&fake, SERVICE);
+    let quick = config(&fake)
+        .wait(Duration::from_millis(100))
+        .unused_watch_timeout(Duration::from_millis(300));
+    let mesh = consul_mesh(quick);
+    let client = VspClient::builder(mesh.clone()).build();
+    // In use for four times the timeout: the one watch carries on.
+    let busy_since = std::time::Instant::now();
+    while busy_since.elapsed() < Duration::from_millis(1_200) {
+        client.call(SERVICE, "whoami", json!({})).await.unwrap();
+    }
+    assert_eq!(
+        watch_starts(&fake, SERVICE),
+        starts + 1,
+        "a watch in use was stopped"
+    );
+    // Unused: it stops, and the instances it fed are forgotten.
+    vsp_test_support::wait_until(
+        "the unused watch to stop and forget its instances",
+        Duration::from_secs(10),
+        || mesh.instances(SERVICE).is_empty(),
+    )
+    .await;
+    let queries = fake.requests().len();
+    // The scenario: a running watch would ask again every 100 ms.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later: Vec<String> = fake.requests()[queries..]
+        .iter()
+        .filter(|r| r.path.starts_with("/v1/health/service/"))
+        .map(|r| r.path.clone())
+        .collect();
+    assert!(later.is_empty(), "a stopped watch still queries: {later:?}");
+    // The next call starts it again.
+    client.call(SERVICE, "whoami", json!({})).await.unwrap();
+    assert_eq!(watch_starts(&fake, SERVICE), starts + 2);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_are_bounded_and_a_call_beyond_the_bound_says_so_at_once() {
+    let fake = FakeConsul::start().await;
+    let bounded = config(&fake)
+        .max_watches(2)
+        .first_resolution_wait(Duration::from_secs(30));
+    let client = VspClient::builder(consul_mesh(bounded)).build();
+    for service in ["one", "two"] {
+        let err = client.call(service, "whoami", json!({})).await.unwrap_err();
+        assert!(matches!(err, VspError::NoInstances { .. }), "{err:?}");
+    }
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.call("three", "whoami", json!({})),
+    )
+    .await
+    .expect("a call beyond max_watches waited instead of failing");
+    match answer {
+        Err(VspError::Discovery {
+            backend: "consul",
+            reason,
+        }) => {
+            assert!(reason.contains("max_watches"), "{reason}");
+        }
+        other => panic!("expected a Consul error naming max_watches, got {other:?}"),
+    }
+    assert_eq!(watch_starts(&fake, "three"), 0);
+}

@@ -170,6 +170,40 @@ fn a_client_finds_an_announced_server() {
     });
 }
 
+#[test]
+fn once_the_browse_has_run_its_first_wait_an_absent_service_fails_at_once() {
+    isolated(
+        "once_the_browse_has_run_its_first_wait_an_absent_service_fails_at_once",
+        || async {
+            let mesh = ServiceMesh::builder()
+                .discovery(MdnsDiscovery::new().first_resolution_wait(Duration::from_secs(1)))
+                .build();
+            let client = VspClient::builder(mesh).build();
+            // The first call waits out the browse's first second.
+            let first = client.call("absent-service", "health", json!({})).await;
+            assert!(
+                matches!(first, Err(vsp::VspError::NoInstances { .. })),
+                "{first:?}"
+            );
+            // Then the answer is in: twenty more calls do not wait a second each.
+            let more = tokio::time::timeout(Duration::from_secs(10), async {
+                for _ in 0..20 {
+                    let err = client
+                        .call("absent-service", "health", json!({}))
+                        .await
+                        .unwrap_err();
+                    assert!(matches!(err, vsp::VspError::NoInstances { .. }), "{err:?}");
+                }
+            })
+            .await;
+            assert!(
+                more.is_ok(),
+                "calls to an absent service kept waiting for mDNS"
+            );
+        },
+    );
+}
+
 fn whoami_counts(managers: &[&VspManager]) -> Vec<u64> {
     managers
         .iter()

@@ -56,6 +56,7 @@ pub struct Registration {
 pub struct LoggedRequest {
     pub method: String,
     pub path: String,
+    pub query: BTreeMap<String, String>,
     pub token: Option<String>,
 }
 
@@ -285,6 +286,7 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, changed: Arc<Not
     state.lock().unwrap().requests.push(LoggedRequest {
         method: request.method.clone(),
         path: request.path.clone(),
+        query: request.query.clone(),
         token: request.token.clone(),
     });
     let bump = |guard: &mut State| {

@@ -76,6 +76,13 @@ pub struct ConsulConfig {
     pub services: Vec<String>,
     /// How long a first call to a service waits for its first answer (default 5 s).
     pub first_resolution_wait: Duration,
+    /// The most services watched at once (default 256); a call to one more fails at once with
+    /// a [`VspError::Discovery`] that says so. Services in `services` count too.
+    pub max_watches: usize,
+    /// A watch of a service no call has picked from for this long is stopped and its instances
+    /// forgotten (default 10 minutes; checked once per blocking query, so up to `wait` later).
+    /// The next call starts it again. Services in `services` are watched for good.
+    pub unused_watch_timeout: Duration,
 }
 
 impl Default for ConsulConfig {
@@ -90,6 +97,8 @@ impl Default for ConsulConfig {
             wait: Duration::from_secs(60),
             services: Vec::new(),
             first_resolution_wait: Duration::from_secs(5),
+            max_watches: 256,
+            unused_watch_timeout: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -144,6 +153,18 @@ impl ConsulConfig {
         self.first_resolution_wait = wait;
         self
     }
+
+    /// Sets the most services watched at once.
+    pub fn max_watches(mut self, watches: usize) -> Self {
+        self.max_watches = watches;
+        self
+    }
+
+    /// Sets how long an unused watch runs before it stops.
+    pub fn unused_watch_timeout(mut self, timeout: Duration) -> Self {
+        self.unused_watch_timeout = timeout;
+        self
+    }
 }
 
 /// Discovery and registration through a Consul agent.
@@ -175,12 +196,19 @@ struct Shared {
     http: reqwest::Client,
     /// Set by `start`.
     registry: Mutex<Option<MeshRegistry>>,
-    /// Services with a watch running, and their tasks.
-    watches: Mutex<HashMap<String, AbortHandle>>,
-    /// Services whose watch has never had an answer, with the last failure.
-    unanswered: Mutex<HashMap<String, String>>,
+    /// Services with a watch running.
+    watches: Mutex<HashMap<String, Watch>>,
     /// Registrations of this process, by server `host:port`: service ID and heartbeat.
     announced: Mutex<HashMap<String, (String, Option<AbortHandle>)>>,
+}
+
+/// One service's watch.
+struct Watch {
+    task: AbortHandle,
+    /// Whether the agent has answered for this service.
+    answered: bool,
+    /// Until it has: the last failure.
+    failure: String,
 }
 
 impl std::fmt::Debug for ConsulDiscovery {
@@ -204,7 +232,6 @@ impl ConsulDiscovery {
                 http,
                 registry: Mutex::new(None),
                 watches: Mutex::new(HashMap::new()),
-                unanswered: Mutex::new(HashMap::new()),
                 announced: Mutex::new(HashMap::new()),
             }),
         }
@@ -213,8 +240,8 @@ impl ConsulDiscovery {
 
 impl Drop for ConsulDiscovery {
     fn drop(&mut self) {
-        for (_, task) in lock(&self.shared.watches).drain() {
-            task.abort();
+        for (_, watch) in lock(&self.shared.watches).drain() {
+            watch.task.abort();
         }
         for (_, (_, heartbeat)) in lock(&self.shared.announced).drain() {
             if let Some(heartbeat) = heartbeat {
@@ -278,13 +305,29 @@ impl Shared {
         if watches.contains_key(service) {
             return;
         }
-        lock(&self.unanswered).insert(service.to_owned(), "no answer from Consul yet".to_owned());
+        if watches.len() >= self.config.max_watches {
+            tracing::debug!(%service, "not watched: at max_watches ({})", self.config.max_watches);
+            return;
+        }
         let task = runtime.spawn(watch_service(
             Arc::downgrade(self),
             registry,
             service.to_owned(),
         ));
-        watches.insert(service.to_owned(), task.abort_handle());
+        watches.insert(
+            service.to_owned(),
+            Watch {
+                task: task.abort_handle(),
+                answered: false,
+                failure: "no answer from Consul yet".to_owned(),
+            },
+        );
+    }
+
+    /// True when `service` was not watched for want of a place (see `max_watches`).
+    fn refused(&self, service: &str) -> bool {
+        let watches = lock(&self.watches);
+        !watches.contains_key(service) && watches.len() >= self.config.max_watches
     }
 
     async fn put(
@@ -322,12 +365,30 @@ impl Discovery for ConsulDiscovery {
     }
 
     fn resolution_error(&self, service: &str) -> Option<VspError> {
-        lock(&self.shared.unanswered).get(service).map(|reason| {
-            consul_error(format!(
-                "no instance of `{service}` known: Consul at {} never answered ({reason})",
-                self.shared.config.address
-            ))
-        })
+        let shared = &self.shared;
+        if shared.refused(service) {
+            return Some(consul_error(format!(
+                "`{service}` is not watched: Consul discovery already watches {} services, its \
+                 `max_watches`",
+                shared.config.max_watches
+            )));
+        }
+        let watches = lock(&shared.watches);
+        let watch = watches.get(service).filter(|watch| !watch.answered)?;
+        Some(consul_error(format!(
+            "no instance of `{service}` known: Consul at {} never answered ({})",
+            shared.config.address, watch.failure
+        )))
+    }
+
+    fn has_answered(&self, service: &str) -> bool {
+        let shared = &self.shared;
+        let watches = lock(&shared.watches);
+        match watches.get(service) {
+            Some(watch) => watch.answered,
+            // Not watched: refused (no point waiting), or no runtime or mesh yet (wait).
+            None => watches.len() >= shared.config.max_watches,
+        }
     }
 
     fn first_resolution_wait(&self) -> Duration {
@@ -514,6 +575,7 @@ async fn watch_service(shared: std::sync::Weak<Shared>, registry: MeshRegistry, 
     let mut index: u64 = 0;
     let mut known: HashSet<(String, u16)> = HashSet::new();
     let mut failures: u32 = 0;
+    let mut last_picked = tokio::time::Instant::now();
     // At most one query per this, however fast the agent answers.
     let min_interval = Duration::from_millis(50);
     loop {
@@ -528,7 +590,9 @@ async fn watch_service(shared: std::sync::Weak<Shared>, registry: MeshRegistry, 
         match outcome {
             Ok((instances, next_index)) => {
                 failures = 0;
-                lock(&shared.unanswered).remove(&service);
+                let first_answer = lock(&shared.watches)
+                    .get_mut(&service)
+                    .is_some_and(|watch| !std::mem::replace(&mut watch.answered, true));
                 // Reset when the index goes backwards (the agent restarted); never below 1.
                 index = if next_index < index {
                     0
@@ -548,15 +612,32 @@ async fn watch_service(shared: std::sync::Weak<Shared>, registry: MeshRegistry, 
                     registry.remove(&service, host, *port);
                 }
                 known = now;
+                if first_answer {
+                    registry.answered(&service);
+                }
             }
             Err(reason) => {
                 failures += 1;
-                if let Some(unanswered) = lock(&shared.unanswered).get_mut(&service) {
-                    *unanswered = reason.clone();
+                if let Some(watch) = lock(&shared.watches).get_mut(&service) {
+                    watch.failure = reason.clone();
                 }
                 tracing::warn!(%service, agent = %shared.config.address, "Consul watch failed, keeping the last known instances: {reason}");
                 index = 0;
             }
+        }
+        if registry.take_picked(&service) {
+            last_picked = tokio::time::Instant::now();
+        } else if !shared.config.services.contains(&service)
+            && last_picked.elapsed() >= shared.config.unused_watch_timeout
+        {
+            tracing::debug!(%service, "stopping the Consul watch of a service no call used for {:?}", shared.config.unused_watch_timeout);
+            // Under the lock, so no new watch of it starts before its instances are gone.
+            let mut watches = lock(&shared.watches);
+            for (host, port) in &known {
+                registry.remove(&service, host, *port);
+            }
+            watches.remove(&service);
+            return;
         }
         drop(shared);
         let backoff = if failures == 0 {

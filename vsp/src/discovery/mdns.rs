@@ -57,6 +57,9 @@ pub struct MdnsDiscovery {
     daemon: OnceLock<Result<ServiceDaemon, String>>,
     /// Full names of the instances this discovery announced, by `host:port` of the server.
     announced: Mutex<HashMap<String, String>>,
+    /// When browsing began: once it has run for `first_resolution_wait`, whatever answers
+    /// exist have come in, and a call that finds no instance fails at once.
+    browsing_since: OnceLock<std::time::Instant>,
 }
 
 impl std::fmt::Debug for MdnsDiscovery {
@@ -85,6 +88,7 @@ impl MdnsDiscovery {
             first_resolution_wait: Duration::from_secs(3),
             daemon: OnceLock::new(),
             announced: Mutex::new(HashMap::new()),
+            browsing_since: OnceLock::new(),
         }
     }
 
@@ -102,6 +106,7 @@ impl MdnsDiscovery {
     }
 
     /// How long a call to a service not resolved yet waits before `NoInstances` (default 3 s).
+    /// Once the browse has run this long, a call that finds no instance fails at once.
     pub fn first_resolution_wait(mut self, wait: Duration) -> Self {
         self.first_resolution_wait = wait;
         self
@@ -171,8 +176,11 @@ impl Discovery for MdnsDiscovery {
                     browser.handle(event);
                 }
             });
-        if let Err(err) = spawned {
-            tracing::error!("cannot start the mDNS browser thread: {err}");
+        match spawned {
+            Ok(_) => {
+                let _ = self.browsing_since.set(std::time::Instant::now());
+            }
+            Err(err) => tracing::error!("cannot start the mDNS browser thread: {err}"),
         }
     }
 
@@ -248,6 +256,14 @@ impl Discovery for MdnsDiscovery {
 
     fn first_resolution_wait(&self) -> Duration {
         self.first_resolution_wait
+    }
+
+    /// Multicast answers have no end; once the browse has run for `first_resolution_wait`,
+    /// the instances that were there have answered.
+    fn has_answered(&self, _service: &str) -> bool {
+        self.browsing_since
+            .get()
+            .is_some_and(|since| since.elapsed() >= self.first_resolution_wait)
     }
 }
 

@@ -78,6 +78,16 @@ pub trait Discovery: Send + Sync + 'static {
         Duration::ZERO
     }
 
+    /// True once this discovery's answer about `service` is complete, even if it listed no
+    /// instance: a call that finds none then fails with `NoInstances` at once instead of
+    /// waiting [`first_resolution_wait`](Discovery::first_resolution_wait). Call
+    /// [`MeshRegistry::answered`] when it turns true, to wake calls already waiting.
+    /// Default: `false` (calls wait up to `first_resolution_wait`).
+    fn has_answered(&self, service: &str) -> bool {
+        let _ = service;
+        false
+    }
+
     /// A call found no instance of `service`: start looking for it, if this discovery looks per
     /// service (Consul watches one service per query). Called from inside the runtime. The
     /// default does nothing.

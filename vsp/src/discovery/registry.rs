@@ -12,6 +12,8 @@ pub(crate) trait Membership: Send + Sync {
     fn upsert(&self, info: ServiceInfo) -> Result<(), VspError>;
     fn remove(&self, service: &str, address: &Address) -> bool;
     fn instances(&self, service: &str) -> Vec<ServiceInfo>;
+    fn answered(&self, service: &str);
+    fn take_picked(&self, service: &str) -> bool;
 }
 
 /// The handle a [`Discovery`](super::Discovery) uses to feed the mesh it serves. It does not keep
@@ -65,6 +67,24 @@ impl MeshRegistry {
             Some(mesh) => mesh.instances(service),
             None => Vec::new(),
         }
+    }
+
+    /// Tells calls waiting for a first instance of `service` that this discovery has answered
+    /// for it (see [`Discovery::has_answered`](super::Discovery::has_answered)): those that
+    /// found none stop waiting. Adding an instance wakes them anyway; this is for an answer that
+    /// listed none.
+    pub fn answered(&self, service: &str) {
+        if let Some(mesh) = self.mesh.upgrade() {
+            mesh.answered(service);
+        }
+    }
+
+    /// True if a call picked an instance of `service` since the last time this was asked, for
+    /// a discovery that stops watching services nobody calls any more.
+    pub fn take_picked(&self, service: &str) -> bool {
+        self.mesh
+            .upgrade()
+            .is_some_and(|mesh| mesh.take_picked(service))
     }
 
     /// True once the mesh has been dropped.

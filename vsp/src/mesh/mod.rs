@@ -7,6 +7,7 @@
 //! publishes a new one.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ use crate::transport::Address;
 struct ServiceEntry {
     instances: ArcSwap<Vec<Arc<Instance>>>,
     balancer: Box<dyn ServiceBalancer>,
+    /// Set by every pick, cleared when discovery asks (`MeshRegistry::take_picked`).
+    picked: AtomicBool,
 }
 
 type Services = HashMap<String, Arc<ServiceEntry>>;
@@ -203,7 +206,8 @@ impl ServiceMesh {
     }
 
     /// As [`pick`](ServiceMesh::pick), but a service with no instance yet may wait for the
-    /// discovery's first answer, up to its `first_resolution_wait` (and `until`).
+    /// discovery's first answer, up to its `first_resolution_wait` (and `until`); once the
+    /// discovery has answered for it, `NoInstances` comes at once.
     pub(crate) async fn pick_or_wait(
         &self,
         service: &str,
@@ -221,7 +225,10 @@ impl ServiceMesh {
             tokio::pin!(changed);
             changed.as_mut().enable();
             match self.pick(service) {
-                Err(VspError::NoInstances { .. }) if tokio::time::Instant::now() < until => {
+                Err(VspError::NoInstances { .. })
+                    if tokio::time::Instant::now() < until
+                        && !self.discovery.has_answered(service) =>
+                {
                     if tokio::time::timeout_at(until, changed).await.is_err() {
                         return self.pick(service).map_err(|err| self.explain(service, err));
                     }
@@ -320,6 +327,10 @@ impl ServiceMesh {
             service: service.to_owned(),
         };
         let entry = services.get(service).ok_or_else(no_instances)?;
+        // Read first: the flag's cache line is written once per discovery poll, not per call.
+        if !entry.picked.load(Ordering::Relaxed) {
+            entry.picked.store(true, Ordering::Relaxed);
+        }
         let instances = entry.instances.load();
         if instances.is_empty() {
             return Err(no_instances());
@@ -354,6 +365,7 @@ impl MeshInner {
                 let entry = Arc::new(ServiceEntry {
                     instances: ArcSwap::from_pointee(Vec::new()),
                     balancer: self.balancer.for_service(info.name()),
+                    picked: AtomicBool::new(false),
                 });
                 let mut next = Services::clone(&services);
                 next.insert(info.name().to_owned(), entry.clone());
@@ -505,5 +517,16 @@ impl Membership for MeshInner {
 
     fn instances(&self, service: &str) -> Vec<ServiceInfo> {
         MeshInner::instances(self, service)
+    }
+
+    fn answered(&self, _service: &str) {
+        self.changed.notify_waiters();
+    }
+
+    fn take_picked(&self, service: &str) -> bool {
+        self.services
+            .load()
+            .get(service)
+            .is_some_and(|entry| entry.picked.swap(false, Ordering::Relaxed))
     }
 }
