@@ -429,3 +429,17 @@ async fn watches_are_bounded_and_a_call_beyond_the_bound_says_so_at_once() {
     }
     assert_eq!(watch_starts(&fake, "three"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_manager_handle_withdraws_its_registration() {
+    let fake = FakeConsul::start().await;
+    let manager = registered_server(&fake, config(&fake), 1.0, 0).await;
+    assert_eq!(fake.registrations().len(), 1);
+    drop(manager);
+    vsp_test_support::wait_until(
+        "the registration to be withdrawn once the last handle was dropped",
+        Duration::from_secs(10),
+        || fake.registrations().is_empty(),
+    )
+    .await;
+}

@@ -537,3 +537,20 @@ async fn large_requests_beyond_the_servers_byte_budget_are_answered_overloaded()
     assert_eq!(served["body"].as_str().map(str::len), Some(60_000));
     manager.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_of_a_running_manager_stops_its_server() {
+    let (manager, addr) = start_test_server().await;
+    let copy = manager.clone();
+    drop(manager);
+    // A handle is left: it serves on.
+    let client = client_for(addr);
+    assert_echoes(&client, 2).await;
+    drop(copy);
+    wait_until(
+        "the port to refuse connections once the last handle was dropped",
+        Duration::from_secs(10),
+        || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err(),
+    )
+    .await;
+}

@@ -180,26 +180,25 @@ impl VspManagerBuilder {
                 limiter: None,
             }),
         )]);
-        VspManager {
-            inner: Arc::new(ManagerInner {
-                name: self.name,
-                config: self.config,
-                registry: ArcSwap::from_pointee(registry),
-                registering: Mutex::new(()),
-                state: AtomicU8::new(Lifecycle::Idle as u8),
-                lifecycle,
-                stats: ServerStats::default(),
-                drain: Drain::default(),
-                admission: Arc::default(),
-                workers: OnceLock::new(),
-                accepting: Mutex::new(None),
-                announcement: self.mesh.map(|mesh| Announcement {
-                    mesh,
-                    weight: self.weight,
-                    advertise_host: self.advertise_host,
-                    announced: Mutex::new(None),
-                }),
+        let inner = Arc::new(ManagerInner {
+            name: self.name,
+            config: self.config,
+            registry: ArcSwap::from_pointee(registry),
+            registering: Mutex::new(()),
+            state: AtomicU8::new(Lifecycle::Idle as u8),
+            lifecycle,
+            stats: ServerStats::default(),
+            drain: Drain::default(),
+            admission: Arc::default(),
+            workers: OnceLock::new(),
+            accepting: Mutex::new(None),
+            announcement: self.mesh.map(|mesh| Announcement {
+                mesh,
+                weight: self.weight,
+                advertise_host: self.advertise_host,
+                announced: Mutex::new(None),
             }),
-        }
+        });
+        VspManager::from_inner(inner)
     }
 }

@@ -178,6 +178,104 @@ impl ManagerInner {
     }
 }
 
+impl ManagerInner {
+    async fn shutdown(self: &Arc<Self>) -> Result<(), VspError> {
+        let inner = self;
+        if !inner.transition(Lifecycle::Running, Lifecycle::Draining) {
+            inner.transition(Lifecycle::Idle, Lifecycle::Closed);
+            return Ok(());
+        }
+        if let Some(announcement) = &inner.announcement {
+            announcement.withdraw().await;
+        }
+        inner.drain.start();
+        let draining_since = tokio::time::Instant::now();
+        let drained = inner
+            .drain
+            .wait_for_zero(Drain::in_flight, inner.config.drain_timeout)
+            .await;
+        // Requests sent before the clients read the notice still get an answer.
+        tokio::time::sleep_until(draining_since + DRAIN_GRACE.min(inner.config.drain_timeout))
+            .await;
+        let aborted = inner.drain.in_flight();
+        self.close_connections().await;
+        if drained {
+            tracing::info!(service = %inner.name, "VSP server shut down");
+            Ok(())
+        } else {
+            tracing::warn!(service = %inner.name, aborted, "drain timeout: aborted running calls");
+            Err(VspError::DrainTimeout {
+                service: inner.name.clone(),
+                in_flight: aborted,
+                after: inner.config.drain_timeout,
+            })
+        }
+    }
+
+    async fn close(self: &Arc<Self>) {
+        if self.state() == Lifecycle::Closed {
+            return;
+        }
+        if let Some(announcement) = &self.announcement {
+            announcement.withdraw().await;
+        }
+        self.drain.start();
+        self.close_connections().await;
+    }
+
+    async fn close_connections(&self) {
+        let inner = self;
+        inner.set_state(Lifecycle::Closed);
+        let accepting = inner
+            .accepting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(accepting) = accepting {
+            // It stops at once on the state change; the bound only guards against a bug.
+            let _ = tokio::time::timeout(CONNECTION_CLOSE_TIMEOUT, accepting).await;
+        }
+        if !inner
+            .drain
+            .wait_for_zero(Drain::connections_active, CONNECTION_CLOSE_TIMEOUT)
+            .await
+        {
+            tracing::warn!(
+                service = %inner.name,
+                open = inner.drain.connections_active(),
+                "connections still closing after {CONNECTION_CLOSE_TIMEOUT:?}"
+            );
+        }
+    }
+}
+
+/// Shuts a running server down when the last [`VspManager`] handle is dropped. Its tasks hold
+/// the server's state, not a handle, so they do not keep it running.
+struct Owner {
+    inner: Arc<ManagerInner>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if matches!(self.inner.state(), Lifecycle::Idle | Lifecycle::Closed) {
+            return;
+        }
+        let inner = self.inner.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                tracing::info!(service = %inner.name, "every handle dropped: shutting down");
+                runtime.spawn(async move {
+                    if let Err(err) = inner.shutdown().await {
+                        tracing::warn!("shutdown after the last handle was dropped: {err}");
+                    }
+                });
+            }
+            // No runtime to drain on: stop accepting and close; the tasks end with it.
+            Err(_) => inner.set_state(Lifecycle::Closed),
+        }
+    }
+}
+
 /// One endpoint of a `#[vsp::service]` trait, as its generated client lists it in `ENDPOINTS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EndpointInfo {
@@ -230,6 +328,8 @@ pub trait Service {
 #[derive(Clone)]
 pub struct VspManager {
     inner: Arc<ManagerInner>,
+    /// Shared by the clones: the last one dropped stops the server.
+    _owner: Arc<Owner>,
 }
 
 impl std::fmt::Debug for VspManager {
@@ -242,6 +342,15 @@ impl std::fmt::Debug for VspManager {
 }
 
 impl VspManager {
+    fn from_inner(inner: Arc<ManagerInner>) -> Self {
+        VspManager {
+            _owner: Arc::new(Owner {
+                inner: inner.clone(),
+            }),
+            inner,
+        }
+    }
+
     /// Starts building a manager for the service `name`.
     pub fn builder(name: impl Into<String>) -> VspManagerBuilder {
         VspManagerBuilder::new(name.into())
@@ -422,7 +531,7 @@ impl VspManager {
             .unwrap_or_else(PoisonError::into_inner) = Some(accepting);
         if let Some(announcement) = &self.inner.announcement {
             if let Err(err) = announcement.announce(&self.inner.name, &addr).await {
-                self.close().await;
+                self.inner.close().await;
                 return Err(err);
             }
         }
@@ -444,79 +553,20 @@ impl VspManager {
     /// `shutting_down`, waits up to the drain timeout for running calls to finish (and at least
     /// 100 ms, for requests already on their way), then closes every connection.
     ///
-    /// Calling it again, or on a manager that never started, is a no-op.
+    /// Calling it again, or on a manager that never started, is a no-op. Dropping the last
+    /// handle of a running manager does the same in the background.
     ///
     /// # Errors
     /// [`VspError::DrainTimeout`] if calls were still running at the drain timeout; they were
     /// aborted and their callers see the connection close.
     pub async fn shutdown(&self) -> Result<(), VspError> {
-        let inner = &self.inner;
-        if !inner.transition(Lifecycle::Running, Lifecycle::Draining) {
-            inner.transition(Lifecycle::Idle, Lifecycle::Closed);
-            return Ok(());
-        }
-        if let Some(announcement) = &inner.announcement {
-            announcement.withdraw().await;
-        }
-        inner.drain.start();
-        let draining_since = tokio::time::Instant::now();
-        let drained = inner
-            .drain
-            .wait_for_zero(Drain::in_flight, inner.config.drain_timeout)
-            .await;
-        // Requests sent before the clients read the notice still get an answer.
-        tokio::time::sleep_until(draining_since + DRAIN_GRACE.min(inner.config.drain_timeout))
-            .await;
-        let aborted = inner.drain.in_flight();
-        self.close_connections().await;
-        if drained {
-            tracing::info!(service = %inner.name, "VSP server shut down");
-            Ok(())
-        } else {
-            tracing::warn!(service = %inner.name, aborted, "drain timeout: aborted running calls");
-            Err(VspError::DrainTimeout {
-                service: inner.name.clone(),
-                in_flight: aborted,
-                after: inner.config.drain_timeout,
-            })
-        }
+        self.inner.shutdown().await
     }
 
     /// Stops at once: closes every connection and aborts running calls without draining.
+    /// Closing it again is a no-op.
     pub async fn close(&self) {
-        if self.inner.state() == Lifecycle::Closed {
-            return;
-        }
-        if let Some(announcement) = &self.inner.announcement {
-            announcement.withdraw().await;
-        }
-        self.inner.drain.start();
-        self.close_connections().await;
-    }
-
-    async fn close_connections(&self) {
-        let inner = &self.inner;
-        inner.set_state(Lifecycle::Closed);
-        let accepting = inner
-            .accepting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(accepting) = accepting {
-            // It stops at once on the state change; the bound only guards against a bug.
-            let _ = tokio::time::timeout(CONNECTION_CLOSE_TIMEOUT, accepting).await;
-        }
-        if !inner
-            .drain
-            .wait_for_zero(Drain::connections_active, CONNECTION_CLOSE_TIMEOUT)
-            .await
-        {
-            tracing::warn!(
-                service = %inner.name,
-                open = inner.drain.connections_active(),
-                "connections still closing after {CONNECTION_CLOSE_TIMEOUT:?}"
-            );
-        }
+        self.inner.close().await;
     }
 
     /// A snapshot of the server's counters.
