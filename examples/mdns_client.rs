@@ -1,11 +1,17 @@
 //! Finds `user-service` over multicast DNS and calls it:
 //! `cargo run --example mdns_client` (with `cargo run --example user_service -- --mdns` running
 //! on the same network segment).
+//!
+//! Copied into a crate of your own, next to `users/mod.rs`, it needs the Getting started
+//! dependencies (README) and:
+//! cargo add tracing-subscriber --features env-filter
+
+mod users;
 
 use std::time::Duration;
 
+use users::UserServiceClient;
 use vsp::{MdnsDiscovery, ServiceMesh, VspClient};
-use vsp_suite::user_service::UserServiceClient;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

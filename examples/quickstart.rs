@@ -1,17 +1,19 @@
 //! The quick start: a `user-service` and a client in one process, on loopback.
 //!
 //! `cargo run --example quickstart`
+//!
+//! Copied into a crate of your own, next to `users/mod.rs`, it needs the Getting started
+//! dependencies (README) and:
+//! cargo add serde_json
+
+mod users;
 
 use serde_json::json;
+use users::{UserError, UserServiceClient, UserServiceServer, Users};
 use vsp::{CallError, ServiceInfo, ServiceMesh, VspClient, VspManager};
-use vsp_suite::user_service::{UserError, UserServiceClient, UserServiceServer, Users};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
-
     // The service: every method of the `UserService` trait becomes an endpoint.
     let manager = VspManager::builder(UserServiceClient::SERVICE_NAME).build();
     manager.serve(UserServiceServer::new(Users::default()))?;

@@ -5,10 +5,17 @@
 //! `--mdns` also announces it over multicast DNS; `--consul http://127.0.0.1:8500` registers it
 //! with that Consul agent (with a TCP check). Both are withdrawn on exit.
 //! Prints `listening on <addr>` once ready; shuts down gracefully on SIGINT or SIGTERM.
+//!
+//! Copied into a crate of your own, next to `users/mod.rs`, it needs the Getting started
+//! dependencies (README) and:
+//! cargo add tokio --features signal
+//! cargo add tracing-subscriber --features env-filter
 
+mod users;
+
+use users::{UserServiceClient, UserServiceServer, Users};
 use vsp::transport::Address;
 use vsp::{ConsulConfig, ConsulDiscovery, MdnsDiscovery, ServiceMesh, VspManager};
-use vsp_suite::user_service::{UserServiceClient, UserServiceServer, Users};
 
 const USAGE: &str =
     "usage: user_service [--addr HOST:PORT | --addr unix:/PATH] [--mdns | --consul AGENT_URL] [--weight W]   (default 127.0.0.1:9090)";

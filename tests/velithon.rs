@@ -5,6 +5,9 @@
 //! `target/velithon-venv/bin/python` (what `.ci/run` makes). Without it the tests skip with a
 //! message, except in CI (`CI` set), where that is a failure.
 
+#[path = "../examples/users/mod.rs"]
+mod users;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -12,8 +15,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use users::{UserServiceServer, Users};
 use vsp::{CallError, ErrorCode, ServiceInfo, ServiceMesh, VspClient, VspError, VspManager};
-use vsp_suite::user_service::{UserServiceServer, Users};
 
 fn python() -> Option<PathBuf> {
     let python = std::env::var_os("VELITHON_PYTHON")

@@ -57,6 +57,7 @@
 //! Logging goes through `tracing`.
 //! Feature `cli` builds the `vsp` command line.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -195,8 +196,10 @@ pub use vsp_macros::call;
 pub use balancer::{LeastLoadedBalancer, LoadBalancer, RoundRobinBalancer, WeightedBalancer};
 pub use client::{CallOptions, PoolStats, VspClient, VspClientBuilder};
 #[cfg(feature = "mdns")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mdns")))]
 pub use discovery::MdnsDiscovery;
 #[cfg(feature = "consul")]
+#[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
 pub use discovery::{ConsulCheck, ConsulConfig, ConsulDiscovery};
 pub use discovery::{Discovery, StaticDiscovery};
 pub use error::{CallError, ErrorCode, ProtocolError, VspError};
@@ -214,7 +217,8 @@ struct ReadmeExamples;
 /// The common imports: `use vsp::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        ErrorCode, HealthStatus, ServiceInfo, ServiceMesh, StaticDiscovery, VspClient, VspError,
-        VspManager,
+        Address, CallError, CallOptions, ErrorCode, HealthStatus, LeastLoadedBalancer,
+        RoundRobinBalancer, ServiceInfo, ServiceMesh, StaticDiscovery, VspClient, VspError,
+        VspManager, WeightedBalancer,
     };
 }

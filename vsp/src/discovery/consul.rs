@@ -28,6 +28,7 @@ pub const DEFAULT_CONSUL_ADDRESS: &str = "http://127.0.0.1:8500";
 /// How an announced server's health is checked by Consul.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
+#[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
 pub enum ConsulCheck {
     /// The agent dials the server's port every `interval` (the default: every 10 s, 5 s
     /// timeout).
@@ -57,6 +58,7 @@ impl Default for ConsulCheck {
 /// Settings of a [`ConsulDiscovery`].
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
+#[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
 pub struct ConsulConfig {
     /// The agent's URL (default `http://127.0.0.1:8500`).
     pub address: String,
@@ -187,6 +189,7 @@ impl ConsulConfig {
 /// # Ok(())
 /// # }
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
 pub struct ConsulDiscovery {
     shared: Arc<Shared>,
 }

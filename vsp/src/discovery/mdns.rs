@@ -49,6 +49,7 @@ pub const DEFAULT_SERVICE_TYPE: &str = "_vsp._tcp.local.";
 /// # Ok(())
 /// # }
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "mdns")))]
 pub struct MdnsDiscovery {
     service_type: String,
     interfaces: Vec<String>,

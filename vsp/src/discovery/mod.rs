@@ -14,8 +14,10 @@ mod static_list;
 use std::time::Duration;
 
 #[cfg(feature = "consul")]
+#[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
 pub use consul::{ConsulCheck, ConsulConfig, ConsulDiscovery};
 #[cfg(feature = "mdns")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mdns")))]
 pub use mdns::MdnsDiscovery;
 pub(crate) use registry::Membership;
 pub use registry::MeshRegistry;
