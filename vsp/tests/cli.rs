@@ -225,6 +225,10 @@ async fn health_reports_an_unreachable_instance_and_exits_3() {
     let out = stdout(&health);
     assert!(out.contains(&format!("{a}\thealthy")), "{out}");
     assert!(out.contains(&format!("{closed}\tunreachable")), "{out}");
+    // The failure is told once, on its line; stderr only sums up.
+    let err = stderr(&health);
+    assert!(!err.contains("refused"), "the failure printed twice: {err}");
+    assert!(err.contains("1 of 2 instances"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -172,11 +172,24 @@ impl HealthPolicy {
             .min(self.max_ejection)
     }
 
+    /// A call to `instance` got its answer: its failures are forgotten, and an instance nothing
+    /// was known about (`Unknown`) is now known to be `Healthy`.
     pub(crate) fn record_success(&self, instance: &Instance) {
-        let failures = &instance.health().consecutive_failures;
-        // A read, not a write every core must see, while calls succeed.
+        let record = instance.health();
+        let failures = &record.consecutive_failures;
+        // Reads, not writes every core must see, while calls succeed.
         if failures.load(Ordering::Relaxed) != 0 {
             failures.store(0, Ordering::Relaxed);
+        }
+        let unknown = HealthStatus::Unknown.as_u8();
+        if record.status.load(Ordering::Relaxed) == unknown {
+            // Only from `Unknown`: an ejection or the user's word in between wins.
+            let _ = record.status.compare_exchange(
+                unknown,
+                HealthStatus::Healthy.as_u8(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
     }
 

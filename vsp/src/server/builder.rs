@@ -191,6 +191,7 @@ impl VspManagerBuilder {
             drain: Drain::default(),
             admission: Arc::default(),
             workers: OnceLock::new(),
+            bound: OnceLock::new(),
             accepting: Mutex::new(None),
             announcement: self.mesh.map(|mesh| Announcement {
                 mesh,

@@ -137,6 +137,8 @@ pub(crate) struct ManagerInner {
     pub(crate) admission: Arc<Admission>,
     /// The handler pool of a `Multicore` manager, made by `start_server`.
     workers: OnceLock<WorkerPool>,
+    /// The address bound, once serving.
+    bound: OnceLock<Address>,
     /// Where and how the server announces itself, if it does.
     announcement: Option<Announcement>,
     /// The accept loop: awaited on close, so the port is free when `shutdown` returns.
@@ -522,6 +524,7 @@ impl VspManager {
             }
         }
         let addr = listener.local_addr();
+        let _ = self.inner.bound.set(addr.clone());
         tracing::info!(service = %self.inner.name, %addr, "VSP server listening");
         let accepting = tokio::spawn(accept_loop(Box::new(listener), self.inner.clone()));
         *self
@@ -536,6 +539,12 @@ impl VspManager {
             }
         }
         Ok(addr)
+    }
+
+    /// The address the server listens on (with the real port when port 0 was asked for), once
+    /// started; it stays known after shutdown.
+    pub fn local_addr(&self) -> Option<Address> {
+        self.inner.bound.get().cloned()
     }
 
     /// Fails early, before binding anything, when the manager cannot start.

@@ -119,6 +119,13 @@ impl fmt::Display for Address {
     }
 }
 
+/// A TCP address: `Address::from("127.0.0.1:9090".parse::<SocketAddr>()?)`.
+impl From<std::net::SocketAddr> for Address {
+    fn from(addr: std::net::SocketAddr) -> Self {
+        Address::tcp(addr.ip().to_string(), addr.port())
+    }
+}
+
 impl FromStr for Address {
     type Err = AddressError;
 

@@ -19,6 +19,8 @@ pub(crate) async fn run(args: HealthArgs) -> Result<(), Failure> {
     let resolved = args.target.resolve()?;
     let instances = resolved.wait_for_instances(timeout).await?;
     let mut worst: Option<Failure> = None;
+    let mut failed = 0;
+    let total = instances.len();
     for instance in instances {
         let endpoint = instance.info.endpoint();
         let client = direct_client(&resolved.service, instance.info.address(), timeout)?;
@@ -40,6 +42,7 @@ pub(crate) async fn run(args: HealthArgs) -> Result<(), Failure> {
             }
             Err(err) => {
                 println!("{endpoint}\tunreachable\t{err}");
+                failed += 1;
                 let failure = Failure::from(err);
                 if worst.as_ref().is_none_or(|w| failure.code > w.code) {
                     worst = Some(failure);
@@ -47,8 +50,12 @@ pub(crate) async fn run(args: HealthArgs) -> Result<(), Failure> {
             }
         }
     }
+    // Each failure is on its line above: the summary does not repeat it.
     match worst {
-        Some(failure) => Err(failure),
+        Some(failure) => Err(Failure {
+            code: failure.code,
+            message: format!("{failed} of {total} instances did not answer health"),
+        }),
         None => Ok(()),
     }
 }

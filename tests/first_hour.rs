@@ -1,0 +1,104 @@
+//! What a new user runs into in the first hour (issue 14): the API changes that answer it.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::{register_test_endpoints, SERVICE};
+use serde_json::json;
+use vsp::prelude::*;
+
+#[tokio::test]
+async fn an_instance_is_healthy_once_a_call_to_it_succeeds() {
+    let (manager, addr) = common::start_test_server().await;
+    let mesh = ServiceMesh::new();
+    mesh.register(ServiceInfo::new(SERVICE, "127.0.0.1", addr.port()))
+        .unwrap();
+    assert_eq!(
+        mesh.instances(SERVICE)[0].info.status(),
+        HealthStatus::Unknown
+    );
+    let client = VspClient::builder(mesh.clone()).build();
+    client
+        .call(SERVICE, "echo", json!({"value": 1}))
+        .await
+        .unwrap();
+    assert_eq!(
+        mesh.instances(SERVICE)[0].info.status(),
+        HealthStatus::Healthy
+    );
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_user_set_status_is_not_overridden_by_a_success() {
+    let (manager, addr) = common::start_test_server().await;
+    let mesh = ServiceMesh::new();
+    mesh.register(ServiceInfo::new(SERVICE, "127.0.0.1", addr.port()))
+        .unwrap();
+    let client = VspClient::builder(mesh.clone()).build();
+    client
+        .call(SERVICE, "echo", json!({"value": 1}))
+        .await
+        .unwrap();
+    mesh.set_status(SERVICE, "127.0.0.1", addr.port(), HealthStatus::Unhealthy);
+    assert!(client
+        .call(SERVICE, "echo", json!({"value": 2}))
+        .await
+        .is_err());
+    assert_eq!(
+        mesh.instances(SERVICE)[0].info.status(),
+        HealthStatus::Unhealthy
+    );
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_started_from_a_socket_addr_tells_its_local_addr() {
+    let manager = VspManager::builder(SERVICE).build();
+    register_test_endpoints(&manager);
+    assert_eq!(manager.local_addr(), None, "an address before starting");
+    let wanted: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let bound = manager.start_server_at(&wanted.into()).await.unwrap();
+    let local = manager.local_addr().expect("no local_addr once serving");
+    assert_eq!(local, bound);
+    assert_eq!(local.host(), Some("127.0.0.1"));
+    assert_ne!(local.port(), Some(0), "the real port, not the 0 asked for");
+    manager.shutdown().await.unwrap();
+    assert_eq!(
+        manager.local_addr(),
+        Some(bound),
+        "forgotten after shutdown"
+    );
+}
+
+#[test]
+fn the_prelude_has_the_error_types_and_the_balancers() {
+    let _balancers = (
+        RoundRobinBalancer::new(),
+        WeightedBalancer::new(),
+        LeastLoadedBalancer::new(),
+    );
+    let error: CallError<String> = CallError::Service("no".to_owned());
+    assert!(matches!(error, CallError::Service(_)));
+    let _options = CallOptions::default();
+    let _address: Address = "127.0.0.1:9090".parse().unwrap();
+}
+
+#[tokio::test]
+async fn a_manager_with_a_static_mesh_is_withdrawn_from_it_by_close() {
+    let mesh = ServiceMesh::new();
+    let manager = VspManager::builder(SERVICE).mesh(mesh.clone()).build();
+    register_test_endpoints(&manager);
+    manager.start_server("127.0.0.1", 0).await.unwrap();
+    assert_eq!(
+        mesh.instances(SERVICE).len(),
+        1,
+        "not registered into its mesh"
+    );
+    manager.close().await;
+    assert!(
+        mesh.instances(SERVICE).is_empty(),
+        "still in its mesh after close()"
+    );
+}
