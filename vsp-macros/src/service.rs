@@ -509,6 +509,14 @@ fn parse_method(method: TraitItemFn, errors: &mut Errors) -> Option<Method> {
             Pat::Ident(pat) if pat.by_ref.is_none() && pat.mutability.is_none() && pat.subpat.is_none() => {
                 if let Type::ImplTrait(ty) = &*arg.ty {
                     errors.push(ty.span(), "`impl Trait` arguments are generic, which endpoints do not support: use a concrete type");
+                } else if let Type::Reference(reference) = &*arg.ty {
+                    errors.push_error(syn::Error::new_spanned(
+                        reference,
+                        format!(
+                            "arguments are owned (each call's arguments are deserialized anew): use `{}`",
+                            owned_type(reference)
+                        ),
+                    ));
                 } else {
                     args.push((pat.ident.clone(), (*arg.ty).clone()));
                 }
@@ -552,6 +560,14 @@ fn parse_method(method: TraitItemFn, errors: &mut Errors) -> Option<Method> {
         .into_value()
         .unwrap_or_else(|| sig.ident.to_string().trim_start_matches("r#").to_owned());
     let idempotent = idempotent_option.into_value().is_some();
+    if wire_name == HEALTH_ENDPOINT {
+        errors.push(
+            sig.ident.span(),
+            format!(
+                "`{HEALTH_ENDPOINT}` is the endpoint every VSP server answers itself: rename the method, or give it another wire name with `#[vsp(name = \"...\")]`"
+            ),
+        );
+    }
 
     let ret: Type = match &sig.output {
         ReturnType::Default => syn::parse_quote!(()),
@@ -573,6 +589,23 @@ fn parse_method(method: TraitItemFn, errors: &mut Errors) -> Option<Method> {
         ret,
         output,
     })
+}
+
+/// The wire name every server answers itself (`vsp::protocol::HEALTH_ENDPOINT`).
+const HEALTH_ENDPOINT: &str = "health";
+
+/// What to write instead of a borrowed argument type: `String` for `&str`, `Vec<T>` for `&[T]`,
+/// `T` for `&T`.
+fn owned_type(reference: &syn::TypeReference) -> String {
+    match &*reference.elem {
+        Type::Path(path) if path.path.is_ident("str") => "String".to_owned(),
+        Type::Path(path) if path.path.is_ident("Path") => "PathBuf".to_owned(),
+        Type::Slice(slice) => {
+            let elem = &slice.elem;
+            format!("Vec<{}>", quote::quote!(#elem)).replace(' ', "")
+        }
+        elem => quote::quote!(#elem).to_string().replace(' ', ""),
+    }
 }
 
 /// `T` and `E` of a return type spelled `Result<T, E>` (any path ending in `Result` with two

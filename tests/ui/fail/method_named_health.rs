@@ -1,0 +1,6 @@
+#[vsp::service]
+pub trait Api {
+    async fn health(&self) -> String;
+}
+
+fn main() {}
