@@ -102,3 +102,34 @@ async fn a_manager_with_a_static_mesh_is_withdrawn_from_it_by_close() {
         "still in its mesh after close()"
     );
 }
+
+#[tokio::test]
+async fn no_healthy_instances_says_what_ejected_them() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mesh = ServiceMesh::new();
+    mesh.register(ServiceInfo::new(SERVICE, "127.0.0.1", closed.port()))
+        .unwrap();
+    let client = VspClient::builder(mesh).build();
+    let first = client.call(SERVICE, "echo", json!({"value": 1})).await;
+    assert!(matches!(first, Err(VspError::Connect { .. })), "{first:?}");
+    let second = client
+        .call(SERVICE, "echo", json!({"value": 1}))
+        .await
+        .unwrap_err();
+    match &second {
+        VspError::NoHealthyInstances {
+            last_failure: Some(cause),
+            ..
+        } => assert!(cause.contains("cannot connect"), "{cause}"),
+        other => panic!("expected NoHealthyInstances with its cause, got {other:?}"),
+    }
+    assert!(
+        second
+            .to_string()
+            .contains("the last failure: cannot connect"),
+        "{second}"
+    );
+}

@@ -21,12 +21,17 @@ pub enum VspError {
     },
 
     /// Instances are registered, but every one of them is marked unhealthy.
-    #[error("service `{service}` has {instances} instance(s), all unhealthy")]
+    #[error(
+        "service `{service}` has {instances} instance(s), all unhealthy{}",
+        last_failure.as_deref().map(|cause| format!("; the last failure: {cause}")).unwrap_or_default()
+    )]
     NoHealthyInstances {
         /// The service that was called.
         service: String,
         /// How many instances are registered.
         instances: usize,
+        /// The last transport failure among them (what ejected them), if one was seen.
+        last_failure: Option<String>,
     },
 
     /// Opening a connection to an instance failed.

@@ -125,8 +125,9 @@ impl VspClient {
                 Ok(response) => match &response.error_code {
                     // Refused before running: safe to send elsewhere.
                     Some(code @ ErrorCode::ShuttingDown) => {
-                        self.inner.mesh.eject(&instance);
-                        AttemptFailure::unsent(remote_error(service, endpoint, code, &response))
+                        let error = remote_error(service, endpoint, code, &response);
+                        self.inner.mesh.eject(&instance, &error);
+                        AttemptFailure::unsent(error)
                     }
                     // Refused before running too (the server's limits are checked before the
                     // handler starts): another instance may take it, idempotent or not.
@@ -208,7 +209,6 @@ impl VspClient {
                 return Err(AttemptFailure::unsent(attempt.timed_out()));
             }
             Err(err) => {
-                self.inner.mesh.report_failure(instance, true);
                 let error = match err {
                     PoolError::Connect(source) => VspError::Connect {
                         service: attempt.service.to_owned(),
@@ -221,6 +221,7 @@ impl VspClient {
                         after: connect_timeout,
                     },
                 };
+                self.inner.mesh.report_failure(instance, true, &error);
                 return Err(AttemptFailure::unsent(error));
             }
         };
@@ -240,7 +241,9 @@ impl VspClient {
         let outcome = call.wait().await;
         if connection.is_draining() {
             // The server announced its shutdown: no more calls to it until a probe says so.
-            self.inner.mesh.eject(instance);
+            self.inner
+                .mesh
+                .eject(instance, &"the server announced it is shutting down");
         }
         // Only transport failures count against the instance's health: a slow endpoint (a
         // deadline that passed while the connection kept answering, or the server's own
@@ -262,8 +265,9 @@ impl VspClient {
                 attempt.error(failure)
             }
             Err(failure) => {
-                self.inner.mesh.report_failure(instance, false);
-                attempt.error(failure)
+                let error = attempt.error(failure);
+                self.inner.mesh.report_failure(instance, false, &error);
+                error
             }
         };
         Err(AttemptFailure {

@@ -83,11 +83,11 @@ impl ClientInner {
             if answered {
                 return;
             }
-            connection.close(format!(
-                "the connection stopped answering (no `health` answer within {timeout:?})"
-            ));
+            let cause =
+                format!("the connection stopped answering (no `health` answer within {timeout:?})");
+            connection.close(cause.clone());
             if let Some(client) = client.upgrade() {
-                client.mesh.report_failure(&instance, false);
+                client.mesh.report_failure(&instance, false, &cause);
             }
         });
     }
@@ -159,7 +159,9 @@ async fn check_health(client: Weak<ClientInner>, interval: Duration) {
                         client.mesh.readmit(&instance);
                     }
                 } else {
-                    client.mesh.eject(&instance);
+                    client
+                        .mesh
+                        .eject(&instance, &"an active health check got no answer");
                 }
             }
         }

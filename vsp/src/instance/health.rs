@@ -11,7 +11,7 @@
 //! re-admit an instance as soon as it answers, so the outage lasts no longer than the backoff.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::{HealthStatus, Instance};
@@ -76,6 +76,8 @@ pub(crate) struct HealthRecord {
     latency_ewma_ns: AtomicU64,
     /// Who may change the status and run the probe; transitions happen under it, one at a time.
     transitions: Mutex<Transitions>,
+    /// The last transport failure and when, for `NoHealthyInstances` to say why.
+    last_failure: Mutex<Option<(std::time::Instant, Arc<str>)>>,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +98,7 @@ impl Default for HealthRecord {
             ejections: AtomicU32::new(0),
             latency_ewma_ns: AtomicU64::new(0),
             transitions: Mutex::new(Transitions::default()),
+            last_failure: Mutex::new(None),
         }
     }
 }
@@ -121,6 +124,23 @@ impl HealthRecord {
         let mut transitions = self.transitions();
         transitions.pinned_out = status == HealthStatus::Unhealthy;
         self.store_status(status);
+    }
+
+    /// Remembers why a call to this instance failed (failures only: not on the call path).
+    pub(crate) fn note_failure(&self, cause: &dyn std::fmt::Display) {
+        let cause: Arc<str> = Arc::from(cause.to_string());
+        *self
+            .last_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((std::time::Instant::now(), cause));
+    }
+
+    /// The last transport failure, and when.
+    pub(crate) fn last_failure(&self) -> Option<(std::time::Instant, Arc<str>)> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn is_pinned_out(&self) -> bool {

@@ -261,14 +261,22 @@ impl ServiceMesh {
         }
     }
 
-    /// A transport failure of a call to `instance`; `connect` if no connection could be made.
-    pub(crate) fn report_failure(&self, instance: &Arc<Instance>, connect: bool) {
+    /// A transport failure of a call to `instance`, for `cause`; `connect` if no connection
+    /// could be made.
+    pub(crate) fn report_failure(
+        &self,
+        instance: &Arc<Instance>,
+        connect: bool,
+        cause: &dyn std::fmt::Display,
+    ) {
+        instance.health().note_failure(cause);
         let verdict = self.inner.health.record_failure(instance, connect);
         self.inner.follow_up(instance, verdict);
     }
 
-    /// Takes `instance` out of rotation until a probe re-admits it.
-    pub(crate) fn eject(&self, instance: &Arc<Instance>) {
+    /// Takes `instance` out of rotation until a probe re-admits it, for `cause`.
+    pub(crate) fn eject(&self, instance: &Arc<Instance>, cause: &dyn std::fmt::Display) {
+        instance.health().note_failure(cause);
         let verdict = self.inner.health.eject(instance);
         self.inner.follow_up(instance, verdict);
     }
@@ -344,6 +352,11 @@ impl ServiceMesh {
                 Err(VspError::NoHealthyInstances {
                     service: service.to_owned(),
                     instances: instances.len(),
+                    last_failure: instances
+                        .iter()
+                        .filter_map(|instance| instance.health().last_failure())
+                        .max_by_key(|(at, _)| *at)
+                        .map(|(_, cause)| cause.to_string()),
                 })
             }
         }
