@@ -20,7 +20,14 @@ async fn unknown_endpoint_is_not_found_in_velithons_words() {
     let (_manager, addr) = start_test_server().await;
     let (code, message) = remote(client_for(addr).call(SERVICE, "nope", json!({})).await);
     assert_eq!(code, ErrorCode::NotFound);
-    assert_eq!(message, "Endpoint nope not found");
+    assert!(message.starts_with("Endpoint nope not found"), "{message}");
+    // Then what there is: the test service's endpoints, and the closest to a typo.
+    assert!(
+        message.contains("(endpoints: add, echo, error_key, fail, health, panic, sleep)"),
+        "{message}"
+    );
+    let (_, typo) = remote(client_for(addr).call(SERVICE, "ecko", json!({})).await);
+    assert!(typo.contains("did you mean `echo`?"), "{typo}");
 }
 
 #[tokio::test]

@@ -194,11 +194,7 @@ fn dispatch(
     let registry = manager.registry.load();
     let Some(entry) = registry.get(endpoint_name) else {
         let reply = Reply::new(conn.clone(), head, None);
-        // Velithon's wording, which its clients may match on.
-        reply.error(
-            ErrorCode::NotFound,
-            &format!("Endpoint {endpoint_name} not found"),
-        );
+        reply.error(ErrorCode::NotFound, &not_found(endpoint_name, &registry));
         return Ok(());
     };
     let name = &entry.name;
@@ -294,6 +290,51 @@ impl ServerConnection {
         )
         .error(code, message);
     }
+}
+
+/// The `not_found` message: Velithon's wording first (its clients may match on it), then the
+/// closest registered name and the endpoints there are.
+fn not_found(name: &str, registry: &super::Registry) -> String {
+    let mut names: Vec<&str> = registry.keys().map(|name| &**name).collect();
+    names.sort_unstable();
+    let mut message = format!("Endpoint {name} not found");
+    let closest = names
+        .iter()
+        .map(|candidate| (edit_distance(name, candidate), *candidate))
+        .filter(|(distance, candidate)| *distance <= (candidate.len() / 3).max(2))
+        .min();
+    if let Some((_, closest)) = closest {
+        message.push_str(&format!("; did you mean `{closest}`?"));
+    }
+    const LISTED: usize = 20;
+    let listed = names
+        .iter()
+        .take(LISTED)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = names.len().saturating_sub(LISTED);
+    message.push_str(&format!(" (endpoints: {listed}"));
+    if more > 0 {
+        message.push_str(&format!(" and {more} more"));
+    }
+    message.push(')');
+    message
+}
+
+/// Levenshtein distance over chars, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[b.len()]
 }
 
 fn json_kind(raw: &RawValue) -> &'static str {
