@@ -432,12 +432,13 @@ impl ToTokens for ServiceGenerator {
         let client = self.client();
         let args_structs = self.args_structs();
         let assertions = self.assertions();
+        // The checks first: a type that cannot travel is reported by them before anything else.
         tokens.extend(quote! {
+            #assertions
             #trait_def
             #server
             #client
             #args_structs
-            #assertions
         });
     }
 }
