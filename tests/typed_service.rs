@@ -292,3 +292,65 @@ async fn a_parameter_named_service_does_not_shadow_the_generated_code() {
     assert_eq!(text, "billing is run by ops");
     manager.shutdown().await.unwrap();
 }
+
+/// An error type with a `Display`: its text on the wire is that, not its JSON.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub enum QuotaError {
+    Exceeded { limit: u32 },
+}
+
+impl std::fmt::Display for QuotaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QuotaError::Exceeded { limit } => write!(f, "quota of {limit} calls exceeded"),
+        }
+    }
+}
+
+#[vsp::service(name = "quota")]
+pub trait Quota {
+    async fn take(&self) -> Result<u32, QuotaError>;
+}
+
+struct Exhausted;
+
+impl Quota for Exhausted {
+    async fn take(&self) -> Result<u32, QuotaError> {
+        Err(QuotaError::Exceeded { limit: 3 })
+    }
+}
+
+#[tokio::test]
+async fn a_typed_error_travels_as_its_display_text_and_as_data() {
+    let manager = VspManager::builder("quota").build();
+    manager.serve(QuotaServer::new(Exhausted)).unwrap();
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    let mesh = ServiceMesh::new();
+    mesh.register(ServiceInfo::new("quota", "127.0.0.1", addr.port()))
+        .unwrap();
+    let client = VspClient::builder(mesh).build();
+    // What a dynamic (or Velithon) caller reads: the Display text.
+    match client.call("quota", "take", json!({})).await {
+        Err(VspError::Remote { message, .. }) => assert_eq!(message, "quota of 3 calls exceeded"),
+        other => panic!("expected the service's error, got {other:?}"),
+    }
+    // The typed client still gets the value itself.
+    let typed = QuotaClient::new(client.clone());
+    match typed.take().await {
+        Err(CallError::Service(err)) => assert_eq!(err, QuotaError::Exceeded { limit: 3 }),
+        other => panic!("expected QuotaError, got {other:?}"),
+    }
+    // And a type without Display travels as its JSON text, as before.
+    let (bank, bank_client) = start_bank().await;
+    match bank_client
+        .call("bank", "balance-of", json!({"id": 999}))
+        .await
+    {
+        Err(VspError::Remote { message, .. }) => {
+            assert_eq!(message, r#"{"NoSuchAccount":{"id":999}}"#)
+        }
+        other => panic!("expected the bank's error, got {other:?}"),
+    }
+    bank.shutdown().await.unwrap();
+    manager.shutdown().await.unwrap();
+}

@@ -255,16 +255,24 @@ impl ServiceGenerator {
             let ident = &method.ident;
             let wire_name = &method.wire_name;
             let names: Vec<&Ident> = method.args.iter().map(|(name, _)| name).collect();
-            let register = match method.output {
-                Output::Fallible { .. } => quote!(register_fallible),
-                Output::Value => quote!(register_infallible),
+            let (register, text) = match &method.output {
+                // The error's text: its `Display` if it has one (picked where `E` is concrete).
+                Output::Fallible { err, .. } => (
+                    quote!(register_fallible),
+                    quote! {{
+                        #[allow(unused_imports)]
+                        use ::vsp::__private::{ByDisplay as _, ByJson as _};
+                        (&&::vsp::__private::ErrorText::<#err>::new()).text_fn()
+                    },},
+                ),
+                Output::Value => (quote!(register_infallible), quote!()),
             };
             // A local of the generated code, invisible to (and not shadowed by) a parameter the
             // user named `service`.
             let shared = Ident::new("service", Span::mixed_site());
             // Spanned at the method: an unmet bound on its types is reported there.
             let register = quote_spanned! {ident.span()=>
-                ::vsp::__private::#register(manager, #wire_name, move |#args_ident { #(#names),* }| {
+                ::vsp::__private::#register(manager, #wire_name, #text move |#args_ident { #(#names),* }| {
                     let #shared = ::core::clone::Clone::clone(&#shared);
                     async move { <S as #trait_ident>::#ident(&*#shared, #(#names),*).await }
                 })

@@ -26,10 +26,46 @@ impl<T: Serialize + DeserializeOwned> WireType for T {}
 /// A compile-time check, placed at the user's type by the macro.
 pub const fn assert_wire_type<T: WireType>() {}
 
-/// Registers a service method returning `Result<T, E>`; `E` travels typed.
+/// Picks how a service error's text is written, by autoref specialization where the macro
+/// expands (`E` concrete): `(&&ErrorText::<E>::new()).text_fn()` is `Some(Display)` when `E`
+/// implements `Display`, `None` otherwise.
+pub struct ErrorText<E>(std::marker::PhantomData<fn(&E)>);
+
+impl<E> ErrorText<E> {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        ErrorText(std::marker::PhantomData)
+    }
+}
+
+/// The `Display` case of [`ErrorText`].
+pub trait ByDisplay<E> {
+    fn text_fn(&self) -> Option<fn(&E) -> String>;
+}
+
+impl<E: std::fmt::Display> ByDisplay<E> for &ErrorText<E> {
+    fn text_fn(&self) -> Option<fn(&E) -> String> {
+        Some(|err| err.to_string())
+    }
+}
+
+/// The fallback of [`ErrorText`]: no `Display`, the text is the JSON.
+pub trait ByJson<E> {
+    fn text_fn(&self) -> Option<fn(&E) -> String>;
+}
+
+impl<E> ByJson<E> for ErrorText<E> {
+    fn text_fn(&self) -> Option<fn(&E) -> String> {
+        None
+    }
+}
+
+/// Registers a service method returning `Result<T, E>`; `E` travels typed, and as text (`text`,
+/// its `Display` when it has one).
 pub fn register_fallible<F, A, Fut, T, E>(
     manager: &VspManager,
     endpoint: &'static str,
+    text: Option<fn(&E) -> String>,
     handler: F,
 ) -> Result<(), VspError>
 where
@@ -41,7 +77,7 @@ where
 {
     let endpoint_impl = FnEndpoint::new(move |args: A| {
         let running = handler(args);
-        async move { ServiceResult(running.await) }
+        async move { ServiceResult(running.await, text) }
     });
     manager.register(endpoint.to_owned(), Box::new(endpoint_impl))
 }

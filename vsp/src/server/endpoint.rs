@@ -89,8 +89,13 @@ where
     }
 }
 
-/// A service method's `Result<T, E>`: the error travels typed, for the generated client.
-pub(crate) struct ServiceResult<T, E>(pub(crate) Result<T, E>);
+/// How a service error's text is written: its `Display` when the macro found one, else `None`
+/// (the text is then its JSON).
+pub(crate) type ErrorTextFn<E> = Option<fn(&E) -> String>;
+
+/// A service method's `Result<T, E>`: the error travels typed, for the generated client, and as
+/// text, for Velithon's clients and for logs.
+pub(crate) struct ServiceResult<T, E>(pub(crate) Result<T, E>, pub(crate) ErrorTextFn<E>);
 
 impl<T, E> Outcome for ServiceResult<T, E>
 where
@@ -100,7 +105,10 @@ where
     fn send(self, reply: Reply) {
         match self.0 {
             Ok(value) => reply.ok(&value),
-            Err(err) => reply.service_error(&err),
+            Err(err) => {
+                let text = self.1.map(|text| text(&err));
+                reply.service_error(&err, text);
+            }
         }
     }
 }

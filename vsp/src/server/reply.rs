@@ -266,7 +266,7 @@ impl Reply {
 
     /// Answers with a service method's typed error: code `handler`, the error as JSON under
     /// `data` for our clients, and as text under `error` for Velithon's.
-    pub(crate) fn service_error<E: Serialize + ?Sized>(mut self, err: &E) {
+    pub(crate) fn service_error<E: Serialize + ?Sized>(mut self, err: &E, text: Option<String>) {
         let data = match serde_json::value::to_raw_value(err) {
             Ok(data) => data,
             Err(ser) => {
@@ -274,9 +274,11 @@ impl Reply {
                 return self.error(ErrorCode::Handler, &message);
             }
         };
-        // A string error reads as itself; anything else as its JSON.
-        let message =
-            serde_json::from_str::<String>(data.get()).unwrap_or_else(|_| data.get().to_owned());
+        // Its `Display` when it has one; else a string error reads as itself, anything else as
+        // its JSON.
+        let message = text.unwrap_or_else(|| {
+            serde_json::from_str::<String>(data.get()).unwrap_or_else(|_| data.get().to_owned())
+        });
         self.conn.manager().stats.error_sent(&ErrorCode::Handler);
         self.settle(true);
         let pushed = self.push_error(&ErrorCode::Handler, |out| {
