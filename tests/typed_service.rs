@@ -336,10 +336,15 @@ async fn a_typed_error_travels_as_its_display_text_and_as_data() {
     }
     // The typed client still gets the value itself.
     let typed = QuotaClient::new(client.clone());
-    match typed.take().await {
-        Err(CallError::Service(err)) => assert_eq!(err, QuotaError::Exceeded { limit: 3 }),
-        other => panic!("expected QuotaError, got {other:?}"),
-    }
+    let err = typed.take().await.unwrap_err();
+    assert!(
+        matches!(&err, CallError::Service(QuotaError::Exceeded { limit: 3 })),
+        "{err:?}"
+    );
+    // CallError displays the service's error by its own Display.
+    assert_eq!(err.to_string(), "quota of 3 calls exceeded");
+    let boxed: Box<dyn std::error::Error> = Box::new(err);
+    assert_eq!(boxed.to_string(), "quota of 3 calls exceeded");
     // And a type without Display travels as its JSON text, as before.
     let (bank, bank_client) = start_bank().await;
     match bank_client

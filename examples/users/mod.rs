@@ -24,6 +24,15 @@ pub enum UserError {
     NotFound { user_id: String },
 }
 
+/// The text callers see (`CallError`'s `Display`, and the `error` text Velithon's clients read).
+impl std::fmt::Display for UserError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UserError::NotFound { user_id } => write!(f, "no user with id {user_id}"),
+        }
+    }
+}
+
 /// The users of the system.
 #[vsp::service(name = "user-service")]
 pub trait UserService {

@@ -359,16 +359,18 @@ impl<E> From<VspError> for CallError<E> {
     }
 }
 
-impl<E: fmt::Debug> fmt::Display for CallError<E> {
+/// The service's error by its own `Display`; a transport or protocol failure by `VspError`'s.
+impl<E: fmt::Display> fmt::Display for CallError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CallError::Service(err) => write!(f, "the service returned an error: {err:?}"),
+            CallError::Service(err) => fmt::Display::fmt(err, f),
             CallError::Vsp(err) => fmt::Display::fmt(err, f),
         }
     }
 }
 
-impl<E: fmt::Debug> std::error::Error for CallError<E> {
+/// An error (for `?` into `Box<dyn Error>`, `anyhow` and the like) when `E` is displayable.
+impl<E: fmt::Debug + fmt::Display> std::error::Error for CallError<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             CallError::Service(_) => None,

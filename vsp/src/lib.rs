@@ -109,7 +109,9 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 /// at the type. Non-async methods, a missing `&self`, pattern arguments, generic methods or
 /// traits and duplicate endpoint names are compile errors at the offending tokens. A service
 /// method's error `E` travels as `{"error": "<E as text>", "data": <E as JSON>}` with code
-/// `handler`: Python clients read the text, generated clients the typed `E`.
+/// `handler`: Python clients read the text (`E`'s `Display` when it has one, else its JSON),
+/// generated clients the typed `E`. `CallError<E>` is a `std::error::Error` (for `?` into
+/// `Box<dyn Error>`) when `E` implements `Display` and `Debug`, as below.
 ///
 /// ```
 /// use serde::{Deserialize, Serialize};
@@ -124,6 +126,14 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 /// #[derive(Debug, Serialize, Deserialize, PartialEq)]
 /// pub enum UserError {
 ///     NotFound(String),
+/// }
+///
+/// impl std::fmt::Display for UserError {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         match self {
+///             UserError::NotFound(id) => write!(f, "no user {id}"),
+///         }
+///     }
 /// }
 ///
 /// #[vsp::service]
