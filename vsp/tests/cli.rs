@@ -425,3 +425,32 @@ async fn call_health_and_bench_reach_a_server_on_a_unix_socket() {
     manager.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_on_an_address_target_names_the_address_once() {
+    let manager = VspManager::builder("slow-service").build();
+    manager
+        .endpoint("slow_op", |_: Value| async move {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            Ok::<_, String>("late")
+        })
+        .unwrap();
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    let target = addr.to_string();
+    let output = vsp(
+        args(&["call", &target, "slow_op", "{}", "--timeout", "300ms"]),
+        None,
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(3));
+    let err = stderr(&output);
+    assert!(
+        err.contains(&format!("calling `slow_op` on {target}: timed out after")),
+        "{err}"
+    );
+    assert!(
+        !err.contains(&format!("`{target}.slow_op`")),
+        "the address shown as a service name: {err}"
+    );
+    manager.close().await;
+}

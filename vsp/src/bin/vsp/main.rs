@@ -83,9 +83,38 @@ pub(crate) fn explain(err: VspError, target: &str, endpoint: &str) -> Failure {
             message: format!("`{endpoint}` on {target} answered with an error ({code}): {message}"),
         },
         other => {
+            // The target and endpoint are said once, up front: the reason alone follows (the
+            // error's own text names the service, which for an address target is the address).
+            let reason = match &other {
+                VspError::Timeout { after, .. } => Some(format!("timed out after {after:?}")),
+                VspError::Connect {
+                    instance, source, ..
+                } => Some(format!("cannot connect to {instance}: {source}")),
+                VspError::ConnectTimeout {
+                    instance, after, ..
+                } => Some(format!(
+                    "connecting to {instance} timed out after {after:?}"
+                )),
+                VspError::ConnectionClosed {
+                    instance, reason, ..
+                } => Some(format!("the connection to {instance} closed: {reason}")),
+                VspError::RequestTooLarge { len, max, .. } => Some(format!(
+                    "the request is {len} bytes, above the limit of {max}"
+                )),
+                VspError::Encode { source, .. } => {
+                    Some(format!("cannot encode the request: {source}"))
+                }
+                VspError::Decode { source, .. } => {
+                    Some(format!("cannot decode the response: {source}"))
+                }
+                _ => None,
+            };
             let failure = Failure::from(other);
             Failure {
-                message: format!("calling `{endpoint}` on {target}: {}", failure.message),
+                message: format!(
+                    "calling `{endpoint}` on {target}: {}",
+                    reason.unwrap_or(failure.message)
+                ),
                 ..failure
             }
         }
