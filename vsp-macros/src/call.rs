@@ -148,15 +148,46 @@ impl CallGenerator {
                 ::core::clone::Clone::clone(#client_arg)
             ).#method(#(#args),*)
         };
+        // Declared as failing with `VspError`: only a method that fails with it fits, and one
+        // that fails with `CallError<E>` is told so in those words.
+        let body = if declares_vsp_error(&sig.output) {
+            quote_spanned! {sig.output.span()=> ::vsp::__private::vsp_error_only(#call.await) }
+        } else {
+            quote! { ::core::result::Result::map_err(#call.await, ::core::convert::Into::into) }
+        };
         quote! {
             #(#attrs)*
             // The client may already be the generated one, and the error already the declared one.
             #[allow(clippy::useless_conversion)]
             #vis #sig {
-                ::core::result::Result::map_err(#call.await, ::core::convert::Into::into)
+                #body
             }
         }
     }
+}
+
+/// Whether the return type is spelled `Result<_, VspError>` (any path ending in those names).
+fn declares_vsp_error(output: &syn::ReturnType) -> bool {
+    let syn::ReturnType::Type(_, ty) = output else {
+        return false;
+    };
+    let syn::Type::Path(path) = &**ty else {
+        return false;
+    };
+    let Some(last) = path.path.segments.last() else {
+        return false;
+    };
+    let PathArguments::AngleBracketed(generics) = &last.arguments else {
+        return false;
+    };
+    if last.ident != "Result" || generics.args.len() != 2 {
+        return false;
+    }
+    matches!(
+        generics.args.iter().nth(1),
+        Some(syn::GenericArgument::Type(syn::Type::Path(error)))
+            if error.path.segments.last().is_some_and(|s| s.ident == "VspError")
+    )
 }
 
 fn plain_name(pat: &Pat) -> syn::Result<syn::Ident> {

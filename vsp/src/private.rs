@@ -130,3 +130,25 @@ pub async fn call_infallible<T: DeserializeOwned>(
         .call_with(service, endpoint, args, options(idempotent))
         .await
 }
+
+/// What a `#[vsp::call]` function declared as failing with `VspError` may return: only the
+/// result of a method that fails with `VspError` (one that does not return `Result<T, E>`).
+#[diagnostic::on_unimplemented(
+    message = "this `#[vsp::call]` function fails with `VspError`, but the method's result is `{Self}`",
+    label = "the method fails with `CallError<E>`, not `VspError`",
+    note = "a service method returning `Result<T, E>` fails with `vsp::CallError<E>` (the service's own `E`, or a `VspError`): declare the function's error as `CallError<E>`"
+)]
+pub trait VspErrorOnly<T> {
+    fn into_result(self) -> Result<T, VspError>;
+}
+
+impl<T> VspErrorOnly<T> for Result<T, VspError> {
+    fn into_result(self) -> Result<T, VspError> {
+        self
+    }
+}
+
+/// The body of a `#[vsp::call]` function declared as failing with `VspError`.
+pub fn vsp_error_only<T, R: VspErrorOnly<T>>(result: R) -> Result<T, VspError> {
+    result.into_result()
+}
