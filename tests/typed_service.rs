@@ -186,6 +186,11 @@ async fn a_dynamic_call_reaches_a_generated_endpoint_with_plain_kwargs() {
         }
         other => panic!("expected a handler error, got {other:?}"),
     }
+    // An `Option` argument left out is `None`, as a Python caller may send it.
+    assert_eq!(
+        client.call("bank", "optional_note", json!({})).await.unwrap(),
+        json!(null)
+    );
 }
 
 #[tokio::test]

@@ -199,16 +199,25 @@ impl ServiceGenerator {
             .iter()
             .map(|method| {
                 let ident = self.args_ident(method);
-                let names = method.args.iter().map(|(name, _)| name);
-                let types = method.args.iter().map(|(_, ty)| ty);
-                // The derive's own errors (a field type that is not serde) then point at the
-                // method, not at `#[vsp::service]`.
+                // Each field goes through `WireType`-bound functions, so a type that is not serde
+                // is reported in VSP's words (at the type), not by every serde impl using it.
+                let fields = method.args.iter().map(|(name, ty)| {
+                    let ser = syn::LitStr::new("::vsp::__private::ser_arg", ty.span());
+                    let de = syn::LitStr::new("::vsp::__private::de_arg", ty.span());
+                    // As serde does for a plain `Option` field: a missing one is `None` (with a
+                    // `deserialize_with`, serde would call it missing).
+                    let default = is_option(ty).then(|| quote!(default,));
+                    quote_spanned! {ty.span()=>
+                        #[serde(#default serialize_with = #ser, deserialize_with = #de)]
+                        #name: #ty,
+                    }
+                });
                 quote_spanned! {method.ident.span()=>
                     #[derive(::vsp::__private::serde::Serialize, ::vsp::__private::serde::Deserialize)]
                     #[serde(crate = "::vsp::__private::serde")]
                     #[doc(hidden)]
                     struct #ident {
-                        #(#names: #types,)*
+                        #(#fields)*
                     }
                 }
             })
@@ -217,9 +226,9 @@ impl ServiceGenerator {
 
     /// Compile-time checks at the user's types, so a type that cannot travel is reported there.
     fn assertions(&self) -> TokenStream {
+        // Arguments are checked by their request struct's (de)serialize functions.
         let mut types: Vec<&Type> = Vec::new();
         for method in &self.methods {
-            types.extend(method.args.iter().map(|(_, ty)| ty));
             match &method.output {
                 Output::Fallible { ok, err } => types.extend([&**ok, &**err]),
                 Output::Value => types.push(&method.ret),
@@ -597,6 +606,15 @@ fn parse_method(method: TraitItemFn, errors: &mut Errors) -> Option<Method> {
         args,
         ret,
         output,
+    })
+}
+
+/// Whether `ty` is spelled `Option<...>` (any path ending in `Option` with one type argument).
+fn is_option(ty: &Type) -> bool {
+    let Type::Path(path) = ty else { return false };
+    path.path.segments.last().is_some_and(|last| {
+        last.ident == "Option"
+            && matches!(&last.arguments, PathArguments::AngleBracketed(args) if args.args.len() == 1)
     })
 }
 

@@ -152,3 +152,37 @@ impl<T> VspErrorOnly<T> for Result<T, VspError> {
 pub fn vsp_error_only<T, R: VspErrorOnly<T>>(result: R) -> Result<T, VspError> {
     result.into_result()
 }
+
+/// An argument a caller can send.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot travel in a VSP call: it must implement `serde::Serialize`",
+    label = "used as an argument of a VSP service method here",
+    note = "derive it: `#[derive(serde::Serialize, serde::Deserialize)]`"
+)]
+pub trait WireSer: Serialize {}
+
+impl<T: Serialize> WireSer for T {}
+
+/// An argument a server can read.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot travel in a VSP call: it must implement `serde::Deserialize` (for any lifetime: `DeserializeOwned`)",
+    label = "used as an argument of a VSP service method here",
+    note = "derive it: `#[derive(serde::Serialize, serde::Deserialize)]`"
+)]
+pub trait WireDe: DeserializeOwned {}
+
+impl<T: DeserializeOwned> WireDe for T {}
+
+/// Serializes one argument of a request struct. Through this function (instead of the type's
+/// own impl), a type that cannot travel is reported once per missing trait, in VSP's words.
+pub fn ser_arg<T: WireSer, S: serde::Serializer>(
+    value: &T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    value.serialize(serializer)
+}
+
+/// Deserializes one argument of a request struct (see [`ser_arg`]).
+pub fn de_arg<'de, T: WireDe, D: serde::Deserializer<'de>>(deserializer: D) -> Result<T, D::Error> {
+    T::deserialize(deserializer)
+}
