@@ -188,7 +188,10 @@ async fn a_dynamic_call_reaches_a_generated_endpoint_with_plain_kwargs() {
     }
     // An `Option` argument left out is `None`, as a Python caller may send it.
     assert_eq!(
-        client.call("bank", "optional_note", json!({})).await.unwrap(),
+        client
+            .call("bank", "optional_note", json!({}))
+            .await
+            .unwrap(),
         json!(null)
     );
 }
