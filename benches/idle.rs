@@ -29,11 +29,7 @@ fn main() {
         println!("(open-file limit {limit}: {connections} connections instead of {wanted})");
     }
     let server = ServerProcess::spawn(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     runtime.block_on(idle(&server, connections as usize));
 }
 

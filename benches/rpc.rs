@@ -10,6 +10,8 @@
 //! interleaved (A B C D, A B C D, ...) and each figure is the median over rounds, because these
 //! machines switch between two speed modes and only same-run ratios mean anything.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -616,28 +618,8 @@ fn micros(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e6)
 }
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(bench(Settings::from_env()));
+    common::runtime().block_on(bench(Settings::from_env()));
 }
 
 async fn bench(settings: Settings) {
@@ -902,7 +884,7 @@ async fn bench(settings: Settings) {
     // Memory: idle connections.
     println!("\n## Memory: 1,000 idle client connections to one server\n");
     let (_idle_server, idle_addr) = start_vsp(VspManager::builder("bench")).await;
-    let before = rss_bytes();
+    let before = common::rss_bytes("self");
     let mut clients = Vec::with_capacity(1000);
     for _ in 0..1000 {
         let client = vsp_client(&[idle_addr], ServiceMesh::new());
@@ -910,7 +892,7 @@ async fn bench(settings: Settings) {
         clients.push(client);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let after = rss_bytes();
+    let after = common::rss_bytes("self");
     println!(
         "RSS grew by {:.1} MiB: {:.1} KiB per connection (both ends, client and server, in this process).",
         (after.saturating_sub(before)) as f64 / (1024.0 * 1024.0),

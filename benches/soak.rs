@@ -36,11 +36,7 @@ fn main() {
         .unwrap_or(10_000_000);
     let step = (total / 10).max(1);
     let server = ServerProcess::spawn(INSTANCES);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     let checkpoints = runtime.block_on(soak(&server, total, step));
     drop(server);
 

@@ -11,14 +11,12 @@ use vsp::prelude::*;
 #[tokio::test]
 async fn an_instance_is_healthy_once_a_call_to_it_succeeds() {
     let (manager, addr) = common::start_test_server().await;
-    let mesh = ServiceMesh::new();
-    mesh.register(ServiceInfo::new(SERVICE, "127.0.0.1", addr.port()))
-        .unwrap();
+    let client = common::client_for(addr);
+    let mesh = client.mesh();
     assert_eq!(
         mesh.instances(SERVICE)[0].info.status(),
         HealthStatus::Unknown
     );
-    let client = VspClient::builder(mesh.clone()).build();
     client
         .call(SERVICE, "echo", json!({"value": 1}))
         .await
@@ -33,10 +31,8 @@ async fn an_instance_is_healthy_once_a_call_to_it_succeeds() {
 #[tokio::test]
 async fn a_user_set_status_is_not_overridden_by_a_success() {
     let (manager, addr) = common::start_test_server().await;
-    let mesh = ServiceMesh::new();
-    mesh.register(ServiceInfo::new(SERVICE, "127.0.0.1", addr.port()))
-        .unwrap();
-    let client = VspClient::builder(mesh.clone()).build();
+    let client = common::client_for(addr);
+    let mesh = client.mesh();
     client
         .call(SERVICE, "echo", json!({"value": 1}))
         .await

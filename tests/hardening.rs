@@ -472,8 +472,9 @@ async fn connections_beyond_the_caps_are_closed_at_once_and_their_places_come_ba
     manager.shutdown().await.unwrap();
 }
 
-/// A `sleep` request of about `bytes` bytes (its tag is the padding).
-fn large_sleep(id: &str, ms: u64, bytes: usize) -> Vec<u8> {
+/// A request of about `bytes` bytes to the test service's `sleep` endpoint, which holds it `ms`
+/// on the server (its tag is the padding, echoed back).
+fn large_request(id: &str, ms: u64, bytes: usize) -> Vec<u8> {
     let tag = "x".repeat(bytes);
     frame(&request_json(
         id,
@@ -487,21 +488,21 @@ async fn large_requests_beyond_a_connections_byte_budget_are_answered_overloaded
     let (manager, addr) =
         server_with(|builder| builder.max_request_bytes_per_connection(100_000)).await;
     let mut peer = RawPeer::connect(addr).await;
-    peer.send(&large_sleep("1", 1_000, 60_000)).await;
+    peer.send(&large_request("1", 1_000, 60_000)).await;
     wait_in_flight(&manager, 1).await;
-    peer.send(&large_sleep("2", 0, 60_000)).await;
+    peer.send(&large_request("2", 0, 60_000)).await;
     let refused = peer.recv().await.expect("closed instead of answering");
     assert_eq!(refused["header"]["request_id"], 2);
     assert_eq!(refused["header"]["error_code"], "overloaded", "{refused}");
     // Another connection has its own budget.
     let mut other = RawPeer::connect(addr).await;
-    other.send(&large_sleep("3", 0, 60_000)).await;
+    other.send(&large_request("3", 0, 60_000)).await;
     let served = other.recv().await.unwrap();
     assert_eq!(served["body"].as_str().map(str::len), Some(60_000));
     // Once the first is answered, its bytes are given back.
     let first = peer.recv().await.unwrap();
     assert_eq!(first["header"]["request_id"], 1);
-    peer.send(&large_sleep("4", 0, 60_000)).await;
+    peer.send(&large_request("4", 0, 60_000)).await;
     let fourth = peer.recv().await.unwrap();
     assert_eq!(
         fourth["body"].as_str().map(str::len),
@@ -510,7 +511,7 @@ async fn large_requests_beyond_a_connections_byte_budget_are_answered_overloaded
         fourth["header"]
     );
     // A request larger than the whole budget is still served when it is the only one.
-    peer.send(&large_sleep("5", 0, 150_000)).await;
+    peer.send(&large_request("5", 0, 150_000)).await;
     let alone = peer.recv().await.unwrap();
     assert_eq!(alone["body"].as_str().map(str::len), Some(150_000));
     manager.shutdown().await.unwrap();
@@ -520,10 +521,10 @@ async fn large_requests_beyond_a_connections_byte_budget_are_answered_overloaded
 async fn large_requests_beyond_the_servers_byte_budget_are_answered_overloaded() {
     let (manager, addr) = server_with(|builder| builder.max_request_bytes(100_000)).await;
     let mut first = RawPeer::connect(addr).await;
-    first.send(&large_sleep("1", 1_000, 60_000)).await;
+    first.send(&large_request("1", 1_000, 60_000)).await;
     wait_in_flight(&manager, 1).await;
     let mut second = RawPeer::connect(addr).await;
-    second.send(&large_sleep("2", 0, 60_000)).await;
+    second.send(&large_request("2", 0, 60_000)).await;
     let refused = second.recv().await.expect("closed instead of answering");
     assert_eq!(refused["header"]["error_code"], "overloaded", "{refused}");
     // Small requests are not held by the byte budget.
@@ -532,7 +533,7 @@ async fn large_requests_beyond_the_servers_byte_budget_are_answered_overloaded()
         .await;
     assert_eq!(second.recv().await.unwrap()["body"], "small");
     assert_eq!(first.recv().await.unwrap()["header"]["request_id"], 1);
-    second.send(&large_sleep("4", 0, 60_000)).await;
+    second.send(&large_request("4", 0, 60_000)).await;
     let served = second.recv().await.unwrap();
     assert_eq!(served["body"].as_str().map(str::len), Some(60_000));
     manager.shutdown().await.unwrap();

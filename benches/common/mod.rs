@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use vsp::VspManager;
@@ -56,6 +56,15 @@ pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
+/// The benchmarks' runtime: 2 worker threads (one per core on these machines).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Raises this process's open-file limit to its hard limit (at most `want`); returns the limit.
 pub fn raise_open_files(want: u64) -> u64 {
     let mut limit = libc::rlimit {
@@ -84,12 +93,7 @@ pub fn serve_if_child() -> bool {
         return false;
     };
     raise_open_files(30_000);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
+    runtime().block_on(async move {
         let mut managers = Vec::new();
         let mut ports = Vec::new();
         for _ in 0..instances {
@@ -157,17 +161,23 @@ impl ServerProcess {
 }
 
 impl Drop for ServerProcess {
+    /// Closes the child's stdin (it shuts down gracefully) and waits for it to exit, at most
+    /// 40 s; then kills it.
     fn drop(&mut self) {
         drop(self.child.stdin.take());
-        let until = Instant::now() + Duration::from_secs(40);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        let pid = self.child.id() as libc::pid_t;
+        let (exited, exit) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            let child = &mut self.child;
+            scope.spawn(move || {
+                let _ = child.wait();
+                let _ = exited.send(());
+            });
+            if exit.recv_timeout(Duration::from_secs(40)).is_err() {
+                eprintln!("the server process did not stop within 40 s: killed");
+                // SAFETY: signalling our own child, which has not been reaped yet.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("the server process did not stop within 40 s: killed");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        });
     }
 }
