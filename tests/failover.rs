@@ -72,6 +72,7 @@ impl Load {
         let tasks = (0..callers)
             .map(|i| {
                 let (client, stop, ok) = (client.clone(), stop.clone(), ok.clone());
+                let options = options.clone();
                 tokio::spawn(async move {
                     let mut failures = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
@@ -79,7 +80,7 @@ impl Load {
                             SERVICE,
                             "echo",
                             json!({"value": i}),
-                            options,
+                            options.clone(),
                         );
                         // Every call ends within its deadline: a hang fails the test here.
                         match tokio::time::timeout(Duration::from_secs(30), call)

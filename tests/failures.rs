@@ -218,3 +218,39 @@ fn invalid_registrations_are_refused_with_the_reason() {
         assert!(err.to_string().contains(reason), "{err} lacks {reason}");
     }
 }
+
+#[tokio::test]
+async fn a_handler_function_that_panics_before_its_future_is_an_error_not_a_closed_connection() {
+    let manager = vsp::VspManager::builder(SERVICE).build();
+    manager
+        .endpoint("eager_panic", |args: serde_json::Value| {
+            if args["boom"] == true {
+                panic!("panicked before returning a future");
+            }
+            async move { Ok::<_, String>("fine") }
+        })
+        .unwrap();
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    let client = client_builder_for(addr).max_transports(1).build();
+    match client
+        .call(SERVICE, "eager_panic", json!({"boom": true}))
+        .await
+    {
+        Err(VspError::Remote { code, message, .. }) => {
+            assert_eq!(code, vsp::ErrorCode::Handler);
+            assert!(
+                message.contains("panicked before returning a future"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a handler error, got {other:?}"),
+    }
+    // The same connection still serves.
+    let fine = client
+        .call(SERVICE, "eager_panic", json!({"boom": false}))
+        .await
+        .unwrap();
+    assert_eq!(fine, "fine");
+    assert_eq!(client.pool_stats().created, 1, "the connection survived");
+    manager.shutdown().await.unwrap();
+}

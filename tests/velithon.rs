@@ -128,6 +128,39 @@ async fn velithons_client_calls_a_rust_service() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn velithons_client_gets_unauthenticated_from_a_server_with_an_auth_hook() {
+    let Some(python) = python() else { return };
+    let manager = VspManager::builder("user-service")
+        .auth(vsp::server::BearerToken::new(["s3cret"]))
+        .build();
+    manager
+        .serve(UserServiceServer::new(Users::default()))
+        .unwrap();
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    let results = run_script(python, "velithon_client.py", addr.port()).await;
+    // Velithon's client sends no metadata: every endpoint but health refuses it, and the
+    // refusal reaches Python as its VSPError with our message.
+    let refused = step(&results, "step", "get_user")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        refused.contains("needs `authorization: Bearer <token>` metadata"),
+        "{refused}"
+    );
+    assert_eq!(step(&results, "step", "health")["ok"]["status"], "healthy");
+    // And an unknown caller learns no endpoint names.
+    assert_eq!(
+        step(&results, "step", "unknown_endpoint")["error"],
+        "Endpoint no_such_endpoint not found"
+    );
+    let stats = manager.get_performance_stats();
+    let get_user = &stats.endpoints["get_user"];
+    assert_eq!((get_user.calls, get_user.errors), (3, 3), "{get_user:?}");
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_a_python_peer_sends_are_answered_as_documented() {
     let Some(python) = python() else { return };
     let manager = VspManager::builder("user-service").build();
@@ -286,6 +319,13 @@ async fn the_dynamic_client_calls_a_velithon_service() {
     assert_eq!(user["name"], "John Doe");
     let health = client.call("py-users", "health", json!({})).await.unwrap();
     assert_eq!(health["status"], "healthy");
+    // Metadata rides in a header key Velithon ignores.
+    let user = client
+        .with_metadata("authorization", "Bearer s3cret")
+        .call("py-users", "get_user", json!({"user_id": "123"}))
+        .await
+        .unwrap();
+    assert_eq!(user["name"], "John Doe");
     match client.call("py-users", "nope", json!({})).await {
         Err(VspError::Remote { message, .. }) => assert_eq!(message, "Endpoint nope not found"),
         other => panic!("expected a remote error, got {other:?}"),

@@ -269,13 +269,17 @@ pub enum ErrorCode {
     Protocol,
     /// The response would have been larger than the largest frame allowed; it was not sent.
     TooLarge,
+    /// The server's auth hook (`vsp::server::AuthHook`) found no valid credentials.
+    Unauthenticated,
+    /// The server's auth hook knows the caller, who may not call this endpoint.
+    PermissionDenied,
     /// The peer sent no code (Velithon's Python VSP), or one this version does not know.
     Unspecified(String),
 }
 
 impl ErrorCode {
     /// Every code this version sends, in a stable order (used for per-code counters).
-    pub const KNOWN: [ErrorCode; 8] = [
+    pub const KNOWN: [ErrorCode; 10] = [
         ErrorCode::NotFound,
         ErrorCode::BadRequest,
         ErrorCode::Handler,
@@ -284,6 +288,8 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::Protocol,
         ErrorCode::TooLarge,
+        ErrorCode::Unauthenticated,
+        ErrorCode::PermissionDenied,
     ];
 
     /// The code as written on the wire.
@@ -297,6 +303,8 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Protocol => "protocol",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::Unspecified(code) => code,
         }
     }
@@ -312,6 +320,8 @@ impl ErrorCode {
             "shutting_down" => ErrorCode::ShuttingDown,
             "protocol" => ErrorCode::Protocol,
             "too_large" => ErrorCode::TooLarge,
+            "unauthenticated" => ErrorCode::Unauthenticated,
+            "permission_denied" => ErrorCode::PermissionDenied,
             other => ErrorCode::Unspecified(other.to_owned()),
         }
     }

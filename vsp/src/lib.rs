@@ -66,6 +66,7 @@
 pub mod __private;
 pub mod balancer;
 pub mod client;
+mod context;
 mod deadline;
 pub mod discovery;
 mod error;
@@ -204,7 +205,8 @@ pub use vsp_macros::service;
 pub use vsp_macros::call;
 
 pub use balancer::{LeastLoadedBalancer, LoadBalancer, RoundRobinBalancer, WeightedBalancer};
-pub use client::{CallOptions, PoolStats, VspClient, VspClientBuilder};
+pub use client::{CallInfo, CallOptions, Interceptor, PoolStats, VspClient, VspClientBuilder};
+pub use context::Context;
 #[cfg(feature = "mdns")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mdns")))]
 pub use discovery::MdnsDiscovery;
@@ -215,6 +217,7 @@ pub use discovery::{Discovery, StaticDiscovery};
 pub use error::{CallError, ErrorCode, ProtocolError, VspError};
 pub use instance::{HealthPolicy, HealthStatus, InstanceState, ServiceInfo};
 pub use mesh::{ServiceMesh, ServiceMeshBuilder};
+pub use protocol::Metadata;
 pub use server::{EndpointInfo, Service, VspManager, VspManagerBuilder, WorkerType};
 pub use stats::{EndpointStats, PerformanceStats};
 pub use transport::Address;

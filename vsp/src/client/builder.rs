@@ -9,7 +9,7 @@ use super::pool::{PoolLimits, Pools};
 use super::retry::RetryBudget;
 use super::{ClientInner, VspClient};
 use crate::mesh::ServiceMesh;
-use crate::protocol::DEFAULT_MAX_FRAME_SIZE;
+use crate::protocol::{Metadata, DEFAULT_MAX_FRAME_SIZE};
 use crate::transport::{Connector, DefaultConnector};
 
 /// The default deadline of a call: 30 s, as Velithon's.
@@ -40,7 +40,7 @@ pub(super) struct ClientConfig {
 }
 
 /// Per-call settings for [`VspClient::call_with`].
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct CallOptions {
     /// This call's deadline, instead of the client's.
@@ -48,12 +48,43 @@ pub struct CallOptions {
     /// Safe to send again after it may have run (a read, an upsert): it may be retried on
     /// another instance after a connection loss.
     pub idempotent: bool,
+    /// Metadata sent with this call, on top of the client's (see
+    /// [`VspClient::with_metadata`]); the client's interceptor sees both.
+    pub metadata: Metadata,
+    /// Inside a handler, end this call no later than the call being served (default on).
+    pub inherit_deadline: bool,
+}
+
+impl Default for CallOptions {
+    fn default() -> Self {
+        CallOptions {
+            timeout: None,
+            idempotent: false,
+            metadata: Metadata::new(),
+            inherit_deadline: true,
+        }
+    }
 }
 
 impl CallOptions {
-    /// Default options: the client's deadline, not idempotent.
+    /// Default options: the client's deadline (or the served call's, if earlier), not
+    /// idempotent, no metadata of its own.
     pub fn new() -> Self {
         CallOptions::default()
+    }
+
+    /// Adds a metadata entry to this call (`authorization`, `x-request-id`, ...).
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key, value);
+        self
+    }
+
+    /// Whether a call made inside a handler ends no later than the call being served (default
+    /// true, as tarpc's context does): the order-service → inventory-service hop cannot outlive
+    /// its caller. Turn it off for work that must finish on its own schedule.
+    pub fn inherit_deadline(mut self, inherit: bool) -> Self {
+        self.inherit_deadline = inherit;
+        self
     }
 
     /// Sets this call's deadline.
@@ -69,11 +100,58 @@ impl CallOptions {
     }
 }
 
+/// What a client [`Interceptor`] is told about the call it sees.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct CallInfo<'a> {
+    /// The service called.
+    pub service: &'a str,
+    /// The endpoint called.
+    pub endpoint: &'a str,
+}
+
+/// Sees every call of a client before it is sent and may change its metadata: the place to add
+/// `authorization: Bearer ...` to every call (tonic's interceptor, gRPC's call credentials).
+///
+/// Any `Fn(&CallInfo, &mut Metadata) + Send + Sync` is one. It runs once per call (not per
+/// attempt), after the client's and the call's own metadata are merged. It cannot await: a
+/// token that needs refreshing is refreshed in the background (into an `ArcSwap`, a
+/// `RwLock`) and read here.
+///
+/// ```
+/// use vsp::{CallInfo, Metadata, ServiceMesh, VspClient};
+///
+/// let token = "s3cret".to_owned();
+/// let client = VspClient::builder(ServiceMesh::new())
+///     .interceptor(move |call: &CallInfo<'_>, metadata: &mut Metadata| {
+///         if call.endpoint != "health" {
+///             metadata.insert("authorization", format!("Bearer {token}"));
+///         }
+///     })
+///     .build();
+/// # drop(client);
+/// ```
+pub trait Interceptor: Send + Sync + 'static {
+    /// Changes `metadata` of the call described by `call`.
+    fn intercept(&self, call: &CallInfo<'_>, metadata: &mut Metadata);
+}
+
+impl<F> Interceptor for F
+where
+    F: Fn(&CallInfo<'_>, &mut Metadata) + Send + Sync + 'static,
+{
+    fn intercept(&self, call: &CallInfo<'_>, metadata: &mut Metadata) {
+        self(call, metadata);
+    }
+}
+
 /// Builds a [`VspClient`].
 pub struct VspClientBuilder {
     mesh: ServiceMesh,
     config: ClientConfig,
     connector: Arc<dyn Connector>,
+    interceptor: Option<Arc<dyn Interceptor>>,
+    metadata: Metadata,
 }
 
 impl std::fmt::Debug for VspClientBuilder {
@@ -105,7 +183,21 @@ impl VspClientBuilder {
                 attempt_timeout: None,
             },
             connector: Arc::new(DefaultConnector::new()),
+            interceptor: None,
+            metadata: Metadata::new(),
         }
+    }
+
+    /// Sends `key: value` with every call of this client (and of its handles).
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key, value);
+        self
+    }
+
+    /// Runs `interceptor` on every call before it is sent (see [`Interceptor`]).
+    pub fn interceptor(mut self, interceptor: impl Interceptor) -> Self {
+        self.interceptor = Some(Arc::new(interceptor));
+        self
     }
 
     /// The most connections per instance (default 5). New connections open only when every
@@ -202,7 +294,9 @@ impl VspClientBuilder {
         let config = self.config;
         let client = VspClient {
             timeout: config.timeout,
+            metadata: (!self.metadata.is_empty()).then(|| Arc::new(self.metadata)),
             inner: Arc::new(ClientInner {
+                interceptor: self.interceptor,
                 mesh: self.mesh,
                 pools: Pools::new(config.limits, self.connector),
                 budget: RetryBudget::new(config.retry_ratio, config.retry_reserve),

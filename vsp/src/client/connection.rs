@@ -15,7 +15,7 @@ use crate::error::ErrorCode;
 use crate::protocol::frame::{encode_frame_within, EncodeError, FrameReader, ReadError};
 use crate::protocol::{
     parse_int_request_id, salvage_request_id, write_envelope, Envelope, Extensions, HeaderOut,
-    RequestIdOut,
+    Metadata, RequestIdOut,
 };
 use crate::transport::{run_writer, Io, WriteQueue};
 
@@ -304,6 +304,7 @@ impl Connection {
         service: &str,
         endpoint: &str,
         body: &(impl Serialize + ?Sized),
+        meta: Option<&Metadata>,
         deadline: Instant,
     ) -> Result<PendingCall, CallFailure> {
         let id = self.state.next_id.fetch_add(1, Ordering::Relaxed);
@@ -341,9 +342,12 @@ impl Connection {
         };
         let queued = self.state.queue.push(|out| {
             encode_frame_within(out, self.state.max_frame_size, |out| {
-                write_envelope(out, &header, &Extensions::request(timeout_ms), |out| {
-                    serde_json::to_writer(&mut *out, body)
-                })
+                write_envelope(
+                    out,
+                    &header,
+                    &Extensions::request(timeout_ms, meta),
+                    |out| serde_json::to_writer(&mut *out, body),
+                )
             })
         });
         match queued {

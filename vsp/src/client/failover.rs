@@ -10,9 +10,11 @@ use tokio::time::Instant;
 use super::connection::{CallFailure, RawResponse};
 use super::pool::PoolError;
 use super::response::remote_error;
-use super::{CallOptions, VspClient};
+use super::{CallInfo, CallOptions, VspClient};
+use crate::context::Context;
 use crate::error::{ErrorCode, ProtocolError, VspError};
 use crate::instance::Instance;
+use crate::protocol::Metadata;
 
 /// One attempt's failure, and what it allows next.
 struct AttemptFailure {
@@ -89,9 +91,18 @@ impl VspClient {
         options: CallOptions,
     ) -> Result<RawResponse, VspError> {
         self.inner.start_background();
-        let timeout = options.timeout.unwrap_or(self.timeout);
+        let mut timeout = options.timeout.unwrap_or(self.timeout);
         let mut started = Instant::now();
-        let deadline = crate::deadline::after(started, timeout);
+        let mut deadline = crate::deadline::after(started, timeout);
+        if options.inherit_deadline {
+            if let Some(served) = Context::current_deadline() {
+                if served < deadline {
+                    deadline = served;
+                    timeout = served.saturating_duration_since(started);
+                }
+            }
+        }
+        let metadata = self.call_metadata(service, endpoint, options.metadata);
         let config = &self.inner.config;
         let health = self.inner.mesh.health();
         self.inner.budget.deposit();
@@ -119,7 +130,7 @@ impl VspClient {
                 None => deadline,
             };
             let failure = match self
-                .attempt(&attempt, body, started, attempt_deadline)
+                .attempt(&attempt, body, metadata.as_ref(), started, attempt_deadline)
                 .await
             {
                 Ok(response) => match &response.error_code {
@@ -165,6 +176,28 @@ impl VspClient {
         }
     }
 
+    /// The metadata of one call: this handle's, then the call's own, then what the interceptor
+    /// makes of them. `None` (no allocation) when there is none and no interceptor.
+    fn call_metadata(&self, service: &str, endpoint: &str, own: Metadata) -> Option<Metadata> {
+        let interceptor = self.inner.interceptor.as_deref();
+        if self.metadata.is_none() && own.is_empty() && interceptor.is_none() {
+            return None;
+        }
+        let mut metadata = match self.metadata.as_deref() {
+            Some(base) if own.is_empty() => base.clone(),
+            Some(base) => {
+                let mut merged = base.clone();
+                merged.extend_from(&own);
+                merged
+            }
+            None => own,
+        };
+        if let Some(interceptor) = interceptor {
+            interceptor.intercept(&CallInfo { service, endpoint }, &mut metadata);
+        }
+        Some(metadata)
+    }
+
     /// An eligible instance, preferring one not tried yet by this call.
     fn pick(&self, service: &str, tried: &[Arc<Instance>]) -> Result<Arc<Instance>, VspError> {
         let mesh = &self.inner.mesh;
@@ -186,6 +219,7 @@ impl VspClient {
         &self,
         attempt: &Attempt<'_>,
         body: &(impl Serialize + ?Sized),
+        metadata: Option<&Metadata>,
         started: Instant,
         deadline: Instant,
     ) -> Result<RawResponse, AttemptFailure> {
@@ -225,19 +259,20 @@ impl VspClient {
                 return Err(AttemptFailure::unsent(error));
             }
         };
-        let mut call = match connection.send(attempt.service, attempt.endpoint, body, deadline) {
-            Ok(call) => call,
-            Err(failure) => {
-                let fatal = matches!(
-                    failure,
-                    CallFailure::Encode(_) | CallFailure::TooLarge { .. }
-                );
-                return Err(AttemptFailure {
-                    fatal,
-                    ..AttemptFailure::unsent(attempt.error(failure))
-                });
-            }
-        };
+        let mut call =
+            match connection.send(attempt.service, attempt.endpoint, body, metadata, deadline) {
+                Ok(call) => call,
+                Err(failure) => {
+                    let fatal = matches!(
+                        failure,
+                        CallFailure::Encode(_) | CallFailure::TooLarge { .. }
+                    );
+                    return Err(AttemptFailure {
+                        fatal,
+                        ..AttemptFailure::unsent(attempt.error(failure))
+                    });
+                }
+            };
         let outcome = call.wait().await;
         if connection.is_draining() {
             // The server announced its shutdown: no more calls to it until a probe says so.

@@ -33,9 +33,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use builder::{
-    CallOptions, VspClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION, DEFAULT_MAX_TRANSPORTS,
-    DEFAULT_TIMEOUT,
+    CallInfo, CallOptions, Interceptor, VspClientBuilder, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION,
+    DEFAULT_MAX_TRANSPORTS, DEFAULT_TIMEOUT,
 };
 pub use pool::PoolStats;
 
@@ -45,12 +45,14 @@ use retry::RetryBudget;
 
 use crate::error::{CallError, ErrorCode, VspError};
 use crate::mesh::ServiceMesh;
+use crate::protocol::Metadata;
 
 struct ClientInner {
     mesh: ServiceMesh,
     config: ClientConfig,
     pools: Pools,
     budget: RetryBudget,
+    interceptor: Option<Arc<dyn Interceptor>>,
     /// The idle sweeper (and the active health checker) run once the first call is made.
     background: AtomicBool,
 }
@@ -78,6 +80,8 @@ pub struct VspClient {
     inner: Arc<ClientInner>,
     /// The deadline of this handle's calls (see [`VspClient::with_timeout`]).
     timeout: Duration,
+    /// The metadata of this handle's calls (see [`VspClient::with_metadata`]).
+    metadata: Option<Arc<Metadata>>,
 }
 
 impl std::fmt::Debug for VspClient {
@@ -85,6 +89,7 @@ impl std::fmt::Debug for VspClient {
         f.debug_struct("VspClient")
             .field("config", &self.inner.config)
             .field("timeout", &self.timeout)
+            .field("metadata", &self.metadata)
             .finish_non_exhaustive()
     }
 }
@@ -106,7 +111,26 @@ impl VspClient {
         VspClient {
             inner: self.inner.clone(),
             timeout,
+            metadata: self.metadata.clone(),
         }
+    }
+
+    /// A handle on the same connections whose calls also carry `key: value` as metadata: how a
+    /// generated client sends metadata
+    /// (`UserServiceClient::new(client.with_metadata("authorization", "Bearer ..."))`).
+    pub fn with_metadata(&self, key: impl Into<String>, value: impl Into<String>) -> VspClient {
+        let mut metadata = self.metadata.as_deref().cloned().unwrap_or_default();
+        metadata.insert(key, value);
+        VspClient {
+            inner: self.inner.clone(),
+            timeout: self.timeout,
+            metadata: Some(Arc::new(metadata)),
+        }
+    }
+
+    /// The metadata this handle sends with every call.
+    pub fn metadata(&self) -> Option<&Metadata> {
+        self.metadata.as_deref()
     }
 
     /// Calls `endpoint` of `service` with `body` (a JSON object keyed by parameter names) and

@@ -166,10 +166,16 @@ impl InstancePool {
         if let (Some(best), false) = self.least_loaded() {
             return self.admit(best);
         }
-        let io = tokio::time::timeout(connect_timeout, self.connector.connect(&self.address))
-            .await
-            .map_err(|_| PoolError::TimedOut(connect_timeout))?
-            .map_err(PoolError::Connect)?;
+        let io = tokio::time::timeout(connect_timeout, async {
+            self.connector
+                .connect(&self.address)
+                .await?
+                .established(connect_timeout)
+                .await
+        })
+        .await
+        .map_err(|_| PoolError::TimedOut(connect_timeout))?
+        .map_err(PoolError::Connect)?;
         let connection = Arc::new(Connection::start(
             io,
             self.endpoint.clone(),

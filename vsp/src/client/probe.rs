@@ -73,12 +73,16 @@ impl ClientInner {
                 return;
             };
             let deadline = Instant::now() + timeout;
-            let answered =
-                match connection.send(instance.service(), HEALTH_ENDPOINT, &EmptyBody {}, deadline)
-                {
-                    Ok(mut call) => call.wait().await.is_ok(),
-                    Err(_) => false,
-                };
+            let answered = match connection.send(
+                instance.service(),
+                HEALTH_ENDPOINT,
+                &EmptyBody {},
+                None,
+                deadline,
+            ) {
+                Ok(mut call) => call.wait().await.is_ok(),
+                Err(_) => false,
+            };
             connection.end_check();
             if answered {
                 return;
@@ -188,9 +192,13 @@ impl ClientProber {
             instance.endpoint_arc().clone(),
             self.max_frame_size,
         ));
-        let Ok(mut call) =
-            connection.send(instance.service(), HEALTH_ENDPOINT, &EmptyBody {}, deadline)
-        else {
+        let Ok(mut call) = connection.send(
+            instance.service(),
+            HEALTH_ENDPOINT,
+            &EmptyBody {},
+            None,
+            deadline,
+        ) else {
             return false;
         };
         let answered = matches!(call.wait().await, Ok(response) if response.error_code.is_none());

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::Metadata;
 use crate::error::{ErrorCode, ProtocolError};
 
 /// The protocol version this crate speaks, sent in the `vsp` header key of every response.
@@ -52,6 +53,8 @@ struct Header<'a> {
     version: Option<u32>,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    #[serde(borrow, default)]
+    meta: Option<&'a RawValue>,
 }
 
 /// Only the request id, for answering a frame whose other parts are unusable.
@@ -108,6 +111,11 @@ impl<'a> Envelope<'a> {
         self.header.timeout_ms
     }
 
+    /// The `meta` header extension (per-call metadata), as raw JSON, if the caller sent it.
+    pub fn metadata_json(&self) -> Option<&'a RawValue> {
+        self.header.meta
+    }
+
     /// The body, as raw JSON.
     pub fn body(&self) -> &'a RawValue {
         self.body
@@ -143,8 +151,7 @@ pub(crate) struct HeaderOut<'a> {
 /// The optional header keys (extensions) a frame carries; Velithon ignores them all.
 ///
 /// One struct for every extension, so features agree on the keys and their order. Planned next
-/// (see the header registry in the README): `meta` (per-call metadata: auth, trace context) and
-/// the stream and cancel fields.
+/// (see the header registry in the README): the stream and cancel fields.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Extensions<'a> {
     /// `timeout_ms`: how long the caller still waits (requests).
@@ -154,13 +161,16 @@ pub(crate) struct Extensions<'a> {
     /// `vsp`: the sender's protocol version; on every response we send, which tells our client
     /// that the header, not the body, marks an error.
     pub(crate) version: Option<u32>,
+    /// `meta`: per-call metadata (requests); left out when empty.
+    pub(crate) meta: Option<&'a Metadata>,
 }
 
 impl<'a> Extensions<'a> {
     /// A request's extensions.
-    pub(crate) fn request(timeout_ms: u64) -> Self {
+    pub(crate) fn request(timeout_ms: u64, meta: Option<&'a Metadata>) -> Self {
         Extensions {
             timeout_ms: Some(timeout_ms),
+            meta: meta.filter(|meta| !meta.is_empty()),
             ..Extensions::default()
         }
     }
@@ -186,6 +196,18 @@ impl<'a> Extensions<'a> {
         if let Some(version) = self.version {
             out.extend_from_slice(b",\"vsp\":");
             out.extend_from_slice(itoa_u64(u64::from(version), &mut [0; 20]));
+        }
+        if let Some(meta) = self.meta {
+            out.extend_from_slice(b",\"meta\":{");
+            for (i, (key, value)) in meta.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json_str(out, key);
+                out.push(b':');
+                write_json_str(out, value);
+            }
+            out.push(b'}');
         }
     }
 }

@@ -3,8 +3,10 @@
 //! A frame is a u32 big-endian length `N` and `N` bytes of compact UTF-8 JSON:
 //! `{"header":{"request_id":ID,"service":S,"endpoint":E,"is_response":B},"body":BODY}`.
 //! `ID` is any JSON value and is echoed verbatim. Extensions ride in the header as optional keys
-//! Velithon ignores: `error_code` on error responses and `vsp` (the protocol version) on every
-//! response we send, which tells our client that the header, not the body, marks an error.
+//! Velithon ignores: `error_code` on error responses, `vsp` (the protocol version) on every
+//! response we send, which tells our client that the header, not the body, marks an error,
+//! `timeout_ms` (how long the caller still waits) and `meta` (per-call [`Metadata`], an object of
+//! strings) on requests.
 //!
 //! Why a hand-written encoder: the envelope is written straight into the connection's write
 //! buffer, with no intermediate `Value` and no allocation per frame. It is the only code that
@@ -16,6 +18,7 @@
 mod envelope;
 pub(crate) mod frame;
 mod message;
+mod metadata;
 
 pub(crate) use envelope::{
     is_json_object, parse_int_request_id, salvage_request_id, write_envelope, write_error_body,
@@ -24,3 +27,4 @@ pub(crate) use envelope::{
 pub use envelope::{Envelope, HEALTH_ENDPOINT, PROTOCOL_VERSION};
 pub use frame::{DEFAULT_MAX_FRAME_SIZE, LENGTH_PREFIX_LEN};
 pub use message::VspMessage;
+pub use metadata::{Metadata, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES};

@@ -8,27 +8,42 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use super::announce::Announcement;
+use super::auth::AuthHook;
 use super::drain::Drain;
 use super::endpoint::HealthEndpoint;
 use super::{
-    EndpointEntry, Lifecycle, ManagerInner, Registry, ServerConfig, VspManager, WorkerType,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_PEER,
-    DEFAULT_MAX_REQUESTS_PER_CONNECTION, DEFAULT_MAX_REQUEST_BYTES,
-    DEFAULT_MAX_REQUEST_BYTES_PER_CONNECTION,
+    EndpointEntry, HandshakeLog, Lifecycle, ManagerInner, Registry, ServerConfig, VspManager,
+    WorkerType, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_PEER, DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_BYTES_PER_CONNECTION,
 };
 use crate::mesh::ServiceMesh;
 use crate::protocol::{DEFAULT_MAX_FRAME_SIZE, HEALTH_ENDPOINT};
 use crate::stats::{EndpointCounters, ServerStats};
 
 /// Builds a [`VspManager`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct VspManagerBuilder {
     name: String,
     config: ServerConfig,
     mesh: Option<ServiceMesh>,
     weight: f64,
     advertise_host: Option<String>,
+    auth: Option<Arc<dyn AuthHook>>,
+}
+
+impl std::fmt::Debug for VspManagerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VspManagerBuilder")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .field("announces", &self.mesh.is_some())
+            .field("weight", &self.weight)
+            .field("advertise_host", &self.advertise_host)
+            .field("auth", &self.auth.is_some())
+            .finish()
+    }
 }
 
 impl VspManagerBuilder {
@@ -37,6 +52,7 @@ impl VspManagerBuilder {
             mesh: None,
             weight: 1.0,
             advertise_host: None,
+            auth: None,
             name,
             config: ServerConfig {
                 max_frame_size: DEFAULT_MAX_FRAME_SIZE,
@@ -46,6 +62,7 @@ impl VspManagerBuilder {
                 max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
                 max_requests_per_connection: DEFAULT_MAX_REQUESTS_PER_CONNECTION,
                 frame_timeout: DEFAULT_FRAME_TIMEOUT,
+                handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
                 max_connections: DEFAULT_MAX_CONNECTIONS,
                 max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
@@ -53,6 +70,21 @@ impl VspManagerBuilder {
                 max_request_bytes_per_connection: DEFAULT_MAX_REQUEST_BYTES_PER_CONNECTION,
             },
         }
+    }
+
+    /// Runs `hook` before every handler but `health`'s: it sees the endpoint, the metadata and
+    /// the peer's identity, may await, and refuses with `unauthenticated` or
+    /// `permission_denied` (see [`AuthHook`]).
+    pub fn auth(mut self, hook: impl AuthHook) -> Self {
+        self.auth = Some(Arc::new(hook));
+        self
+    }
+
+    /// The bound on setting a new connection up (its TLS handshake) once accepted (default
+    /// 10 s): a peer that opens a connection and never finishes the handshake is dropped then.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
     }
 
     /// The largest frame accepted or sent (default 16 MiB). A peer that announces a larger
@@ -181,7 +213,10 @@ impl VspManagerBuilder {
             }),
         )]);
         let inner = Arc::new(ManagerInner {
+            service: Arc::from(self.name.as_str()),
             name: self.name,
+            auth: self.auth,
+            handshake_log: HandshakeLog::default(),
             config: self.config,
             registry: ArcSwap::from_pointee(registry),
             registering: Mutex::new(()),

@@ -13,14 +13,16 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::admission::{Admitted, LARGE_REQUEST};
+use super::auth::Rejection;
 use super::reply::{response_head, Reply, ResponseHead, ServerConnection};
 use super::{Lifecycle, ManagerInner};
+use crate::context::{Context as CallContext, Peer};
 use crate::error::{ErrorCode, ProtocolError};
 use crate::protocol::frame::encode_frame;
 use crate::protocol::frame::{FrameReader, Patience, ReadError};
 use crate::protocol::{
     is_json_object, salvage_request_id, write_envelope, write_error_body, Envelope, Extensions,
-    HeaderOut, RequestIdOut, HEALTH_ENDPOINT,
+    HeaderOut, Metadata, RequestIdOut, HEALTH_ENDPOINT,
 };
 use crate::transport::{run_writer, Address, Io, WriteQueue};
 
@@ -38,6 +40,21 @@ pub(crate) async fn serve_connection(
     manager: Arc<ManagerInner>,
     admitted: Admitted,
 ) {
+    // A TLS handshake runs here, on this connection's task, so a slow one delays no other.
+    let io = {
+        let mut lifecycle = manager.lifecycle();
+        tokio::select! {
+            io = io.established(manager.config.handshake_timeout) => match io {
+                Ok(io) => io,
+                Err(err) => {
+                    manager.handshake_log.failed(&manager.name, &peer, &err);
+                    return;
+                }
+            },
+            _ = lifecycle.wait_for(|state| *state == Lifecycle::Closed) => return,
+        }
+    };
+    let peer_info = Peer::new(peer.clone(), io.identity().cloned());
     let (read, write) = io.into_halves();
     let queue = Arc::new(WriteQueue::new());
     manager.stats.connection_opened();
@@ -70,6 +87,7 @@ pub(crate) async fn serve_connection(
 
     let conn = Arc::new(ServerConnection {
         manager: manager.clone(),
+        peer: peer_info,
         queue,
         in_flight: AtomicUsize::new(0),
         opened: tokio::time::Instant::now(),
@@ -194,7 +212,12 @@ fn dispatch(
     let registry = manager.registry.load();
     let Some(entry) = registry.get(endpoint_name) else {
         let reply = Reply::new(conn.clone(), head, None);
-        reply.error(ErrorCode::NotFound, &not_found(endpoint_name, &registry));
+        // Behind an auth hook, an unknown caller learns no endpoint names.
+        let message = match manager.auth {
+            Some(_) => format!("Endpoint {endpoint_name} not found"),
+            None => not_found(endpoint_name, &registry),
+        };
+        reply.error(ErrorCode::NotFound, &message);
         return Ok(());
     };
     let name = &entry.name;
@@ -232,8 +255,77 @@ fn dispatch(
         );
         return Ok(());
     }
-    entry.endpoint.start(body, reply, cx);
+    let metadata = match envelope.metadata_json() {
+        None => Metadata::new(),
+        Some(raw) => match Metadata::from_json(raw.get()) {
+            Ok(metadata) => metadata,
+            Err(message) => {
+                reply.error(ErrorCode::BadRequest, &message);
+                return Ok(());
+            }
+        },
+    };
+    let deadline = timeout_ms
+        .map(|ms| crate::deadline::after(tokio::time::Instant::now(), Duration::from_millis(ms)));
+    let context = CallContext::new(
+        manager.service.clone(),
+        name.clone(),
+        conn.peer.clone(),
+        metadata,
+        deadline,
+    );
+    if let (Some(hook), false) = (&manager.auth, **name == *HEALTH_ENDPOINT) {
+        let mut check = hook.check(&context);
+        match check.as_mut().poll(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(rejection)) => {
+                reject(reply, &rejection);
+                return Ok(());
+            }
+            Poll::Pending => {
+                // The hook waits (a token lookup): the call continues on a task of its own,
+                // with a copy of its body (the frame is not kept for it).
+                let body = body.to_owned();
+                let entry = entry.clone();
+                tokio::spawn(async move {
+                    let checked = match deadline {
+                        Some(deadline) => tokio::time::timeout_at(deadline, check).await,
+                        None => Ok(check.await),
+                    };
+                    match checked {
+                        Ok(Ok(())) => {
+                            let mut start = Some((reply, context));
+                            std::future::poll_fn(|cx| {
+                                if let Some((reply, context)) = start.take() {
+                                    entry.endpoint.start(&body, reply, context, cx);
+                                }
+                                Poll::Ready(())
+                            })
+                            .await;
+                        }
+                        Ok(Err(rejection)) => reject(reply, &rejection),
+                        Err(_elapsed) => reply.error(
+                            ErrorCode::Timeout,
+                            "the caller's deadline passed while its credentials were checked",
+                        ),
+                    }
+                });
+                return Ok(());
+            }
+        }
+    }
+    entry.endpoint.start(body, reply, context, cx);
     Ok(())
+}
+
+/// Answers a call the auth hook refused.
+fn reject(reply: Reply, rejection: &Rejection) {
+    tracing::debug!(
+        endpoint = reply.endpoint(),
+        "refused by the auth hook: {}",
+        rejection.message()
+    );
+    reply.error(rejection.code(), rejection.message());
 }
 
 /// Why a large request of `bytes` would break a byte budget, if it would. A request that is the

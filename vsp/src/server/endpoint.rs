@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use super::reply::Reply;
 use super::worker::Limited;
 use super::Lifecycle;
+use crate::context::Context as CallContext;
 use crate::error::ErrorCode;
 
 /// A registered endpoint with its argument and result types erased.
@@ -23,8 +24,9 @@ pub(crate) trait Endpoint: Send + Sync + 'static {
     /// Deserializes the arguments from `body` and starts the handler, which answers through
     /// `reply`. If the arguments do not fit, `reply` comes back with the deserializer's error.
     /// `cx` is the connection task's context, for a first poll of the handler in place.
-    /// Arguments that do not fit are answered `bad_request`, naming the field.
-    fn start(&self, body: &RawValue, reply: Reply, cx: &mut Context<'_>);
+    /// Arguments that do not fit are answered `bad_request`, naming the field. The handler runs
+    /// inside `call` (what [`Context::current`](crate::Context::current) returns).
+    fn start(&self, body: &RawValue, reply: Reply, call: CallContext, cx: &mut Context<'_>);
 }
 
 /// A handler function registered with [`VspManager::endpoint`](crate::VspManager::endpoint).
@@ -46,7 +48,7 @@ impl<F, A> FnEndpoint<F, A> {
 pub(crate) struct HealthEndpoint;
 
 impl Endpoint for HealthEndpoint {
-    fn start(&self, _body: &RawValue, reply: Reply, _cx: &mut Context<'_>) {
+    fn start(&self, _body: &RawValue, reply: Reply, _call: CallContext, _cx: &mut Context<'_>) {
         reply.ok(&Health::now());
     }
 }
@@ -129,9 +131,19 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: Outcome,
 {
-    fn start(&self, body: &RawValue, reply: Reply, cx: &mut Context<'_>) {
+    fn start(&self, body: &RawValue, reply: Reply, call: CallContext, cx: &mut Context<'_>) {
         match serde_json::from_str::<A>(body.get()) {
-            Ok(args) => run_handler((self.handler)(args), reply, cx),
+            Ok(args) => {
+                // The handler function's own (synchronous) part runs in the context too, and a
+                // panic there is the call's error, not the connection's end.
+                let made = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    call.clone().sync_scoped(|| (self.handler)(args))
+                }));
+                match made {
+                    Ok(handler) => run_handler(call.scoped(handler), reply, cx),
+                    Err(panic) => answer::<Fut::Output>(Err(panic), reply),
+                }
+            }
             Err(err) => {
                 let message = format!("invalid arguments for `{}`: {err}", reply.endpoint());
                 reply.error(ErrorCode::BadRequest, &message);

@@ -10,6 +10,7 @@
 
 mod admission;
 mod announce;
+mod auth;
 mod builder;
 mod connection;
 mod drain;
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 
 use admission::{AcceptBackoff, Admission, RefusalLog};
 use announce::Announcement;
+pub use auth::{AuthHook, BearerToken, Rejection};
 pub use builder::VspManagerBuilder;
 use drain::Drain;
 use endpoint::Endpoint;
@@ -92,6 +94,7 @@ pub(crate) struct ServerConfig {
     pub(crate) max_concurrent_requests: usize,
     pub(crate) max_requests_per_connection: usize,
     pub(crate) frame_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) max_connections: usize,
     pub(crate) max_connections_per_peer: usize,
@@ -101,6 +104,8 @@ pub(crate) struct ServerConfig {
 
 /// The default bound on receiving one request frame once its first bytes arrived.
 pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default bound on a new connection's setup (its TLS handshake).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default time after which a server closes a connection with no request in flight.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
@@ -122,6 +127,12 @@ const DRAIN_GRACE: Duration = Duration::from_millis(100);
 
 pub(crate) struct ManagerInner {
     name: String,
+    /// The name again, shared by every call's [`Context`](crate::Context).
+    pub(crate) service: Arc<str>,
+    /// Checks every call but `health` before its handler runs.
+    pub(crate) auth: Option<Arc<dyn auth::AuthHook>>,
+    /// Failed handshakes logged lately, per peer host.
+    pub(crate) handshake_log: HandshakeLog,
     pub(crate) config: ServerConfig,
     registry: ArcSwap<Registry>,
     /// Serializes registrations (the copy-on-write of `registry`).
@@ -595,6 +606,43 @@ impl VspManager {
             accept_errors: admission.accept_errors.load(Ordering::Relaxed),
         };
         self.inner.stats.snapshot(&self.inner.name, endpoints, live)
+    }
+}
+
+/// Logs a failed connection setup (a TLS handshake) once per peer host per minute, not per
+/// attempt: a misconfigured client retrying in a loop must not flood the log.
+#[derive(Default)]
+pub(crate) struct HandshakeLog {
+    last: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+impl HandshakeLog {
+    const EVERY: Duration = Duration::from_secs(60);
+    /// Hosts remembered at most; older entries are forgotten first.
+    const HOSTS: usize = 4096;
+
+    pub(crate) fn failed(&self, service: &str, peer: &Address, err: &std::io::Error) {
+        let host = peer.host().unwrap_or("local").to_owned();
+        let now = std::time::Instant::now();
+        let log = {
+            let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+            if last.len() >= Self::HOSTS {
+                last.retain(|_, at| now.duration_since(*at) < Self::EVERY);
+            }
+            match last.get(&host) {
+                Some(at) if now.duration_since(*at) < Self::EVERY => false,
+                _ if last.len() >= Self::HOSTS => false,
+                _ => {
+                    last.insert(host, now);
+                    true
+                }
+            }
+        };
+        if log {
+            tracing::warn!(service, %peer, "connection setup failed: {err} (logged once a minute per peer)");
+        } else {
+            tracing::debug!(service, %peer, "connection setup failed: {err}");
+        }
     }
 }
 

@@ -25,6 +25,8 @@ use crate::transport::{QueueClosed, WriteQueue};
 /// last handler has replied, the last reference drops and the write side closes.
 pub(crate) struct ServerConnection {
     pub(super) manager: Arc<ManagerInner>,
+    /// Who is on the other end (address, TLS identity).
+    pub(super) peer: Arc<crate::context::Peer>,
     pub(super) queue: Arc<WriteQueue>,
     /// Requests of this connection not answered yet.
     pub(crate) in_flight: AtomicUsize,

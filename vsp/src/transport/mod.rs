@@ -16,6 +16,7 @@
 
 mod address;
 mod connector;
+mod identity;
 mod io;
 mod listener;
 mod memory;
@@ -26,6 +27,7 @@ mod write_queue;
 
 pub use address::{Address, AddressError};
 pub use connector::{Connector, DefaultConnector};
+pub use identity::{Identity, IdentityError};
 pub use io::{BoxRead, BoxWrite, Io};
 pub use listener::{bind, Listener};
 pub use memory::MemoryListener;
