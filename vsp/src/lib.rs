@@ -75,6 +75,9 @@ pub mod mesh;
 pub mod protocol;
 pub mod server;
 mod stats;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod tls;
 pub mod transport;
 
 #[cfg(test)]

@@ -4,10 +4,12 @@
 //! - [`fake_consul`]: a stateful fake Consul agent (no real agent can be installed here).
 //! - [`fault_proxy`]: a TCP proxy that injects faults (latency, resets, blackholes, half-closes,
 //!   slow reads) between a client and a server.
+//! - [`pki`]: certificate authorities and certificates made at test time, written to files.
 //! - [`wait_until`]: a bounded wait on a condition that names what it waited for.
 
 pub mod fake_consul;
 pub mod fault_proxy;
+pub mod pki;
 
 use std::time::Duration;
 

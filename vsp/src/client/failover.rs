@@ -242,6 +242,15 @@ impl VspClient {
                 // The call's deadline, not the connect timeout, cut the connect short.
                 return Err(AttemptFailure::unsent(attempt.timed_out()));
             }
+            Err(PoolError::Unsupported(source)) => {
+                // Not this client's kind of instance: another one may take the call, and the
+                // instance stays healthy for the clients that can dial it.
+                return Err(AttemptFailure::unsent(VspError::Connect {
+                    service: attempt.service.to_owned(),
+                    instance: instance.endpoint().to_owned(),
+                    source,
+                }));
+            }
             Err(err) => {
                 let error = match err {
                     PoolError::Connect(source) => VspError::Connect {

@@ -11,12 +11,14 @@ use serde::Serialize;
 
 use super::connection::Connection;
 use crate::instance::Instance;
-use crate::transport::{Address, Connector};
+use crate::transport::{Address, Connector, Target};
 
 /// Why no connection could be had.
 #[derive(Debug)]
 pub(crate) enum PoolError {
     Connect(std::io::Error),
+    /// The connector does not dial this instance (a plaintext client and a TLS instance).
+    Unsupported(std::io::Error),
     TimedOut(Duration),
     /// Every connection is at its in-flight limit and no more may be opened.
     Saturated {
@@ -70,7 +72,13 @@ pub(crate) struct PoolLimits {
 /// The connections of one client to one instance.
 pub(crate) struct InstancePool {
     endpoint: Arc<str>,
+    /// The service these connections call: with identity checks, a connection verified for one
+    /// service is never reused for another at the same address.
+    service: Box<str>,
     address: Address,
+    tls: bool,
+    /// The connector refused this instance once already (logged once).
+    refused: std::sync::atomic::AtomicBool,
     connector: Arc<dyn Connector>,
     limits: PoolLimits,
     counters: Arc<PoolCounters>,
@@ -92,7 +100,10 @@ impl InstancePool {
     ) -> Self {
         InstancePool {
             endpoint: instance.endpoint_arc().clone(),
+            service: instance.service().into(),
             address: instance.address().clone(),
+            tls: instance.is_tls(),
+            refused: std::sync::atomic::AtomicBool::new(false),
             connector,
             limits: PoolLimits {
                 max_transports: limits.max_transports.max(1),
@@ -166,16 +177,25 @@ impl InstancePool {
         if let (Some(best), false) = self.least_loaded() {
             return self.admit(best);
         }
+        let target = Target::new(&self.address, &self.service, self.tls);
         let io = tokio::time::timeout(connect_timeout, async {
             self.connector
-                .connect(&self.address)
+                .connect_to(&target)
                 .await?
                 .established(connect_timeout)
                 .await
         })
         .await
         .map_err(|_| PoolError::TimedOut(connect_timeout))?
-        .map_err(PoolError::Connect)?;
+        .map_err(|err| {
+            if err.kind() != std::io::ErrorKind::Unsupported {
+                return PoolError::Connect(err);
+            }
+            if !self.refused.swap(true, Ordering::Relaxed) {
+                tracing::warn!(instance = %self.endpoint, "skipping this instance: {err}");
+            }
+            PoolError::Unsupported(err)
+        })?;
         let connection = Arc::new(Connection::start(
             io,
             self.endpoint.clone(),
@@ -206,7 +226,8 @@ impl InstancePool {
 /// A client's pools, one per instance, read without a lock on every call and changed (a new
 /// instance, a swept one) under a lock.
 pub(crate) struct Pools {
-    map: ArcSwap<HashMap<Arc<str>, Arc<InstancePool>>>,
+    /// By address, then by service (almost always one).
+    map: ArcSwap<HashMap<Arc<str>, Vec<Arc<InstancePool>>>>,
     changing: Mutex<()>,
     limits: PoolLimits,
     connector: Arc<dyn Connector>,
@@ -226,32 +247,42 @@ impl Pools {
 
     /// The pool of `instance`, made on first use.
     pub(crate) fn of(&self, instance: &Instance) -> Arc<InstancePool> {
-        if let Some(pool) = self.map.load().get(instance.endpoint_arc()) {
-            return pool.clone();
+        let find = |pools: &[Arc<InstancePool>]| {
+            pools
+                .iter()
+                .find(|pool| *pool.service == *instance.service())
+                .cloned()
+        };
+        if let Some(pool) = self
+            .map
+            .load()
+            .get(instance.endpoint_arc())
+            .and_then(|p| find(p))
+        {
+            return pool;
         }
         let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut pools = HashMap::clone(&self.map.load());
-        let pool = pools
-            .entry(instance.endpoint_arc().clone())
-            .or_insert_with(|| {
-                Arc::new(InstancePool::new(
-                    instance,
-                    self.connector.clone(),
-                    self.limits,
-                    self.counters.clone(),
-                ))
-            })
-            .clone();
-        self.map.store(Arc::new(pools));
+        let mut map = HashMap::clone(&self.map.load());
+        let pools = map.entry(instance.endpoint_arc().clone()).or_default();
+        if let Some(pool) = find(pools) {
+            return pool;
+        }
+        let pool = Arc::new(InstancePool::new(
+            instance,
+            self.connector.clone(),
+            self.limits,
+            self.counters.clone(),
+        ));
+        pools.push(pool.clone());
+        self.map.store(Arc::new(map));
         pool
     }
 
     /// Open connections to the instance at `endpoint`.
     pub(crate) fn open_connections(&self, endpoint: &str) -> usize {
-        self.map
-            .load()
-            .get(endpoint)
-            .map_or(0, |pool| pool.open_connections())
+        self.map.load().get(endpoint).map_or(0, |pools| {
+            pools.iter().map(|pool| pool.open_connections()).sum()
+        })
     }
 
     /// How this client dials.
@@ -270,7 +301,7 @@ impl Pools {
             .map
             .load()
             .iter()
-            .map(|(endpoint, pool)| (endpoint.clone(), pool.clone()))
+            .flat_map(|(endpoint, pools)| pools.iter().map(|pool| (endpoint.clone(), pool.clone())))
             .collect();
         let empty: Vec<Arc<str>> = pools
             .into_iter()
@@ -282,10 +313,16 @@ impl Pools {
         }
         let known = is_known();
         let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut pools = HashMap::clone(&self.map.load());
+        let mut map = HashMap::clone(&self.map.load());
         for endpoint in empty.iter().filter(|e| !known.contains(*e)) {
-            pools.remove(endpoint);
+            // Only an address with every pool empty is forgotten.
+            if map
+                .get(endpoint)
+                .is_some_and(|pools| pools.iter().all(|pool| pool.open_connections() == 0))
+            {
+                map.remove(endpoint);
+            }
         }
-        self.map.store(Arc::new(pools));
+        self.map.store(Arc::new(map));
     }
 }

@@ -183,7 +183,11 @@ pub(super) struct ClientProber {
 impl ClientProber {
     async fn probe_now(&self, instance: &Instance) -> bool {
         let deadline = deadline::after(Instant::now(), self.timeout);
-        let connect = self.connector.connect(instance.address());
+        let target = instance.target();
+        let connect = async {
+            let io = self.connector.connect_to(&target).await?;
+            io.established(self.timeout).await
+        };
         let Ok(Ok(io)) = tokio::time::timeout_at(deadline, connect).await else {
             return false;
         };

@@ -416,6 +416,13 @@ impl Discovery for ConsulDiscovery {
             if !tags.iter().any(|t| t == "vsp") {
                 tags.push("vsp".to_owned());
             }
+            let mut meta = serde_json::json!({ "vsp_version": PROTOCOL_VERSION.to_string() });
+            if info.is_tls() {
+                meta["tls"] = "1".into();
+                if !tags.iter().any(|t| t == "tls") {
+                    tags.push("tls".to_owned());
+                }
+            }
             let deregister_after = go_duration(config.deregister_critical_after);
             let check = match &config.check {
                 ConsulCheck::Tcp { interval, timeout } => serde_json::json!({
@@ -435,7 +442,7 @@ impl Discovery for ConsulDiscovery {
                 "Tags": tags,
                 "Address": address,
                 "Port": info.port(),
-                "Meta": { "vsp_version": PROTOCOL_VERSION.to_string() },
+                "Meta": meta,
                 // Consul weights are integers of at least 1.
                 "Weights": { "Passing": info.weight().round().max(1.0) as u64, "Warning": 1 },
                 "Check": check,
@@ -533,6 +540,8 @@ struct ServiceEntry {
     weights: Option<Weights>,
     #[serde(rename = "Meta", default)]
     meta: Option<HashMap<String, String>>,
+    #[serde(rename = "Tags", default)]
+    tags: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -568,7 +577,17 @@ fn parse_health(body: &[u8]) -> Result<Vec<ServiceInfo>, String> {
             .and_then(|w| w.passing)
             .filter(|w| w.is_finite() && *w > 0.0)
             .unwrap_or(1.0);
-        instances.push(ServiceInfo::new(service.name, address, service.port).with_weight(weight));
+        let tls = service
+            .meta
+            .as_ref()
+            .and_then(|m| m.get("tls"))
+            .is_some_and(|tls| tls.trim() == "1")
+            || service.tags.iter().flatten().any(|tag| tag == "tls");
+        instances.push(
+            ServiceInfo::new(service.name, address, service.port)
+                .with_weight(weight)
+                .with_tls(tls),
+        );
     }
     Ok(instances)
 }

@@ -4,7 +4,8 @@
 //! What is announced, for a server of service `user-service` on port 9090 of host `web1`:
 //! an instance `user-service-web1-9090._vsp._tcp.local.` with the standard DNS-SD records
 //! (PTR from the service type, SRV to `web1.local.:9090`, A/AAAA for its addresses) and a TXT
-//! record `service=user-service`, `weight=1`, `vsp=1` (the protocol version), so avahi or
+//! record `service=user-service`, `weight=1`, `vsp=1` (the protocol version) and `tls=1` for a TLS
+//! server, so avahi or
 //! Bonjour list it too. Browsing is continuous: every resolved instance joins the mesh, a
 //! goodbye or an expiry takes it out, a change updates it.
 //!
@@ -191,11 +192,14 @@ impl Discovery for MdnsDiscovery {
             let daemon = self.daemon()?;
             let hostname = local_hostname();
             let instance = instance_name(info.name(), &hostname, info.port());
-            let properties = [
+            let mut properties = vec![
                 ("service", info.name().to_owned()),
                 ("weight", info.weight().to_string()),
                 ("vsp", PROTOCOL_VERSION.to_string()),
             ];
+            if info.is_tls() {
+                properties.push(("tls", "1".to_owned()));
+            }
             let host_name = format!("{hostname}.local.");
             let unspecified = matches!(info.host(), "0.0.0.0" | "::");
             let address = if unspecified { "" } else { info.host() };
@@ -299,7 +303,10 @@ impl Browser {
                     &addresses,
                     resolved.port,
                 ) {
-                    Ok(info) => self.upsert(fullname, info),
+                    Ok(info) => {
+                        let tls = txt("tls").is_some_and(|tls| tls.trim() == "1");
+                        self.upsert(fullname, info.with_tls(tls))
+                    }
                     Err(reason) => {
                         tracing::warn!(%fullname, "ignoring an mDNS instance: {reason}");
                         self.remove(&fullname);

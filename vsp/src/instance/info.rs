@@ -57,6 +57,9 @@ pub struct ServiceInfo {
     address: Address,
     weight: f64,
     status: HealthStatus,
+    /// Serves TLS (discovery's `tls=1`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    tls: bool,
 }
 
 impl ServiceInfo {
@@ -72,7 +75,20 @@ impl ServiceInfo {
             address,
             weight: 1.0,
             status: HealthStatus::Unknown,
+            tls: false,
         }
+    }
+
+    /// Marks the instance as serving TLS: discovery carries it as `tls=1`, a TLS client dials it
+    /// with TLS and a plaintext client leaves it to others.
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Whether the instance serves TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// Sets the weight, its share of traffic under a weighted balancer; must be finite and > 0

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::health::HealthRecord;
 use super::{HealthStatus, ServiceInfo};
-use crate::transport::Address;
+use crate::transport::{Address, Target};
 
 /// An instance as the mesh tracks it while routing: its registration, its live health status and
 /// its calls in flight. Balancers pick among these.
@@ -119,6 +119,16 @@ impl Instance {
     /// Where the instance listens.
     pub fn address(&self) -> &Address {
         self.info.address()
+    }
+
+    /// Whether discovery says it serves TLS.
+    pub fn is_tls(&self) -> bool {
+        self.info.is_tls()
+    }
+
+    /// What a connector dials for it.
+    pub fn target(&self) -> Target<'_> {
+        Target::new(self.info.address(), self.info.name(), self.info.is_tls())
     }
 
     /// True while a probe decides whether an ejected instance comes back (an active health check

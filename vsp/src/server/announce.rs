@@ -16,12 +16,19 @@ pub(super) struct Announcement {
 }
 
 impl Announcement {
-    pub(super) async fn announce(&self, service: &str, addr: &Address) -> Result<(), VspError> {
+    pub(super) async fn announce(
+        &self,
+        service: &str,
+        addr: &Address,
+        tls: bool,
+    ) -> Result<(), VspError> {
         let address = match (addr, &self.advertise_host) {
             (Address::Tcp { port, .. }, Some(host)) => Address::tcp(host.clone(), *port),
             _ => addr.clone(),
         };
-        let info = ServiceInfo::at(service, address).with_weight(self.weight);
+        let info = ServiceInfo::at(service, address)
+            .with_weight(self.weight)
+            .with_tls(tls);
         self.mesh.announce(&info).await?;
         *self
             .announced

@@ -535,6 +535,7 @@ impl VspManager {
             }
         }
         let addr = listener.local_addr();
+        let tls = listener.is_tls();
         let _ = self.inner.bound.set(addr.clone());
         tracing::info!(service = %self.inner.name, %addr, "VSP server listening");
         let accepting = tokio::spawn(accept_loop(Box::new(listener), self.inner.clone()));
@@ -544,7 +545,7 @@ impl VspManager {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(accepting);
         if let Some(announcement) = &self.inner.announcement {
-            if let Err(err) = announcement.announce(&self.inner.name, &addr).await {
+            if let Err(err) = announcement.announce(&self.inner.name, &addr, tls).await {
                 self.inner.close().await;
                 return Err(err);
             }
@@ -621,7 +622,9 @@ impl HandshakeLog {
     /// Hosts remembered at most; older entries are forgotten first.
     const HOSTS: usize = 4096;
 
-    pub(crate) fn failed(&self, service: &str, peer: &Address, err: &std::io::Error) {
+    /// Logs the failure at `warn` the first time for its host in a minute (and returns true),
+    /// at `debug` otherwise.
+    pub(crate) fn failed(&self, service: &str, peer: &Address, err: &std::io::Error) -> bool {
         let host = peer.host().unwrap_or("local").to_owned();
         let now = std::time::Instant::now();
         let log = {
@@ -643,6 +646,27 @@ impl HandshakeLog {
         } else {
             tracing::debug!(service, %peer, "connection setup failed: {err}");
         }
+        log
+    }
+}
+
+#[cfg(test)]
+mod handshake_log_tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_handshake_is_logged_once_per_peer_host_per_minute() {
+        let log = HandshakeLog::default();
+        let err = std::io::Error::other("bad certificate");
+        assert!(log.failed("svc", &Address::tcp("10.0.0.1", 1000), &err));
+        assert!(
+            !log.failed("svc", &Address::tcp("10.0.0.1", 1001), &err),
+            "same host, new port"
+        );
+        assert!(
+            log.failed("svc", &Address::tcp("10.0.0.2", 1000), &err),
+            "another host"
+        );
     }
 }
 

@@ -32,16 +32,65 @@ use crate::BoxFuture;
 pub trait Connector: Send + Sync + 'static {
     /// Opens a connection to `address`.
     fn connect<'a>(&'a self, address: &'a Address) -> BoxFuture<'a, io::Result<Io>>;
+
+    /// Opens a connection to the instance `target` describes; what the client calls. The
+    /// default dials `target.address`; a connector that checks who answers (TLS with service
+    /// identities) or refuses instances it cannot serve (plaintext and a `tls` instance)
+    /// overrides it. An error of kind `Unsupported` means "not this instance, from this client":
+    /// the call goes to another instance and the instance is not marked unhealthy.
+    fn connect_to<'a>(&'a self, target: &'a Target<'a>) -> BoxFuture<'a, io::Result<Io>> {
+        self.connect(target.address)
+    }
+}
+
+/// The instance a client dials: its address, the service it is called for, and whether
+/// discovery says it speaks TLS.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Target<'a> {
+    /// Where to dial.
+    pub address: &'a Address,
+    /// The service the client calls there.
+    pub service: &'a str,
+    /// Discovery says the instance serves TLS (`tls=1`).
+    pub tls: bool,
+}
+
+impl<'a> Target<'a> {
+    /// A target; `tls` as discovery announced it.
+    pub fn new(address: &'a Address, service: &'a str, tls: bool) -> Self {
+        Target {
+            address,
+            service,
+            tls,
+        }
+    }
 }
 
 impl<C: Connector + ?Sized> Connector for Arc<C> {
     fn connect<'a>(&'a self, address: &'a Address) -> BoxFuture<'a, io::Result<Io>> {
         (**self).connect(address)
     }
+
+    fn connect_to<'a>(&'a self, target: &'a Target<'a>) -> BoxFuture<'a, io::Result<Io>> {
+        (**self).connect_to(target)
+    }
+}
+
+/// The error of a plaintext connector asked to dial an instance that announces TLS.
+fn tls_required(target: &Target<'_>) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!(
+            "instance {} of `{}` announces TLS (tls=1) and this client has no TLS configured (see vsp::tls::TlsConnector)",
+            target.address, target.service
+        ),
+    )
 }
 
 /// Dials by the address's kind: TCP (with `TCP_NODELAY`), Unix sockets, in-memory listeners. The
-/// client's default.
+/// client's default. It refuses instances that announce TLS (with an `Unsupported` error, so
+/// calls go to the other instances).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultConnector {
     _private: (),
@@ -69,5 +118,12 @@ impl Connector for DefaultConnector {
                 Address::Memory(name) => memory::connect(name),
             }
         })
+    }
+
+    fn connect_to<'a>(&'a self, target: &'a Target<'a>) -> BoxFuture<'a, io::Result<Io>> {
+        if target.tls {
+            return Box::pin(std::future::ready(Err(tls_required(target))));
+        }
+        self.connect(target.address)
     }
 }

@@ -17,6 +17,11 @@ pub trait Listener: Send + 'static {
 
     /// The address this listener is bound to (with the real port when port 0 was asked for).
     fn local_addr(&self) -> Address;
+
+    /// Whether its connections are TLS: the server then announces `tls=1` to discovery.
+    fn is_tls(&self) -> bool {
+        false
+    }
 }
 
 impl<L: Listener + ?Sized> Listener for Box<L> {
@@ -26,6 +31,10 @@ impl<L: Listener + ?Sized> Listener for Box<L> {
 
     fn local_addr(&self) -> Address {
         (**self).local_addr()
+    }
+
+    fn is_tls(&self) -> bool {
+        (**self).is_tls()
     }
 }
 

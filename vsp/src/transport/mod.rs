@@ -26,7 +26,7 @@ mod unix;
 mod write_queue;
 
 pub use address::{Address, AddressError};
-pub use connector::{Connector, DefaultConnector};
+pub use connector::{Connector, DefaultConnector, Target};
 pub use identity::{Identity, IdentityError};
 pub use io::{BoxRead, BoxWrite, Io};
 pub use listener::{bind, Listener};
