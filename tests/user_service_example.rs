@@ -34,8 +34,19 @@ async fn start_user_service(
     String,
     tokio::task::JoinHandle<Vec<String>>,
 ) {
+    start_user_service_with(&["--addr", addr]).await
+}
+
+/// As `start_user_service`, with any arguments.
+async fn start_user_service_with(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    String,
+    tokio::task::JoinHandle<Vec<String>>,
+) {
     let mut child = Command::new(example_binary("user_service"))
-        .args(["--addr", addr])
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -141,4 +152,76 @@ async fn client_getting_user_123(address: Address) -> VspClient {
         .unwrap();
     assert_eq!(user["name"], "John Doe");
     client
+}
+
+#[tokio::test]
+async fn user_service_serves_mutual_tls_and_wants_its_token() {
+    use vsp::tls::{ClientTls, ClientTlsConfig, TlsConnector};
+    use vsp_test_support::pki::Ca;
+
+    let ca = Ca::new("example-ca");
+    let server = ca.issue("user-service");
+    let (cert, key, ca_file) = (
+        server.cert_file.to_string_lossy().into_owned(),
+        server.key_file.to_string_lossy().into_owned(),
+        ca.cert_file.to_string_lossy().into_owned(),
+    );
+    let (child, line, output) = start_user_service_with(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-client-ca",
+        &ca_file,
+        "--auth-token",
+        "s3cret",
+    ])
+    .await;
+    let address: Address = line.strip_prefix("listening on ").unwrap().parse().unwrap();
+    let caller = ca.issue("order-service");
+    let tls = ClientTls::new(
+        ClientTlsConfig::new()
+            .ca_file(&ca.cert_file)
+            .unwrap()
+            .client_cert_files(&caller.cert_file, &caller.key_file)
+            .unwrap(),
+    )
+    .unwrap();
+    let mesh = ServiceMesh::new();
+    mesh.register(ServiceInfo::at("user-service", address.clone()).with_tls(true))
+        .unwrap();
+    let client = VspClient::builder(mesh)
+        .connector(TlsConnector::new(tls))
+        .build();
+    let err = client
+        .call("user-service", "get_user", json!({"user_id": "123"}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.remote_code(),
+        Some(&vsp::ErrorCode::Unauthenticated),
+        "{err}"
+    );
+    let user = client
+        .with_metadata("authorization", "Bearer s3cret")
+        .call("user-service", "get_user", json!({"user_id": "123"}))
+        .await
+        .unwrap();
+    assert_eq!(user["name"], "John Doe");
+    // Plaintext is refused, saying why.
+    let plain = VspClient::builder({
+        let mesh = ServiceMesh::new();
+        mesh.register(ServiceInfo::at("user-service", address))
+            .unwrap();
+        mesh
+    })
+    .build();
+    let err = plain
+        .call("user-service", "health", json!({}))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("requires TLS"), "{err}");
+    stop_gracefully(child, output).await;
 }

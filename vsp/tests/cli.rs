@@ -454,3 +454,145 @@ async fn a_timeout_on_an_address_target_names_the_address_once() {
     );
     manager.close().await;
 }
+
+/// A mutual-TLS server of `echo-service` that also wants `authorization: Bearer t0ken`.
+async fn secure_server(ca: &vsp_test_support::pki::Ca) -> (VspManager, SocketAddr) {
+    use vsp::tls::{ServerTls, ServerTlsConfig, TlsListener};
+    let cert = ca.issue("echo-service");
+    let tls = ServerTls::new(
+        ServerTlsConfig::from_pem_files(&cert.cert_file, &cert.key_file)
+            .unwrap()
+            .require_client_cert_file(&ca.cert_file)
+            .unwrap(),
+    )
+    .unwrap();
+    let manager = VspManager::builder("echo-service")
+        .auth(vsp::server::BearerToken::new(["t0ken"]))
+        .build();
+    manager
+        .endpoint("whoami", |_: Value| async move {
+            let cx = vsp::Context::current().unwrap();
+            Ok::<_, String>(json!({"identity": cx.identity().map(|i| i.to_string())}))
+        })
+        .unwrap();
+    let listener = vsp::transport::TcpListener::bind("127.0.0.1", 0)
+        .await
+        .unwrap();
+    let addr = listener.socket_addr();
+    manager
+        .start_server_on(TlsListener::new(listener, tls))
+        .await
+        .unwrap();
+    (manager, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_metadata_flags_reach_a_secure_server_and_failures_exit_3_or_1() {
+    let ca = vsp_test_support::pki::Ca::new("cli-ca");
+    let (server, addr) = secure_server(&ca).await;
+    let client = ca.issue("cli");
+    let target = addr.to_string();
+    let (ca_file, cert, key) = (
+        ca.cert_file.to_string_lossy().into_owned(),
+        client.cert_file.to_string_lossy().into_owned(),
+        client.key_file.to_string_lossy().into_owned(),
+    );
+    let tls = ["--tls-ca", &ca_file, "--tls-cert", &cert, "--tls-key", &key];
+    let with = |extra: &[&str]| {
+        let mut all = vec!["call", target.as_str(), "whoami", "--compact"];
+        all.extend_from_slice(extra);
+        args(&all)
+    };
+
+    let mut good = tls.to_vec();
+    good.extend(["--meta", "authorization=Bearer t0ken"]);
+    let output = vsp(with(&good), None).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output).trim(),
+        r#"{"identity":"spiffe://vsp.test/cli"}"#
+    );
+
+    // The token missing: the server's refusal, exit 1.
+    let output = vsp(with(&tls), None).await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("unauthenticated"),
+        "{}",
+        stderr(&output)
+    );
+
+    // Plaintext against TLS, a CA that did not sign, no client certificate: exit 3, saying why.
+    let output = vsp(with(&[]), None).await;
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("requires TLS"),
+        "{}",
+        stderr(&output)
+    );
+    let other = vsp_test_support::pki::Ca::new("cli-other");
+    let other_ca = other.cert_file.to_string_lossy().into_owned();
+    let output = vsp(
+        with(&[
+            "--tls-ca",
+            &other_ca,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("unknown issuer"),
+        "{}",
+        stderr(&output)
+    );
+    let output = vsp(with(&["--tls-ca", &ca_file]), None).await;
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("requires a client certificate"),
+        "{}",
+        stderr(&output)
+    );
+    // A wrong server name.
+    let output = vsp(
+        with(&[&tls[..], &["--tls-server-name", "elsewhere.example"]].concat()),
+        None,
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("not valid for the name"),
+        "{}",
+        stderr(&output)
+    );
+    // A key without its certificate is a usage error.
+    let output = vsp(with(&["--tls-ca", &ca_file, "--tls-key", &key]), None).await;
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+
+    // health and bench take the same flags (health stays open without a token).
+    let mut health = vec!["health", target.as_str(), "--service", "echo-service"];
+    health.extend_from_slice(&tls);
+    let output = vsp(args(&health), None).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stdout(&output).contains("healthy"), "{}", stdout(&output));
+    let mut bench = vec![
+        "bench",
+        target.as_str(),
+        "whoami",
+        "-c",
+        "2",
+        "-n",
+        "50",
+        "--json",
+    ];
+    bench.extend_from_slice(&good);
+    let output = vsp(args(&bench), None).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(report["calls"], 50, "{report}");
+    server.shutdown().await.unwrap();
+}

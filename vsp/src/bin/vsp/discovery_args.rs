@@ -12,6 +12,72 @@ use vsp::{
 
 use crate::{parse_duration, Failure};
 
+/// TLS and metadata flags, shared by every subcommand that calls.
+#[derive(Args, Clone, Default)]
+pub(crate) struct SecurityArgs {
+    /// Dial with TLS, trusting the CA certificates in this PEM file.
+    #[arg(long = "tls-ca", value_name = "FILE")]
+    pub(crate) tls_ca: Option<std::path::PathBuf>,
+    /// The client certificate (PEM) for servers that require one (mutual TLS); with --tls-key.
+    #[arg(long = "tls-cert", value_name = "FILE", requires = "tls_key")]
+    pub(crate) tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long = "tls-key", value_name = "FILE", requires = "tls_cert")]
+    pub(crate) tls_key: Option<std::path::PathBuf>,
+    /// The name to verify the server's certificate against (default: the instance's host).
+    #[arg(long = "tls-server-name", value_name = "NAME")]
+    pub(crate) tls_server_name: Option<String>,
+    /// Metadata sent with every call, `key=value` (repeatable): `--meta "authorization=Bearer T"`.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    pub(crate) meta: Vec<(String, String)>,
+}
+
+fn parse_meta(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("`{text}` is not key=value")),
+    }
+}
+
+impl SecurityArgs {
+    /// A client builder for `mesh` with these flags applied.
+    pub(crate) fn client_builder(
+        &self,
+        mesh: ServiceMesh,
+    ) -> Result<vsp::VspClientBuilder, Failure> {
+        let mut builder = VspClient::builder(mesh);
+        for (key, value) in &self.meta {
+            builder = builder.metadata(key.clone(), value.clone());
+        }
+        let wants_tls = self.tls_ca.is_some() || self.tls_cert.is_some();
+        if !wants_tls {
+            if self.tls_server_name.is_some() {
+                return Err(Failure::usage("--tls-server-name needs --tls-ca"));
+            }
+            return Ok(builder);
+        }
+        let Some(ca) = &self.tls_ca else {
+            return Err(Failure::usage(
+                "--tls-cert needs --tls-ca (the CA that signed the server's certificate)",
+            ));
+        };
+        let usage = |err: vsp::tls::TlsError| Failure::usage(err.to_string());
+        let mut config = vsp::tls::ClientTlsConfig::new()
+            .ca_file(ca)
+            .map_err(usage)?;
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config = config.client_cert_files(cert, key).map_err(usage)?;
+        }
+        if let Some(name) = &self.tls_server_name {
+            config = config.server_name(name.clone());
+        }
+        let tls = vsp::tls::ClientTls::new(config).map_err(usage)?;
+        Ok(builder.connector(vsp::tls::TlsConnector::new(tls)))
+    }
+}
+
 /// Where instances come from: one struct for every subcommand, which builds the mesh.
 #[derive(Args)]
 pub(crate) struct DiscoveryArgs {
@@ -24,6 +90,8 @@ pub(crate) struct DiscoveryArgs {
     /// Finds the service through the Consul agent at this URL.
     #[arg(long, value_name = "URL")]
     pub(crate) consul: Option<String>,
+    #[command(flatten)]
+    pub(crate) security: SecurityArgs,
 }
 
 impl DiscoveryArgs {
@@ -109,11 +177,12 @@ pub(crate) fn direct_client(
     service: &str,
     address: &Address,
     timeout: Duration,
+    security: &SecurityArgs,
 ) -> Result<VspClient, Failure> {
     let mesh = ServiceMesh::new();
     mesh.register(ServiceInfo::at(service, address.clone()))
         .map_err(|err| Failure::usage(err.to_string()))?;
-    Ok(VspClient::builder(mesh).timeout(timeout).build())
+    Ok(security.client_builder(mesh)?.timeout(timeout).build())
 }
 
 impl TargetArgs {
@@ -125,7 +194,7 @@ impl TargetArgs {
                 ))
             })?;
             let service = self.service.clone().unwrap_or_else(|| self.target.clone());
-            let client = direct_client(&service, &address, self.timeout)?;
+            let client = direct_client(&service, &address, self.timeout, &self.discovery.security)?;
             return Ok(Resolved {
                 mesh: client.mesh().clone(),
                 client,
@@ -136,6 +205,7 @@ impl TargetArgs {
             &self.target,
             self.discovery.mesh(&self.target, self.timeout)?,
             self.timeout,
+            &self.discovery.security,
         )
     }
 }
@@ -145,10 +215,14 @@ impl Resolved {
         service: &str,
         mesh: ServiceMesh,
         timeout: Duration,
+        security: &SecurityArgs,
     ) -> Result<Resolved, Failure> {
         Ok(Resolved {
             service: service.to_owned(),
-            client: VspClient::builder(mesh.clone()).timeout(timeout).build(),
+            client: security
+                .client_builder(mesh.clone())?
+                .timeout(timeout)
+                .build(),
             mesh,
         })
     }

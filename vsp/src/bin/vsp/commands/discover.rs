@@ -30,14 +30,16 @@ pub(crate) async fn run(args: DiscoverArgs) -> Result<(), Failure> {
         &args.service,
         args.discovery.mesh(&args.service, args.timeout)?,
         args.timeout,
+        &args.discovery.security,
     )?;
     let print = |instances: &[vsp::InstanceState]| {
         for instance in instances {
             println!(
-                "{}\tweight {}\t{:?}",
+                "{}\tweight {}\t{:?}{}",
                 instance.info.endpoint(),
                 instance.info.weight(),
-                instance.info.status()
+                instance.info.status(),
+                if instance.info.is_tls() { "\ttls" } else { "" }
             );
         }
     };

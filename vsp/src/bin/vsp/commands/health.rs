@@ -23,7 +23,12 @@ pub(crate) async fn run(args: HealthArgs) -> Result<(), Failure> {
     let total = instances.len();
     for instance in instances {
         let endpoint = instance.info.endpoint();
-        let client = direct_client(&resolved.service, instance.info.address(), timeout)?;
+        let client = direct_client(
+            &resolved.service,
+            instance.info.address(),
+            timeout,
+            &args.target.discovery.security,
+        )?;
         let started = Instant::now();
         match client
             .call(
