@@ -160,6 +160,56 @@ async fn start_vsp_unix() -> (VspManager, Address, TempDir) {
     (manager, addr, TempDir(dir))
 }
 
+/// A certificate authority and a server certificate for `localhost`/`127.0.0.1`, made now.
+fn bench_pki() -> (vsp_test_support::pki::Ca, vsp_test_support::pki::Issued) {
+    let ca = vsp_test_support::pki::Ca::new("bench-ca");
+    let cert = ca.issue("bench");
+    (ca, cert)
+}
+
+/// A VSP server behind TLS (no client certificates), same service as `start_vsp`.
+async fn start_vsp_tls(cert: &vsp_test_support::pki::Issued) -> (VspManager, SocketAddr) {
+    use vsp::tls::{ServerTls, ServerTlsConfig, TlsListener};
+    let manager = VspManager::builder("bench").build();
+    manager.serve(BenchApiServer::new(BenchImpl)).unwrap();
+    let tls = ServerTls::new(
+        ServerTlsConfig::from_pem(cert.cert_pem.as_bytes(), cert.key_pem.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let listener = vsp::transport::TcpListener::bind("127.0.0.1", 0)
+        .await
+        .unwrap();
+    let addr = listener.socket_addr();
+    manager
+        .start_server_on(TlsListener::new(listener, tls))
+        .await
+        .unwrap();
+    (manager, addr)
+}
+
+/// A VSP client that dials with TLS, trusting `ca`; otherwise as `vsp_client`.
+fn vsp_tls_client(addr: SocketAddr, ca: &vsp_test_support::pki::Ca) -> VspClient {
+    use vsp::tls::{ClientTls, ClientTlsConfig, TlsConnector};
+    let mesh = ServiceMesh::new();
+    mesh.register(ServiceInfo::new("bench", "127.0.0.1", addr.port()).with_tls(true))
+        .unwrap();
+    let tls = ClientTls::new(
+        ClientTlsConfig::new()
+            .ca_pem(ca.cert_pem.as_bytes())
+            .unwrap(),
+    )
+    .unwrap();
+    VspClient::builder(mesh)
+        .max_transports(
+            std::env::var("VSP_BENCH_TRANSPORTS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(5),
+        )
+        .connector(TlsConnector::new(tls))
+        .build()
+}
+
 fn vsp_client(addrs: &[SocketAddr], mesh: ServiceMesh) -> BenchApiClient {
     let addrs: Vec<Address> = addrs
         .iter()
@@ -647,12 +697,17 @@ async fn bench(settings: Settings) {
     // what the transport seam costs or saves next to TCP on one machine.
     let (_vsp_unix_server, vsp_unix_addr, _unix_dir) = start_vsp_unix().await;
     let vsp_unix = Contender::Vsp(vsp_client_at(&[vsp_unix_addr], ServiceMesh::new()));
+    // The same VSP client and server over TLS 1.3 (rustls, ring), same pool size.
+    let (ca, cert) = bench_pki();
+    let (_vsp_tls_server, vsp_tls_addr) = start_vsp_tls(&cert).await;
+    let vsp_tls = Contender::Vsp(BenchApiClient::new(vsp_tls_client(vsp_tls_addr, &ca)));
     let contenders = [
         ("raw TCP", &raw),
         ("tarpc json", &tarpc_json),
         ("tarpc bincode", &tarpc_bincode),
         ("VSP", &vsp),
         ("VSP unix socket", &vsp_unix),
+        ("VSP TLS", &vsp_tls),
     ];
 
     // (a) one call in flight, (b) 64 concurrent, (c) 256 concurrent; both workloads.
@@ -718,8 +773,8 @@ async fn bench(settings: Settings) {
     println!(
         "\n## Ratios, VSP / peer, same run (throughput: higher is better; p50: lower is better)\n"
     );
-    println!("| scenario | workload | vs raw TCP | vs tarpc json | vs tarpc bincode | p50 vs tarpc json | p50 vs tarpc bincode | VSP unix / VSP TCP |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("| scenario | workload | vs raw TCP | vs tarpc json | vs tarpc bincode | p50 vs tarpc json | p50 vs tarpc bincode | VSP unix / VSP TCP | VSP TLS / VSP TCP |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for (s, (scenario, _)) in scenarios
         .iter()
         .enumerate()
@@ -727,7 +782,7 @@ async fn bench(settings: Settings) {
     {
         for (w, workload) in workloads.iter().enumerate() {
             // A workload left out by VSP_BENCH_WORKLOAD has no figures.
-            if (0..5).any(|c| !results.contains_key(&(s, w, c))) {
+            if (0..6).any(|c| !results.contains_key(&(s, w, c))) {
                 continue;
             }
             let vsp = &results[&(s, w, 3)];
@@ -735,15 +790,17 @@ async fn bench(settings: Settings) {
             let p50_ratio =
                 |c: usize| vsp.p50().as_secs_f64() / results[&(s, w, c)].p50().as_secs_f64();
             let unix = results[&(s, w, 4)].calls() / vsp.calls();
+            let tls = results[&(s, w, 5)].calls() / vsp.calls();
             println!(
-                "| {scenario} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                "| {scenario} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
                 workload.label(),
                 ratio(0),
                 ratio(1),
                 ratio(2),
                 p50_ratio(1),
                 p50_ratio(2),
-                unix
+                unix,
+                tls
             );
         }
     }
@@ -769,6 +826,34 @@ async fn bench(settings: Settings) {
             "| {name} | {:.1} |",
             allocations as f64 / sample.latencies.len().max(1) as f64
         );
+    }
+
+    // What a new connection costs: connect (and handshake) plus one health call, one at a time,
+    // a fresh client each time so nothing is pooled.
+    println!("\n## New connection cost (connect, TLS handshake, first call), one at a time\n");
+    println!("| transport | per new connection µs (median) |");
+    println!("|---|---:|");
+    let connections = 200;
+    for (name, tls) in [("VSP TCP", false), ("VSP TLS 1.3", true)] {
+        let mut times = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            let client = if tls {
+                vsp_tls_client(vsp_tls_addr, &ca)
+            } else {
+                let mesh = ServiceMesh::new();
+                mesh.register(ServiceInfo::new("bench", "127.0.0.1", vsp_addr.port()))
+                    .unwrap();
+                VspClient::builder(mesh).build()
+            };
+            let started = Instant::now();
+            client
+                .call("bench", "health", serde_json::json!({}))
+                .await
+                .unwrap();
+            times.push(started.elapsed());
+        }
+        times.sort();
+        println!("| {name} | {} |", micros(times[times.len() / 2]));
     }
 
     // (d) three VSP instances behind the mesh, with each balancer.

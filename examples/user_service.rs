@@ -89,21 +89,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(token) = auth_token {
         builder = builder.auth(BearerToken::new([token]));
     }
-    let tls =
-        match (tls_cert, tls_key, tls_client_ca) {
-            (None, None, None) => None,
-            (Some(cert), Some(key), client_ca) => {
-                let mut config = ServerTlsConfig::from_pem_files(&cert, &key)?;
-                if let Some(ca) = &client_ca {
-                    config = config.require_client_cert_file(ca)?;
-                }
-                Some(ServerTls::new(config)?)
+    let tls = match (tls_cert, tls_key, tls_client_ca) {
+        (None, None, None) => None,
+        (Some(cert), Some(key), client_ca) => {
+            let mut config = ServerTlsConfig::from_pem_files(&cert, &key)?;
+            if let Some(ca) = &client_ca {
+                config = config.require_client_cert_file(ca)?;
             }
-            _ => return Err(format!(
+            Some(ServerTls::new(config)?)
+        }
+        _ => {
+            return Err(format!(
                 "--tls-cert and --tls-key go together (and --tls-client-ca needs them)\n{USAGE}"
             )
-            .into()),
-        };
+            .into())
+        }
+    };
     let manager = builder.build();
     manager.serve(UserServiceServer::new(Users::default()))?;
     if let Some(dir) = addr.unix_path().and_then(|path| path.parent()) {

@@ -650,26 +650,6 @@ impl HandshakeLog {
     }
 }
 
-#[cfg(test)]
-mod handshake_log_tests {
-    use super::*;
-
-    #[test]
-    fn a_failed_handshake_is_logged_once_per_peer_host_per_minute() {
-        let log = HandshakeLog::default();
-        let err = std::io::Error::other("bad certificate");
-        assert!(log.failed("svc", &Address::tcp("10.0.0.1", 1000), &err));
-        assert!(
-            !log.failed("svc", &Address::tcp("10.0.0.1", 1001), &err),
-            "same host, new port"
-        );
-        assert!(
-            log.failed("svc", &Address::tcp("10.0.0.2", 1000), &err),
-            "another host"
-        );
-    }
-}
-
 async fn accept_loop(mut listener: Box<dyn Listener>, manager: Arc<ManagerInner>) {
     let mut lifecycle = manager.lifecycle();
     let mut backoff = AcceptBackoff::default();
@@ -727,4 +707,24 @@ async fn accept_loop(mut listener: Box<dyn Listener>, manager: Arc<ManagerInner>
         }
     }
     tracing::debug!(service = %manager.name, "stopped accepting");
+}
+
+#[cfg(test)]
+mod handshake_log_tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_handshake_is_logged_once_per_peer_host_per_minute() {
+        let log = HandshakeLog::default();
+        let err = std::io::Error::other("bad certificate");
+        assert!(log.failed("svc", &Address::tcp("10.0.0.1", 1000), &err));
+        assert!(
+            !log.failed("svc", &Address::tcp("10.0.0.1", 1001), &err),
+            "same host, new port"
+        );
+        assert!(
+            log.failed("svc", &Address::tcp("10.0.0.2", 1000), &err),
+            "another host"
+        );
+    }
 }
