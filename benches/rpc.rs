@@ -200,14 +200,17 @@ fn vsp_tls_client(addr: SocketAddr, ca: &vsp_test_support::pki::Ca) -> VspClient
     )
     .unwrap();
     VspClient::builder(mesh)
-        .max_transports(
-            std::env::var("VSP_BENCH_TRANSPORTS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(5),
-        )
+        .max_transports(bench_transports())
         .connector(TlsConnector::new(tls))
         .build()
+}
+
+/// Connections per instance for every VSP row: `VSP_BENCH_TRANSPORTS`, default 5.
+fn bench_transports() -> usize {
+    std::env::var("VSP_BENCH_TRANSPORTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
 }
 
 fn vsp_client(addrs: &[SocketAddr], mesh: ServiceMesh) -> BenchApiClient {

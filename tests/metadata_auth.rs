@@ -176,6 +176,8 @@ async fn a_call_made_inside_a_handler_inherits_the_callers_deadline() {
                 let _ = report.send(seen);
             }));
             async move {
+                // The scenario: the handler itself outlasts the caller (it is stopped at the
+                // deadline; the hop it spawned reports on its own).
                 tokio::time::sleep(Duration::from_secs(20)).await;
                 Ok::<_, String>("placed")
             }

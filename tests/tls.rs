@@ -15,6 +15,7 @@ use vsp::tls::{
 };
 use vsp::transport::TcpListener;
 use vsp::{Context, HealthStatus, ServiceInfo, ServiceMesh, VspClient, VspError, VspManager};
+use vsp_test_support::fake_consul::CheckStatus;
 use vsp_test_support::pki::{Ca, Issued, TRUST_DOMAIN};
 
 const SERVICE: &str = "user-service";
@@ -74,22 +75,6 @@ async fn call_error(client: &VspClient) -> String {
     let err = outcome.expect_err("the call should fail");
     assert!(!matches!(err, VspError::Timeout { .. }), "{err}");
     err.to_string()
-}
-
-/// Calls `whoami` until it succeeds, for at most 10 s.
-async fn served_eventually(client: &VspClient) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match client.call(SERVICE, "whoami", json!({})).await {
-            Ok(seen) => return seen,
-            Err(err) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out after 10 s waiting for a call to be served: {err}"
-            ),
-        }
-        // Between attempts only, so a failing call is not retried in a busy loop.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -457,8 +442,19 @@ async fn a_tls_server_announces_tls_to_discovery() {
         .timeout(Duration::from_secs(10))
         .connector(TlsConnector::new(ClientTls::new(trusting(&ca)).unwrap()))
         .build();
-    // The first call starts the watch; Consul lists the instance once its check passed.
-    let seen = served_eventually(&client).await;
+    // Consul lists the instance once its TCP check passed; the first call then finds it.
+    vsp_test_support::wait_until(
+        "Consul's TCP check of the TLS instance to pass",
+        Duration::from_secs(10),
+        || {
+            consul
+                .registrations()
+                .values()
+                .any(|r| r.body["Name"] == SERVICE && r.status == CheckStatus::Passing)
+        },
+    )
+    .await;
+    let seen = client.call(SERVICE, "whoami", json!({})).await.unwrap();
     assert_eq!(seen["identity"], Value::Null);
     assert!(reader
         .instances(SERVICE)
