@@ -228,12 +228,7 @@ fn vsp_client_at(addrs: &[Address], mesh: ServiceMesh) -> BenchApiClient {
     }
     BenchApiClient::new(
         VspClient::builder(mesh)
-            .max_transports(
-                std::env::var("VSP_BENCH_TRANSPORTS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(5),
-            )
+            .max_transports(bench_transports())
             .build(),
     )
 }
