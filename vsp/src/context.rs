@@ -14,6 +14,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::protocol::Metadata;
+use crate::trace::TraceContext;
 use crate::transport::{Address, Identity};
 
 /// Who is on the other end of a connection, as the server saw it when it accepted.
@@ -63,6 +64,8 @@ pub struct Context {
     /// `None` when empty, so a context without metadata clones without allocating.
     metadata: Option<Arc<Metadata>>,
     deadline: Option<tokio::time::Instant>,
+    /// The server span's place in its trace: what calls made from the handler continue.
+    trace: Option<TraceContext>,
 }
 
 static NO_METADATA: Metadata = Metadata::new();
@@ -76,6 +79,7 @@ impl fmt::Debug for Context {
             .field("identity", &self.peer.identity)
             .field("metadata", self.metadata())
             .field("deadline", &self.deadline)
+            .field("trace", &self.trace)
             .finish()
     }
 }
@@ -91,6 +95,7 @@ impl Context {
         peer: Arc<Peer>,
         metadata: Metadata,
         deadline: Option<tokio::time::Instant>,
+        trace: Option<TraceContext>,
     ) -> Self {
         Context {
             service,
@@ -98,6 +103,7 @@ impl Context {
             peer,
             metadata: (!metadata.is_empty()).then(|| Arc::new(metadata)),
             deadline,
+            trace,
         }
     }
 
@@ -110,6 +116,11 @@ impl Context {
     /// The deadline of the call being served, if any (without cloning the context).
     pub(crate) fn current_deadline() -> Option<tokio::time::Instant> {
         CURRENT.try_with(|cx| cx.deadline).ok().flatten()
+    }
+
+    /// The trace of the call being served, if any (what a call made here continues).
+    pub(crate) fn current_trace() -> Option<TraceContext> {
+        CURRENT.try_with(|cx| cx.trace.clone()).ok().flatten()
     }
 
     /// Runs `future` with this context as [`Context::current`]: to carry it into a task a
@@ -158,6 +169,13 @@ impl Context {
     /// When the caller stops waiting, if it said (`timeout_ms`; Velithon's clients do not).
     pub fn deadline(&self) -> Option<tokio::time::Instant> {
         self.deadline
+    }
+
+    /// Where the server's span of this call sits in its distributed trace: the caller's trace
+    /// (from the request's `traceparent`) or a new one. `None` only while no `tracing` subscriber
+    /// records VSP's spans and the caller sent no trace. Calls made inside the handler continue it.
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.trace.as_ref()
     }
 
     /// How long the caller still waits, if it said.

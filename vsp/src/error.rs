@@ -228,6 +228,37 @@ impl VspError {
             _ => None,
         }
     }
+
+    /// A short, stable name for what went wrong: the remote error code of a
+    /// [`Remote`](VspError::Remote) error (`not_found`, `handler`, ...; `remote` for a peer that
+    /// sent none), else the variant in snake case (`timeout`, `connect`, `no_instances`, ...).
+    /// The `error.type` of VSP's spans and the `code` label of the client's error metrics.
+    pub fn error_type(&self) -> &str {
+        match self {
+            VspError::Remote { code, .. } => match code.as_str() {
+                "" => "remote",
+                code => code,
+            },
+            VspError::NoInstances { .. } => "no_instances",
+            VspError::NoHealthyInstances { .. } => "no_healthy_instances",
+            VspError::Connect { .. } => "connect",
+            VspError::ConnectTimeout { .. } => "connect_timeout",
+            VspError::TooManyInFlight { .. } => "too_many_in_flight",
+            VspError::ConnectionClosed { .. } => "connection_closed",
+            VspError::Timeout { .. } => "timeout",
+            VspError::RequestTooLarge { .. } => "request_too_large",
+            VspError::Encode { .. } => "encode",
+            VspError::Decode { .. } => "decode",
+            VspError::Protocol(_) => "protocol",
+            VspError::DuplicateEndpoint { .. } => "duplicate_endpoint",
+            VspError::InvalidInstance { .. } => "invalid_instance",
+            VspError::Discovery { .. } => "discovery",
+            VspError::Bind { .. } => "bind",
+            VspError::WorkerPool { .. } => "worker_pool",
+            VspError::AlreadyStarted { .. } => "already_started",
+            VspError::DrainTimeout { .. } => "drain_timeout",
+        }
+    }
 }
 
 /// A frame that breaks the wire protocol.

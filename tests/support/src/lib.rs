@@ -5,11 +5,13 @@
 //! - [`fault_proxy`]: a TCP proxy that injects faults (latency, resets, blackholes, half-closes,
 //!   slow reads) between a client and a server.
 //! - [`pki`]: certificate authorities and certificates made at test time, written to files.
+//! - [`spans`]: a `tracing` layer that records spans and events, to assert on traces.
 //! - [`wait_until`]: a bounded wait on a condition that names what it waited for.
 
 pub mod fake_consul;
 pub mod fault_proxy;
 pub mod pki;
+pub mod spans;
 
 use std::time::Duration;
 

@@ -17,6 +17,7 @@ use crate::protocol::{
     parse_int_request_id, salvage_request_id, write_envelope, Envelope, Extensions, HeaderOut,
     Metadata, RequestIdOut,
 };
+use crate::trace::TraceContext;
 use crate::transport::{run_writer, Io, WriteQueue};
 
 /// A response frame handed to its caller; the body is a range of the frame, not a copy.
@@ -305,6 +306,7 @@ impl Connection {
         endpoint: &str,
         body: &(impl Serialize + ?Sized),
         meta: Option<&Metadata>,
+        trace: Option<&TraceContext>,
         deadline: Instant,
     ) -> Result<PendingCall, CallFailure> {
         let id = self.state.next_id.fetch_add(1, Ordering::Relaxed);
@@ -345,7 +347,7 @@ impl Connection {
                 write_envelope(
                     out,
                     &header,
-                    &Extensions::request(timeout_ms, meta),
+                    &Extensions::request(timeout_ms, meta, trace),
                     |out| serde_json::to_writer(&mut *out, body),
                 )
             })
@@ -374,6 +376,11 @@ pub(crate) struct PendingCall {
 }
 
 impl PendingCall {
+    /// The request id the call went out with.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Waits for the response, or for the deadline given to `send` (`TimedOut`).
     ///
     /// Why a timer in the caller's own future: the deadline must hold whatever happens to the

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::time::Instant;
+use tracing::{Instrument, Span};
 
 use super::connection::{CallFailure, RawResponse};
 use super::pool::PoolError;
@@ -15,6 +16,63 @@ use crate::context::Context;
 use crate::error::{ErrorCode, ProtocolError, VspError};
 use crate::instance::Instance;
 use crate::protocol::Metadata;
+use crate::trace::{self, TraceContext};
+
+/// What every attempt of one call shares.
+struct Call<'a> {
+    service: &'a str,
+    endpoint: &'a str,
+    metadata: Option<&'a Metadata>,
+    /// The `vsp.client` span's trace (or, while it records nothing, the trace passed on).
+    trace: Option<&'a TraceContext>,
+    span: &'a Span,
+}
+
+/// The trace a call's span continues, and the one its attempts' `traceparent` derive from: a
+/// `traceparent` in the call's metadata (a gateway forwarding one), else (with OpenTelemetry)
+/// the current span's, else the served call's (inside a handler), else a new trace. While nothing
+/// records the span, only a served call's trace is passed on (an explicit one travels as it is).
+fn call_trace(span: &Span, metadata: Option<&Metadata>) -> Option<TraceContext> {
+    let explicit = metadata.and_then(|metadata| {
+        let parent = TraceContext::parse(metadata.get(trace::TRACEPARENT)?).ok()?;
+        Some(match metadata.get(trace::TRACESTATE) {
+            Some(state) => parent.with_tracestate(state),
+            None => parent,
+        })
+    });
+    if span.is_disabled() {
+        return match explicit {
+            Some(_) => None,
+            None => Context::current_trace(),
+        };
+    }
+    let (parent, remote) = match explicit {
+        Some(parent) => (Some(parent), true),
+        None => match trace::current_span_context() {
+            Some(parent) => (Some(parent), false),
+            None => (Context::current_trace(), true),
+        },
+    };
+    Some(trace::open(span, parent.as_ref(), remote))
+}
+
+/// Marks a span failed if the call (or attempt) failed, or the service answered an error.
+fn record_outcome(
+    span: &Span,
+    service: &str,
+    endpoint: &str,
+    outcome: &Result<&RawResponse, &VspError>,
+) {
+    match outcome {
+        Ok(response) => {
+            if let Some(code) = &response.error_code {
+                let error = remote_error(service, endpoint, code, response);
+                trace::record_error(span, error.error_type(), &error);
+            }
+        }
+        Err(error) => trace::record_error(span, error.error_type(), error),
+    }
+}
 
 /// One attempt's failure, and what it allows next.
 struct AttemptFailure {
@@ -82,15 +140,47 @@ impl Attempt<'_> {
 }
 
 impl VspClient {
-    /// Sends one call, failing over to other instances as the rules in the module docs allow.
+    /// Sends one call, failing over to other instances as the rules in the module docs allow,
+    /// inside the call's `vsp.client` span.
     pub(super) async fn exchange(
         &self,
         service: &str,
         endpoint: &str,
         body: &(impl Serialize + ?Sized),
-        options: CallOptions,
+        mut options: CallOptions,
     ) -> Result<RawResponse, VspError> {
         self.inner.start_background();
+        let metadata =
+            self.call_metadata(service, endpoint, std::mem::take(&mut options.metadata));
+        let span = trace::client_span(service, endpoint);
+        let trace = call_trace(&span, metadata.as_ref());
+        let call = Call {
+            service,
+            endpoint,
+            metadata: metadata.as_ref(),
+            trace: trace.as_ref(),
+            span: &span,
+        };
+        let outcome = self
+            .attempts(&call, body, options)
+            .instrument(span.clone())
+            .await;
+        if !span.is_disabled() {
+            record_outcome(&span, service, endpoint, &outcome.as_ref());
+        }
+        outcome
+    }
+
+    /// The attempts of one call.
+    async fn attempts(
+        &self,
+        call: &Call<'_>,
+        body: &(impl Serialize + ?Sized),
+        options: CallOptions,
+    ) -> Result<RawResponse, VspError> {
+        let Call {
+            service, endpoint, ..
+        } = *call;
         let mut timeout = options.timeout.unwrap_or(self.timeout);
         let mut started = Instant::now();
         let mut deadline = crate::deadline::after(started, timeout);
@@ -102,7 +192,6 @@ impl VspClient {
                 }
             }
         }
-        let metadata = self.call_metadata(service, endpoint, options.metadata);
         let config = &self.inner.config;
         let health = self.inner.mesh.health();
         self.inner.budget.deposit();
@@ -129,10 +218,40 @@ impl VspClient {
                 Some(per_attempt) => deadline.min(crate::deadline::after(started, per_attempt)),
                 None => deadline,
             };
-            let failure = match self
-                .attempt(&attempt, body, metadata.as_ref(), started, attempt_deadline)
-                .await
-            {
+            let span = trace::attempt_span(
+                call.span,
+                service,
+                endpoint,
+                trace::Endpoint {
+                    host: instance.address().host(),
+                    port: instance.address().port(),
+                    text: instance.address(),
+                },
+                tried.len() + 1,
+            );
+            if !call.span.is_disabled() {
+                call.span.record("vsp.attempts", tried.len() + 1);
+            }
+            let own_trace = match call.trace {
+                Some(parent) if !span.is_disabled() => Some(trace::open(&span, Some(parent), false)),
+                inherited => inherited.cloned(),
+            };
+            let sent = self
+                .attempt(
+                    &attempt,
+                    body,
+                    call.metadata,
+                    own_trace.as_ref(),
+                    &span,
+                    started,
+                    attempt_deadline,
+                )
+                .instrument(span.clone())
+                .await;
+            if !span.is_disabled() {
+                record_outcome(&span, service, endpoint, &sent.as_ref().map_err(|f| &f.error));
+            }
+            let failure = match sent {
                 Ok(response) => match &response.error_code {
                     // Refused before running: safe to send elsewhere.
                     Some(code @ ErrorCode::ShuttingDown) => {
@@ -215,11 +334,14 @@ impl VspClient {
     }
 
     /// One attempt on one instance, reporting its outcome to the mesh's health tracking.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         attempt: &Attempt<'_>,
         body: &(impl Serialize + ?Sized),
         metadata: Option<&Metadata>,
+        trace: Option<&TraceContext>,
+        span: &Span,
         started: Instant,
         deadline: Instant,
     ) -> Result<RawResponse, AttemptFailure> {
@@ -268,8 +390,15 @@ impl VspClient {
                 return Err(AttemptFailure::unsent(error));
             }
         };
-        let mut call =
-            match connection.send(attempt.service, attempt.endpoint, body, metadata, deadline) {
+        let sent = connection.send(
+            attempt.service,
+            attempt.endpoint,
+            body,
+            metadata,
+            trace,
+            deadline,
+        );
+        let mut call = match sent {
                 Ok(call) => call,
                 Err(failure) => {
                     let fatal = matches!(
@@ -282,6 +411,9 @@ impl VspClient {
                     });
                 }
             };
+        if !span.is_disabled() {
+            span.record("vsp.request_id", call.id());
+        }
         let outcome = call.wait().await;
         if connection.is_draining() {
             // The server announced its shutdown: no more calls to it until a probe says so.

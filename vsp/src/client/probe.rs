@@ -78,6 +78,7 @@ impl ClientInner {
                 HEALTH_ENDPOINT,
                 &EmptyBody {},
                 None,
+                None,
                 deadline,
             ) {
                 Ok(mut call) => call.wait().await.is_ok(),
@@ -200,6 +201,7 @@ impl ClientProber {
             instance.service(),
             HEALTH_ENDPOINT,
             &EmptyBody {},
+            None,
             None,
             deadline,
         ) else {

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::Metadata;
+use crate::trace::{self, TraceContext};
 use crate::error::{ErrorCode, ProtocolError};
 
 /// The protocol version this crate speaks, sent in the `vsp` header key of every response.
@@ -163,14 +164,22 @@ pub(crate) struct Extensions<'a> {
     pub(crate) version: Option<u32>,
     /// `meta`: per-call metadata (requests); left out when empty.
     pub(crate) meta: Option<&'a Metadata>,
+    /// The call's W3C `traceparent` (and `tracestate`), written into `meta` in place of any the
+    /// metadata has.
+    pub(crate) trace: Option<&'a TraceContext>,
 }
 
 impl<'a> Extensions<'a> {
     /// A request's extensions.
-    pub(crate) fn request(timeout_ms: u64, meta: Option<&'a Metadata>) -> Self {
+    pub(crate) fn request(
+        timeout_ms: u64,
+        meta: Option<&'a Metadata>,
+        trace: Option<&'a TraceContext>,
+    ) -> Self {
         Extensions {
             timeout_ms: Some(timeout_ms),
             meta: meta.filter(|meta| !meta.is_empty()),
+            trace,
             ..Extensions::default()
         }
     }
@@ -197,18 +206,37 @@ impl<'a> Extensions<'a> {
             out.extend_from_slice(b",\"vsp\":");
             out.extend_from_slice(itoa_u64(u64::from(version), &mut [0; 20]));
         }
-        if let Some(meta) = self.meta {
-            out.extend_from_slice(b",\"meta\":{");
-            for (i, (key, value)) in meta.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_json_str(out, key);
-                out.push(b':');
-                write_json_str(out, value);
-            }
-            out.push(b'}');
+        if self.meta.is_none() && self.trace.is_none() {
+            return;
         }
+        out.extend_from_slice(b",\"meta\":{");
+        let mut first = true;
+        let mut entry = |out: &mut Vec<u8>, key: &str, value: &str| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            write_json_str(out, key);
+            out.push(b':');
+            write_json_str(out, value);
+        };
+        for (key, value) in self.meta.into_iter().flat_map(Metadata::iter) {
+            if self.trace.is_some() && (key == trace::TRACEPARENT || key == trace::TRACESTATE) {
+                continue;
+            }
+            entry(out, key, value);
+        }
+        if let Some(context) = self.trace {
+            entry(
+                out,
+                trace::TRACEPARENT,
+                context.write_traceparent(&mut [0; 55]),
+            );
+            if let Some(state) = context.tracestate() {
+                entry(out, trace::TRACESTATE, state);
+            }
+        }
+        out.push(b'}');
     }
 }
 

@@ -12,7 +12,7 @@ use super::auth::AuthHook;
 use super::drain::Drain;
 use super::endpoint::HealthEndpoint;
 use super::{
-    EndpointEntry, HandshakeLog, Lifecycle, ManagerInner, Registry, ServerConfig, VspManager,
+    EndpointEntry, PeerLog, Lifecycle, ManagerInner, Registry, ServerConfig, VspManager,
     WorkerType, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_PEER, DEFAULT_MAX_REQUESTS_PER_CONNECTION,
@@ -216,7 +216,8 @@ impl VspManagerBuilder {
             service: Arc::from(self.name.as_str()),
             name: self.name,
             auth: self.auth,
-            handshake_log: HandshakeLog::default(),
+            handshake_log: PeerLog::default(),
+            trace_log: PeerLog::default(),
             config: self.config,
             registry: ArcSwap::from_pointee(registry),
             registering: Mutex::new(()),

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
+use tracing::Instrument;
 
 use super::admission::{Admitted, LARGE_REQUEST};
 use super::auth::Rejection;
@@ -24,6 +25,7 @@ use crate::protocol::{
     is_json_object, salvage_request_id, write_envelope, write_error_body, Envelope, Extensions,
     HeaderOut, Metadata, RequestIdOut, HEALTH_ENDPOINT,
 };
+use crate::trace::{self, TraceContext};
 use crate::transport::{run_writer, Address, Io, WriteQueue};
 
 /// Replies waiting to be written beyond which the connection stops reading requests.
@@ -47,7 +49,7 @@ pub(crate) async fn serve_connection(
             io = io.established(manager.config.handshake_timeout) => match io {
                 Ok(io) => io,
                 Err(err) => {
-                    manager.handshake_log.failed(&manager.name, &peer, &err);
+                    manager.handshake_log.handshake_failed(&manager.name, &peer, &err);
                     return;
                 }
             },
@@ -193,16 +195,32 @@ fn dispatch(
     let manager = conn.manager();
     let head = ResponseHead::echo(frame, &envelope);
     let endpoint_name = envelope.endpoint();
+    // Parsed now for the span's parent; refused later, in its turn among the checks.
+    let metadata = envelope
+        .metadata_json()
+        .map(|raw| Metadata::from_json(raw.get()));
+    let span = trace::server_span(
+        &manager.name,
+        endpoint_name,
+        envelope.request_id().get(),
+        manager.bound.get().map(|bound| trace::Endpoint {
+            host: bound.host(),
+            port: bound.port(),
+            text: bound,
+        }),
+        &conn.peer.address,
+    );
+    let trace = server_trace(conn, &span, metadata.as_ref().and_then(|m| m.as_ref().ok()));
 
     if manager.state() != Lifecycle::Running {
-        let reply = Reply::new(conn.clone(), head, None);
+        let reply = Reply::new(conn.clone(), head, None).with_span(span);
         let message = format!("service `{}` is shutting down", manager.name);
         reply.error(ErrorCode::ShuttingDown, &message);
         return Ok(());
     }
     let timeout_ms = envelope.timeout_ms();
     if timeout_ms == Some(0) {
-        let reply = Reply::new(conn.clone(), head, None);
+        let reply = Reply::new(conn.clone(), head, None).with_span(span);
         reply.error(
             ErrorCode::Timeout,
             "the caller's deadline had passed on arrival",
@@ -211,7 +229,7 @@ fn dispatch(
     }
     let registry = manager.registry.load();
     let Some(entry) = registry.get(endpoint_name) else {
-        let reply = Reply::new(conn.clone(), head, None);
+        let reply = Reply::new(conn.clone(), head, None).with_span(span);
         // Behind an auth hook, an unknown caller learns no endpoint names.
         let message = match manager.auth {
             Some(_) => format!("Endpoint {endpoint_name} not found"),
@@ -239,11 +257,15 @@ fn dispatch(
             None
         };
         if let Some(message) = refusal {
-            Reply::new(conn.clone(), head, None).error(ErrorCode::Overloaded, &message);
+            Reply::new(conn.clone(), head, None)
+                .with_span(span)
+                .error(ErrorCode::Overloaded, &message);
             return Ok(());
         }
     }
-    let mut reply = Reply::new(conn.clone(), head, Some(entry.clone())).with_timeout(timeout_ms);
+    let mut reply = Reply::new(conn.clone(), head, Some(entry.clone()))
+        .with_timeout(timeout_ms)
+        .with_span(span);
     if frame.len() > LARGE_REQUEST {
         reply = reply.with_large_request(frame.len());
     }
@@ -255,15 +277,13 @@ fn dispatch(
         );
         return Ok(());
     }
-    let metadata = match envelope.metadata_json() {
+    let metadata = match metadata {
         None => Metadata::new(),
-        Some(raw) => match Metadata::from_json(raw.get()) {
-            Ok(metadata) => metadata,
-            Err(message) => {
-                reply.error(ErrorCode::BadRequest, &message);
-                return Ok(());
-            }
-        },
+        Some(Ok(metadata)) => metadata,
+        Some(Err(message)) => {
+            reply.error(ErrorCode::BadRequest, &message);
+            return Ok(());
+        }
     };
     let deadline = timeout_ms
         .map(|ms| crate::deadline::after(tokio::time::Instant::now(), Duration::from_millis(ms)));
@@ -273,10 +293,12 @@ fn dispatch(
         conn.peer.clone(),
         metadata,
         deadline,
+        trace,
     );
     if let (Some(hook), false) = (&manager.auth, **name == *HEALTH_ENDPOINT) {
+        let span = reply.span().clone();
         let mut check = hook.check(&context);
-        match check.as_mut().poll(cx) {
+        match span.in_scope(|| check.as_mut().poll(cx)) {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(rejection)) => {
                 reject(reply, &rejection);
@@ -309,13 +331,43 @@ fn dispatch(
                             "the caller's deadline passed while its credentials were checked",
                         ),
                     }
-                });
+                }.instrument(span));
                 return Ok(());
             }
         }
     }
     entry.endpoint.start(body, reply, context, cx);
     Ok(())
+}
+
+/// The trace of the request `span` serves: the caller's `traceparent` as its parent (a malformed
+/// one is logged and starts a new trace). `None` while nothing records the span and the caller
+/// sent no trace: no ids are made for nobody.
+fn server_trace(
+    conn: &ServerConnection,
+    span: &tracing::Span,
+    metadata: Option<&Metadata>,
+) -> Option<TraceContext> {
+    let incoming = metadata.and_then(|metadata| {
+        let text = metadata.get(trace::TRACEPARENT)?;
+        match TraceContext::parse(text) {
+            Ok(parent) => Some(match metadata.get(trace::TRACESTATE) {
+                Some(state) => parent.with_tracestate(state),
+                None => parent,
+            }),
+            Err(err) => {
+                let manager = conn.manager();
+                manager
+                    .trace_log
+                    .bad_traceparent(&manager.name, &conn.peer.address, &err);
+                None
+            }
+        }
+    });
+    if span.is_disabled() {
+        return incoming;
+    }
+    Some(trace::open(span, incoming.as_ref(), true))
 }
 
 /// Answers a call the auth hook refused.

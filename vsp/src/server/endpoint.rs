@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use tracing::Instrument;
 
 use super::reply::Reply;
 use super::worker::Limited;
@@ -134,13 +135,14 @@ where
     fn start(&self, body: &RawValue, reply: Reply, call: CallContext, cx: &mut Context<'_>) {
         match serde_json::from_str::<A>(body.get()) {
             Ok(args) => {
-                // The handler function's own (synchronous) part runs in the context too, and a
-                // panic there is the call's error, not the connection's end.
+                // The handler function's own (synchronous) part runs in the context and the
+                // span too, and a panic there is the call's error, not the connection's end.
+                let span = reply.span().clone();
                 let made = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    call.clone().sync_scoped(|| (self.handler)(args))
+                    span.in_scope(|| call.clone().sync_scoped(|| (self.handler)(args)))
                 }));
                 match made {
-                    Ok(handler) => run_handler(call.scoped(handler), reply, cx),
+                    Ok(handler) => run_handler(call.scoped(handler).instrument(span), reply, cx),
                     Err(panic) => answer::<Fut::Output>(Err(panic), reply),
                 }
             }

@@ -132,7 +132,9 @@ pub(crate) struct ManagerInner {
     /// Checks every call but `health` before its handler runs.
     pub(crate) auth: Option<Arc<dyn auth::AuthHook>>,
     /// Failed handshakes logged lately, per peer host.
-    pub(crate) handshake_log: HandshakeLog,
+    pub(crate) handshake_log: PeerLog,
+    /// Malformed `traceparent`s logged lately, per peer host.
+    pub(crate) trace_log: PeerLog,
     pub(crate) config: ServerConfig,
     registry: ArcSwap<Registry>,
     /// Serializes registrations (the copy-on-write of `registry`).
@@ -149,7 +151,7 @@ pub(crate) struct ManagerInner {
     /// The handler pool of a `Multicore` manager, made by `start_server`.
     workers: OnceLock<WorkerPool>,
     /// The address bound, once serving.
-    bound: OnceLock<Address>,
+    pub(crate) bound: OnceLock<Address>,
     /// Where and how the server announces itself, if it does.
     announcement: Option<Announcement>,
     /// The accept loop: awaited on close, so the port is free when `shutdown` returns.
@@ -610,41 +612,60 @@ impl VspManager {
     }
 }
 
-/// Logs a failed connection setup (a TLS handshake) once per peer host per minute, not per
-/// attempt: a misconfigured client retrying in a loop must not flood the log.
+/// Says whether a complaint about a peer should be logged at `warn`: once per peer host per
+/// minute, not per occurrence, so a misconfigured client retrying in a loop cannot flood the log.
 #[derive(Default)]
-pub(crate) struct HandshakeLog {
+pub(crate) struct PeerLog {
     last: Mutex<HashMap<String, std::time::Instant>>,
 }
 
-impl HandshakeLog {
+impl PeerLog {
     const EVERY: Duration = Duration::from_secs(60);
     /// Hosts remembered at most; older entries are forgotten first.
     const HOSTS: usize = 4096;
 
-    /// Logs the failure at `warn` the first time for its host in a minute (and returns true),
-    /// at `debug` otherwise.
-    pub(crate) fn failed(&self, service: &str, peer: &Address, err: &std::io::Error) -> bool {
-        let host = peer.host().unwrap_or("local").to_owned();
+    /// True the first time for `peer`'s host in a minute.
+    fn first_in_a_minute(&self, peer: &Address) -> bool {
+        let host = peer.host().unwrap_or("local");
         let now = std::time::Instant::now();
-        let log = {
-            let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-            if last.len() >= Self::HOSTS {
-                last.retain(|_, at| now.duration_since(*at) < Self::EVERY);
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.len() >= Self::HOSTS {
+            last.retain(|_, at| now.duration_since(*at) < Self::EVERY);
+        }
+        match last.get(host) {
+            Some(at) if now.duration_since(*at) < Self::EVERY => false,
+            _ if last.len() >= Self::HOSTS => false,
+            _ => {
+                last.insert(host.to_owned(), now);
+                true
             }
-            match last.get(&host) {
-                Some(at) if now.duration_since(*at) < Self::EVERY => false,
-                _ if last.len() >= Self::HOSTS => false,
-                _ => {
-                    last.insert(host, now);
-                    true
-                }
-            }
-        };
+        }
+    }
+
+    /// Logs a failed connection setup (a TLS handshake); true if at `warn`.
+    pub(crate) fn handshake_failed(&self, service: &str, peer: &Address, err: &std::io::Error) -> bool {
+        let log = self.first_in_a_minute(peer);
         if log {
             tracing::warn!(service, %peer, "connection setup failed: {err} (logged once a minute per peer)");
         } else {
             tracing::debug!(service, %peer, "connection setup failed: {err}");
+        }
+        log
+    }
+
+    /// Logs a request whose `traceparent` was not taken (it starts a new trace); true if at
+    /// `warn`.
+    pub(crate) fn bad_traceparent(
+        &self,
+        service: &str,
+        peer: &Address,
+        err: &crate::trace::InvalidTraceParent,
+    ) -> bool {
+        let log = self.first_in_a_minute(peer);
+        if log {
+            tracing::warn!(service, %peer, "{err}; the request starts a new trace (logged once a minute per peer)");
+        } else {
+            tracing::debug!(service, %peer, "{err}; the request starts a new trace");
         }
         log
     }
@@ -710,20 +731,20 @@ async fn accept_loop(mut listener: Box<dyn Listener>, manager: Arc<ManagerInner>
 }
 
 #[cfg(test)]
-mod handshake_log_tests {
+mod peer_log_tests {
     use super::*;
 
     #[test]
     fn a_failed_handshake_is_logged_once_per_peer_host_per_minute() {
-        let log = HandshakeLog::default();
+        let log = PeerLog::default();
         let err = std::io::Error::other("bad certificate");
-        assert!(log.failed("svc", &Address::tcp("10.0.0.1", 1000), &err));
+        assert!(log.handshake_failed("svc", &Address::tcp("10.0.0.1", 1000), &err));
         assert!(
-            !log.failed("svc", &Address::tcp("10.0.0.1", 1001), &err),
+            !log.handshake_failed("svc", &Address::tcp("10.0.0.1", 1001), &err),
             "same host, new port"
         );
         assert!(
-            log.failed("svc", &Address::tcp("10.0.0.2", 1000), &err),
+            log.handshake_failed("svc", &Address::tcp("10.0.0.2", 1000), &err),
             "another host"
         );
     }

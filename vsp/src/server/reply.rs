@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::admission::LARGE_REQUEST;
 use super::{EndpointEntry, ManagerInner};
 use crate::error::ErrorCode;
+use crate::trace;
 use crate::protocol::frame::{encode_frame, encode_frame_within, EncodeError};
 use crate::protocol::{
     write_envelope, write_error_body, write_service_error_body, Envelope, Extensions, HeaderOut,
@@ -175,6 +176,8 @@ pub(crate) struct Reply {
     pub(super) timeout_ms: Option<u64>,
     /// The request's size when it counts against the byte budgets, given back on settling.
     large_bytes: usize,
+    /// The request's `vsp.server` span: the handler runs in it, errors are recorded on it.
+    span: tracing::Span,
 }
 
 impl Reply {
@@ -195,7 +198,18 @@ impl Reply {
             settled: false,
             timeout_ms: None,
             large_bytes: 0,
+            span: tracing::Span::none(),
         }
+    }
+
+    pub(crate) fn with_span(mut self, span: tracing::Span) -> Self {
+        self.span = span;
+        self
+    }
+
+    /// The request's span.
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     /// Counts a large request's `bytes` against its connection's and the server's budgets
@@ -282,6 +296,7 @@ impl Reply {
             serde_json::from_str::<String>(data.get()).unwrap_or_else(|_| data.get().to_owned())
         });
         self.conn.manager().stats.error_sent(&ErrorCode::Handler);
+        trace::record_error(&self.span, ErrorCode::Handler.as_str(), &message);
         self.settle(true);
         let pushed = self.push_error(&ErrorCode::Handler, |out| {
             write_service_error_body(out, &message, &data)
@@ -297,6 +312,7 @@ impl Reply {
     /// Answers with an error: `{"error": message}` in the body, `code` in the header.
     pub(crate) fn error(mut self, code: ErrorCode, message: &str) {
         self.conn.manager().stats.error_sent(&code);
+        trace::record_error(&self.span, code.as_str(), &message);
         self.settle(true);
         let pushed = self.push_error(&code, |out| write_error_body(out, message));
         if pushed.is_err() {
