@@ -68,7 +68,11 @@ async fn one_trace_crosses_three_services_with_correct_parent_links() {
             let to_users = to_users.clone();
             async move {
                 let user = to_users
-                    .call("chain-users", "get_user", json!({"user_id": args["user_id"]}))
+                    .call(
+                        "chain-users",
+                        "get_user",
+                        json!({"user_id": args["user_id"]}),
+                    )
                     .await?;
                 Ok::<_, VspError>(json!({"order": 7, "user": user}))
             }
@@ -81,11 +85,7 @@ async fn one_trace_crosses_three_services_with_correct_parent_links() {
     gateway
         .endpoint("checkout", move |args: Value| {
             let to_orders = to_orders.clone();
-            async move {
-                to_orders
-                    .call("chain-orders", "create_order", args)
-                    .await
-            }
+            async move { to_orders.call("chain-orders", "create_order", args).await }
         })
         .unwrap();
     let gateway_addr = serve(&gateway).await;
@@ -110,14 +110,17 @@ async fn one_trace_crosses_three_services_with_correct_parent_links() {
         ("chain-orders", "create_order", orders_addr.port()),
         ("chain-users", "get_user", users_addr.port()),
     ] {
-        let call = find(&spans, "vsp.client", service, parent_span.map(|p| p.seq))
-            .unwrap_or_else(|| panic!("no client span of {service} under the previous server span"));
+        let call =
+            find(&spans, "vsp.client", service, parent_span.map(|p| p.seq)).unwrap_or_else(|| {
+                panic!("no client span of {service} under the previous server span")
+            });
         let attempt = find(&spans, "vsp.attempt", service, Some(call.seq))
             .unwrap_or_else(|| panic!("no attempt span under the client span of {service}"));
         let server = spans
             .iter()
             .find(|span| {
-                span.name == "vsp.server" && span.field("parent_span_id") == attempt.field("span_id")
+                span.name == "vsp.server"
+                    && span.field("parent_span_id") == attempt.field("span_id")
             })
             .unwrap_or_else(|| panic!("no server span of {service} whose parent is its attempt"));
         let method = format!("{service}/{endpoint}");
@@ -127,7 +130,11 @@ async fn one_trace_crosses_three_services_with_correct_parent_links() {
             assert_eq!(field(span, "otel.name"), method);
             assert!(span.field("otel.status_code").is_none(), "{span:?}");
             let trace = *trace_id.get_or_insert(field(span, "trace_id"));
-            assert_eq!(field(span, "trace_id"), trace, "one trace id across the chain");
+            assert_eq!(
+                field(span, "trace_id"),
+                trace,
+                "one trace id across the chain"
+            );
         }
         assert_eq!(field(call, "otel.kind"), "client");
         assert_eq!(field(attempt, "otel.kind"), "client");
@@ -146,7 +153,10 @@ async fn one_trace_crosses_three_services_with_correct_parent_links() {
         if let Some(parent) = parent_span {
             assert_eq!(call.field("parent_span_id"), parent.field("span_id"));
         } else {
-            assert!(call.field("parent_span_id").is_none(), "the first call starts the trace");
+            assert!(
+                call.field("parent_span_id").is_none(),
+                "the first call starts the trace"
+            );
         }
         parent_span = Some(server);
     }
@@ -216,9 +226,13 @@ async fn a_failover_shows_one_attempt_span_per_instance_under_one_call_span() {
     let span_id = field(second, "span_id").to_owned();
     recorder
         .wait_for("the server span under the second attempt", BOUND, |spans| {
-            spans.iter().find(|span| {
-                span.name == "vsp.server" && span.field("parent_span_id") == Some(span_id.as_str())
-            }).map(|_| ())
+            spans
+                .iter()
+                .find(|span| {
+                    span.name == "vsp.server"
+                        && span.field("parent_span_id") == Some(span_id.as_str())
+                })
+                .map(|_| ())
         })
         .await;
     manager.shutdown().await.unwrap();
@@ -229,7 +243,10 @@ async fn a_failed_call_marks_its_spans_with_the_error_code() {
     let recorder = Recorder::global();
     let manager = VspManager::builder("failing-service").build();
     manager
-        .endpoint("fail", |_: Value| async move { Err::<Value, _>("out of stock") })
+        .endpoint(
+            "fail",
+            |_: Value| async move { Err::<Value, _>("out of stock") },
+        )
         .unwrap();
     let addr = serve(&manager).await;
     let client = client_of(&[("failing-service", addr)]);
@@ -307,21 +324,28 @@ async fn a_handlers_events_land_in_its_server_span_on_every_worker_type() {
             ("after_waiting", "handled after waiting"),
         ] {
             let server = recorder
-                .wait_for(&format!("the server span of {service}/{endpoint}"), BOUND, |spans| {
-                    spans
-                        .iter()
-                        .find(|s| {
-                            s.name == "vsp.server"
-                                && s.field("vsp.service") == Some(service)
-                                && s.field("vsp.endpoint") == Some(endpoint)
-                        })
-                        .cloned()
-                })
+                .wait_for(
+                    &format!("the server span of {service}/{endpoint}"),
+                    BOUND,
+                    |spans| {
+                        spans
+                            .iter()
+                            .find(|s| {
+                                s.name == "vsp.server"
+                                    && s.field("vsp.service") == Some(service)
+                                    && s.field("vsp.endpoint") == Some(endpoint)
+                            })
+                            .cloned()
+                    },
+                )
                 .await;
             let event = recorder
                 .events()
                 .into_iter()
-                .find(|e| e.message == message && e.fields.get("service").map(String::as_str) == Some(service))
+                .find(|e| {
+                    e.message == message
+                        && e.fields.get("service").map(String::as_str) == Some(service)
+                })
                 .unwrap_or_else(|| panic!("no event `{message}` of {service}"));
             assert_eq!(
                 event.span,
@@ -384,15 +408,24 @@ async fn a_callers_traceparent_makes_the_server_span_its_child() {
     ))
     .await;
     let reply = peer.recv().await.expect("an answer");
-    assert_eq!(reply["body"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(
+        reply["body"]["trace_id"],
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
     assert_eq!(reply["body"]["tracestate"], "vendor=abc");
-    assert_ne!(reply["body"]["span_id"], "00f067aa0ba902b7", "a span of its own");
+    assert_ne!(
+        reply["body"]["span_id"], "00f067aa0ba902b7",
+        "a span of its own"
+    );
     let server = recorder
         .wait_for("the server span of traced-service", BOUND, |spans| {
             find(spans, "vsp.server", "traced-service", None).cloned()
         })
         .await;
-    assert_eq!(field(&server, "trace_id"), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(
+        field(&server, "trace_id"),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
     assert_eq!(field(&server, "parent_span_id"), "00f067aa0ba902b7");
     assert_eq!(field(&server, "span_id"), reply["body"]["span_id"]);
     manager.shutdown().await.unwrap();
@@ -419,7 +452,9 @@ async fn a_malformed_traceparent_starts_a_new_trace_and_is_logged_once() {
         .wait_for("three server spans of malformed-trace", BOUND, |spans| {
             let servers: Vec<SpanRecord> = spans
                 .iter()
-                .filter(|s| s.name == "vsp.server" && s.field("vsp.service") == Some("malformed-trace"))
+                .filter(|s| {
+                    s.name == "vsp.server" && s.field("vsp.service") == Some("malformed-trace")
+                })
                 .cloned()
                 .collect();
             (servers.len() == 3).then_some(servers)
@@ -436,8 +471,15 @@ async fn a_malformed_traceparent_starts_a_new_trace_and_is_logged_once() {
                 && e.message.contains("invalid traceparent")
         })
         .collect();
-    assert_eq!(warnings.len(), 1, "logged once, not per request: {warnings:?}");
-    assert!(warnings[0].message.contains("starts a new trace"), "{warnings:?}");
+    assert_eq!(
+        warnings.len(),
+        1,
+        "logged once, not per request: {warnings:?}"
+    );
+    assert!(
+        warnings[0].message.contains("starts a new trace"),
+        "{warnings:?}"
+    );
     manager.shutdown().await.unwrap();
 }
 

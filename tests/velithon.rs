@@ -417,3 +417,48 @@ async fn the_command_line_calls_a_velithon_service() {
     let health = run(vec!["health".into(), target.clone()]).await.unwrap();
     assert!(String::from_utf8_lossy(&health.stdout).contains("\thealthy\t"));
 }
+
+/// With spans recorded, our requests carry a `traceparent` in their `meta` header key: Velithon
+/// ignores it both ways (and sends none itself, so our server starts a trace per request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traced_calls_interoperate_with_velithon_both_ways() {
+    let Some(python) = python() else { return };
+    let recorder = vsp_test_support::spans::Recorder::global();
+    let server = PythonServer::start(python.clone()).await;
+    let user = server
+        .client()
+        .call("py-users", "get_user", json!({"user_id": "123"}))
+        .await
+        .unwrap();
+    assert_eq!(user["name"], "John Doe");
+    let sent_trace = recorder.spans().into_iter().any(|span| {
+        span.name == "vsp.attempt"
+            && span.field("vsp.service") == Some("py-users")
+            && span.field("trace_id").is_some()
+            && span.field("otel.status_code").is_none()
+    });
+    assert!(sent_trace, "the call to Velithon went out with a trace and succeeded");
+
+    let manager = VspManager::builder("traced-user-service").build();
+    manager
+        .serve(UserServiceServer::new(Users::default()))
+        .unwrap();
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    let results = run_script(python, "velithon_client.py", addr.port()).await;
+    assert_eq!(step(&results, "step", "get_user")["ok"]["id"], "123");
+    recorder
+        .wait_for("a server span of a Velithon client's call", Duration::from_secs(10), |spans| {
+            spans
+                .iter()
+                .find(|span| {
+                    span.name == "vsp.server"
+                        && span.field("vsp.service") == Some("traced-user-service")
+                        && span.field("vsp.endpoint") == Some("get_user")
+                        && span.field("trace_id").is_some()
+                        && span.field("parent_span_id").is_none()
+                })
+                .map(|_| ())
+        })
+        .await;
+    manager.shutdown().await.unwrap();
+}

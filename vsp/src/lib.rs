@@ -75,10 +75,10 @@ pub mod mesh;
 pub mod protocol;
 pub mod server;
 mod stats;
-pub mod trace;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;
+pub mod trace;
 pub mod transport;
 
 #[cfg(test)]

@@ -227,8 +227,7 @@ impl TraceContext {
 
     /// The W3C `traceparent` of this span (version 00).
     pub fn traceparent(&self) -> String {
-        self.write_traceparent(&mut [0; TRACEPARENT_LEN])
-            .to_owned()
+        self.write_traceparent(&mut [0; TRACEPARENT_LEN]).to_owned()
     }
 
     /// Writes the `traceparent` into `buf` without allocating.
@@ -542,14 +541,38 @@ mod tests {
     fn malformed_traceparents_are_refused_with_a_reason() {
         let cases = [
             ("", "shorter"),
-            ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7", "shorter"),
-            ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", "trace id"),
-            ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", "all zeros"),
-            ("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", "all zeros"),
-            ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "version ff"),
-            ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", "trailing"),
-            ("00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01", "dash"),
-            ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902bz-01", "parent id"),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+                "shorter",
+            ),
+            (
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+                "trace id",
+            ),
+            (
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                "all zeros",
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                "all zeros",
+            ),
+            (
+                "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "version ff",
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+                "trailing",
+            ),
+            (
+                "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01",
+                "dash",
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902bz-01",
+                "parent id",
+            ),
         ];
         for (text, reason) in cases {
             let err = TraceContext::parse(text).expect_err(text);
@@ -567,7 +590,10 @@ mod tests {
             root.clone().with_tracestate("vendor=1").tracestate(),
             Some("vendor=1")
         );
-        assert_eq!(root.clone().with_tracestate(&"x".repeat(513)).tracestate(), None);
+        assert_eq!(
+            root.clone().with_tracestate(&"x".repeat(513)).tracestate(),
+            None
+        );
         assert_eq!(root.with_tracestate("a=\u{1}").tracestate(), None);
     }
 

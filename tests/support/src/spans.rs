@@ -72,8 +72,7 @@ impl Visit for Fields<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().to_owned(), format!("{value:?}"));
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
     }
 }
 
@@ -85,10 +84,11 @@ impl Recorder {
         GLOBAL
             .get_or_init(|| {
                 let recorder = Recorder::default();
-                let subscriber = tracing_subscriber::registry()
-                    .with(recorder.clone().with_filter(
-                        tracing_subscriber::filter::LevelFilter::INFO,
-                    ));
+                let subscriber = tracing_subscriber::registry().with(
+                    recorder
+                        .clone()
+                        .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+                );
                 tracing::subscriber::set_global_default(subscriber)
                     .expect("no other global subscriber in this test binary");
                 recorder

@@ -150,8 +150,7 @@ impl VspClient {
         mut options: CallOptions,
     ) -> Result<RawResponse, VspError> {
         self.inner.start_background();
-        let metadata =
-            self.call_metadata(service, endpoint, std::mem::take(&mut options.metadata));
+        let metadata = self.call_metadata(service, endpoint, std::mem::take(&mut options.metadata));
         let span = trace::client_span(service, endpoint);
         let trace = call_trace(&span, metadata.as_ref());
         let call = Call {
@@ -233,7 +232,9 @@ impl VspClient {
                 call.span.record("vsp.attempts", tried.len() + 1);
             }
             let own_trace = match call.trace {
-                Some(parent) if !span.is_disabled() => Some(trace::open(&span, Some(parent), false)),
+                Some(parent) if !span.is_disabled() => {
+                    Some(trace::open(&span, Some(parent), false))
+                }
                 inherited => inherited.cloned(),
             };
             let sent = self
@@ -249,7 +250,12 @@ impl VspClient {
                 .instrument(span.clone())
                 .await;
             if !span.is_disabled() {
-                record_outcome(&span, service, endpoint, &sent.as_ref().map_err(|f| &f.error));
+                record_outcome(
+                    &span,
+                    service,
+                    endpoint,
+                    &sent.as_ref().map_err(|f| &f.error),
+                );
             }
             let failure = match sent {
                 Ok(response) => match &response.error_code {
@@ -399,18 +405,18 @@ impl VspClient {
             deadline,
         );
         let mut call = match sent {
-                Ok(call) => call,
-                Err(failure) => {
-                    let fatal = matches!(
-                        failure,
-                        CallFailure::Encode(_) | CallFailure::TooLarge { .. }
-                    );
-                    return Err(AttemptFailure {
-                        fatal,
-                        ..AttemptFailure::unsent(attempt.error(failure))
-                    });
-                }
-            };
+            Ok(call) => call,
+            Err(failure) => {
+                let fatal = matches!(
+                    failure,
+                    CallFailure::Encode(_) | CallFailure::TooLarge { .. }
+                );
+                return Err(AttemptFailure {
+                    fatal,
+                    ..AttemptFailure::unsent(attempt.error(failure))
+                });
+            }
+        };
         if !span.is_disabled() {
             span.record("vsp.request_id", call.id());
         }

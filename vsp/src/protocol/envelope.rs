@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::Metadata;
-use crate::trace::{self, TraceContext};
 use crate::error::{ErrorCode, ProtocolError};
+use crate::trace::{self, TraceContext};
 
 /// The protocol version this crate speaks, sent in the `vsp` header key of every response.
 pub const PROTOCOL_VERSION: u32 = 1;

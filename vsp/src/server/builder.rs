@@ -12,7 +12,7 @@ use super::auth::AuthHook;
 use super::drain::Drain;
 use super::endpoint::HealthEndpoint;
 use super::{
-    EndpointEntry, PeerLog, Lifecycle, ManagerInner, Registry, ServerConfig, VspManager,
+    EndpointEntry, Lifecycle, ManagerInner, PeerLog, Registry, ServerConfig, VspManager,
     WorkerType, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_PEER, DEFAULT_MAX_REQUESTS_PER_CONNECTION,

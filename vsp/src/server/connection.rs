@@ -309,29 +309,32 @@ fn dispatch(
                 // with a copy of its body (the frame is not kept for it).
                 let body = body.to_owned();
                 let entry = entry.clone();
-                tokio::spawn(async move {
-                    let checked = match deadline {
-                        Some(deadline) => tokio::time::timeout_at(deadline, check).await,
-                        None => Ok(check.await),
-                    };
-                    match checked {
-                        Ok(Ok(())) => {
-                            let mut start = Some((reply, context));
-                            std::future::poll_fn(|cx| {
-                                if let Some((reply, context)) = start.take() {
-                                    entry.endpoint.start(&body, reply, context, cx);
-                                }
-                                Poll::Ready(())
-                            })
-                            .await;
+                tokio::spawn(
+                    async move {
+                        let checked = match deadline {
+                            Some(deadline) => tokio::time::timeout_at(deadline, check).await,
+                            None => Ok(check.await),
+                        };
+                        match checked {
+                            Ok(Ok(())) => {
+                                let mut start = Some((reply, context));
+                                std::future::poll_fn(|cx| {
+                                    if let Some((reply, context)) = start.take() {
+                                        entry.endpoint.start(&body, reply, context, cx);
+                                    }
+                                    Poll::Ready(())
+                                })
+                                .await;
+                            }
+                            Ok(Err(rejection)) => reject(reply, &rejection),
+                            Err(_elapsed) => reply.error(
+                                ErrorCode::Timeout,
+                                "the caller's deadline passed while its credentials were checked",
+                            ),
                         }
-                        Ok(Err(rejection)) => reject(reply, &rejection),
-                        Err(_elapsed) => reply.error(
-                            ErrorCode::Timeout,
-                            "the caller's deadline passed while its credentials were checked",
-                        ),
                     }
-                }.instrument(span));
+                    .instrument(span),
+                );
                 return Ok(());
             }
         }

@@ -643,7 +643,12 @@ impl PeerLog {
     }
 
     /// Logs a failed connection setup (a TLS handshake); true if at `warn`.
-    pub(crate) fn handshake_failed(&self, service: &str, peer: &Address, err: &std::io::Error) -> bool {
+    pub(crate) fn handshake_failed(
+        &self,
+        service: &str,
+        peer: &Address,
+        err: &std::io::Error,
+    ) -> bool {
         let log = self.first_in_a_minute(peer);
         if log {
             tracing::warn!(service, %peer, "connection setup failed: {err} (logged once a minute per peer)");

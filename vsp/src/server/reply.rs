@@ -14,12 +14,12 @@ use serde::Serialize;
 use super::admission::LARGE_REQUEST;
 use super::{EndpointEntry, ManagerInner};
 use crate::error::ErrorCode;
-use crate::trace;
 use crate::protocol::frame::{encode_frame, encode_frame_within, EncodeError};
 use crate::protocol::{
     write_envelope, write_error_body, write_service_error_body, Envelope, Extensions, HeaderOut,
     RequestIdOut,
 };
+use crate::trace;
 use crate::transport::{QueueClosed, WriteQueue};
 
 /// What the reader and the handlers of one connection share. When the reader has stopped and the
