@@ -33,7 +33,11 @@ async fn two_hops() -> (VspManager, VspManager, SocketAddr, SocketAddr) {
     front
         .endpoint("relay", move |_: Value| {
             let to_back = to_back.clone();
-            async move { to_back.call("passthrough-back", "whose_trace", json!({})).await }
+            async move {
+                to_back
+                    .call("passthrough-back", "whose_trace", json!({}))
+                    .await
+            }
         })
         .unwrap();
     let front_addr = front.start_server("127.0.0.1", 0).await.unwrap();

@@ -437,7 +437,10 @@ async fn traced_calls_interoperate_with_velithon_both_ways() {
             && span.field("trace_id").is_some()
             && span.field("otel.status_code").is_none()
     });
-    assert!(sent_trace, "the call to Velithon went out with a trace and succeeded");
+    assert!(
+        sent_trace,
+        "the call to Velithon went out with a trace and succeeded"
+    );
 
     let manager = VspManager::builder("traced-user-service").build();
     manager
@@ -447,18 +450,22 @@ async fn traced_calls_interoperate_with_velithon_both_ways() {
     let results = run_script(python, "velithon_client.py", addr.port()).await;
     assert_eq!(step(&results, "step", "get_user")["ok"]["id"], "123");
     recorder
-        .wait_for("a server span of a Velithon client's call", Duration::from_secs(10), |spans| {
-            spans
-                .iter()
-                .find(|span| {
-                    span.name == "vsp.server"
-                        && span.field("vsp.service") == Some("traced-user-service")
-                        && span.field("vsp.endpoint") == Some("get_user")
-                        && span.field("trace_id").is_some()
-                        && span.field("parent_span_id").is_none()
-                })
-                .map(|_| ())
-        })
+        .wait_for(
+            "a server span of a Velithon client's call",
+            Duration::from_secs(10),
+            |spans| {
+                spans
+                    .iter()
+                    .find(|span| {
+                        span.name == "vsp.server"
+                            && span.field("vsp.service") == Some("traced-user-service")
+                            && span.field("vsp.endpoint") == Some("get_user")
+                            && span.field("trace_id").is_some()
+                            && span.field("parent_span_id").is_none()
+                    })
+                    .map(|_| ())
+            },
+        )
         .await;
     manager.shutdown().await.unwrap();
 }
