@@ -209,7 +209,10 @@ pub use vsp_macros::service;
 pub use vsp_macros::call;
 
 pub use balancer::{LeastLoadedBalancer, LoadBalancer, RoundRobinBalancer, WeightedBalancer};
-pub use client::{CallInfo, CallOptions, Interceptor, PoolStats, VspClient, VspClientBuilder};
+pub use client::{
+    CallInfo, CallOptions, CallStats, ClientMetrics, InstanceMetrics, Interceptor, PoolStats,
+    VspClient, VspClientBuilder,
+};
 pub use context::Context;
 #[cfg(feature = "mdns")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mdns")))]

@@ -70,14 +70,14 @@ impl PerformanceStats {
     /// assert!(text.contains("vsp_messages_processed_total{service=\"user-service\"} 0"));
     /// ```
     pub fn to_prometheus(&self) -> String {
-        use std::fmt::Write as _;
         let service = prometheus_label(&self.service);
         let mut out = String::with_capacity(2048);
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{{service=\"{service}\"{labels}}} {value}");
-            }
+            let samples: Vec<(String, String)> = samples
+                .iter()
+                .map(|(labels, value)| (format!("service=\"{service}\"{labels}"), value.clone()))
+                .collect();
+            write_metric(&mut out, name, kind, help, &samples);
         };
         let one = |value: String| [(String::new(), value)];
         metric(
@@ -177,7 +177,28 @@ impl PerformanceStats {
     }
 }
 
-fn prometheus_label(value: &str) -> String {
+/// Writes one metric family in the Prometheus text format: its `HELP` and `TYPE` lines, then a
+/// sample per `(labels, value)`, `labels` being what goes between the braces.
+pub(crate) fn write_metric(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: &[(String, String)],
+) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
+/// A label value, escaped.
+pub(crate) fn prometheus_label(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -239,7 +260,7 @@ impl LatencyHistogram {
     }
 
     /// The values at the quantiles `qs` (each in 0..=1, ascending).
-    fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Duration; N] {
+    pub(crate) fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Duration; N] {
         let counts: Vec<u64> = self
             .buckets
             .iter()

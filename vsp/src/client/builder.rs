@@ -300,6 +300,7 @@ impl VspClientBuilder {
                 mesh: self.mesh,
                 pools: Pools::new(config.limits, self.connector),
                 budget: RetryBudget::new(config.retry_ratio, config.retry_reserve),
+                counters: Default::default(),
                 background: AtomicBool::new(false),
                 config,
             }),

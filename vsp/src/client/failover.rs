@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, Span};
 
 use super::connection::{CallFailure, RawResponse};
+use super::metrics::Finished;
 use super::pool::PoolError;
 use super::response::remote_error;
 use super::{CallInfo, CallOptions, VspClient};
@@ -17,6 +18,13 @@ use crate::error::{ErrorCode, ProtocolError, VspError};
 use crate::instance::Instance;
 use crate::protocol::Metadata;
 use crate::trace::{self, TraceContext};
+
+/// How far a call got, for the metrics.
+#[derive(Default)]
+struct Progress {
+    attempts: usize,
+    failed_over: bool,
+}
 
 /// What every attempt of one call shares.
 struct Call<'a> {
@@ -160,13 +168,35 @@ impl VspClient {
             trace: trace.as_ref(),
             span: &span,
         };
+        let began = std::time::Instant::now();
+        let mut progress = Progress::default();
         let outcome = self
-            .attempts(&call, body, options)
+            .attempts(&call, body, options, &mut progress)
             .instrument(span.clone())
             .await;
         if !span.is_disabled() {
             record_outcome(&span, service, endpoint, &outcome.as_ref());
         }
+        let error = match &outcome {
+            Ok(response) => response
+                .error_code
+                .as_ref()
+                .map(|code| match code.as_str() {
+                    "" => "remote",
+                    code => code,
+                }),
+            Err(error) => Some(error.error_type()),
+        };
+        self.inner.counters.record(
+            service,
+            endpoint,
+            &Finished {
+                elapsed: began.elapsed(),
+                attempts: progress.attempts,
+                failed_over: progress.failed_over,
+                error,
+            },
+        );
         outcome
     }
 
@@ -176,6 +206,7 @@ impl VspClient {
         call: &Call<'_>,
         body: &(impl Serialize + ?Sized),
         options: CallOptions,
+        progress: &mut Progress,
     ) -> Result<RawResponse, VspError> {
         let Call {
             service, endpoint, ..
@@ -228,6 +259,7 @@ impl VspClient {
                 },
                 tried.len() + 1,
             );
+            progress.attempts = tried.len() + 1;
             if !call.span.is_disabled() {
                 call.span.record("vsp.attempts", tried.len() + 1);
             }
@@ -272,6 +304,7 @@ impl VspClient {
                     }
                     _ => {
                         health.record_success(&instance);
+                        progress.failed_over = tried.iter().any(|t| !Arc::ptr_eq(t, &instance));
                         return Ok(response);
                     }
                 },

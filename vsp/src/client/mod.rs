@@ -20,6 +20,7 @@
 mod builder;
 mod connection;
 mod failover;
+mod metrics;
 mod pool;
 mod probe;
 mod response;
@@ -37,6 +38,7 @@ pub use builder::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION,
     DEFAULT_MAX_TRANSPORTS, DEFAULT_TIMEOUT,
 };
+pub use metrics::{CallStats, ClientMetrics, InstanceMetrics};
 pub use pool::PoolStats;
 
 use builder::ClientConfig;
@@ -53,6 +55,8 @@ struct ClientInner {
     pools: Pools,
     budget: RetryBudget,
     interceptor: Option<Arc<dyn Interceptor>>,
+    /// Per service and endpoint: calls, errors, latency, retries, failovers.
+    counters: metrics::ClientCounters,
     /// The idle sweeper (and the active health checker) run once the first call is made.
     background: AtomicBool,
 }
@@ -194,6 +198,46 @@ impl VspClient {
             }
         }
         Ok(response::decode(service, endpoint, &response)?)
+    }
+
+    /// What this client's calls did per service and endpoint (calls, errors by code, latency
+    /// percentiles, retries, failovers), and per instance of its mesh (ejections,
+    /// re-admissions, open connections); [`ClientMetrics::to_prometheus`] renders it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let client = vsp::VspClient::builder(vsp::ServiceMesh::new()).build();
+    /// let _ = client.call("user-service", "get_user", serde_json::json!({})).await;
+    /// let metrics = client.metrics();
+    /// let calls = &metrics.calls["user-service"]["get_user"];
+    /// assert_eq!(calls.errors["no_instances"], 1);
+    /// assert!(metrics.to_prometheus().contains(
+    ///     "vsp_client_errors_total{service=\"user-service\",endpoint=\"get_user\",code=\"no_instances\"} 1"
+    /// ));
+    /// # }
+    /// ```
+    pub fn metrics(&self) -> ClientMetrics {
+        let instances = self
+            .inner
+            .mesh
+            .services()
+            .into_iter()
+            .flat_map(|service| self.inner.mesh.instances(&service))
+            .map(|state| {
+                let instance = state.info.address().to_string();
+                InstanceMetrics {
+                    service: state.info.name().to_owned(),
+                    connections: self.inner.pools.open_connections(&instance),
+                    instance,
+                    status: state.info.status(),
+                    ejections: state.ejections,
+                    readmissions: state.readmissions,
+                    in_flight: state.in_flight,
+                }
+            })
+            .collect();
+        ClientMetrics::new(&self.inner.counters, instances, self.pool_stats())
     }
 
     /// What this client's connection pools have done.

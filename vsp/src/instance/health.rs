@@ -74,6 +74,9 @@ pub(crate) struct HealthRecord {
     ejections: AtomicU32,
     /// Moving average of call latency, in nanoseconds (0: no sample yet).
     latency_ewma_ns: AtomicU64,
+    /// Times taken out of rotation, and brought back, ever (for metrics).
+    ejected_total: AtomicU64,
+    readmitted_total: AtomicU64,
     /// Who may change the status and run the probe; transitions happen under it, one at a time.
     transitions: Mutex<Transitions>,
     /// The last transport failure and when, for `NoHealthyInstances` to say why.
@@ -97,6 +100,8 @@ impl Default for HealthRecord {
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             latency_ewma_ns: AtomicU64::new(0),
+            ejected_total: AtomicU64::new(0),
+            readmitted_total: AtomicU64::new(0),
             transitions: Mutex::new(Transitions::default()),
             last_failure: Mutex::new(None),
         }
@@ -153,6 +158,14 @@ impl HealthRecord {
 
     pub(crate) fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    /// Times the instance was ejected, and re-admitted, since it was registered.
+    pub(crate) fn ejections_and_readmissions(&self) -> (u64, u64) {
+        (
+            self.ejected_total.load(Ordering::Relaxed),
+            self.readmitted_total.load(Ordering::Relaxed),
+        )
     }
 
     pub(crate) fn latency(&self) -> Duration {
@@ -235,6 +248,7 @@ impl HealthPolicy {
         record.store_status(HealthStatus::Unhealthy);
         if first {
             record.ejections.fetch_add(1, Ordering::Relaxed);
+            record.ejected_total.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 instance = instance.endpoint(),
                 service = instance.service(),
@@ -296,6 +310,7 @@ impl HealthPolicy {
         transitions.probing = false;
         drop(transitions);
         if was == HealthStatus::Unhealthy {
+            record.readmitted_total.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 instance = instance.endpoint(),
                 service = instance.service(),

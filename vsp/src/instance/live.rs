@@ -69,6 +69,8 @@ impl Instance {
             in_flight: self.in_flight(),
             consecutive_failures: self.health.consecutive_failures(),
             latency: self.latency(),
+            ejections: self.health.ejections_and_readmissions().0,
+            readmissions: self.health.ejections_and_readmissions().1,
         }
     }
 
@@ -157,6 +159,10 @@ pub struct InstanceState {
     pub consecutive_failures: u32,
     /// Moving average of its call latency.
     pub latency: std::time::Duration,
+    /// Times it was taken out of rotation (ejected) since it was registered.
+    pub ejections: u64,
+    /// Times it was brought back (re-admitted) after an ejection.
+    pub readmissions: u64,
 }
 
 /// Holds one call against an instance's in-flight count.

@@ -1,0 +1,359 @@
+//! What a client's calls did, per service and endpoint, and what its mesh and pools did per
+//! instance: [`VspClient::metrics`](super::VspClient::metrics), in the same Prometheus rendering
+//! as the server's [`PerformanceStats`](crate::PerformanceStats).
+//!
+//! Why a copy-on-write map of atomics: every call records here, so the hot path is one lock-free
+//! load of the map, two lookups by `&str` and a few relaxed atomic adds; only the first call to a
+//! new endpoint (and an error, for its code) takes a lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use super::pool::PoolStats;
+use crate::instance::HealthStatus;
+use crate::stats::{prometheus_label, write_metric, LatencyHistogram};
+
+/// Endpoints tracked per client at most; calls to further ones are counted under the endpoint
+/// name `other`, so a caller making up names cannot grow the map without bound.
+const MAX_ENDPOINTS: usize = 1024;
+const OTHER: &str = "other";
+
+type Endpoints = HashMap<Box<str>, HashMap<Box<str>, Arc<CallCounters>>>;
+
+/// The live counters of one client.
+#[derive(Default)]
+pub(crate) struct ClientCounters {
+    endpoints: ArcSwap<Endpoints>,
+    /// Serializes additions (the copy-on-write of `endpoints`).
+    adding: Mutex<usize>,
+}
+
+#[derive(Default)]
+struct CallCounters {
+    calls: AtomicU64,
+    retries: AtomicU64,
+    failovers: AtomicU64,
+    latency: LatencyHistogram,
+    errors: Mutex<BTreeMap<String, u64>>,
+}
+
+/// How one call ended, for the counters.
+pub(crate) struct Finished<'a> {
+    pub(crate) elapsed: Duration,
+    /// Attempts made (1 without a retry).
+    pub(crate) attempts: usize,
+    /// The call got an answer from an instance other than the first one tried.
+    pub(crate) failed_over: bool,
+    /// The error's `error_type` (a remote error's code), if it failed.
+    pub(crate) error: Option<&'a str>,
+}
+
+impl ClientCounters {
+    pub(crate) fn record(&self, service: &str, endpoint: &str, finished: &Finished<'_>) {
+        let endpoints = self.endpoints.load();
+        match endpoints.get(service).and_then(|by| by.get(endpoint)) {
+            Some(counters) => counters.record(finished),
+            None => {
+                drop(endpoints);
+                self.add(service, endpoint).record(finished);
+            }
+        }
+    }
+
+    fn add(&self, service: &str, endpoint: &str) -> Arc<CallCounters> {
+        let mut count = self.adding.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.endpoints.load();
+        let endpoint = if *count >= MAX_ENDPOINTS {
+            OTHER
+        } else {
+            endpoint
+        };
+        if let Some(counters) = current.get(service).and_then(|by| by.get(endpoint)) {
+            return counters.clone();
+        }
+        let counters = Arc::new(CallCounters::default());
+        let mut next = Endpoints::clone(&current);
+        next.entry(service.into())
+            .or_default()
+            .insert(endpoint.into(), counters.clone());
+        self.endpoints.store(Arc::new(next));
+        *count += 1;
+        counters
+    }
+
+    fn snapshot(&self) -> BTreeMap<String, BTreeMap<String, CallStats>> {
+        let endpoints = self.endpoints.load();
+        endpoints
+            .iter()
+            .map(|(service, by)| {
+                let by = by
+                    .iter()
+                    .map(|(endpoint, counters)| (endpoint.to_string(), counters.snapshot()))
+                    .collect();
+                (service.to_string(), by)
+            })
+            .collect()
+    }
+}
+
+impl CallCounters {
+    fn record(&self, finished: &Finished<'_>) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.latency.record(finished.elapsed);
+        if finished.attempts > 1 {
+            self.retries
+                .fetch_add(finished.attempts as u64 - 1, Ordering::Relaxed);
+        }
+        if finished.failed_over {
+            self.failovers.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(code) = finished.error {
+            let mut errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
+            match errors.get_mut(code) {
+                Some(count) => *count += 1,
+                None => {
+                    errors.insert(code.to_owned(), 1);
+                }
+            }
+        }
+    }
+
+    fn snapshot(&self) -> CallStats {
+        let [p50, p99] = self.latency.quantiles([0.5, 0.99]);
+        CallStats {
+            calls: self.calls.load(Ordering::Relaxed),
+            errors: self
+                .errors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            retries: self.retries.load(Ordering::Relaxed),
+            failovers: self.failovers.load(Ordering::Relaxed),
+            p50,
+            p99,
+        }
+    }
+}
+
+/// A snapshot of what a client did: [`VspClient::metrics`](super::VspClient::metrics).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ClientMetrics {
+    /// Per service, per endpoint called.
+    pub calls: BTreeMap<String, BTreeMap<String, CallStats>>,
+    /// Every instance of the mesh, with what its health tracking and this client's pool did.
+    pub instances: Vec<InstanceMetrics>,
+    /// This client's connection pools, over all instances.
+    pub pool: PoolStats,
+}
+
+/// One endpoint's figures in a [`ClientMetrics`] snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct CallStats {
+    /// Calls made, whatever their outcome.
+    pub calls: u64,
+    /// Failed calls by [`VspError::error_type`](crate::VspError::error_type): a remote error's
+    /// code (`not_found`, `handler`, ...) or what kept the call from completing (`timeout`,
+    /// `connect`, `no_instances`, ...).
+    pub errors: BTreeMap<String, u64>,
+    /// Attempts beyond each call's first (a call sent to a second instance counts one).
+    pub retries: u64,
+    /// Calls answered by an instance other than the first one tried.
+    pub failovers: u64,
+    /// Median call time, retries included (within 1/16 of the true value).
+    pub p50: Duration,
+    /// 99th-percentile call time, retries included (within 1/16 of the true value).
+    pub p99: Duration,
+}
+
+/// One instance's figures in a [`ClientMetrics`] snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct InstanceMetrics {
+    /// The service it belongs to.
+    pub service: String,
+    /// Its address as text.
+    pub instance: String,
+    /// Its health status now.
+    pub status: HealthStatus,
+    /// Times it was taken out of rotation.
+    pub ejections: u64,
+    /// Times it was brought back after an ejection.
+    pub readmissions: u64,
+    /// This client's connections to it open now.
+    pub connections: usize,
+    /// Calls to it in flight now.
+    pub in_flight: usize,
+}
+
+impl ClientMetrics {
+    pub(crate) fn new(
+        counters: &ClientCounters,
+        instances: Vec<InstanceMetrics>,
+        pool: PoolStats,
+    ) -> Self {
+        ClientMetrics {
+            calls: counters.snapshot(),
+            instances,
+            pool,
+        }
+    }
+
+    /// The figures in the Prometheus text exposition format (version 0.0.4), as
+    /// [`PerformanceStats::to_prometheus`](crate::PerformanceStats::to_prometheus) renders a
+    /// server's: serve both on one `/metrics` endpoint.
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let call = |service: &str, endpoint: &str| {
+            format!(
+                "service=\"{}\",endpoint=\"{}\"",
+                prometheus_label(service),
+                prometheus_label(endpoint)
+            )
+        };
+        let each_call = || {
+            self.calls.iter().flat_map(|(service, by)| {
+                by.iter()
+                    .map(move |(endpoint, stats)| (service.as_str(), endpoint.as_str(), stats))
+            })
+        };
+        let per_call = |value: fn(&CallStats) -> String| -> Vec<(String, String)> {
+            each_call()
+                .map(|(service, endpoint, stats)| (call(service, endpoint), value(stats)))
+                .collect()
+        };
+        write_metric(
+            &mut out,
+            "vsp_client_calls_total",
+            "counter",
+            "Calls made, by service and endpoint.",
+            &per_call(|stats| stats.calls.to_string()),
+        );
+        let errors: Vec<(String, String)> = each_call()
+            .flat_map(|(service, endpoint, stats)| {
+                stats.errors.iter().map(move |(code, count)| {
+                    (
+                        format!(
+                            "{},code=\"{}\"",
+                            call(service, endpoint),
+                            prometheus_label(code)
+                        ),
+                        count.to_string(),
+                    )
+                })
+            })
+            .collect();
+        write_metric(
+            &mut out,
+            "vsp_client_errors_total",
+            "counter",
+            "Failed calls, by service, endpoint and error code.",
+            &errors,
+        );
+        write_metric(
+            &mut out,
+            "vsp_client_retries_total",
+            "counter",
+            "Attempts beyond each call's first.",
+            &per_call(|stats| stats.retries.to_string()),
+        );
+        write_metric(
+            &mut out,
+            "vsp_client_failovers_total",
+            "counter",
+            "Calls answered by an instance other than the first one tried.",
+            &per_call(|stats| stats.failovers.to_string()),
+        );
+        let quantiles: Vec<(String, String)> = each_call()
+            .flat_map(|(service, endpoint, stats)| {
+                [("0.5", stats.p50), ("0.99", stats.p99)].map(|(q, value)| {
+                    (
+                        format!("{},quantile=\"{q}\"", call(service, endpoint)),
+                        value.as_secs_f64().to_string(),
+                    )
+                })
+            })
+            .collect();
+        write_metric(
+            &mut out,
+            "vsp_client_call_seconds",
+            "summary",
+            "Call time quantiles (retries included), by service and endpoint.",
+            &quantiles,
+        );
+        let per_instance = |value: fn(&InstanceMetrics) -> String| -> Vec<(String, String)> {
+            self.instances
+                .iter()
+                .map(|instance| {
+                    (
+                        format!(
+                            "service=\"{}\",instance=\"{}\"",
+                            prometheus_label(&instance.service),
+                            prometheus_label(&instance.instance)
+                        ),
+                        value(instance),
+                    )
+                })
+                .collect()
+        };
+        write_metric(
+            &mut out,
+            "vsp_client_instance_ejections_total",
+            "counter",
+            "Times an instance was taken out of rotation.",
+            &per_instance(|instance| instance.ejections.to_string()),
+        );
+        write_metric(
+            &mut out,
+            "vsp_client_instance_readmissions_total",
+            "counter",
+            "Times an instance was brought back after an ejection.",
+            &per_instance(|instance| instance.readmissions.to_string()),
+        );
+        write_metric(
+            &mut out,
+            "vsp_client_instance_up",
+            "gauge",
+            "1 if an instance is in rotation (healthy or not known to be unhealthy), else 0.",
+            &per_instance(|instance| {
+                u8::from(instance.status != HealthStatus::Unhealthy).to_string()
+            }),
+        );
+        write_metric(
+            &mut out,
+            "vsp_client_pool_connections",
+            "gauge",
+            "This client's connections open to an instance.",
+            &per_instance(|instance| instance.connections.to_string()),
+        );
+        write_metric(
+            &mut out,
+            "vsp_client_in_flight",
+            "gauge",
+            "Calls in flight to an instance.",
+            &per_instance(|instance| instance.in_flight.to_string()),
+        );
+        let pool = |value: u64| [(String::new(), value.to_string())];
+        write_metric(
+            &mut out,
+            "vsp_client_connections_opened_total",
+            "counter",
+            "Connections this client opened.",
+            &pool(self.pool.created),
+        );
+        write_metric(
+            &mut out,
+            "vsp_client_connections_closed_total",
+            "counter",
+            "Connections this client closed (broken, retired, idle).",
+            &pool(self.pool.closed),
+        );
+        out
+    }
+}
