@@ -1,29 +1,12 @@
 //! The standalone `user_service` example: it serves, answers, and stops gracefully on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
 use vsp::{Address, ServiceInfo, ServiceMesh, VspClient};
-
-/// `cargo test` builds the examples next to the test binaries' `deps/` folder.
-fn example_binary(name: &str) -> PathBuf {
-    let mut path = std::env::current_exe().unwrap();
-    path.pop();
-    if path.ends_with("deps") {
-        path.pop();
-    }
-    path.push("examples");
-    path.push(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test`, which builds the examples",
-        path.display()
-    );
-    path
-}
 
 /// Starts the example on `addr`; returns it, its first line (`listening on ...`), and the rest of
 /// its output once it exits (read to the end, so later output never hits a closed pipe).
@@ -45,25 +28,7 @@ async fn start_user_service_with(
     String,
     tokio::task::JoinHandle<Vec<String>>,
 ) {
-    let mut child = Command::new(example_binary("user_service"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (first_tx, first_line) = tokio::sync::oneshot::channel();
-    let output = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let _ = first_tx.send(lines.next());
-        lines.map_while(Result::ok).collect::<Vec<_>>()
-    });
-    let line = tokio::time::timeout(Duration::from_secs(30), first_line)
-        .await
-        .expect("user_service never said it was listening")
-        .unwrap()
-        .expect("user_service printed nothing")
-        .unwrap();
-    (child, line, output)
+    common::start_example("user_service", args).await
 }
 
 /// Sends SIGTERM and checks the example drains, says so, and exits cleanly.

@@ -227,3 +227,53 @@ impl RawPeer {
         )
     }
 }
+
+/// `cargo test` builds the examples next to the test binaries' `deps/` folder.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let mut path = std::env::current_exe().unwrap();
+    path.pop();
+    if path.ends_with("deps") {
+        path.pop();
+    }
+    path.push("examples");
+    path.push(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// Starts the example `name` with `args`; returns it, its first line of output (it says it is
+/// ready), and the rest of its output once it exits (read to the end, so later output never
+/// hits a closed pipe).
+pub async fn start_example(
+    name: &str,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    String,
+    tokio::task::JoinHandle<Vec<String>>,
+) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(example_binary(name))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (first_tx, first_line) = tokio::sync::oneshot::channel();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = first_tx.send(lines.next());
+        lines.map_while(Result::ok).collect::<Vec<_>>()
+    });
+    let line = tokio::time::timeout(Duration::from_secs(30), first_line)
+        .await
+        .unwrap_or_else(|_| panic!("{name} printed no first line in 30 s"))
+        .unwrap()
+        .unwrap_or_else(|| panic!("{name} printed nothing"))
+        .unwrap();
+    (child, line, output)
+}
