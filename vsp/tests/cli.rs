@@ -596,3 +596,82 @@ async fn tls_and_metadata_flags_reach_a_secure_server_and_failures_exit_3_or_1()
     assert_eq!(report["calls"], 50, "{report}");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_starts_a_trace_and_trace_prints_its_id() {
+    let manager = VspManager::builder("traced-cli").build();
+    manager
+        .endpoint("whose_trace", |_: Value| async move {
+            let cx = vsp::Context::current().expect("inside a handler");
+            Ok::<_, String>(json!(cx.trace().map(|t| t.trace_id().to_string())))
+        })
+        .unwrap();
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    let target = addr.to_string();
+    let output = vsp(
+        args(&[
+            "call",
+            &target,
+            "whose_trace",
+            "--service",
+            "traced-cli",
+            "--trace",
+            "--compact",
+        ]),
+        None,
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = stderr(&output);
+    let trace_id = printed
+        .lines()
+        .find_map(|line| line.strip_prefix("trace id: "))
+        .unwrap_or_else(|| panic!("no trace id on stderr: {printed}"));
+    assert_eq!(trace_id.len(), 32, "{printed}");
+    assert_eq!(
+        stdout(&output).trim(),
+        format!("\"{trace_id}\""),
+        "the server saw it"
+    );
+    // Without --trace the call still carries a trace, just not printed.
+    let output = vsp(
+        args(&[
+            "call",
+            &target,
+            "whose_trace",
+            "--service",
+            "traced-cli",
+            "--compact",
+        ]),
+        None,
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("trace id"), "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim().len(), 34, "{}", stdout(&output));
+    // A trace given with --meta is continued.
+    let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let meta = format!("traceparent={given}");
+    let output = vsp(
+        args(&[
+            "call",
+            &target,
+            "whose_trace",
+            "--service",
+            "traced-cli",
+            "--trace",
+            "--compact",
+            "--meta",
+            &meta,
+        ]),
+        None,
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stderr(&output).contains("trace id: 4bf92f3577b34da6a3ce929d0e0e4736"));
+    assert_eq!(
+        stdout(&output).trim(),
+        "\"4bf92f3577b34da6a3ce929d0e0e4736\""
+    );
+    manager.shutdown().await.unwrap();
+}
