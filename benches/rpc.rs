@@ -1,6 +1,7 @@
 //! VSP side by side with raw TCP and tarpc, in one run, reported as same-run ratios.
 //!
-//! `cargo bench --bench rpc` (about three minutes). `VSP_BENCH_SECS=0.3` shortens every run,
+//! `cargo bench --bench rpc` (about three minutes). `VSP traced` is VSP with a `tracing`
+//! subscriber recording its spans at `INFO`; every other contender runs with none. `VSP_BENCH_SECS=0.3` shortens every run,
 //! `VSP_BENCH_ROUNDS=1` runs each pair once, `VSP_BENCH_ONLY=b` runs only the scenarios whose
 //! label starts with `b` (and skips the sections after the main table).
 //!
@@ -533,12 +534,37 @@ enum Contender {
     TarpcJson(TarpcApiClient),
     TarpcBincode(TarpcApiClient),
     Vsp(BenchApiClient),
+    /// VSP driven (client and server) on a runtime whose threads record spans.
+    Traced(tokio::runtime::Handle, BenchApiClient),
+}
+
+/// A 2-thread runtime whose threads record every span at `INFO` in a `tracing` subscriber (the
+/// fmt subscriber, formatting span fields as a log would, writing to a sink): what VSP's spans
+/// cost when someone is listening. Leaked: it lives as long as the bench.
+fn traced_runtime() -> tokio::runtime::Handle {
+    let dispatch = tracing::Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .with_max_level(tracing::Level::INFO)
+            .finish(),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || std::mem::forget(tracing::dispatcher::set_default(&dispatch)))
+        .build()
+        .unwrap();
+    Box::leak(Box::new(runtime)).handle().clone()
 }
 
 impl Contender {
     async fn run(&self, workload: Workload, concurrency: usize, until: Instant) -> Sample {
         let payload = Arc::new(large_payload());
         match self.clone() {
+            Contender::Traced(runtime, client) => runtime
+                .spawn(run_vsp(client, payload, workload, concurrency, until))
+                .await
+                .unwrap(),
             Contender::Raw(addr) => drive_raw(addr, workload, concurrency, until).await,
             Contender::TarpcJson(client) | Contender::TarpcBincode(client) => {
                 drive(concurrency, until, move || {
@@ -565,27 +591,35 @@ impl Contender {
                 })
                 .await
             }
-            Contender::Vsp(client) => {
-                drive(concurrency, until, move || {
-                    let client = client.clone();
-                    let payload = payload.clone();
-                    async move {
-                        match workload {
-                            Workload::GetUser => {
-                                let user = client.get_user("123".into()).await.unwrap();
-                                std::hint::black_box(user);
-                            }
-                            Workload::Echo16K => {
-                                let echoed = client.echo((*payload).clone()).await.unwrap();
-                                std::hint::black_box(echoed);
-                            }
-                        }
-                    }
-                })
-                .await
-            }
+            Contender::Vsp(client) => run_vsp(client, payload, workload, concurrency, until).await,
         }
     }
+}
+
+async fn run_vsp(
+    client: BenchApiClient,
+    payload: Arc<String>,
+    workload: Workload,
+    concurrency: usize,
+    until: Instant,
+) -> Sample {
+    drive(concurrency, until, move || {
+        let client = client.clone();
+        let payload = payload.clone();
+        async move {
+            match workload {
+                Workload::GetUser => {
+                    let user = client.get_user("123".into()).await.unwrap();
+                    std::hint::black_box(user);
+                }
+                Workload::Echo16K => {
+                    let echoed = client.echo((*payload).clone()).await.unwrap();
+                    std::hint::black_box(echoed);
+                }
+            }
+        }
+    })
+    .await
 }
 
 struct Settings {
@@ -699,6 +733,23 @@ async fn bench(settings: Settings) {
     let (ca, cert) = bench_pki();
     let (_vsp_tls_server, vsp_tls_addr) = start_vsp_tls(&cert).await;
     let vsp_tls = Contender::Vsp(BenchApiClient::new(vsp_tls_client(vsp_tls_addr, &ca)));
+    // The same VSP client and server with a subscriber recording spans at INFO (made only when
+    // the run includes it: a scoped subscriber anywhere makes every thread check for one).
+    let traced_name = "VSP traced";
+    let vsp_traced = match std::env::var("VSP_BENCH_CONTENDER") {
+        Ok(only) if only != traced_name => {
+            Contender::Vsp(vsp_client(&[vsp_addr], ServiceMesh::new()))
+        }
+        _ => {
+            let runtime = traced_runtime();
+            let (server, addr) = runtime
+                .spawn(start_vsp(VspManager::builder("bench")))
+                .await
+                .unwrap();
+            std::mem::forget(server);
+            Contender::Traced(runtime, vsp_client(&[addr], ServiceMesh::new()))
+        }
+    };
     let contenders = [
         ("raw TCP", &raw),
         ("tarpc json", &tarpc_json),
@@ -706,6 +757,7 @@ async fn bench(settings: Settings) {
         ("VSP", &vsp),
         ("VSP unix socket", &vsp_unix),
         ("VSP TLS", &vsp_tls),
+        (traced_name, &vsp_traced),
     ];
 
     // (a) one call in flight, (b) 64 concurrent, (c) 256 concurrent; both workloads.
@@ -771,8 +823,8 @@ async fn bench(settings: Settings) {
     println!(
         "\n## Ratios, VSP / peer, same run (throughput: higher is better; p50: lower is better)\n"
     );
-    println!("| scenario | workload | vs raw TCP | vs tarpc json | vs tarpc bincode | p50 vs tarpc json | p50 vs tarpc bincode | VSP unix / VSP TCP | VSP TLS / VSP TCP |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| scenario | workload | vs raw TCP | vs tarpc json | vs tarpc bincode | p50 vs tarpc json | p50 vs tarpc bincode | VSP unix / VSP TCP | VSP TLS / VSP TCP | VSP traced / VSP |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (s, (scenario, _)) in scenarios
         .iter()
         .enumerate()
@@ -780,7 +832,7 @@ async fn bench(settings: Settings) {
     {
         for (w, workload) in workloads.iter().enumerate() {
             // A workload left out by VSP_BENCH_WORKLOAD has no figures.
-            if (0..6).any(|c| !results.contains_key(&(s, w, c))) {
+            if (0..contenders.len()).any(|c| !results.contains_key(&(s, w, c))) {
                 continue;
             }
             let vsp = &results[&(s, w, 3)];
@@ -789,8 +841,9 @@ async fn bench(settings: Settings) {
                 |c: usize| vsp.p50().as_secs_f64() / results[&(s, w, c)].p50().as_secs_f64();
             let unix = results[&(s, w, 4)].calls() / vsp.calls();
             let tls = results[&(s, w, 5)].calls() / vsp.calls();
+            let traced = results[&(s, w, 6)].calls() / vsp.calls();
             println!(
-                "| {scenario} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                "| {scenario} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
                 workload.label(),
                 ratio(0),
                 ratio(1),
@@ -798,7 +851,8 @@ async fn bench(settings: Settings) {
                 p50_ratio(1),
                 p50_ratio(2),
                 unix,
-                tls
+                tls,
+                traced
             );
         }
     }

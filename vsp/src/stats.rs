@@ -259,6 +259,18 @@ impl LatencyHistogram {
         self.buckets[Self::index(nanos)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds `other`'s counts to this one's.
+    pub(crate) fn add(&self, other: &LatencyHistogram) {
+        for (mine, theirs) in self.buckets.iter().zip(other.buckets.iter()) {
+            mine.fetch_add(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
+    /// Values recorded.
+    pub(crate) fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
     /// The values at the quantiles `qs` (each in 0..=1, ascending).
     pub(crate) fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Duration; N] {
         let counts: Vec<u64> = self

@@ -343,6 +343,12 @@ pub(crate) fn open(span: &Span, parent: Option<&TraceContext>, remote: bool) -> 
     own
 }
 
+/// Whether any subscriber was ever installed: until one is, VSP opens no spans at all (not even
+/// disabled ones, which `tracing`'s `log` compatibility would still fill in).
+pub(crate) fn observed() -> bool {
+    tracing::dispatcher::has_been_set()
+}
+
 /// Marks `span` failed: `otel.status_code = "ERROR"`, the VSP error code as `error.type` and
 /// `rpc.response.status_code`, and the message.
 pub(crate) fn record_error(span: &Span, code: &str, message: &dyn fmt::Display) {
@@ -357,6 +363,9 @@ pub(crate) fn record_error(span: &Span, code: &str, message: &dyn fmt::Display) 
 
 /// The span of one call on the client: the logical call, whatever its attempts.
 pub(crate) fn client_span(service: &str, endpoint: &str) -> Span {
+    if !observed() {
+        return Span::none();
+    }
     tracing::info_span!(
         "vsp.client",
         otel.kind = "client",
@@ -386,6 +395,9 @@ pub(crate) fn attempt_span(
     instance: Endpoint<'_>,
     attempt: usize,
 ) -> Span {
+    if call.is_disabled() {
+        return Span::none();
+    }
     let span = tracing::info_span!(
         parent: call,
         "vsp.attempt",
@@ -445,6 +457,9 @@ pub(crate) fn server_span(
     local: Option<Endpoint<'_>>,
     peer: &dyn fmt::Display,
 ) -> Span {
+    if !observed() {
+        return Span::none();
+    }
     let span = tracing::info_span!(
         parent: None,
         "vsp.server",

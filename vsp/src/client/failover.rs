@@ -168,12 +168,15 @@ impl VspClient {
             trace: trace.as_ref(),
             span: &span,
         };
-        let began = std::time::Instant::now();
+        let began = Instant::now();
         let mut progress = Progress::default();
-        let outcome = self
-            .attempts(&call, body, options, &mut progress)
-            .instrument(span.clone())
-            .await;
+        let attempts = self.attempts(&call, body, options, began, &mut progress);
+        // Not even a disabled span's enter and exit per poll while nobody records.
+        let outcome = if span.is_disabled() {
+            attempts.await
+        } else {
+            attempts.instrument(span.clone()).await
+        };
         if !span.is_disabled() {
             record_outcome(&span, service, endpoint, &outcome.as_ref());
         }
@@ -206,13 +209,14 @@ impl VspClient {
         call: &Call<'_>,
         body: &(impl Serialize + ?Sized),
         options: CallOptions,
+        began: Instant,
         progress: &mut Progress,
     ) -> Result<RawResponse, VspError> {
         let Call {
             service, endpoint, ..
         } = *call;
         let mut timeout = options.timeout.unwrap_or(self.timeout);
-        let mut started = Instant::now();
+        let mut started = began;
         let mut deadline = crate::deadline::after(started, timeout);
         if options.inherit_deadline {
             if let Some(served) = Context::current_deadline() {
@@ -269,18 +273,20 @@ impl VspClient {
                 }
                 inherited => inherited.cloned(),
             };
-            let sent = self
-                .attempt(
-                    &attempt,
-                    body,
-                    call.metadata,
-                    own_trace.as_ref(),
-                    &span,
-                    started,
-                    attempt_deadline,
-                )
-                .instrument(span.clone())
-                .await;
+            let sent = self.attempt(
+                &attempt,
+                body,
+                call.metadata,
+                own_trace.as_ref(),
+                &span,
+                started,
+                attempt_deadline,
+            );
+            let sent = if span.is_disabled() {
+                sent.await
+            } else {
+                sent.instrument(span.clone()).await
+            };
             if !span.is_disabled() {
                 record_outcome(
                     &span,

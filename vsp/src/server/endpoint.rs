@@ -139,9 +139,14 @@ where
                 // span too, and a panic there is the call's error, not the connection's end.
                 let span = reply.span().clone();
                 let made = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    span.in_scope(|| call.clone().sync_scoped(|| (self.handler)(args)))
+                    let _entered = (!span.is_disabled()).then(|| span.enter());
+                    call.clone().sync_scoped(|| (self.handler)(args))
                 }));
                 match made {
+                    // Not even a disabled span's enter and exit per poll while nobody records.
+                    Ok(handler) if span.is_disabled() => {
+                        run_handler(call.scoped(handler), reply, cx)
+                    }
                     Ok(handler) => run_handler(call.scoped(handler).instrument(span), reply, cx),
                     Err(panic) => answer::<Fut::Output>(Err(panic), reply),
                 }
