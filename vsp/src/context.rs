@@ -64,8 +64,9 @@ pub struct Context {
     /// `None` when empty, so a context without metadata clones without allocating.
     metadata: Option<Arc<Metadata>>,
     deadline: Option<tokio::time::Instant>,
-    /// The server span's place in its trace: what calls made from the handler continue.
-    trace: Option<TraceContext>,
+    /// The server span's place in its trace: what calls made from the handler continue. Shared,
+    /// so a context stays small and cheap to clone.
+    trace: Option<Arc<TraceContext>>,
 }
 
 static NO_METADATA: Metadata = Metadata::new();
@@ -103,7 +104,7 @@ impl Context {
             peer,
             metadata: (!metadata.is_empty()).then(|| Arc::new(metadata)),
             deadline,
-            trace,
+            trace: trace.map(Arc::new),
         }
     }
 
@@ -119,7 +120,7 @@ impl Context {
     }
 
     /// The trace of the call being served, if any (what a call made here continues).
-    pub(crate) fn current_trace() -> Option<TraceContext> {
+    pub(crate) fn current_trace() -> Option<Arc<TraceContext>> {
         CURRENT.try_with(|cx| cx.trace.clone()).ok().flatten()
     }
 
@@ -175,7 +176,7 @@ impl Context {
     /// (from the request's `traceparent`) or a new one. `None` only while no `tracing` subscriber
     /// records VSP's spans and the caller sent no trace. Calls made inside the handler continue it.
     pub fn trace(&self) -> Option<&TraceContext> {
-        self.trace.as_ref()
+        self.trace.as_deref()
     }
 
     /// How long the caller still waits, if it said.

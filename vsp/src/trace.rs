@@ -38,8 +38,11 @@ pub const TRACESTATE: &str = "tracestate";
 const MAX_TRACESTATE: usize = 512;
 
 /// A trace's id: 16 bytes, never all zero; displayed as 32 lowercase hex digits.
+///
+/// Kept as two `u64`s (high, low) rather than a `u128`, so it does not raise the alignment of
+/// everything that carries it (a handler's context, a call's future).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TraceId(u128);
+pub struct TraceId([u64; 2]);
 
 /// A span's id: 8 bytes, never all zero; displayed as 16 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -48,7 +51,11 @@ pub struct SpanId(u64);
 impl TraceId {
     /// The id as a number.
     pub fn to_u128(self) -> u128 {
-        self.0
+        u128::from(self.0[0]) << 64 | u128::from(self.0[1])
+    }
+
+    fn from_u128(id: u128) -> Self {
+        TraceId([(id >> 64) as u64, id as u64])
     }
 }
 
@@ -61,7 +68,7 @@ impl SpanId {
 
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        write!(f, "{:032x}", self.to_u128())
     }
 }
 
@@ -132,7 +139,7 @@ impl TraceContext {
     /// A new trace: a fresh random trace id and span id, sampled.
     pub fn new_root() -> Self {
         TraceContext {
-            trace_id: TraceId(random_u128()),
+            trace_id: TraceId::from_u128(random_u128()),
             span_id: SpanId(random_u64()),
             flags: SAMPLED,
             tracestate: None,
@@ -175,7 +182,7 @@ impl TraceContext {
             return Err(InvalidTraceParent("parent id is all zeros"));
         }
         Ok(TraceContext {
-            trace_id: TraceId(trace_id),
+            trace_id: TraceId::from_u128(trace_id),
             span_id: SpanId(span_id as u64),
             flags: flags as u8,
             tracestate: None,
@@ -240,7 +247,7 @@ impl TraceContext {
             }
         };
         put(0, 0, 2);
-        put(3, self.trace_id.0, 32);
+        put(3, self.trace_id.to_u128(), 32);
         put(36, u128::from(self.span_id.0), 16);
         put(53, u128::from(self.flags), 2);
         buf[2] = b'-';
@@ -345,6 +352,7 @@ pub(crate) fn open(span: &Span, parent: Option<&TraceContext>, remote: bool) -> 
 
 /// Whether any subscriber was ever installed: until one is, VSP opens no spans at all (not even
 /// disabled ones, which `tracing`'s `log` compatibility would still fill in).
+#[inline]
 pub(crate) fn observed() -> bool {
     tracing::dispatcher::has_been_set()
 }
@@ -362,10 +370,16 @@ pub(crate) fn record_error(span: &Span, code: &str, message: &dyn fmt::Display) 
 }
 
 /// The span of one call on the client: the logical call, whatever its attempts.
+#[inline]
 pub(crate) fn client_span(service: &str, endpoint: &str) -> Span {
     if !observed() {
         return Span::none();
     }
+    open_client_span(service, endpoint)
+}
+
+#[inline(never)]
+fn open_client_span(service: &str, endpoint: &str) -> Span {
     tracing::info_span!(
         "vsp.client",
         otel.kind = "client",
@@ -504,7 +518,7 @@ mod otel {
             .and_then(|state| state.parse::<TraceState>().ok())
             .unwrap_or_default();
         let remote = SpanContext::new(
-            OtelTraceId::from(parent.trace_id.0),
+            OtelTraceId::from(parent.trace_id.to_u128()),
             opentelemetry::trace::SpanId::from(parent.span_id.0),
             TraceFlags::new(parent.flags),
             true,
@@ -525,7 +539,7 @@ mod otel {
         }
         let state = context.trace_state().header();
         let own = TraceContext {
-            trace_id: TraceId(u128::from_be_bytes(context.trace_id().to_bytes())),
+            trace_id: TraceId::from_u128(u128::from_be_bytes(context.trace_id().to_bytes())),
             span_id: SpanId(u64::from_be_bytes(context.span_id().to_bytes())),
             flags: context.trace_flags().to_u8(),
             tracestate: None,

@@ -24,6 +24,8 @@ use crate::trace::{self, TraceContext};
 struct Progress {
     attempts: usize,
     failed_over: bool,
+    /// When the answer arrived (the clock the instance's latency was read with, read once).
+    answered: Option<Instant>,
 }
 
 /// What every attempt of one call shares.
@@ -41,6 +43,9 @@ struct Call<'a> {
 /// the current span's, else the served call's (inside a handler), else a new trace. While nothing
 /// records the span, only a served call's trace is passed on (an explicit one travels as it is).
 fn call_trace(span: &Span, metadata: Option<&Metadata>) -> Option<TraceContext> {
+    if span.is_disabled() && metadata.is_none() {
+        return Context::current_trace().map(|served| TraceContext::clone(&served));
+    }
     let explicit = metadata.and_then(|metadata| {
         let parent = TraceContext::parse(metadata.get(trace::TRACEPARENT)?).ok()?;
         Some(match metadata.get(trace::TRACESTATE) {
@@ -51,14 +56,17 @@ fn call_trace(span: &Span, metadata: Option<&Metadata>) -> Option<TraceContext> 
     if span.is_disabled() {
         return match explicit {
             Some(_) => None,
-            None => Context::current_trace(),
+            None => Context::current_trace().map(|served| TraceContext::clone(&served)),
         };
     }
     let (parent, remote) = match explicit {
         Some(parent) => (Some(parent), true),
         None => match trace::current_span_context() {
             Some(parent) => (Some(parent), false),
-            None => (Context::current_trace(), true),
+            None => (
+                Context::current_trace().map(|served| TraceContext::clone(&served)),
+                true,
+            ),
         },
     };
     Some(trace::open(span, parent.as_ref(), remote))
@@ -170,12 +178,15 @@ impl VspClient {
         };
         let began = Instant::now();
         let mut progress = Progress::default();
-        let attempts = self.attempts(&call, body, options, began, &mut progress);
-        // Not even a disabled span's enter and exit per poll while nobody records.
+        // Not even a disabled span's enter and exit per poll while nobody records. (The future
+        // is made in each branch: bound to a local first, it would be copied once more.)
         let outcome = if span.is_disabled() {
-            attempts.await
+            self.attempts(&call, body, options, began, &mut progress)
+                .await
         } else {
-            attempts.instrument(span.clone()).await
+            self.attempts(&call, body, options, began, &mut progress)
+                .instrument(span.clone())
+                .await
         };
         if !span.is_disabled() {
             record_outcome(&span, service, endpoint, &outcome.as_ref());
@@ -194,7 +205,9 @@ impl VspClient {
             service,
             endpoint,
             &Finished {
-                elapsed: began.elapsed(),
+                elapsed: progress
+                    .answered
+                    .map_or_else(|| began.elapsed(), |at| at.saturating_duration_since(began)),
                 attempts: progress.attempts,
                 failed_over: progress.failed_over,
                 error,
@@ -252,17 +265,21 @@ impl VspClient {
                 Some(per_attempt) => deadline.min(crate::deadline::after(started, per_attempt)),
                 None => deadline,
             };
-            let span = trace::attempt_span(
-                call.span,
-                service,
-                endpoint,
-                trace::Endpoint {
-                    host: instance.address().host(),
-                    port: instance.address().port(),
-                    text: instance.address(),
-                },
-                tried.len() + 1,
-            );
+            let span = if call.span.is_disabled() {
+                Span::none()
+            } else {
+                trace::attempt_span(
+                    call.span,
+                    service,
+                    endpoint,
+                    trace::Endpoint {
+                        host: instance.address().host(),
+                        port: instance.address().port(),
+                        text: instance.address(),
+                    },
+                    tried.len() + 1,
+                )
+            };
             progress.attempts = tried.len() + 1;
             if !call.span.is_disabled() {
                 call.span.record("vsp.attempts", tried.len() + 1);
@@ -273,30 +290,43 @@ impl VspClient {
                 }
                 inherited => inherited.cloned(),
             };
-            let sent = self.attempt(
-                &attempt,
-                body,
-                call.metadata,
-                own_trace.as_ref(),
-                &span,
-                started,
-                attempt_deadline,
-            );
             let sent = if span.is_disabled() {
-                sent.await
+                self.attempt(
+                    &attempt,
+                    body,
+                    call.metadata,
+                    own_trace.as_ref(),
+                    &span,
+                    started,
+                    attempt_deadline,
+                )
+                .await
             } else {
-                sent.instrument(span.clone()).await
+                self.attempt(
+                    &attempt,
+                    body,
+                    call.metadata,
+                    own_trace.as_ref(),
+                    &span,
+                    started,
+                    attempt_deadline,
+                )
+                .instrument(span.clone())
+                .await
             };
             if !span.is_disabled() {
                 record_outcome(
                     &span,
                     service,
                     endpoint,
-                    &sent.as_ref().map_err(|f| &f.error),
+                    &sent
+                        .as_ref()
+                        .map(|(response, _)| response)
+                        .map_err(|f| &f.error),
                 );
             }
             let failure = match sent {
-                Ok(response) => match &response.error_code {
+                Ok((response, answered)) => match &response.error_code {
                     // Refused before running: safe to send elsewhere.
                     Some(code @ ErrorCode::ShuttingDown) => {
                         let error = remote_error(service, endpoint, code, &response);
@@ -310,6 +340,7 @@ impl VspClient {
                     }
                     _ => {
                         health.record_success(&instance);
+                        progress.answered = Some(answered);
                         progress.failed_over = tried.iter().any(|t| !Arc::ptr_eq(t, &instance));
                         return Ok(response);
                     }
@@ -389,7 +420,7 @@ impl VspClient {
         span: &Span,
         started: Instant,
         deadline: Instant,
-    ) -> Result<RawResponse, AttemptFailure> {
+    ) -> Result<(RawResponse, Instant), AttemptFailure> {
         let config = &self.inner.config;
         let instance = attempt.instance;
         let _in_flight = instance.track_call();
@@ -473,8 +504,9 @@ impl VspClient {
             // The server stopped the handler at the deadline: the same timeout as ours.
             Ok(response) if response.error_code == Some(ErrorCode::Timeout) => attempt.timed_out(),
             Ok(response) => {
-                instance.record_latency(started.elapsed());
-                return Ok(response);
+                let answered = Instant::now();
+                instance.record_latency(answered.saturating_duration_since(started));
+                return Ok((response, answered));
             }
             Err(failure @ CallFailure::TimedOut { silent }) => {
                 if silent {

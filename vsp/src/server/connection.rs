@@ -199,18 +199,25 @@ fn dispatch(
     let metadata = envelope
         .metadata_json()
         .map(|raw| Metadata::from_json(raw.get()));
-    let span = trace::server_span(
-        &manager.name,
-        endpoint_name,
-        envelope.request_id().get(),
-        manager.bound.get().map(|bound| trace::Endpoint {
-            host: bound.host(),
-            port: bound.port(),
-            text: bound,
-        }),
-        &conn.peer.address,
-    );
-    let trace = server_trace(conn, &span, metadata.as_ref().and_then(|m| m.as_ref().ok()));
+    let span = if trace::observed() {
+        trace::server_span(
+            &manager.name,
+            endpoint_name,
+            envelope.request_id().get(),
+            manager.bound.get().map(|bound| trace::Endpoint {
+                host: bound.host(),
+                port: bound.port(),
+                text: bound,
+            }),
+            &conn.peer.address,
+        )
+    } else {
+        tracing::Span::none()
+    };
+    let trace = match &metadata {
+        None if span.is_disabled() => None,
+        _ => server_trace(conn, &span, metadata.as_ref().and_then(|m| m.as_ref().ok())),
+    };
 
     if manager.state() != Lifecycle::Running {
         let reply = Reply::new(conn.clone(), head, None).with_span(span);
