@@ -1,7 +1,8 @@
 //! VSP side by side with raw TCP and tarpc, in one run, reported as same-run ratios.
 //!
 //! `cargo bench --bench rpc` (about three minutes). `VSP traced` is VSP with a `tracing`
-//! subscriber recording its spans at `INFO`; every other contender runs with none. `VSP_BENCH_SECS=0.3` shortens every run,
+//! subscriber recording its spans at `INFO` (in a child process: a global subscriber cannot be
+//! removed); every other contender runs with none. `VSP_BENCH_SECS=0.3` shortens every run,
 //! `VSP_BENCH_ROUNDS=1` runs each pair once, `VSP_BENCH_ONLY=b` runs only the scenarios whose
 //! label starts with `b` (and skips the sections after the main table).
 //!
@@ -534,37 +535,113 @@ enum Contender {
     TarpcJson(TarpcApiClient),
     TarpcBincode(TarpcApiClient),
     Vsp(BenchApiClient),
-    /// VSP driven (client and server) on a runtime whose threads record spans.
-    Traced(tokio::runtime::Handle, BenchApiClient),
+    /// VSP in a child process that records its spans (see `traced_child`).
+    Traced,
 }
 
-/// A 2-thread runtime whose threads record every span at `INFO` in a `tracing` subscriber (the
-/// fmt subscriber, formatting span fields as a log would, writing to a sink): what VSP's spans
-/// cost when someone is listening. Leaked: it lives as long as the bench.
-fn traced_runtime() -> tokio::runtime::Handle {
-    let dispatch = tracing::Dispatch::new(
-        tracing_subscriber::fmt()
-            .with_writer(std::io::sink)
-            .with_max_level(tracing::Level::INFO)
-            .finish(),
+/// Set in a child process of this bench: run `VSP traced` (`workload:concurrency:millis`).
+const TRACED_CHILD: &str = "VSP_BENCH_TRACED_CHILD";
+
+/// Spans the child's subscriber saw opened: proof that `VSP traced` records.
+static SPANS_RECORDED: AtomicU64 = AtomicU64::new(0);
+/// Spans recorded by the traced children of this run, summed.
+static CHILD_SPANS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts the spans opened (next to the fmt layer, which formats and keeps their fields).
+struct CountSpans;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountSpans {
+    fn on_new_span(
+        &self,
+        _: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        SPANS_RECORDED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// `VSP traced` runs in a child process whose global subscriber records every span at `INFO`
+/// (the fmt layer, formatting span fields as a log would, writing to a sink): what VSP's spans
+/// cost when someone listens. A process of its own because a global subscriber cannot be
+/// removed again, and per-thread ones would change how every other contender's spans are
+/// filtered. The child serves and calls as the `VSP` contender does, and writes its sample to
+/// stdout: the elapsed nanoseconds, the spans recorded, then every latency (u64 little-endian).
+fn traced_child(spec: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let fields: Vec<&str> = spec.split(':').collect();
+    let workload = match fields[0] {
+        "get_user" => Workload::GetUser,
+        _ => Workload::Echo16K,
+    };
+    let concurrency: usize = fields[1].parse().unwrap();
+    let run = Duration::from_millis(fields[2].parse().unwrap());
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(std::io::sink),
+            )
+            .with(CountSpans)
+            .with(tracing_subscriber::filter::LevelFilter::INFO),
+    )
+    .unwrap();
+    let sample = common::runtime().block_on(async {
+        let (_server, addr) = start_vsp(VspManager::builder("bench")).await;
+        let vsp = Contender::Vsp(vsp_client(&[addr], ServiceMesh::new()));
+        // Warm up (connections, allocator) as the other contenders are before each run.
+        vsp.run(workload, concurrency, Instant::now() + run / 4)
+            .await;
+        vsp.run(workload, concurrency, Instant::now() + run).await
+    });
+    let mut out = Vec::with_capacity(16 + sample.latencies.len() * 8);
+    out.extend_from_slice(&(sample.elapsed.as_nanos() as u64).to_le_bytes());
+    out.extend_from_slice(&SPANS_RECORDED.load(Ordering::Relaxed).to_le_bytes());
+    for latency in &sample.latencies {
+        out.extend_from_slice(&latency.to_le_bytes());
+    }
+    std::io::Write::write_all(&mut std::io::stdout(), &out).unwrap();
+}
+
+/// Runs `VSP traced` in a child process (see `traced_child`) until `until`.
+async fn run_traced_child(workload: Workload, concurrency: usize, until: Instant) -> Sample {
+    let millis = until.saturating_duration_since(Instant::now()).as_millis();
+    let spec = format!(
+        "{}:{concurrency}:{millis}",
+        workload.label().split(' ').next().unwrap_or("")
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .on_thread_start(move || std::mem::forget(tracing::dispatcher::set_default(&dispatch)))
-        .build()
-        .unwrap();
-    Box::leak(Box::new(runtime)).handle().clone()
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .arg("--bench")
+            .env(TRACED_CHILD, spec)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "the traced child failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let words: Vec<u64> = output
+        .stdout
+        .chunks_exact(8)
+        .map(|chunk| u64::from_le_bytes(chunk.try_into().unwrap()))
+        .collect();
+    CHILD_SPANS.fetch_add(words[1], Ordering::Relaxed);
+    Sample {
+        latencies: words[2..].to_vec(),
+        elapsed: Duration::from_nanos(words[0]),
+    }
 }
 
 impl Contender {
     async fn run(&self, workload: Workload, concurrency: usize, until: Instant) -> Sample {
         let payload = Arc::new(large_payload());
         match self.clone() {
-            Contender::Traced(runtime, client) => runtime
-                .spawn(run_vsp(client, payload, workload, concurrency, until))
-                .await
-                .unwrap(),
+            Contender::Traced => run_traced_child(workload, concurrency, until).await,
             Contender::Raw(addr) => drive_raw(addr, workload, concurrency, until).await,
             Contender::TarpcJson(client) | Contender::TarpcBincode(client) => {
                 drive(concurrency, until, move || {
@@ -701,6 +778,9 @@ fn micros(d: Duration) -> String {
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var(TRACED_CHILD) {
+        return traced_child(&spec);
+    }
     common::runtime().block_on(bench(Settings::from_env()));
 }
 
@@ -733,23 +813,9 @@ async fn bench(settings: Settings) {
     let (ca, cert) = bench_pki();
     let (_vsp_tls_server, vsp_tls_addr) = start_vsp_tls(&cert).await;
     let vsp_tls = Contender::Vsp(BenchApiClient::new(vsp_tls_client(vsp_tls_addr, &ca)));
-    // The same VSP client and server with a subscriber recording spans at INFO (made only when
-    // the run includes it: a scoped subscriber anywhere makes every thread check for one).
-    let traced_name = "VSP traced";
-    let vsp_traced = match std::env::var("VSP_BENCH_CONTENDER") {
-        Ok(only) if only != traced_name => {
-            Contender::Vsp(vsp_client(&[vsp_addr], ServiceMesh::new()))
-        }
-        _ => {
-            let runtime = traced_runtime();
-            let (server, addr) = runtime
-                .spawn(start_vsp(VspManager::builder("bench")))
-                .await
-                .unwrap();
-            std::mem::forget(server);
-            Contender::Traced(runtime, vsp_client(&[addr], ServiceMesh::new()))
-        }
-    };
+    // The same VSP client and server in a child process with a subscriber recording spans at
+    // INFO (see `traced_child`), and, like for like, VSP in a child process without one.
+    let vsp_traced = Contender::Traced;
     let contenders = [
         ("raw TCP", &raw),
         ("tarpc json", &tarpc_json),
@@ -757,7 +823,7 @@ async fn bench(settings: Settings) {
         ("VSP", &vsp),
         ("VSP unix socket", &vsp_unix),
         ("VSP TLS", &vsp_tls),
-        (traced_name, &vsp_traced),
+        ("VSP traced", &vsp_traced),
     ];
 
     // (a) one call in flight, (b) 64 concurrent, (c) 256 concurrent; both workloads.
@@ -857,6 +923,8 @@ async fn bench(settings: Settings) {
         }
     }
 
+    let spans = CHILD_SPANS.load(Ordering::Relaxed);
+    println!("\n`VSP traced` recorded {spans} spans in this run (three per call: client, attempt, server).");
     if settings.only.is_some() {
         return;
     }

@@ -216,9 +216,8 @@ async fn a_failover_shows_one_attempt_span_per_instance_under_one_call_span() {
     assert_eq!(field(second, "vsp.attempt"), "2");
     assert_eq!(field(second, "server.port"), live.port().to_string());
     assert!(second.field("otel.status_code").is_none());
-    // The call succeeded, on the instance that answered.
+    // The call succeeded: its last attempt names the instance that answered.
     assert!(call.field("otel.status_code").is_none());
-    assert_eq!(field(call, "server.port"), live.port().to_string());
     for attempt in [first, second] {
         assert_eq!(attempt.field("trace_id"), call.field("trace_id"));
         assert_eq!(attempt.field("parent_span_id"), call.field("span_id"));

@@ -389,8 +389,6 @@ fn open_client_span(service: &str, endpoint: &str) -> Span {
         vsp.service = service,
         vsp.endpoint = endpoint,
         vsp.attempts = Empty,
-        server.address = Empty,
-        server.port = Empty,
         trace_id = Empty,
         span_id = Empty,
         parent_span_id = Empty,
@@ -423,8 +421,8 @@ pub(crate) fn attempt_span(
         vsp.endpoint = endpoint,
         vsp.attempt = attempt,
         vsp.request_id = Empty,
-        server.address = Empty,
-        server.port = Empty,
+        server.address = %ServerAddress(instance),
+        server.port = instance.port,
         trace_id = Empty,
         span_id = Empty,
         parent_span_id = Empty,
@@ -433,8 +431,6 @@ pub(crate) fn attempt_span(
         error.type = Empty,
         rpc.response.status_code = Empty,
     );
-    record_instance(&span, instance);
-    record_instance(call, instance);
     span
 }
 
@@ -447,17 +443,14 @@ pub(crate) struct Endpoint<'a> {
     pub(crate) text: &'a dyn fmt::Display,
 }
 
-fn record_instance(span: &Span, instance: Endpoint<'_>) {
-    if span.is_disabled() {
-        return;
-    }
-    match (instance.host, instance.port) {
-        (Some(host), Some(port)) => {
-            span.record("server.address", host);
-            span.record("server.port", port);
-        }
-        _ => {
-            span.record("server.address", display(instance.text));
+/// `server.address`: the host of a TCP address, the whole address otherwise.
+struct ServerAddress<'a>(Endpoint<'a>);
+
+impl fmt::Display for ServerAddress<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.host {
+            Some(host) => f.write_str(host),
+            None => self.0.text.fmt(f),
         }
     }
 }
@@ -474,7 +467,7 @@ pub(crate) fn server_span(
     if !observed() {
         return Span::none();
     }
-    let span = tracing::info_span!(
+    tracing::info_span!(
         parent: None,
         "vsp.server",
         otel.kind = "server",
@@ -484,8 +477,8 @@ pub(crate) fn server_span(
         vsp.service = service,
         vsp.endpoint = endpoint,
         vsp.request_id = request_id,
-        server.address = Empty,
-        server.port = Empty,
+        server.address = local.map(|local| display(ServerAddress(local))),
+        server.port = local.and_then(|local| local.port),
         client.address = %peer,
         trace_id = Empty,
         span_id = Empty,
@@ -494,11 +487,7 @@ pub(crate) fn server_span(
         otel.status_description = Empty,
         error.type = Empty,
         rpc.response.status_code = Empty,
-    );
-    if let Some(local) = local {
-        record_instance(&span, local);
-    }
-    span
+    )
 }
 
 #[cfg(feature = "opentelemetry")]

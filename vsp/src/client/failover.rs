@@ -189,6 +189,7 @@ impl VspClient {
                 .await
         };
         if !span.is_disabled() {
+            span.record("vsp.attempts", progress.attempts);
             record_outcome(&span, service, endpoint, &outcome.as_ref());
         }
         let error = match &outcome {
@@ -281,9 +282,6 @@ impl VspClient {
                 )
             };
             progress.attempts = tried.len() + 1;
-            if !call.span.is_disabled() {
-                call.span.record("vsp.attempts", tried.len() + 1);
-            }
             let own_trace = match call.trace {
                 Some(parent) if !span.is_disabled() => {
                     Some(trace::open(&span, Some(parent), false))
