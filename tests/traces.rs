@@ -307,7 +307,8 @@ async fn a_handlers_events_land_in_its_server_span_on_every_worker_type() {
             .unwrap();
         manager
             .endpoint("after_waiting", move |_: Value| async move {
-                tokio::task::yield_now().await;
+                // The scenario: a handler that waits (a timer, not synchronisation), so it is
+                // not answered in place but continues as a task of its own.
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 tracing::info!(service, "handled after waiting");
                 Ok::<_, VspError>(2)

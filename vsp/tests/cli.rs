@@ -608,19 +608,19 @@ async fn every_call_starts_a_trace_and_trace_prints_its_id() {
         .unwrap();
     let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
     let target = addr.to_string();
-    let output = vsp(
-        args(&[
+    let call = |extra: &[&str]| {
+        let mut all = args(&[
             "call",
             &target,
             "whose_trace",
             "--service",
             "traced-cli",
-            "--trace",
             "--compact",
-        ]),
-        None,
-    )
-    .await;
+        ]);
+        all.extend(args(extra));
+        vsp(all, None)
+    };
+    let output = call(&["--trace"]).await;
     assert!(output.status.success(), "{}", stderr(&output));
     let printed = stderr(&output);
     let trace_id = printed
@@ -634,39 +634,14 @@ async fn every_call_starts_a_trace_and_trace_prints_its_id() {
         "the server saw it"
     );
     // Without --trace the call still carries a trace, just not printed.
-    let output = vsp(
-        args(&[
-            "call",
-            &target,
-            "whose_trace",
-            "--service",
-            "traced-cli",
-            "--compact",
-        ]),
-        None,
-    )
-    .await;
+    let output = call(&[]).await;
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(!stderr(&output).contains("trace id"), "{}", stderr(&output));
     assert_eq!(stdout(&output).trim().len(), 34, "{}", stdout(&output));
     // A trace given with --meta is continued.
     let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let meta = format!("traceparent={given}");
-    let output = vsp(
-        args(&[
-            "call",
-            &target,
-            "whose_trace",
-            "--service",
-            "traced-cli",
-            "--trace",
-            "--compact",
-            "--meta",
-            &meta,
-        ]),
-        None,
-    )
-    .await;
+    let output = call(&["--trace", "--meta", &meta]).await;
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(stderr(&output).contains("trace id: 4bf92f3577b34da6a3ce929d0e0e4736"));
     assert_eq!(
