@@ -11,7 +11,7 @@
 //!
 //! Copied into a crate of your own, next to `users/mod.rs`, it needs the Getting started
 //! dependencies (README) and:
-//! cargo add tokio --features signal
+//! cargo add tokio --features signal,net
 //! cargo add axum --no-default-features --features tokio,http1
 
 mod users;

@@ -8,6 +8,7 @@
 //! on by hand.
 //!
 //! Copied into a crate of your own, it needs the Getting started dependencies (README) and:
+//! cargo add serde_json
 //! cargo add tracing
 //! cargo add tracing-subscriber
 
