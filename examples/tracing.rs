@@ -197,7 +197,23 @@ impl Spans {
                 .filter(|(index, _)| parents[*index] == parent);
             for (index, span) in children {
                 let field = |name: &str| span.fields.get(name).map_or("", String::as_str);
-                let instance = match (field("server.address"), field("server.port")) {
+                // A call names no instance itself: its last attempt's is the one that answered.
+                let answered = (0..spans.len())
+                    .filter(|child| {
+                        parents[*child] == Some(index) && spans[*child].name == "vsp.attempt"
+                    })
+                    .last()
+                    .map(|child| &spans[child].fields);
+                let field_or_attempt = |name: &str| match field(name) {
+                    "" => answered
+                        .and_then(|fields| fields.get(name))
+                        .map_or("", String::as_str),
+                    value => value,
+                };
+                let instance = match (
+                    field_or_attempt("server.address"),
+                    field_or_attempt("server.port"),
+                ) {
                     ("", _) => String::new(),
                     (host, "") => host.to_owned(),
                     (host, port) => format!("{host}:{port}"),
