@@ -199,10 +199,10 @@ impl Spans {
                 let field = |name: &str| span.fields.get(name).map_or("", String::as_str);
                 // A call names no instance itself: its last attempt's is the one that answered.
                 let answered = (0..spans.len())
-                    .filter(|child| {
+                    .rev()
+                    .find(|child| {
                         parents[*child] == Some(index) && spans[*child].name == "vsp.attempt"
                     })
-                    .last()
                     .map(|child| &spans[child].fields);
                 let field_or_attempt = |name: &str| match field(name) {
                     "" => answered
