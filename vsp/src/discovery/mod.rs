@@ -6,6 +6,8 @@
 
 #[cfg(feature = "consul")]
 mod consul;
+#[cfg(feature = "dns")]
+mod dns;
 #[cfg(feature = "mdns")]
 mod mdns;
 mod registry;
@@ -16,6 +18,9 @@ use std::time::Duration;
 #[cfg(feature = "consul")]
 #[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
 pub use consul::{ConsulCheck, ConsulConfig, ConsulDiscovery};
+#[cfg(feature = "dns")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
+pub use dns::{DnsConfig, DnsDiscovery, DEFAULT_MIN_INTERVAL, DEFAULT_SRV_TEMPLATE};
 #[cfg(feature = "mdns")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mdns")))]
 pub use mdns::MdnsDiscovery;
