@@ -199,7 +199,9 @@ impl DnsDiscovery {
                 )
             }
             None => TokioResolver::builder_tokio().map_err(|err| {
-                dns_error(format!("cannot read the system's resolver configuration: {err}"))
+                dns_error(format!(
+                    "cannot read the system's resolver configuration: {err}"
+                ))
             })?,
         };
         let options: &mut ResolverOpts = builder.options_mut();
@@ -314,8 +316,8 @@ async fn resolve_loop(shared: std::sync::Weak<Shared>, registry: MeshRegistry, s
                 failures = 0;
                 let now: HashSet<(IpAddr, u16)> = answer.instances.keys().copied().collect();
                 for ((ip, port), weight) in &answer.instances {
-                    let info =
-                        ServiceInfo::new(service.as_str(), ip.to_string(), *port).with_weight(*weight);
+                    let info = ServiceInfo::new(service.as_str(), ip.to_string(), *port)
+                        .with_weight(*weight);
                     if let Err(err) = registry.upsert(info) {
                         tracing::warn!(%service, %name, "skipping a DNS instance: {err}");
                     }
@@ -333,7 +335,10 @@ async fn resolve_loop(shared: std::sync::Weak<Shared>, registry: MeshRegistry, s
                     registry.remove(&service, &ip.to_string(), port);
                 }
                 mark_answered(&shared, &registry, &service);
-                config.min_interval.max(Duration::from_secs(1)).min(config.max_interval)
+                config
+                    .min_interval
+                    .max(Duration::from_secs(1))
+                    .min(config.max_interval)
             }
             Err(Failure::Unreachable(reason)) => {
                 failures += 1;
@@ -341,7 +346,8 @@ async fn resolve_loop(shared: std::sync::Weak<Shared>, registry: MeshRegistry, s
                     watch.failure = reason.clone();
                 }
                 tracing::warn!(%service, %name, "DNS resolution failed, keeping the last known instances: {reason}");
-                (config.min_interval * 2u32.saturating_pow(failures.min(5))).min(config.max_interval)
+                (config.min_interval * 2u32.saturating_pow(failures.min(5)))
+                    .min(config.max_interval)
             }
         };
         drop(shared);
@@ -396,7 +402,8 @@ async fn resolve(shared: &Shared, name: &str) -> Result<Answer, Failure> {
             let mut instances = BTreeMap::new();
             for srv in records.iter().filter(|srv| srv.priority == lowest) {
                 // SRV weight 0 means "only if nothing else": the smallest weight the mesh takes.
-                let weight = f64::from(srv.weight.max(1)) * if srv.weight == 0 { 0.01 } else { 1.0 };
+                let weight =
+                    f64::from(srv.weight.max(1)) * if srv.weight == 0 { 0.01 } else { 1.0 };
                 let target = srv.target.to_string();
                 // The targets' addresses often come in the same answer; otherwise ask.
                 let mut ips: Vec<IpAddr> = lookup
