@@ -3,9 +3,6 @@
 //! dnsmasq comes from Debian's `dnsmasq-base` (`.ci/run` installs it). Without it the tests
 //! print SKIPPED, except in CI (`CI` set), where that is a failure.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,117 +10,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use vsp::discovery::{DnsConfig, DnsDiscovery};
 use vsp::{ServiceMesh, VspClient, VspError, VspManager, WeightedBalancer};
+use vsp_test_support::dnsmasq::{dnsmasq_binary, host, srv, Dnsmasq, DOMAIN};
 use vsp_test_support::wait_until;
-
-const DOMAIN: &str = "vsp.test";
-
-fn dnsmasq_binary() -> Option<PathBuf> {
-    let found = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|path| path.exists());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "dnsmasq is not installed (Debian package dnsmasq-base)"
-        );
-        println!("SKIPPED: dnsmasq is not installed (apt-get install dnsmasq-base)");
-    }
-    found
-}
-
-/// A dnsmasq answering only from its configuration, on a loopback port; killed when dropped.
-struct Dnsmasq {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Dnsmasq {
-    /// Starts dnsmasq on `port` (0: a free one) with `records` (dnsmasq option lines).
-    async fn start(binary: &PathBuf, port: u16, records: &[String]) -> Dnsmasq {
-        let port = if port == 0 { free_udp_port() } else { port };
-        let dir = vsp_test_support::pki::temp_dir("dnsmasq");
-        let conf = dir.join("dnsmasq.conf");
-        let mut text = format!(
-            "port={port}\nlisten-address=127.0.0.1\nbind-interfaces\nno-resolv\nno-hosts\n\
-             no-poll\nlocal-ttl=1\nauth-ttl=1\nneg-ttl=1\nuser=root\npid-file=\n\
-             local=/{DOMAIN}/\n"
-        );
-        for record in records {
-            text.push_str(record);
-            text.push('\n');
-        }
-        std::fs::write(&conf, text).unwrap();
-        let child = Command::new(binary)
-            .arg("--keep-in-foreground")
-            .arg(format!("--conf-file={}", conf.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let server = Dnsmasq {
-            child,
-            port,
-            _dir: TempDir(dir),
-        };
-        // Ready once it answers a query on its port.
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let _ = socket.send_to(&probe_query(), addr).await;
-            let mut buf = [0u8; 512];
-            if let Ok(Ok(_)) =
-                tokio::time::timeout(Duration::from_millis(100), socket.recv_from(&mut buf)).await
-            {
-                return server;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "dnsmasq did not answer on 127.0.0.1:{port} within 10 s"
-            );
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        ([127, 0, 0, 1], self.port).into()
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A DNS query for `probe.vsp.test` A (any answer, even NXDOMAIN, means it is up).
-fn probe_query() -> Vec<u8> {
-    let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in ["probe", "vsp", "test"] {
-        query.push(label.len() as u8);
-        query.extend_from_slice(label.as_bytes());
-    }
-    query.extend_from_slice(&[0, 0, 1, 0, 1]);
-    query
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A server of `users` whose `whoami` counts its calls.
 async fn counted_server() -> (VspManager, u16, Arc<AtomicUsize>) {
@@ -141,14 +29,6 @@ async fn counted_server() -> (VspManager, u16, Arc<AtomicUsize>) {
         .unwrap();
     let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
     (manager, addr.port(), calls)
-}
-
-fn srv(service: &str, target: &str, port: u16, priority: u16, weight: u16) -> String {
-    format!("srv-host=_vsp._tcp.{service}.{DOMAIN},{target}.{DOMAIN},{port},{priority},{weight}")
-}
-
-fn host(target: &str) -> String {
-    format!("host-record={target}.{DOMAIN},127.0.0.1")
 }
 
 fn client_of(dns: &Dnsmasq) -> VspClient {

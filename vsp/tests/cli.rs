@@ -650,3 +650,51 @@ async fn every_call_starts_a_trace_and_trace_prints_its_id() {
     );
     manager.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_domain_finds_a_service_by_srv_records() {
+    use vsp_test_support::dnsmasq::{dnsmasq_binary, host, srv, Dnsmasq, DOMAIN};
+    let Some(binary) = dnsmasq_binary() else {
+        return;
+    };
+    let (manager, addr) = server().await;
+    let dns = Dnsmasq::start(
+        &binary,
+        0,
+        &[srv("echo-service", "a", addr.port(), 0, 1), host("a")],
+    )
+    .await;
+    let server_flag = dns.addr().to_string();
+    let output = vsp(
+        args(&[
+            "call",
+            "echo-service",
+            "echo",
+            r#"{"x":1}"#,
+            "--compact",
+            "--dns-domain",
+            DOMAIN,
+            "--dns-server",
+            &server_flag,
+        ]),
+        None,
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), r#"{"x":1}"#);
+    let output = vsp(
+        args(&[
+            "call",
+            "nobody",
+            "echo",
+            "--dns-domain",
+            DOMAIN,
+            "--dns-server",
+            &server_flag,
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    manager.shutdown().await.unwrap();
+}

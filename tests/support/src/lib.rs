@@ -1,6 +1,7 @@
 //! What the test suites of the workspace share (the root package's end-to-end tests and the
 //! `vsp` command line's tests), without reaching into another package's files.
 //!
+//! - [`dnsmasq`]: a real dnsmasq serving SRV and A records on a loopback port.
 //! - [`fake_consul`]: a stateful fake Consul agent (no real agent can be installed here).
 //! - [`fault_proxy`]: a TCP proxy that injects faults (latency, resets, blackholes, half-closes,
 //!   slow reads) between a client and a server.
@@ -8,6 +9,7 @@
 //! - [`spans`]: a `tracing` layer that records spans and events, to assert on traces.
 //! - [`wait_until`]: a bounded wait on a condition that names what it waited for.
 
+pub mod dnsmasq;
 pub mod fake_consul;
 pub mod fault_proxy;
 pub mod pki;

@@ -90,13 +90,23 @@ pub(crate) struct DiscoveryArgs {
     /// Finds the service through the Consul agent at this URL.
     #[arg(long, value_name = "URL")]
     pub(crate) consul: Option<String>,
+    /// Finds the service by DNS SRV records `_vsp._tcp.<service>.<DOMAIN>` (for example
+    /// `default.svc.cluster.local`).
+    #[arg(long, value_name = "DOMAIN")]
+    pub(crate) dns_domain: Option<String>,
+    /// The DNS resolver to ask with --dns-domain (default: the system's).
+    #[arg(long, value_name = "IP:PORT", requires = "dns_domain")]
+    pub(crate) dns_server: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub(crate) security: SecurityArgs,
 }
 
 impl DiscoveryArgs {
     pub(crate) fn given(&self) -> bool {
-        !self.static_instances.is_empty() || self.mdns || self.consul.is_some()
+        !self.static_instances.is_empty()
+            || self.mdns
+            || self.consul.is_some()
+            || self.dns_domain.is_some()
     }
 
     /// A mesh that finds `service` the way the flags say, waiting up to `timeout` for a first
@@ -104,11 +114,22 @@ impl DiscoveryArgs {
     pub(crate) fn mesh(&self, service: &str, timeout: Duration) -> Result<ServiceMesh, Failure> {
         let sources = usize::from(!self.static_instances.is_empty())
             + usize::from(self.mdns)
-            + usize::from(self.consul.is_some());
+            + usize::from(self.consul.is_some())
+            + usize::from(self.dns_domain.is_some());
         if sources > 1 {
             return Err(Failure::usage(
-                "--static, --mdns and --consul exclude each other",
+                "--static, --mdns, --consul and --dns-domain exclude each other",
             ));
+        }
+        if let Some(domain) = &self.dns_domain {
+            let mut config = vsp::discovery::DnsConfig::srv(domain)
+                .services([service])
+                .first_resolution_wait(timeout);
+            if let Some(server) = self.dns_server {
+                config = config.server(server);
+            }
+            let dns = vsp::discovery::DnsDiscovery::new(config).map_err(Failure::from)?;
+            return Ok(ServiceMesh::builder().discovery(dns).build());
         }
         if self.mdns {
             return Ok(ServiceMesh::builder()
@@ -125,7 +146,9 @@ impl DiscoveryArgs {
                 .build());
         }
         if self.static_instances.is_empty() {
-            return Err(Failure::usage("give --static, --mdns or --consul"));
+            return Err(Failure::usage(
+                "give --static, --mdns, --consul or --dns-domain",
+            ));
         }
         let mesh = ServiceMesh::new();
         for instance in &self.static_instances {
@@ -190,7 +213,7 @@ impl TargetArgs {
         if !self.discovery.given() {
             let address = parse_address(&self.target).map_err(|reason| {
                 Failure::usage(format!(
-                    "{reason}; to call a service by name, give --static, --mdns or --consul"
+                    "{reason}; to call a service by name, give --static, --mdns, --consul or --dns-domain"
                 ))
             })?;
             let service = self.service.clone().unwrap_or_else(|| self.target.clone());
