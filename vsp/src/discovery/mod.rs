@@ -8,6 +8,8 @@
 mod consul;
 #[cfg(feature = "dns")]
 mod dns;
+#[cfg(feature = "etcd")]
+mod etcd;
 #[cfg(feature = "mdns")]
 mod mdns;
 mod registry;
@@ -21,6 +23,9 @@ pub use consul::{ConsulCheck, ConsulConfig, ConsulDiscovery};
 #[cfg(feature = "dns")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
 pub use dns::{DnsConfig, DnsDiscovery, DEFAULT_MIN_INTERVAL, DEFAULT_SRV_TEMPLATE};
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub use etcd::{EtcdConfig, EtcdDiscovery, DEFAULT_PREFIX, DEFAULT_TTL};
 #[cfg(feature = "mdns")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mdns")))]
 pub use mdns::MdnsDiscovery;

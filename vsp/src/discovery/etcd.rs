@@ -1,0 +1,652 @@
+//! Discovery and registration with etcd v3 (feature `etcd`), through etcd's JSON gateway
+//! (`/v3/kv/range`, `/v3/watch`, `/v3/lease/*`, etcd 3.4 and later).
+//!
+//! Why the gateway and not gRPC: the gRPC client crates compile etcd's `.proto` files at build
+//! time, so every user would need `protoc` installed; the gateway is the same API as JSON over
+//! HTTP, through the HTTP client the Consul support already uses.
+//!
+//! Registration: a starting server puts `<prefix><service>/<host:port>` with a JSON value
+//! (address, weight, TLS flag, protocol version) bound to a lease (TTL 10 s by default) that a
+//! task keeps alive; shutdown revokes the lease, so the instance disappears at once, and a crash
+//! lets it expire within the TTL. Discovery: the whole prefix is read once, then watched from
+//! the revision of that read, so no change falls between the two; a broken or compacted watch
+//! reads and watches again; while etcd cannot be reached the last known instances stay.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{BoxFuture, Discovery, MeshRegistry};
+use crate::error::VspError;
+use crate::instance::ServiceInfo;
+use crate::protocol::PROTOCOL_VERSION;
+use crate::transport::Address;
+
+/// The default key prefix: instances live at `/vsp/services/<service>/<host:port>`.
+pub const DEFAULT_PREFIX: &str = "/vsp/services/";
+
+/// The default lease TTL of a registration.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+
+/// Where etcd is and how to use it; see [`EtcdDiscovery`].
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    endpoints: Vec<String>,
+    prefix: String,
+    ttl: Duration,
+    credentials: Option<(String, String)>,
+    first_resolution_wait: Duration,
+}
+
+impl EtcdConfig {
+    /// etcd at `endpoint` (`http://127.0.0.1:2379`; `https://` with feature `etcd-rustls`).
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        EtcdConfig {
+            endpoints: vec![endpoint.into()],
+            prefix: DEFAULT_PREFIX.to_owned(),
+            ttl: DEFAULT_TTL,
+            credentials: None,
+            first_resolution_wait: Duration::from_secs(3),
+        }
+    }
+
+    /// Another endpoint of the same cluster, tried when the ones before it fail.
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoints.push(endpoint.into());
+        self
+    }
+
+    /// The key prefix (default `/vsp/services/`); a missing trailing `/` is added.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        let mut prefix = prefix.into();
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        self.prefix = prefix;
+        self
+    }
+
+    /// The lease TTL of a registration (default 10 s, at least 2 s): how long a crashed server
+    /// stays listed.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl.max(Duration::from_secs(2));
+        self
+    }
+
+    /// etcd's user name and password (role-based access control).
+    pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.credentials = Some((user.into(), password.into()));
+        self
+    }
+
+    /// How long a call waits for the first read of etcd before failing with `NoInstances`
+    /// (default 3 s).
+    pub fn first_resolution_wait(mut self, wait: Duration) -> Self {
+        self.first_resolution_wait = wait;
+        self
+    }
+}
+
+/// Discovery and registration with etcd v3: see the [module docs](self).
+///
+/// ```no_run
+/// use vsp::discovery::{EtcdConfig, EtcdDiscovery};
+///
+/// let etcd = EtcdDiscovery::new(EtcdConfig::new("http://127.0.0.1:2379"));
+/// let mesh = vsp::ServiceMesh::builder().discovery(etcd).build();
+/// // A VspManager built with this mesh registers itself when it starts serving.
+/// let manager = vsp::VspManager::builder("user-service").mesh(mesh).build();
+/// # drop(manager);
+/// ```
+pub struct EtcdDiscovery {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: EtcdConfig,
+    http: reqwest::Client,
+    answered: AtomicBool,
+    /// Why the last read failed, for `NoInstances` errors before any answer.
+    failure: Mutex<String>,
+    /// This process's registrations: key -> lease and the task keeping it alive.
+    leases: Mutex<HashMap<String, (i64, tokio::task::AbortHandle)>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn etcd_error(reason: String) -> VspError {
+    VspError::Discovery {
+        backend: "etcd",
+        reason,
+    }
+}
+
+impl EtcdDiscovery {
+    /// Discovery (and registration) with the etcd `config` names.
+    pub fn new(config: EtcdConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .unwrap_or_default();
+        EtcdDiscovery {
+            shared: Arc::new(Shared {
+                config,
+                http,
+                answered: AtomicBool::new(false),
+                failure: Mutex::new("no answer from etcd yet".to_owned()),
+                leases: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+impl Discovery for EtcdDiscovery {
+    fn start(&self, registry: MeshRegistry) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sync_loop(Arc::downgrade(&self.shared), registry));
+        } else {
+            tracing::warn!("etcd discovery needs a tokio runtime: build the mesh inside one");
+        }
+    }
+
+    fn has_answered(&self, _service: &str) -> bool {
+        self.shared.answered.load(Ordering::Acquire)
+    }
+
+    fn first_resolution_wait(&self) -> Duration {
+        self.shared.config.first_resolution_wait
+    }
+
+    fn resolution_error(&self, service: &str) -> Option<VspError> {
+        if self.shared.answered.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(etcd_error(format!(
+            "no instance of `{service}` known: etcd at {} never answered ({})",
+            self.shared.config.endpoints.join(", "),
+            lock(&self.shared.failure)
+        )))
+    }
+
+    fn announce<'a>(&'a self, info: &'a ServiceInfo) -> BoxFuture<'a, Result<(), VspError>> {
+        Box::pin(async move {
+            if !info.address().is_tcp() {
+                return Err(etcd_error(format!(
+                    "cannot register {} of `{}`: etcd registration publishes TCP addresses only",
+                    info.endpoint(),
+                    info.name()
+                )));
+            }
+            let shared = &self.shared;
+            let key = shared.key_of(info);
+            let value = registration_value(info);
+            let lease = shared.register(&key, &value).await?;
+            let task = tokio::spawn(keep_alive(
+                Arc::downgrade(shared),
+                key.clone(),
+                value,
+                lease,
+            ));
+            if let Some((_, old)) = lock(&shared.leases).insert(key, (lease, task.abort_handle())) {
+                old.abort();
+            }
+            Ok(())
+        })
+    }
+
+    fn withdraw<'a>(&'a self, info: &'a ServiceInfo) -> BoxFuture<'a, Result<(), VspError>> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            let key = shared.key_of(info);
+            let Some((lease, task)) = lock(&shared.leases).remove(&key) else {
+                return Ok(());
+            };
+            task.abort();
+            shared
+                .post("/v3/lease/revoke", &json!({ "ID": lease.to_string() }))
+                .await
+                .map(|_| ())
+                .map_err(|reason| etcd_error(format!("cannot revoke the lease of {key}: {reason}")))
+        })
+    }
+}
+
+/// The JSON stored for an instance.
+fn registration_value(info: &ServiceInfo) -> String {
+    let host = match info.host() {
+        // Listening everywhere: reachable on loopback at least.
+        "0.0.0.0" | "::" => "127.0.0.1",
+        host => host,
+    };
+    json!({
+        "address": Address::tcp(host, info.port()).to_string(),
+        "weight": info.weight(),
+        "tls": info.is_tls(),
+        "vsp": PROTOCOL_VERSION,
+        "metadata": {},
+    })
+    .to_string()
+}
+
+/// The JSON of an instance, as read back.
+#[derive(Deserialize)]
+struct Registration {
+    address: String,
+    #[serde(default = "one")]
+    weight: f64,
+    #[serde(default)]
+    tls: bool,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Shared {
+    fn key_of(&self, info: &ServiceInfo) -> String {
+        format!("{}{}/{}", self.config.prefix, info.name(), info.endpoint())
+    }
+
+    /// POSTs `body` to `path` on the first endpoint that answers; the JSON answer.
+    async fn post(&self, path: &str, body: &Value) -> Result<Value, String> {
+        let mut last = String::from("no endpoint configured");
+        for endpoint in &self.config.endpoints {
+            let url = format!("{}{path}", endpoint.trim_end_matches('/'));
+            let mut request = with_json(self.http.post(&url).timeout(Duration::from_secs(5)), body);
+            if let Some(token) = self.token(endpoint).await? {
+                request = request.header("Authorization", token);
+            }
+            match request.send().await {
+                Ok(response) if response.status().is_success() => {
+                    return read_json(response)
+                        .await
+                        .map_err(|err| format!("POST {url}: {err}"));
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let text = response.text().await.unwrap_or_default();
+                    last = format!("POST {url}: {status} {text}");
+                }
+                Err(err) => last = format!("POST {url}: {err}"),
+            }
+        }
+        Err(last)
+    }
+
+    /// A fresh auth token when credentials are configured.
+    async fn token(&self, endpoint: &str) -> Result<Option<String>, String> {
+        let Some((user, password)) = &self.config.credentials else {
+            return Ok(None);
+        };
+        let url = format!("{}/v3/auth/authenticate", endpoint.trim_end_matches('/'));
+        let request = with_json(
+            self.http.post(&url).timeout(Duration::from_secs(5)),
+            &json!({ "name": user, "password": password }),
+        );
+        let response = request
+            .send()
+            .await
+            .map_err(|err| format!("POST {url}: {err}"))?;
+        let answer = read_json(response)
+            .await
+            .map_err(|err| format!("POST {url}: {err}"))?;
+        match answer["token"].as_str() {
+            Some(token) => Ok(Some(token.to_owned())),
+            None => Err(format!("etcd refused the credentials of `{user}`: {answer}")),
+        }
+    }
+
+    /// Grants a lease and puts `key` under it; the lease id.
+    async fn register(&self, key: &str, value: &str) -> Result<i64, VspError> {
+        let ttl = self.config.ttl.as_secs();
+        let granted = self
+            .post("/v3/lease/grant", &json!({ "TTL": ttl.to_string() }))
+            .await
+            .map_err(|reason| etcd_error(format!("cannot register {key}: {reason}")))?;
+        let lease = number(&granted["ID"])
+            .ok_or_else(|| etcd_error(format!("etcd granted no lease: {granted}")))?;
+        self.post(
+            "/v3/kv/put",
+            &json!({ "key": base64(key.as_bytes()), "value": base64(value.as_bytes()), "lease": lease.to_string() }),
+        )
+        .await
+        .map_err(|reason| etcd_error(format!("cannot register {key}: {reason}")))?;
+        Ok(lease)
+    }
+}
+
+fn with_json(request: reqwest::RequestBuilder, body: &Value) -> reqwest::RequestBuilder {
+    request
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+}
+
+async fn read_json(response: reqwest::Response) -> Result<Value, String> {
+    let bytes = response.bytes().await.map_err(|err| err.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|err| err.to_string())
+}
+
+/// etcd's gateway writes 64-bit numbers as strings.
+fn number(value: &Value) -> Option<i64> {
+    match value {
+        Value::String(text) => text.parse().ok(),
+        Value::Number(n) => n.as_i64(),
+        _ => None,
+    }
+}
+
+/// Keeps a registration's lease alive (every third of the TTL); registers again if it expired
+/// (etcd was down longer than the TTL).
+async fn keep_alive(shared: std::sync::Weak<Shared>, key: String, value: String, mut lease: i64) {
+    loop {
+        let Some(every) = shared.upgrade().map(|s| s.config.ttl / 3) else {
+            return;
+        };
+        tokio::time::sleep(every).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let renewed = shared
+            .post("/v3/lease/keepalive", &json!({ "ID": lease.to_string() }))
+            .await;
+        match renewed {
+            Ok(answer) if number(&answer["result"]["TTL"]).unwrap_or(0) > 0 => {}
+            Ok(_) => {
+                tracing::warn!(%key, "the etcd lease expired; registering again");
+                match shared.register(&key, &value).await {
+                    Ok(new) => {
+                        lease = new;
+                        if let Some(entry) = lock(&shared.leases).get_mut(&key) {
+                            entry.0 = new;
+                        }
+                    }
+                    Err(err) => tracing::warn!(%key, "{err}"),
+                }
+            }
+            Err(reason) => tracing::warn!(%key, "cannot renew the etcd lease: {reason}"),
+        }
+    }
+}
+
+/// What the mesh holds from etcd: key -> (service, address).
+type Known = HashMap<String, (String, Address)>;
+
+/// Reads the prefix, then watches it from the next revision; again after any break.
+async fn sync_loop(shared: std::sync::Weak<Shared>, registry: MeshRegistry) {
+    let mut known: Known = HashMap::new();
+    let mut failures: u32 = 0;
+    loop {
+        if registry.is_closed() {
+            return;
+        }
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        match read_all(&strong).await {
+            Ok((entries, revision)) => {
+                failures = 0;
+                let mut now: Known = HashMap::new();
+                for (key, value) in entries {
+                    if let Some((service, info)) = parse_entry(&strong.config.prefix, &key, &value) {
+                        if registry.upsert(info.clone()).is_ok() {
+                            now.insert(key, (service, info.address().clone()));
+                        }
+                    }
+                }
+                for (key, (service, address)) in &known {
+                    if !now.contains_key(key) {
+                        registry.remove_at(service, address);
+                    }
+                }
+                known = now;
+                if !strong.answered.swap(true, Ordering::AcqRel) {
+                    for service in registry_services(&known) {
+                        registry.answered(&service);
+                    }
+                }
+                if let Err(reason) = watch(&strong, &registry, &mut known, revision + 1).await {
+                    tracing::warn!("etcd watch ended, reading again: {reason}");
+                }
+            }
+            Err(reason) => {
+                failures += 1;
+                *lock(&strong.failure) = reason.clone();
+                tracing::warn!("cannot read etcd, keeping the last known instances: {reason}");
+            }
+        }
+        drop(strong);
+        let backoff = (Duration::from_millis(100) * 2u32.saturating_pow(failures.min(6)))
+            .min(Duration::from_secs(5));
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+fn registry_services(known: &Known) -> Vec<String> {
+    let mut services: Vec<String> = known.values().map(|(s, _)| s.clone()).collect();
+    services.sort();
+    services.dedup();
+    services
+}
+
+/// Every key under the prefix, and the revision of the read.
+async fn read_all(shared: &Shared) -> Result<(Vec<(String, Vec<u8>)>, i64), String> {
+    let prefix = &shared.config.prefix;
+    let answer = shared
+        .post(
+            "/v3/kv/range",
+            &json!({ "key": base64(prefix.as_bytes()), "range_end": base64(&range_end(prefix)) }),
+        )
+        .await?;
+    let revision = number(&answer["header"]["revision"]).unwrap_or(0);
+    let mut entries = Vec::new();
+    for kv in answer["kvs"].as_array().into_iter().flatten() {
+        if let (Some(key), Some(value)) = (decoded(&kv["key"]), decoded(&kv["value"])) {
+            entries.push((String::from_utf8_lossy(&key).into_owned(), value));
+        }
+    }
+    Ok((entries, revision))
+}
+
+/// Follows the watch stream until it breaks; `Err` says why.
+async fn watch(
+    shared: &Shared,
+    registry: &MeshRegistry,
+    known: &mut Known,
+    from: i64,
+) -> Result<(), String> {
+    let prefix = &shared.config.prefix;
+    let body = json!({ "create_request": {
+        "key": base64(prefix.as_bytes()),
+        "range_end": base64(&range_end(prefix)),
+        "start_revision": from.to_string(),
+    }});
+    let mut last = String::from("no endpoint configured");
+    for endpoint in &shared.config.endpoints {
+        let url = format!("{}/v3/watch", endpoint.trim_end_matches('/'));
+        let mut request = with_json(shared.http.post(&url), &body);
+        if let Some(token) = shared.token(endpoint).await? {
+            request = request.header("Authorization", token);
+        }
+        let mut response = match request.send().await {
+            Ok(response) if response.status().is_success() => response,
+            Ok(response) => {
+                last = format!("POST {url}: {}", response.status());
+                continue;
+            }
+            Err(err) => {
+                last = format!("POST {url}: {err}");
+                continue;
+            }
+        };
+        let mut buffer: Vec<u8> = Vec::new();
+        loop {
+            if registry.is_closed() {
+                return Ok(());
+            }
+            let chunk = response
+                .chunk()
+                .await
+                .map_err(|err| format!("the watch stream broke: {err}"))?;
+            let Some(chunk): Option<bytes::Bytes> = chunk else {
+                return Err("etcd closed the watch stream".to_owned());
+            };
+            buffer.extend_from_slice(&chunk);
+            // The gateway writes one JSON object per message, newline separated.
+            while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                let Ok(message) = serde_json::from_slice::<Value>(&line) else {
+                    continue;
+                };
+                apply_watch_message(prefix, registry, known, &message)?;
+            }
+        }
+    }
+    Err(last)
+}
+
+fn apply_watch_message(
+    prefix: &str,
+    registry: &MeshRegistry,
+    known: &mut Known,
+    message: &Value,
+) -> Result<(), String> {
+    let result = &message["result"];
+    if let Some(error) = message.get("error") {
+        return Err(format!("etcd: {error}"));
+    }
+    if number(&result["compact_revision"]).unwrap_or(0) > 0 || result["canceled"] == true {
+        return Err("the watch was compacted or canceled".to_owned());
+    }
+    for event in result["events"].as_array().into_iter().flatten() {
+        let Some(key) = decoded(&event["kv"]["key"]) else {
+            continue;
+        };
+        let key = String::from_utf8_lossy(&key).into_owned();
+        if event["type"] == "DELETE" {
+            if let Some((service, address)) = known.remove(&key) {
+                registry.remove_at(&service, &address);
+            }
+            continue;
+        }
+        let value = decoded(&event["kv"]["value"]).unwrap_or_default();
+        if let Some((service, info)) = parse_entry(prefix, &key, &value) {
+            let address = info.address().clone();
+            if registry.upsert(info).is_ok() {
+                registry.answered(&service);
+                if let Some((old_service, old)) = known.insert(key, (service, address.clone())) {
+                    if old != address {
+                        registry.remove_at(&old_service, &old);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The instance a key and value describe; `None` (logged, naming the key) when they do not.
+fn parse_entry(prefix: &str, key: &str, value: &[u8]) -> Option<(String, ServiceInfo)> {
+    let service = key.strip_prefix(prefix)?.split('/').next()?.to_owned();
+    let registration: Registration = match serde_json::from_slice(value) {
+        Ok(registration) => registration,
+        Err(err) => {
+            tracing::warn!(%key, "skipping an etcd entry that is not a VSP registration: {err}");
+            return None;
+        }
+    };
+    let address: Address = match registration.address.parse() {
+        Ok(address) => address,
+        Err(err) => {
+            tracing::warn!(%key, "skipping an etcd entry with a bad address: {err}");
+            return None;
+        }
+    };
+    let info = ServiceInfo::at(service.as_str(), address)
+        .with_weight(registration.weight)
+        .with_tls(registration.tls);
+    Some((service, info))
+}
+
+/// The end of the range of keys starting with `prefix` (its last byte plus one).
+fn range_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64, as the gateway wants keys and values.
+fn base64(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(BASE64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A base64 JSON string decoded; `None` if it is not one.
+fn decoded(value: &Value) -> Option<Vec<u8>> {
+    let text = value.as_str()?;
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let mut bits: u32 = 0;
+    let mut count = 0;
+    for byte in text.bytes() {
+        if byte == b'=' {
+            break;
+        }
+        let digit = BASE64.iter().position(|&b| b == byte)? as u32;
+        bits = bits << 6 | digit;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        for text in ["", "a", "ab", "abc", "/vsp/services/", "{\"address\":\"127.0.0.1:1\"}"] {
+            let encoded = base64(text.as_bytes());
+            assert_eq!(decoded(&Value::String(encoded)).unwrap(), text.as_bytes());
+        }
+        assert_eq!(base64(b"/vsp/services/a/1"), "L3ZzcC9zZXJ2aWNlcy9hLzE=");
+    }
+
+    #[test]
+    fn a_bad_value_or_address_is_skipped() {
+        let prefix = DEFAULT_PREFIX;
+        assert!(parse_entry(prefix, "/vsp/services/users/x", b"not json").is_none());
+        assert!(parse_entry(prefix, "/vsp/services/users/x", b"{\"weight\":2}").is_none());
+        assert!(parse_entry(prefix, "/vsp/services/users/x", b"{\"address\":\"nope\"}").is_none());
+        let (service, info) =
+            parse_entry(prefix, "/vsp/services/users/x", b"{\"address\":\"127.0.0.1:9\",\"weight\":3}")
+                .unwrap();
+        assert_eq!(service, "users");
+        assert_eq!(info.weight(), 3.0);
+        assert_eq!(range_end("/vsp/services/"), b"/vsp/services0");
+    }
+}
