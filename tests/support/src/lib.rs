@@ -2,6 +2,7 @@
 //! `vsp` command line's tests), without reaching into another package's files.
 //!
 //! - [`dnsmasq`]: a real dnsmasq serving SRV and A records on a loopback port.
+//! - [`etcd`]: a real etcd on loopback ports that a test can stop and start again.
 //! - [`fake_consul`]: a stateful fake Consul agent (no real agent can be installed here).
 //! - [`fault_proxy`]: a TCP proxy that injects faults (latency, resets, blackholes, half-closes,
 //!   slow reads) between a client and a server.
@@ -10,6 +11,7 @@
 //! - [`wait_until`]: a bounded wait on a condition that names what it waited for.
 
 pub mod dnsmasq;
+pub mod etcd;
 pub mod fake_consul;
 pub mod fault_proxy;
 pub mod pki;

@@ -298,7 +298,9 @@ impl Shared {
             .map_err(|err| format!("POST {url}: {err}"))?;
         match answer["token"].as_str() {
             Some(token) => Ok(Some(token.to_owned())),
-            None => Err(format!("etcd refused the credentials of `{user}`: {answer}")),
+            None => Err(format!(
+                "etcd refused the credentials of `{user}`: {answer}"
+            )),
         }
     }
 
@@ -393,7 +395,8 @@ async fn sync_loop(shared: std::sync::Weak<Shared>, registry: MeshRegistry) {
                 failures = 0;
                 let mut now: Known = HashMap::new();
                 for (key, value) in entries {
-                    if let Some((service, info)) = parse_entry(&strong.config.prefix, &key, &value) {
+                    if let Some((service, info)) = parse_entry(&strong.config.prefix, &key, &value)
+                    {
                         if registry.upsert(info.clone()).is_ok() {
                             now.insert(key, (service, info.address().clone()));
                         }
@@ -629,7 +632,14 @@ mod tests {
 
     #[test]
     fn base64_round_trips() {
-        for text in ["", "a", "ab", "abc", "/vsp/services/", "{\"address\":\"127.0.0.1:1\"}"] {
+        for text in [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "/vsp/services/",
+            "{\"address\":\"127.0.0.1:1\"}",
+        ] {
             let encoded = base64(text.as_bytes());
             assert_eq!(decoded(&Value::String(encoded)).unwrap(), text.as_bytes());
         }
@@ -642,9 +652,12 @@ mod tests {
         assert!(parse_entry(prefix, "/vsp/services/users/x", b"not json").is_none());
         assert!(parse_entry(prefix, "/vsp/services/users/x", b"{\"weight\":2}").is_none());
         assert!(parse_entry(prefix, "/vsp/services/users/x", b"{\"address\":\"nope\"}").is_none());
-        let (service, info) =
-            parse_entry(prefix, "/vsp/services/users/x", b"{\"address\":\"127.0.0.1:9\",\"weight\":3}")
-                .unwrap();
+        let (service, info) = parse_entry(
+            prefix,
+            "/vsp/services/users/x",
+            b"{\"address\":\"127.0.0.1:9\",\"weight\":3}",
+        )
+        .unwrap();
         assert_eq!(service, "users");
         assert_eq!(info.weight(), 3.0);
         assert_eq!(range_end("/vsp/services/"), b"/vsp/services0");
