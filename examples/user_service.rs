@@ -3,7 +3,8 @@
 //! replaced; the file is removed on exit).
 //!
 //! `--mdns` also announces it over multicast DNS; `--consul http://127.0.0.1:8500` registers it
-//! with that Consul agent (with a TCP check). Both are withdrawn on exit.
+//! with that Consul agent (with a TCP check); `--etcd http://127.0.0.1:2379` (repeatable)
+//! registers it in etcd under a lease. Each is withdrawn on exit.
 //! Prints `listening on <addr>` once ready; shuts down gracefully on SIGINT or SIGTERM.
 //!
 //! Security (README, "Security"): `--tls-cert FILE --tls-key FILE` serves TLS (and announces
@@ -15,19 +16,20 @@
 //!
 //! Copied into a crate of your own, next to `users/mod.rs`, it needs the Getting started
 //! dependencies (README) and:
-//! cargo add vsp-rpc --features tls
+//! cargo add vsp-rpc --features tls,etcd
 //! cargo add tokio --features signal
 //! cargo add tracing-subscriber --features env-filter
 
 mod users;
 
 use users::{UserServiceClient, UserServiceServer, Users};
+use vsp::discovery::{EtcdConfig, EtcdDiscovery};
 use vsp::server::BearerToken;
 use vsp::tls::{ServerTls, ServerTlsConfig, TlsListener};
 use vsp::transport::Address;
 use vsp::{ConsulConfig, ConsulDiscovery, MdnsDiscovery, ServiceMesh, VspManager};
 
-const USAGE: &str = "usage: user_service [--addr HOST:PORT | --addr unix:/PATH] [--mdns | --consul AGENT_URL] [--weight W]
+const USAGE: &str = "usage: user_service [--addr HOST:PORT | --addr unix:/PATH] [--mdns | --consul AGENT_URL | --etcd URL...] [--weight W]
                     [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]] [--auth-token TOKEN]   (default 127.0.0.1:9090)";
 
 #[tokio::main]
@@ -39,6 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut addr = Address::tcp("127.0.0.1", 9090);
     let mut mdns = false;
     let mut consul: Option<String> = None;
+    let mut etcd: Vec<String> = Vec::new();
     let mut weight = 1.0;
     let (mut tls_cert, mut tls_key, mut tls_client_ca) = (None, None, None);
     let mut auth_token: Option<String> = None;
@@ -47,6 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         match arg.as_str() {
             "--mdns" => mdns = true,
             "--consul" => consul = Some(args.next().ok_or(USAGE)?),
+            "--etcd" => etcd.push(args.next().ok_or(USAGE)?),
             "--tls-cert" => tls_cert = Some(args.next().ok_or(USAGE)?),
             "--tls-key" => tls_key = Some(args.next().ok_or(USAGE)?),
             "--tls-client-ca" => tls_client_ca = Some(args.next().ok_or(USAGE)?),
@@ -72,8 +76,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let mut builder = VspManager::builder(UserServiceClient::SERVICE_NAME).weight(weight);
-    if mdns && consul.is_some() {
-        return Err(format!("--mdns and --consul exclude each other\n{USAGE}").into());
+    if usize::from(mdns) + usize::from(consul.is_some()) + usize::from(!etcd.is_empty()) > 1 {
+        return Err(format!("--mdns, --consul and --etcd exclude each other\n{USAGE}").into());
+    }
+    if let Some((first, more)) = etcd.split_first() {
+        let mut config = EtcdConfig::new(first);
+        for endpoint in more {
+            config = config.endpoint(endpoint);
+        }
+        builder = builder.mesh(
+            ServiceMesh::builder()
+                .discovery(EtcdDiscovery::new(config))
+                .build(),
+        );
     }
     if mdns {
         builder = builder.mesh(

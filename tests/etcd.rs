@@ -1,6 +1,8 @@
 //! etcd discovery and registration against a real etcd started by the test (Debian's
 //! `etcd-server`) on free loopback ports in a temporary data directory.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,4 +126,70 @@ async fn an_etcd_restart_keeps_calls_going_and_the_watch_resumes() {
     assert!(second_calls.load(Ordering::Relaxed) > 0);
     first.shutdown().await.unwrap();
     second.shutdown().await.unwrap();
+}
+
+/// `examples/user_service --etcd URL` on a free port: registered while it runs.
+async fn user_service_in_etcd(
+    etcd: &Etcd,
+) -> (std::process::Child, tokio::task::JoinHandle<Vec<String>>) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let (child, line, output) =
+        common::start_example("user_service", &["--addr", &addr, "--etcd", &etcd.url()]).await;
+    assert_eq!(line, format!("listening on {addr}"));
+    (child, output)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_removes_an_instance_at_once_and_kill_9_within_the_ttl() {
+    let Some(binary) = etcd_binary() else { return };
+    let etcd = Etcd::start(binary).await;
+    let client = VspClient::builder(etcd_mesh(&etcd)).build();
+    let mesh = client.mesh().clone();
+
+    let (terminated, output) = user_service_in_etcd(&etcd).await;
+    wait_until("the example's registration", BOUND, || {
+        mesh.instances("user-service").len() == 1
+    })
+    .await;
+    let user = client
+        .call("user-service", "get_user", json!({"user_id": "123"}))
+        .await
+        .unwrap();
+    assert_eq!(user["name"], "John Doe");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &terminated.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = std::time::Instant::now();
+    wait_until("the SIGTERMed instance to leave", BOUND, || {
+        mesh.instances("user-service").is_empty()
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "left after {:?}: a graceful stop revokes its lease",
+        started.elapsed()
+    );
+    drop(output);
+
+    // Killed outright, it cannot revoke: its lease (10 s) expires.
+    let (mut killed, _output) = user_service_in_etcd(&etcd).await;
+    wait_until("the second registration", BOUND, || {
+        mesh.instances("user-service").len() == 1
+    })
+    .await;
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    wait_until(
+        "the killed instance's lease to expire (TTL 10 s)",
+        Duration::from_secs(20),
+        || mesh.instances("user-service").is_empty(),
+    )
+    .await;
 }

@@ -698,3 +698,36 @@ async fn dns_domain_finds_a_service_by_srv_records() {
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
     manager.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_finds_a_registered_service() {
+    use vsp::discovery::{EtcdConfig, EtcdDiscovery};
+    use vsp_test_support::etcd::{etcd_binary, Etcd};
+    let Some(binary) = etcd_binary() else { return };
+    let etcd = Etcd::start(binary).await;
+    let mesh = ServiceMesh::builder()
+        .discovery(EtcdDiscovery::new(EtcdConfig::new(etcd.url())))
+        .build();
+    let manager = VspManager::builder("etcd-echo").mesh(mesh).build();
+    manager
+        .endpoint("echo", |body: Value| async move { Ok::<_, String>(body) })
+        .unwrap();
+    manager.start_server("127.0.0.1", 0).await.unwrap();
+    let url = etcd.url();
+    let output = vsp(
+        args(&[
+            "call",
+            "etcd-echo",
+            "echo",
+            r#"{"y":2}"#,
+            "--compact",
+            "--etcd",
+            &url,
+        ]),
+        None,
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), r#"{"y":2}"#);
+    manager.shutdown().await.unwrap();
+}

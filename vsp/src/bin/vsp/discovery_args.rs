@@ -90,6 +90,9 @@ pub(crate) struct DiscoveryArgs {
     /// Finds the service through the Consul agent at this URL.
     #[arg(long, value_name = "URL")]
     pub(crate) consul: Option<String>,
+    /// Finds the service in etcd at this URL (repeat for more endpoints of the cluster).
+    #[arg(long, value_name = "URL")]
+    pub(crate) etcd: Vec<String>,
     /// Finds the service by DNS SRV records `_vsp._tcp.<service>.<DOMAIN>` (for example
     /// `default.svc.cluster.local`).
     #[arg(long, value_name = "DOMAIN")]
@@ -107,6 +110,7 @@ impl DiscoveryArgs {
             || self.mdns
             || self.consul.is_some()
             || self.dns_domain.is_some()
+            || !self.etcd.is_empty()
     }
 
     /// A mesh that finds `service` the way the flags say, waiting up to `timeout` for a first
@@ -115,11 +119,21 @@ impl DiscoveryArgs {
         let sources = usize::from(!self.static_instances.is_empty())
             + usize::from(self.mdns)
             + usize::from(self.consul.is_some())
-            + usize::from(self.dns_domain.is_some());
+            + usize::from(self.dns_domain.is_some())
+            + usize::from(!self.etcd.is_empty());
         if sources > 1 {
             return Err(Failure::usage(
-                "--static, --mdns, --consul and --dns-domain exclude each other",
+                "--static, --mdns, --consul, --etcd and --dns-domain exclude each other",
             ));
+        }
+        if let Some((first, more)) = self.etcd.split_first() {
+            let mut config = vsp::discovery::EtcdConfig::new(first).first_resolution_wait(timeout);
+            for endpoint in more {
+                config = config.endpoint(endpoint);
+            }
+            return Ok(ServiceMesh::builder()
+                .discovery(vsp::discovery::EtcdDiscovery::new(config))
+                .build());
         }
         if let Some(domain) = &self.dns_domain {
             let mut config = vsp::discovery::DnsConfig::srv(domain)
@@ -147,7 +161,7 @@ impl DiscoveryArgs {
         }
         if self.static_instances.is_empty() {
             return Err(Failure::usage(
-                "give --static, --mdns, --consul or --dns-domain",
+                "give --static, --mdns, --consul, --etcd or --dns-domain",
             ));
         }
         let mesh = ServiceMesh::new();
@@ -213,7 +227,7 @@ impl TargetArgs {
         if !self.discovery.given() {
             let address = parse_address(&self.target).map_err(|reason| {
                 Failure::usage(format!(
-                    "{reason}; to call a service by name, give --static, --mdns, --consul or --dns-domain"
+                    "{reason}; to call a service by name, give --static, --mdns, --consul, --etcd or --dns-domain"
                 ))
             })?;
             let service = self.service.clone().unwrap_or_else(|| self.target.clone());
