@@ -193,3 +193,82 @@ async fn sigterm_removes_an_instance_at_once_and_kill_9_within_the_ttl() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_etcd_fails_registration_clearly_and_callers_wait_then_say_why() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mesh = || {
+        ServiceMesh::builder()
+            .discovery(EtcdDiscovery::new(
+                EtcdConfig::new(url.clone()).first_resolution_wait(Duration::from_millis(300)),
+            ))
+            .build()
+    };
+    let manager = VspManager::builder("users").mesh(mesh()).build();
+    let err = manager.start_server("127.0.0.1", 0).await.unwrap_err();
+    match &err {
+        VspError::Discovery { backend, reason } => {
+            assert_eq!(*backend, "etcd");
+            assert!(reason.contains(&url), "names the endpoint: {reason}");
+        }
+        other => panic!("expected a discovery error, got {other:?}"),
+    }
+    let client = VspClient::builder(mesh()).build();
+    let err = client.call("users", "whoami", json!({})).await.unwrap_err();
+    assert!(
+        err.to_string().contains("etcd") && err.to_string().contains("never answered"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_reach_an_etcd_with_authentication_on() {
+    let Some(binary) = etcd_binary() else { return };
+    let etcd = Etcd::start(binary).await;
+    // root with a password, then authentication on (etcd's JSON gateway, as etcdctl would).
+    let user = r#"{"name":"root","password":"s3cret"}"#;
+    assert!(etcd
+        .post("/v3/auth/user/add", user)
+        .await
+        .unwrap()
+        .contains("header"));
+    let grant = r#"{"user":"root","role":"root"}"#;
+    assert!(etcd
+        .post("/v3/auth/user/grant", grant)
+        .await
+        .unwrap()
+        .contains("header"));
+    assert!(etcd
+        .post("/v3/auth/enable", "{}")
+        .await
+        .unwrap()
+        .contains("header"));
+    let with = |password: &str| {
+        ServiceMesh::builder()
+            .discovery(EtcdDiscovery::new(
+                EtcdConfig::new(etcd.url())
+                    .credentials("root", password)
+                    .first_resolution_wait(Duration::from_millis(500)),
+            ))
+            .build()
+    };
+    let manager = VspManager::builder("users").mesh(with("s3cret")).build();
+    manager
+        .endpoint("whoami", |_: Value| async move {
+            Ok::<_, VspError>(json!("ok"))
+        })
+        .unwrap();
+    manager.start_server("127.0.0.1", 0).await.unwrap();
+    let client = VspClient::builder(with("s3cret")).build();
+    client.call("users", "whoami", json!({})).await.unwrap();
+    let refused = VspManager::builder("users").mesh(with("wrong")).build();
+    let err = refused.start_server("127.0.0.1", 0).await.unwrap_err();
+    assert!(err.to_string().contains("refused the credentials"), "{err}");
+    manager.shutdown().await.unwrap();
+}
