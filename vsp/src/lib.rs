@@ -229,9 +229,10 @@ pub use server::{EndpointInfo, Service, VspManager, VspManagerBuilder, WorkerTyp
 pub use stats::{EndpointStats, PerformanceStats};
 pub use transport::Address;
 
-// The README's examples compile as doc tests, so they cannot drift from the API (with `tls`, which
+// The README's examples compile as doc tests, so they cannot drift from the API (with `tls`, `etcd`
+// and `dns`, which
 // its Security section uses; `cargo test --workspace` turns it on).
-#[cfg(all(doctest, feature = "tls"))]
+#[cfg(all(doctest, feature = "tls", feature = "etcd", feature = "dns"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeExamples;
 
