@@ -230,8 +230,8 @@ pub use stats::{EndpointStats, PerformanceStats};
 pub use transport::Address;
 
 // The README's examples compile as doc tests, so they cannot drift from the API (with `tls`, `etcd`
-// and `dns`, which
-// its Security section uses; `cargo test --workspace` turns it on).
+// and `dns`, which its Security and discovery sections use; `cargo test --workspace` turns them
+// on).
 #[cfg(all(doctest, feature = "tls", feature = "etcd", feature = "dns"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeExamples;

@@ -143,7 +143,8 @@ impl DnsConfig {
     }
 }
 
-/// Discovery from DNS: see the [module docs](self) and [`DnsConfig`].
+/// Discovery from DNS SRV records (then the targets' A/AAAA records), or from A/AAAA records on
+/// a fixed port, re-resolved when the answer's TTL runs out; see [`DnsConfig`].
 ///
 /// ```no_run
 /// use vsp::discovery::{DnsConfig, DnsDiscovery};

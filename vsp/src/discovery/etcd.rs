@@ -91,7 +91,9 @@ impl EtcdConfig {
     }
 }
 
-/// Discovery and registration with etcd v3: see the [module docs](self).
+/// Discovery and registration with etcd v3: instances registered under leases at
+/// `<prefix><service>/<host:port>`, found by reading the prefix and watching it; see
+/// [`EtcdConfig`].
 ///
 /// ```no_run
 /// use vsp::discovery::{EtcdConfig, EtcdDiscovery};
