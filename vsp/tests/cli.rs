@@ -144,7 +144,7 @@ async fn exit_codes_say_what_went_wrong() {
     let not_a_target = vsp(args(&["call", "echo-service", "echo"]), None).await;
     assert_eq!(not_a_target.status.code(), Some(2));
     assert!(
-        stderr(&not_a_target).contains("--static, --mdns or --consul"),
+        stderr(&not_a_target).contains("--static, --mdns, --consul, --etcd or --dns-domain"),
         "{}",
         stderr(&not_a_target)
     );
@@ -729,5 +729,16 @@ async fn etcd_finds_a_registered_service() {
     .await;
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(stdout(&output).trim(), r#"{"y":2}"#);
+    let output = vsp(
+        args(&["discover", "etcd-echo", "--etcd", &url, "--timeout", "1s"]),
+        None,
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("127.0.0.1:"),
+        "{}",
+        stdout(&output)
+    );
     manager.shutdown().await.unwrap();
 }

@@ -190,7 +190,8 @@ pub(crate) fn parse_address(text: &str) -> Result<Address, String> {
 /// `<target>` and how to reach it.
 #[derive(Args)]
 pub(crate) struct TargetArgs {
-    /// `host:port` or `unix:/path`, or a service name resolved with --static, --mdns or --consul.
+    /// `host:port` or `unix:/path`, or a service name resolved with --static, --mdns, --consul, --etcd or
+    /// --dns-domain.
     pub(crate) target: String,
     #[command(flatten)]
     pub(crate) discovery: DiscoveryArgs,

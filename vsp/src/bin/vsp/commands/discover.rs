@@ -23,8 +23,10 @@ pub(crate) struct DiscoverArgs {
 }
 
 pub(crate) async fn run(args: DiscoverArgs) -> Result<(), Failure> {
-    if !args.discovery.mdns && args.discovery.consul.is_none() {
-        return Err(Failure::usage("give --mdns or --consul"));
+    if !args.discovery.given() || !args.discovery.static_instances.is_empty() {
+        return Err(Failure::usage(
+            "give --mdns, --consul, --etcd or --dns-domain",
+        ));
     }
     let resolved = Resolved::new(
         &args.service,
