@@ -172,9 +172,27 @@ async fn a_resolver_that_stops_answering_keeps_the_last_instances() {
     let dns = Dnsmasq::start(&binary, 0, &[srv("users", "a", a_port, 0, 1), host("a")]).await;
     let client = client_of(&dns);
     client.call("users", "whoami", json!({})).await.unwrap();
+    let port = dns.port;
     drop(dns);
-    // Past several TTLs and re-resolutions with nobody answering (the scenario's wait).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A resolver that takes queries on the same port and never answers: count them.
+    let silent = tokio::net::UdpSocket::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let queries = Arc::new(AtomicUsize::new(0));
+    let counted = queries.clone();
+    let listener = tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while silent.recv_from(&mut buf).await.is_ok() {
+            counted.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    wait_until(
+        "two re-resolutions sent to the silent resolver",
+        Duration::from_secs(15),
+        || queries.load(Ordering::Relaxed) >= 2,
+    )
+    .await;
+    listener.abort();
     client.call("users", "whoami", json!({})).await.unwrap();
     assert_eq!(client.mesh().instances("users").len(), 1);
     a.shutdown().await.unwrap();

@@ -431,6 +431,7 @@ async fn a_timeout_on_an_address_target_names_the_address_once() {
     let manager = VspManager::builder("slow-service").build();
     manager
         .endpoint("slow_op", |_: Value| async move {
+            // The scenario: work that outlasts the caller's --timeout.
             tokio::time::sleep(std::time::Duration::from_secs(5)).await;
             Ok::<_, String>("late")
         })

@@ -11,18 +11,7 @@ pub const DOMAIN: &str = "vsp.test";
 
 /// dnsmasq's binary; `None` (after printing SKIPPED) when it is not installed, a failure in CI.
 pub fn dnsmasq_binary() -> Option<PathBuf> {
-    let found = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|path| path.exists());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "dnsmasq is not installed (Debian package dnsmasq-base)"
-        );
-        println!("SKIPPED: dnsmasq is not installed (apt-get install dnsmasq-base)");
-    }
-    found
+    crate::installed_binary(&["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"], "dnsmasq-base")
 }
 
 /// An SRV record line: `_vsp._tcp.<service>.vsp.test` → `<target>.vsp.test:<port>`.

@@ -9,18 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// etcd's binary; `None` (after printing SKIPPED) when it is not installed, a failure in CI.
 pub fn etcd_binary() -> Option<PathBuf> {
-    let found = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|path| path.exists());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "etcd is not installed (Debian package etcd-server)"
-        );
-        println!("SKIPPED: etcd is not installed (apt-get install etcd-server)");
-    }
-    found
+    crate::installed_binary(&["/usr/bin/etcd", "/usr/local/bin/etcd"], "etcd-server")
 }
 
 /// A single-member etcd cluster; killed (and its data removed) when dropped.

@@ -17,7 +17,29 @@ pub mod fault_proxy;
 pub mod pki;
 pub mod spans;
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// The first of `candidates` that exists; `None` (after printing SKIPPED) when none does, and a
+/// failure in CI (`CI` set), which installs `package`.
+pub fn installed_binary(candidates: &[&str], package: &str) -> Option<PathBuf> {
+    let found = candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists());
+    if found.is_none() {
+        let name = candidates
+            .first()
+            .and_then(|path| path.rsplit('/').next())
+            .unwrap_or("");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is not installed (Debian package {package})"
+        );
+        println!("SKIPPED: {name} is not installed (apt-get install {package})");
+    }
+    found
+}
 
 /// Polls `condition` every 5 ms until it holds; panics naming `what` once `bound` has passed.
 pub async fn wait_until(what: &str, bound: Duration, mut condition: impl FnMut() -> bool) {
