@@ -1,6 +1,7 @@
 //! A real dnsmasq answering from its configuration on a free loopback port, for the DNS
 //! discovery tests (Debian's `dnsmasq-base`; `.ci/run` installs it).
 
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -41,8 +42,27 @@ impl Drop for TempDir {
 
 impl Dnsmasq {
     /// Starts dnsmasq on `port` (0: a free one) with `records` (dnsmasq option lines).
+    ///
+    /// dnsmasq listens on UDP and TCP on its port, so a port free for UDP can still be taken on
+    /// TCP by a parallel test: dnsmasq then exits at once, and a port of our choosing is picked
+    /// again (up to five times); a given port that cannot be bound fails with dnsmasq's message.
     pub async fn start(binary: &PathBuf, port: u16, records: &[String]) -> Dnsmasq {
-        let port = if port == 0 { free_udp_port() } else { port };
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let chosen = if port == 0 { free_port() } else { port };
+            match Self::try_start(binary, chosen, records).await {
+                Ok(server) => return server,
+                Err(exited) if port == 0 && tries < 5 => {
+                    eprintln!("dnsmasq on port {chosen} exited ({exited}); trying another port");
+                }
+                Err(exited) => panic!("dnsmasq on 127.0.0.1:{chosen} exited: {exited}"),
+            }
+        }
+    }
+
+    /// One start: `Err` with dnsmasq's stderr when it exits before answering.
+    async fn try_start(binary: &PathBuf, port: u16, records: &[String]) -> Result<Dnsmasq, String> {
         let dir = crate::pki::temp_dir("dnsmasq");
         let conf = dir.join("dnsmasq.conf");
         let mut text = format!(
@@ -62,12 +82,12 @@ impl Dnsmasq {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let server = Dnsmasq {
+        let mut server = Dnsmasq {
             child,
             port,
             _dir: TempDir(dir),
         };
-        // Ready once it answers a query on its port.
+        // Ready once it answers a query on its port; failed once it has exited.
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -77,7 +97,14 @@ impl Dnsmasq {
             if let Ok(Ok(_)) =
                 tokio::time::timeout(Duration::from_millis(100), socket.recv_from(&mut buf)).await
             {
-                return server;
+                return Ok(server);
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = server.child.stderr.take() {
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                return Err(format!("{status}: {}", stderr.trim()));
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -109,10 +136,13 @@ fn probe_query() -> Vec<u8> {
     query
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port free for UDP and for TCP at the moment of asking.
+fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }

@@ -31,16 +31,33 @@ fn free_port() -> u16 {
 
 impl Etcd {
     /// Starts etcd and waits (bounded) until it answers.
+    ///
+    /// A port picked free can be taken by a parallel test before etcd binds it: etcd then exits,
+    /// and it is started again on new ports (up to five times).
     pub async fn start(binary: PathBuf) -> Etcd {
-        let mut etcd = Etcd {
-            binary,
-            child: None,
-            client_port: free_port(),
-            peer_port: free_port(),
-            dir: crate::pki::temp_dir("etcd"),
-        };
-        etcd.run().await;
-        etcd
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let client_port = free_port();
+            let mut peer_port = free_port();
+            while peer_port == client_port {
+                peer_port = free_port();
+            }
+            let mut etcd = Etcd {
+                binary: binary.clone(),
+                child: None,
+                client_port,
+                peer_port,
+                dir: crate::pki::temp_dir("etcd"),
+            };
+            match etcd.run().await {
+                Ok(()) => return etcd,
+                Err(exited) if tries < 5 => {
+                    eprintln!("etcd on ports {client_port}/{peer_port} exited ({exited}); again");
+                }
+                Err(exited) => panic!("etcd on {} exited: {exited}", etcd.url()),
+            }
+        }
     }
 
     /// The client URL, `http://127.0.0.1:<port>`.
@@ -59,10 +76,13 @@ impl Etcd {
     /// Starts it again on the same ports and data.
     pub async fn restart(&mut self) {
         self.stop();
-        self.run().await;
+        if let Err(exited) = self.run().await {
+            panic!("etcd restarted on {} exited: {exited}", self.url());
+        }
     }
 
-    async fn run(&mut self) {
+    /// Runs etcd until it answers (`Ok`) or exits (`Err` with its exit status).
+    async fn run(&mut self) -> Result<(), String> {
         let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new(&self.binary)
@@ -90,8 +110,12 @@ impl Etcd {
         loop {
             if let Ok(answer) = self.post("/v3/kv/range", r#"{"key":"AA=="}"#).await {
                 if answer.contains("header") {
-                    return;
+                    return Ok(());
                 }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|child| child.try_wait()) {
+                self.child = None;
+                return Err(status.to_string());
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
