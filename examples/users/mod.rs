@@ -1,16 +1,18 @@
 //! The demo `user-service` of the examples: `get_user`, `create_user`, `update_user` over an
 //! in-memory store seeded with user `123`. Copy it next to an example's `main.rs` as
-//! `users/mod.rs` (or `users.rs`); it needs `vsp-rpc` and serde's `derive`.
+//! `users/mod.rs` (or `users.rs`); it needs `vsp-rpc` (feature `schema`, for the JSON Schemas
+//! of its `vsp.describe`), serde's `derive` and `schemars`.
 #![allow(dead_code)] // each example uses its own part
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A user record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct User {
     pub id: String,
     pub name: String,
@@ -18,7 +20,7 @@ pub struct User {
 }
 
 /// Why a user operation failed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub enum UserError {
     /// No user has this id.
     NotFound { user_id: String },
@@ -37,6 +39,7 @@ impl std::fmt::Display for UserError {
 #[vsp::service(name = "user-service")]
 pub trait UserService {
     /// The user with this id.
+    #[vsp(idempotent)]
     async fn get_user(&self, user_id: String) -> Result<User, UserError>;
     /// Creates a user and returns it with its new id.
     async fn create_user(&self, name: String, email: String) -> User;

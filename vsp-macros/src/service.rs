@@ -23,21 +23,31 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     Ok(ServiceGenerator::parse(args, item)?.into_token_stream())
 }
 
-/// `#[vsp::service(name = "...")]`.
+/// `#[vsp::service(name = "...", strict_schema)]`.
 #[derive(Default)]
 struct ServiceArgs {
     name: Option<LitStr>,
+    /// Every argument, result and error type must have a JSON Schema (a compile error if not).
+    strict_schema: bool,
 }
 
 impl Parse for ServiceArgs {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let mut name_option = Once::new("name");
+        let mut strict_option = Once::new("strict_schema");
         while !input.is_empty() {
             let key: Ident = input.parse()?;
+            if key == "strict_schema" {
+                strict_option.set(key.span(), ())?;
+                if !input.is_empty() {
+                    input.parse::<Token![,]>()?;
+                }
+                continue;
+            }
             if key != "name" {
                 return Err(syn::Error::new(
                     key.span(),
-                    format!("unknown `vsp::service` option `{key}`; the only option is `name = \"...\"`"),
+                    format!("unknown `vsp::service` option `{key}`; the options are `name = \"...\"` and `strict_schema`"),
                 ));
             }
             input.parse::<Token![=]>()?;
@@ -55,6 +65,7 @@ impl Parse for ServiceArgs {
         }
         Ok(ServiceArgs {
             name: name_option.into_value(),
+            strict_schema: strict_option.into_value().is_some(),
         })
     }
 }
@@ -66,6 +77,8 @@ struct Method {
     ident: Ident,
     /// The endpoint's wire name.
     wire_name: String,
+    /// Its `///` comment, for its description.
+    doc: Option<String>,
     idempotent: bool,
     args: Vec<(Ident, Type)>,
     /// The return type as written (`()` when there is none).
@@ -86,6 +99,7 @@ struct ServiceGenerator {
     vis: Visibility,
     trait_ident: Ident,
     service_name: String,
+    strict_schema: bool,
     methods: Vec<Method>,
 }
 
@@ -145,6 +159,7 @@ impl ServiceGenerator {
             vis: item.vis,
             trait_ident: item.ident,
             service_name,
+            strict_schema: args.strict_schema,
             methods,
         })
     }
@@ -262,7 +277,7 @@ impl ServiceGenerator {
         let registrations = self.methods.iter().map(|method| {
             let args_ident = self.args_ident(method);
             let ident = &method.ident;
-            let wire_name = &method.wire_name;
+            let description = self.description(method);
             let names: Vec<&Ident> = method.args.iter().map(|(name, _)| name).collect();
             let (register, text) = match &method.output {
                 // The error's text: its `Display` if it has one (picked where `E` is concrete).
@@ -281,7 +296,7 @@ impl ServiceGenerator {
             let shared = Ident::new("service", Span::mixed_site());
             // Spanned at the method: an unmet bound on its types is reported there.
             let register = quote_spanned! {ident.span()=>
-                ::vsp::__private::#register(manager, #wire_name, #text move |#args_ident { #(#names),* }| {
+                ::vsp::__private::#register(manager, #description, #text move |#args_ident { #(#names),* }| {
                     let #shared = ::core::clone::Clone::clone(&#shared);
                     async move { <S as #trait_ident>::#ident(&*#shared, #(#names),*).await }
                 })
@@ -330,6 +345,54 @@ impl ServiceGenerator {
                     ::core::result::Result::Ok(())
                 }
             }
+        }
+    }
+
+    /// A function that writes the JSON Schema of `ty`: schemars' when it has one (or a compile
+    /// error without one, with `strict_schema`), else the open schema.
+    fn schema_fn(&self, ty: &Type) -> TokenStream {
+        if self.strict_schema {
+            return quote_spanned! {ty.span()=> ::vsp::__private::strict_schema_fn::<#ty>() };
+        }
+        quote_spanned! {ty.span()=>
+            {
+                #[allow(unused_imports)]
+                use ::vsp::__private::{SchemaByJsonSchema as _, SchemaOpen as _};
+                (&&::vsp::__private::SchemaOf::<#ty>::new()).schema_fn()
+            }
+        }
+    }
+
+    /// The `EndpointDescription` of a method, made when it is registered.
+    fn description(&self, method: &Method) -> TokenStream {
+        let wire_name = &method.wire_name;
+        let idempotent = method.idempotent;
+        let doc = match &method.doc {
+            Some(doc) => quote!(::core::option::Option::Some(#doc)),
+            None => quote!(::core::option::Option::None),
+        };
+        let params = method.args.iter().map(|(name, ty)| {
+            let name = name.to_string();
+            let name = name.trim_start_matches("r#");
+            let required = !is_option(ty);
+            let schema = self.schema_fn(ty);
+            quote!((#name, #required, #schema))
+        });
+        let (result, error) = match &method.output {
+            Output::Fallible { ok, err } => {
+                let error = self.schema_fn(err);
+                (
+                    self.schema_fn(ok),
+                    quote!(::core::option::Option::Some(#error)),
+                )
+            }
+            Output::Value => (
+                self.schema_fn(&method.ret),
+                quote!(::core::option::Option::None),
+            ),
+        };
+        quote! {
+            ::vsp::__private::describe(#wire_name, #doc, #idempotent, &[#(#params),*], #result, #error)
         }
     }
 
@@ -578,14 +641,15 @@ fn parse_method(method: TraitItemFn, errors: &mut Errors) -> Option<Method> {
         .into_value()
         .unwrap_or_else(|| sig.ident.to_string().trim_start_matches("r#").to_owned());
     let idempotent = idempotent_option.into_value().is_some();
-    if wire_name == HEALTH_ENDPOINT {
+    if RESERVED_ENDPOINTS.contains(&wire_name.as_str()) {
         errors.push(
             sig.ident.span(),
             format!(
-                "`{HEALTH_ENDPOINT}` is the endpoint every VSP server answers itself: rename the method, or give it another wire name with `#[vsp(name = \"...\")]`"
+                "`{wire_name}` is an endpoint every VSP server answers itself: rename the method, or give it another wire name with `#[vsp(name = \"...\")]`"
             ),
         );
     }
+    let doc = doc_comment(&kept_attrs);
 
     let ret: Type = match &sig.output {
         ReturnType::Default => syn::parse_quote!(()),
@@ -602,6 +666,7 @@ fn parse_method(method: TraitItemFn, errors: &mut Errors) -> Option<Method> {
         attrs: kept_attrs,
         ident: sig.ident,
         wire_name,
+        doc,
         idempotent,
         args,
         ret,
@@ -618,8 +683,36 @@ fn is_option(ty: &Type) -> bool {
     })
 }
 
-/// The wire name every server answers itself (`vsp::protocol::HEALTH_ENDPOINT`).
-const HEALTH_ENDPOINT: &str = "health";
+/// The wire names every server answers itself (`vsp::protocol::HEALTH_ENDPOINT` and
+/// `DESCRIBE_ENDPOINT`).
+const RESERVED_ENDPOINTS: [&str; 2] = ["health", "vsp.describe"];
+
+/// The text of `///` comments (`#[doc = "..."]`), one leading space per line removed, as rustdoc
+/// does; `None` when there is none.
+fn doc_comment(attrs: &[Attribute]) -> Option<String> {
+    let lines: Vec<String> = attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("doc"))
+        .filter_map(|attr| match &attr.meta {
+            syn::Meta::NameValue(syn::MetaNameValue {
+                value:
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(text),
+                        ..
+                    }),
+                ..
+            }) => Some(text.value()),
+            _ => None,
+        })
+        .flat_map(|text| {
+            text.split('\n')
+                .map(|line| line.strip_prefix(' ').unwrap_or(line).trim_end().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let text = lines.join("\n").trim().to_owned();
+    (!text.is_empty()).then_some(text)
+}
 
 /// What to write instead of a borrowed argument type: `String` for `&str`, `Vec<T>` for `&[T]`,
 /// `T` for `&T`.

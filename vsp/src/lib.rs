@@ -224,7 +224,7 @@ pub use discovery::{Discovery, StaticDiscovery};
 pub use error::{CallError, ErrorCode, ProtocolError, VspError};
 pub use instance::{HealthPolicy, HealthStatus, InstanceState, ServiceInfo};
 pub use mesh::{ServiceMesh, ServiceMeshBuilder};
-pub use protocol::Metadata;
+pub use protocol::{EndpointDescription, Metadata, ServiceDescription};
 pub use server::{EndpointInfo, Service, VspManager, VspManagerBuilder, WorkerType};
 pub use stats::{EndpointStats, PerformanceStats};
 pub use transport::Address;

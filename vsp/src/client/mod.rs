@@ -47,7 +47,7 @@ use retry::RetryBudget;
 
 use crate::error::{CallError, ErrorCode, VspError};
 use crate::mesh::ServiceMesh;
-use crate::protocol::Metadata;
+use crate::protocol::{Metadata, ServiceDescription, DESCRIBE_ENDPOINT};
 
 struct ClientInner {
     mesh: ServiceMesh,
@@ -198,6 +198,18 @@ impl VspClient {
             }
         }
         Ok(response::decode(service, endpoint, &response)?)
+    }
+
+    /// What `service` says of itself: its endpoints with their docs and JSON Schemas (the
+    /// built-in `vsp.describe`, through the mesh like any call).
+    ///
+    /// # Errors
+    /// As [`call`](VspClient::call); a Velithon server, which does not describe itself, answers
+    /// with a `Remote` error (`Endpoint vsp.describe not found`).
+    pub async fn describe(&self, service: &str) -> Result<ServiceDescription, VspError> {
+        let options = CallOptions::new().idempotent(true);
+        self.call_with(service, DESCRIBE_ENDPOINT, probe::EmptyBody {}, options)
+            .await
     }
 
     /// What this client's calls did per service and endpoint (calls, errors by code, latency

@@ -24,7 +24,7 @@ use crate::transport::Connector;
 use crate::BoxFuture;
 
 #[derive(Serialize)]
-struct EmptyBody {}
+pub(super) struct EmptyBody {}
 
 /// The longest a liveness check of a silent connection waits for its `health` answer.
 const MAX_LIVENESS_WAIT: Duration = Duration::from_secs(5);

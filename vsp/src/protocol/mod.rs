@@ -13,13 +13,17 @@
 //! writes envelope punctuation: every request, response and message goes through
 //! `write_envelope`, whose `Extensions` is where new header keys are added.
 //!
-//! Reserved endpoint names, answered by every server itself: [`HEALTH_ENDPOINT`].
+//! Reserved endpoint names, answered by every server itself: [`HEALTH_ENDPOINT`] and
+//! [`DESCRIBE_ENDPOINT`] (its answer a [`ServiceDescription`]).
 
+mod describe;
 mod envelope;
 pub(crate) mod frame;
 mod message;
 mod metadata;
 
+pub(crate) use describe::open_schema;
+pub use describe::{is_open_schema, EndpointDescription, ServiceDescription, DESCRIBE_ENDPOINT};
 pub(crate) use envelope::{
     is_json_object, parse_int_request_id, salvage_request_id, write_envelope, write_error_body,
     write_service_error_body, Extensions, HeaderOut, RequestIdOut,

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use super::announce::Announcement;
 use super::auth::AuthHook;
 use super::drain::Drain;
-use super::endpoint::HealthEndpoint;
+use super::endpoint::{DescribeEndpoint, Endpoint, HealthEndpoint};
 use super::{
     EndpointEntry, Lifecycle, ManagerInner, PeerLog, Registry, ServerConfig, VspManager,
     WorkerType, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
@@ -19,7 +19,7 @@ use super::{
     DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_BYTES_PER_CONNECTION,
 };
 use crate::mesh::ServiceMesh;
-use crate::protocol::{DEFAULT_MAX_FRAME_SIZE, HEALTH_ENDPOINT};
+use crate::protocol::{DEFAULT_MAX_FRAME_SIZE, DESCRIBE_ENDPOINT, HEALTH_ENDPOINT};
 use crate::stats::{EndpointCounters, ServerStats};
 
 /// Builds a [`VspManager`].
@@ -202,16 +202,21 @@ impl VspManagerBuilder {
     /// Builds the manager. It serves nothing until [`VspManager::start_server`].
     pub fn build(self) -> VspManager {
         let (lifecycle, _) = watch::channel(Lifecycle::Idle);
-        let health: Arc<str> = Arc::from(HEALTH_ENDPOINT);
-        let registry = Registry::from([(
-            health.clone(),
-            Arc::new(EndpointEntry {
-                name: health,
-                endpoint: Box::new(HealthEndpoint),
+        let built_in = |name: &str, endpoint: Box<dyn Endpoint>| {
+            let name: Arc<str> = Arc::from(name);
+            let entry = EndpointEntry {
+                name: name.clone(),
+                endpoint,
                 counters: EndpointCounters::default(),
                 limiter: None,
-            }),
-        )]);
+                description: None,
+            };
+            (name, Arc::new(entry))
+        };
+        let registry = Registry::from([
+            built_in(HEALTH_ENDPOINT, Box::new(HealthEndpoint)),
+            built_in(DESCRIBE_ENDPOINT, Box::new(DescribeEndpoint)),
+        ]);
         let inner = Arc::new(ManagerInner {
             service: Arc::from(self.name.as_str()),
             name: self.name,

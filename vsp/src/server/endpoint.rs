@@ -54,6 +54,17 @@ impl Endpoint for HealthEndpoint {
     }
 }
 
+/// The built-in `vsp.describe` endpoint: the service's description, read from its registry at
+/// the time of the call (so endpoints added while serving are listed).
+pub(crate) struct DescribeEndpoint;
+
+impl Endpoint for DescribeEndpoint {
+    fn start(&self, _body: &RawValue, reply: Reply, _call: CallContext, _cx: &mut Context<'_>) {
+        let description = reply.conn.manager().description();
+        reply.ok(&description);
+    }
+}
+
 #[derive(Serialize)]
 struct Health {
     status: &'static str,

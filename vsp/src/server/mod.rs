@@ -43,7 +43,8 @@ use worker::{PollLimiter, WorkerPool};
 
 use crate::error::VspError;
 // Reserved names live with the wire; still found here.
-pub use crate::protocol::HEALTH_ENDPOINT;
+use crate::protocol::{EndpointDescription, ServiceDescription, PROTOCOL_VERSION};
+pub use crate::protocol::{DESCRIBE_ENDPOINT, HEALTH_ENDPOINT};
 use crate::stats::{EndpointCounters, LiveCounts, PerformanceStats, ServerStats};
 use crate::transport::{Address, Listener, TcpListener};
 
@@ -60,6 +61,8 @@ pub(crate) struct EndpointEntry {
     pub(crate) counters: EndpointCounters,
     /// Its share of the worker pool (`Multicore` only).
     pub(crate) limiter: Option<Arc<PollLimiter>>,
+    /// What `vsp.describe` says of it (`None` for the built-in endpoints, which are not listed).
+    pub(crate) description: Option<Arc<EndpointDescription>>,
 }
 
 type Registry = HashMap<Arc<str>, Arc<EndpointEntry>>;
@@ -173,6 +176,22 @@ impl ManagerInner {
 
     pub(crate) fn lifecycle(&self) -> watch::Receiver<Lifecycle> {
         self.lifecycle.subscribe()
+    }
+
+    /// The answer to `vsp.describe`: every described endpoint, by name.
+    pub(crate) fn description(&self) -> ServiceDescription {
+        let mut endpoints: Vec<EndpointDescription> = self
+            .registry
+            .load()
+            .values()
+            .filter_map(|entry| entry.description.as_deref().cloned())
+            .collect();
+        endpoints.sort_by(|a, b| a.name.cmp(&b.name));
+        ServiceDescription {
+            service: self.name.clone(),
+            protocol_version: PROTOCOL_VERSION,
+            endpoints,
+        }
     }
 
     fn set_state(&self, state: Lifecycle) {
@@ -383,8 +402,12 @@ impl VspManager {
     /// `serde_json::Value`), and returns `Result<T, E>`: `T` becomes the response body, `E`'s
     /// message a `handler` error. Endpoints may be added while the server runs.
     ///
+    /// Its description (`vsp.describe`) is open: any arguments, any result; see
+    /// [`endpoint_described`](VspManager::endpoint_described) to say more.
+    ///
     /// # Errors
-    /// [`VspError::DuplicateEndpoint`] if `name` is taken (`health` is built in).
+    /// [`VspError::DuplicateEndpoint`] if `name` is taken (`health` and `vsp.describe` are built
+    /// in).
     pub fn endpoint<F, A, Fut, T, E>(
         &self,
         name: impl Into<String>,
@@ -397,7 +420,57 @@ impl VspManager {
         T: Serialize + Send + 'static,
         E: Display + Send + 'static,
     {
-        self.register(name.into(), Box::new(FnEndpoint::new(handler)))
+        let name = name.into();
+        let description = EndpointDescription::new(name.clone());
+        self.register(name, description, Box::new(FnEndpoint::new(handler)))
+    }
+
+    /// As [`endpoint`](VspManager::endpoint), registered under `description.name` with what
+    /// `vsp.describe` says of it: parameters, doc, idempotence, JSON Schemas (which `vsp call`
+    /// and the gateway's explorer use).
+    ///
+    /// ```
+    /// use serde_json::{json, Value};
+    /// use vsp::{EndpointDescription, VspError, VspManager};
+    ///
+    /// let manager = VspManager::builder("calc").build();
+    /// let add = EndpointDescription::new("add")
+    ///     .doc("Adds `a` and `b`.")
+    ///     .params(["a", "b"])
+    ///     .args_schema(json!({
+    ///         "type": "object",
+    ///         "properties": { "a": { "type": "number" }, "b": { "type": "number" } },
+    ///         "required": ["a", "b"]
+    ///     }));
+    /// manager.endpoint_described(add, |args: Value| async move {
+    ///     Ok::<_, VspError>(args["a"].as_f64().unwrap_or(0.0) + args["b"].as_f64().unwrap_or(0.0))
+    /// })?;
+    /// assert_eq!(manager.description().endpoints[0].params, ["a", "b"]);
+    /// # Ok::<(), VspError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`VspError::DuplicateEndpoint`] if the name is taken.
+    pub fn endpoint_described<F, A, Fut, T, E>(
+        &self,
+        description: EndpointDescription,
+        handler: F,
+    ) -> Result<(), VspError>
+    where
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        A: DeserializeOwned + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        T: Serialize + Send + 'static,
+        E: Display + Send + 'static,
+    {
+        let name = description.name.clone();
+        self.register(name, description, Box::new(FnEndpoint::new(handler)))
+    }
+
+    /// What this server answers to `vsp.describe`: its name, the protocol version, and every
+    /// endpoint (by name) with its description.
+    pub fn description(&self) -> ServiceDescription {
+        self.inner.description()
     }
 
     /// Registers every endpoint of `service`, such as a `#[vsp::service]` trait's generated
@@ -423,6 +496,7 @@ impl VspManager {
     pub(crate) fn register(
         &self,
         name: String,
+        description: EndpointDescription,
         endpoint: Box<dyn Endpoint>,
     ) -> Result<(), VspError> {
         let _registering = self
@@ -443,6 +517,10 @@ impl VspManager {
             }
             WorkerType::Async => None,
         };
+        let description = Arc::new(EndpointDescription {
+            name: name.clone(),
+            ..description
+        });
         let name: Arc<str> = Arc::from(name);
         let mut next = Registry::clone(&current);
         next.insert(
@@ -452,21 +530,23 @@ impl VspManager {
                 endpoint,
                 counters: EndpointCounters::default(),
                 limiter,
+                description: Some(description),
             }),
         );
         self.inner.registry.store(Arc::new(next));
         Ok(())
     }
 
-    /// The registered endpoint names, sorted (`health` not included).
+    /// The registered endpoint names, sorted (the built-in `health` and `vsp.describe` not
+    /// included).
     pub fn endpoints(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .inner
             .registry
             .load()
-            .keys()
-            .filter(|name| ***name != *HEALTH_ENDPOINT)
-            .map(|name| name.to_string())
+            .values()
+            .filter(|entry| entry.description.is_some())
+            .map(|entry| entry.name.to_string())
             .collect();
         names.sort();
         names

@@ -1,0 +1,183 @@
+//! What a service says about itself: the answer of the built-in [`DESCRIBE_ENDPOINT`].
+//!
+//! Every VSP server answers `vsp.describe` (as it answers `health`) with a
+//! [`ServiceDescription`]: its name, the protocol version, and each endpoint with its parameter
+//! names, whether it is idempotent, its doc comment, and JSON Schemas (draft 2020-12) of its
+//! arguments object, its result and its typed error. `#[vsp::service]` fills these in (the
+//! schemas with feature `schema`); an endpoint registered by hand has an open description unless
+//! it is given one ([`VspManager::endpoint_described`](crate::VspManager::endpoint_described)).
+//! Velithon's Python servers do not answer it: they say `Endpoint vsp.describe not found`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The built-in endpoint every VSP server answers with its [`ServiceDescription`]. Its dot keeps
+/// it apart from any method name; a `#[vsp::service]` method cannot take it.
+pub const DESCRIBE_ENDPOINT: &str = "vsp.describe";
+
+/// A service's answer to [`DESCRIBE_ENDPOINT`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceDescription {
+    /// The service name.
+    pub service: String,
+    /// The VSP protocol version the server speaks ([`PROTOCOL_VERSION`](super::PROTOCOL_VERSION)).
+    pub protocol_version: u32,
+    /// Its endpoints, by name (the built-in `health` and `vsp.describe` are not listed).
+    pub endpoints: Vec<EndpointDescription>,
+}
+
+impl ServiceDescription {
+    /// The endpoint called `name`, if the service has it.
+    pub fn endpoint(&self, name: &str) -> Option<&EndpointDescription> {
+        self.endpoints.iter().find(|endpoint| endpoint.name == name)
+    }
+}
+
+/// One endpoint of a [`ServiceDescription`].
+///
+/// A schema that says nothing (`{}`, any JSON value) is an *open* one: the endpoint was
+/// registered without one, or its type has no `JsonSchema` (or the `schema` feature is off).
+///
+/// ```
+/// use serde_json::json;
+/// use vsp::EndpointDescription;
+///
+/// let description = EndpointDescription::new("add")
+///     .doc("Adds two numbers.")
+///     .params(["a", "b"])
+///     .idempotent(true)
+///     .args_schema(json!({
+///         "type": "object",
+///         "properties": { "a": { "type": "number" }, "b": { "type": "number" } },
+///         "required": ["a", "b"]
+///     }))
+///     .result_schema(json!({ "type": "number" }));
+/// assert!(description.is_idempotent());
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct EndpointDescription {
+    /// The wire name.
+    pub name: String,
+    /// The argument object's keys, in declaration order.
+    #[serde(default)]
+    pub params: Vec<String>,
+    /// Safe to send again after a failure (`#[vsp(idempotent)]`).
+    #[serde(default)]
+    pub idempotent: bool,
+    /// Its documentation (a method's `///` comment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doc: Option<String>,
+    /// The JSON Schema of the arguments object.
+    #[serde(default = "open_schema")]
+    pub args_schema: Value,
+    /// The JSON Schema of the result.
+    #[serde(default = "open_schema")]
+    pub result_schema: Value,
+    /// The JSON Schema of the typed error (`data` of a `handler` error), for a method returning
+    /// `Result<T, E>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_schema: Option<Value>,
+}
+
+/// The schema that allows any value.
+pub(crate) fn open_schema() -> Value {
+    Value::Object(Default::default())
+}
+
+/// Whether `schema` says nothing: `{}` or `true`.
+pub fn is_open_schema(schema: &Value) -> bool {
+    match schema {
+        Value::Bool(true) => true,
+        Value::Object(map) => map.is_empty(),
+        _ => false,
+    }
+}
+
+impl EndpointDescription {
+    /// An open description of the endpoint `name`: no parameters known, any arguments, any
+    /// result.
+    pub fn new(name: impl Into<String>) -> Self {
+        EndpointDescription {
+            name: name.into(),
+            params: Vec::new(),
+            idempotent: false,
+            doc: None,
+            args_schema: open_schema(),
+            result_schema: open_schema(),
+            error_schema: None,
+        }
+    }
+
+    /// Sets its documentation.
+    pub fn doc(mut self, doc: impl Into<String>) -> Self {
+        self.doc = Some(doc.into());
+        self
+    }
+
+    /// Sets the argument object's keys.
+    pub fn params<S: Into<String>>(mut self, params: impl IntoIterator<Item = S>) -> Self {
+        self.params = params.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Marks it safe to send again after a failure.
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = idempotent;
+        self
+    }
+
+    /// Sets the JSON Schema of its arguments object.
+    pub fn args_schema(mut self, schema: Value) -> Self {
+        self.args_schema = schema;
+        self
+    }
+
+    /// Sets the JSON Schema of its result.
+    pub fn result_schema(mut self, schema: Value) -> Self {
+        self.result_schema = schema;
+        self
+    }
+
+    /// Sets the JSON Schema of its typed error.
+    pub fn error_schema(mut self, schema: Value) -> Self {
+        self.error_schema = Some(schema);
+        self
+    }
+
+    /// Whether it is safe to send again after a failure.
+    pub fn is_idempotent(&self) -> bool {
+        self.idempotent
+    }
+
+    /// Whether its arguments schema says anything (a caller can check a body against it).
+    pub fn has_args_schema(&self) -> bool {
+        !is_open_schema(&self.args_schema)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_description_reads_back_and_missing_fields_are_open() {
+        let description = ServiceDescription {
+            service: "users".into(),
+            protocol_version: 1,
+            endpoints: vec![EndpointDescription::new("get")
+                .params(["id"])
+                .doc("Gets one.")
+                .error_schema(json!({"type": "string"}))],
+        };
+        let text = serde_json::to_string(&description).unwrap();
+        let back: ServiceDescription = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, description);
+        let sparse: EndpointDescription = serde_json::from_str(r#"{"name": "x"}"#).unwrap();
+        assert_eq!(sparse, EndpointDescription::new("x"));
+        assert!(!sparse.has_args_schema());
+        assert!(is_open_schema(&json!(true)));
+        assert!(!is_open_schema(&json!({"type": "object"})));
+    }
+}
