@@ -416,6 +416,15 @@ async fn the_command_line_calls_a_velithon_service() {
 
     let health = run(vec!["health".into(), target.clone()]).await.unwrap();
     assert!(String::from_utf8_lossy(&health.stdout).contains("\thealthy\t"));
+
+    // Velithon does not describe itself: said plainly, exit code 1.
+    let describe = run(vec!["describe".into(), target.clone()]).await.unwrap();
+    let said = String::from_utf8_lossy(&describe.stderr);
+    assert_eq!(describe.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("does not answer `vsp.describe`") && said.contains("Velithon"),
+        "{said}"
+    );
 }
 
 /// With spans recorded, our requests carry a `traceparent` in their `meta` header key: Velithon

@@ -743,3 +743,140 @@ async fn etcd_finds_a_registered_service() {
     );
     manager.shutdown().await.unwrap();
 }
+
+/// A typed service with argument schemas, for `describe` and the body checks of `call`.
+#[vsp::service(name = "greeter")]
+trait Greeter {
+    /// Greets someone.
+    #[vsp(idempotent)]
+    async fn greet(&self, name: String, times: Option<u8>) -> String;
+}
+
+#[derive(Default)]
+struct Greetings {
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Greeter for Greetings {
+    async fn greet(&self, name: String, times: Option<u8>) -> String {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        format!("hello {name}").repeat(usize::from(times.unwrap_or(1)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_prints_endpoints_readably_or_as_json() {
+    let manager = VspManager::builder("greeter").build();
+    manager
+        .serve(GreeterServer::new(Greetings::default()))
+        .unwrap();
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    let target = addr.to_string();
+
+    let output = vsp(args(&["describe", &target]), None).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.starts_with("greeter (VSP protocol 1), 1 endpoint\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "greet(name: string, times?: integer) -> string  [idempotent]\n    Greets someone.\n"
+        ),
+        "{text}"
+    );
+
+    let output = vsp(args(&["describe", &target, "--json"]), None).await;
+    let description: vsp::ServiceDescription = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(description, manager.description());
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_checks_the_body_against_the_schema_and_names_the_wrong_field() {
+    let greetings = Greetings::default();
+    let calls = greetings.calls.clone();
+    let manager = VspManager::builder("greeter").build();
+    manager.serve(GreeterServer::new(greetings)).unwrap();
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    let target = addr.to_string();
+
+    let good = vsp(
+        args(&["call", &target, "greet", r#"{"name":"ada"}"#, "--compact"]),
+        None,
+    )
+    .await;
+    assert_eq!(stdout(&good), "\"hello ada\"\n", "{}", stderr(&good));
+
+    // A wrong type and a missing field: exit 2, each field named, nothing sent.
+    let bad = vsp(
+        args(&["call", &target, "greet", r#"{"times":"twice"}"#]),
+        None,
+    )
+    .await;
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    let said = stderr(&bad);
+    assert!(
+        said.contains("field /times: \"twice\" is not of type"),
+        "{said}"
+    );
+    assert!(said.contains("\"name\" is a required property"), "{said}");
+    let out_of_range = vsp(
+        args(&["call", &target, "greet", r#"{"name":"x","times":300}"#]),
+        None,
+    )
+    .await;
+    assert_eq!(
+        out_of_range.status.code(),
+        Some(2),
+        "{}",
+        stderr(&out_of_range)
+    );
+    assert!(
+        stderr(&out_of_range).contains("field /times"),
+        "{}",
+        stderr(&out_of_range)
+    );
+    // The handler ran for the good call only.
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "a refused body was sent"
+    );
+
+    // --no-validate sends it anyway: the server's own check answers (exit 1).
+    let unchecked = vsp(
+        args(&[
+            "call",
+            &target,
+            "greet",
+            r#"{"times":"twice"}"#,
+            "--no-validate",
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(unchecked.status.code(), Some(1), "{}", stderr(&unchecked));
+    assert!(
+        stderr(&unchecked).contains("bad_request"),
+        "{}",
+        stderr(&unchecked)
+    );
+
+    // An endpoint with an open schema is not checked.
+    let (_echo, echo_addr) = server().await;
+    let open = vsp(
+        args(&[
+            "call",
+            &echo_addr.to_string(),
+            "echo",
+            r#"{"x":[1]}"#,
+            "--compact",
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(stdout(&open), "{\"x\":[1]}\n", "{}", stderr(&open));
+    manager.shutdown().await.unwrap();
+}

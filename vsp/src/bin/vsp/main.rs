@@ -1,7 +1,8 @@
-//! `vsp`: call, health-check, discover and load-test VSP services (and Velithon's) from a shell.
+//! `vsp`: call, describe, health-check, discover and load-test VSP services (and Velithon's)
+//! from a shell.
 //!
 //! Exit codes: 0 success, 1 the service answered with an error, 2 usage error (bad arguments,
-//! bad JSON), 3 connection or discovery failure.
+//! bad JSON, a body that does not match the endpoint's schema), 3 connection or discovery failure.
 
 mod commands;
 mod discovery_args;
@@ -14,7 +15,7 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 use vsp::VspError;
 
-use commands::{bench, call, discover, health};
+use commands::{bench, call, describe, discover, health};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +32,8 @@ struct Cli {
 enum Command {
     /// Calls an endpoint and prints the response body as JSON.
     Call(call::CallArgs),
+    /// Prints a service's endpoints with their parameters, docs and schemas (`vsp.describe`).
+    Describe(describe::DescribeArgs),
     /// Calls the built-in `health` endpoint of every instance, with its round-trip time.
     Health(health::HealthArgs),
     /// Lists the instances of a service found by mDNS or Consul.
@@ -41,8 +44,8 @@ enum Command {
 
 /// A failure, with the exit code it maps to.
 pub(crate) struct Failure {
-    code: u8,
-    message: String,
+    pub(crate) code: u8,
+    pub(crate) message: String,
 }
 
 impl Failure {
@@ -185,6 +188,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Call(args) => call::run(args).await,
+        Command::Describe(args) => describe::run(args).await,
         Command::Health(args) => health::run(args).await,
         Command::Discover(args) => discover::run(args).await,
         Command::Bench(args) => bench::run(args).await,

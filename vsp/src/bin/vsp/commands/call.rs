@@ -3,6 +3,9 @@
 use clap::Args;
 use vsp::trace::{TraceContext, TRACEPARENT};
 
+use serde_json::Value;
+use vsp::VspClient;
+
 use crate::discovery_args::TargetArgs;
 use crate::{explain, read_body, Failure};
 
@@ -23,6 +26,11 @@ pub(crate) struct CallArgs {
     /// request in the servers' logs and traces.
     #[arg(long)]
     trace: bool,
+    /// Sends the body without checking it against the endpoint's argument schema first (by
+    /// default the service's `vsp.describe` is asked, when it answers, and a body that does not
+    /// match is refused with exit code 2).
+    #[arg(long)]
+    no_validate: bool,
 }
 
 pub(crate) async fn run(args: CallArgs) -> Result<(), Failure> {
@@ -49,6 +57,9 @@ pub(crate) async fn run(args: CallArgs) -> Result<(), Failure> {
     if args.trace {
         eprintln!("trace id: {}", trace.trace_id());
     }
+    if !args.no_validate {
+        validate(&client, &resolved.service, &args.endpoint, &body).await?;
+    }
     let response = client
         .call(&resolved.service, &args.endpoint, body)
         .await
@@ -60,4 +71,54 @@ pub(crate) async fn run(args: CallArgs) -> Result<(), Failure> {
     };
     println!("{}", text.unwrap_or_default());
     Ok(())
+}
+
+/// Checks `body` against `endpoint`'s argument schema, when the service describes itself and
+/// the schema says something; a mismatch is a usage error naming each wrong field.
+///
+/// A peer that does not describe itself (Velithon) or an endpoint it does not list is left to
+/// the call itself; so is a describe that fails for any other reason (the call then fails the
+/// same way, and says so in its own words).
+async fn validate(
+    client: &VspClient,
+    service: &str,
+    endpoint: &str,
+    body: &Value,
+) -> Result<(), Failure> {
+    let description = match client.describe(service).await {
+        Ok(description) => description,
+        Err(_) => return Ok(()),
+    };
+    let Some(described) = description.endpoint(endpoint) else {
+        return Ok(());
+    };
+    if !described.has_args_schema() {
+        return Ok(());
+    }
+    let validator = match jsonschema::validator_for(&described.args_schema) {
+        Ok(validator) => validator,
+        Err(err) => {
+            eprintln!("vsp: `{endpoint}`'s argument schema is not usable ({err}); not checked");
+            return Ok(());
+        }
+    };
+    let problems: Vec<String> = validator
+        .iter_errors(body)
+        .map(|error| {
+            let at = error.instance_path.to_string();
+            let at = if at.is_empty() {
+                "the body".to_owned()
+            } else {
+                format!("field {at}")
+            };
+            format!("  {at}: {error}")
+        })
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::usage(format!(
+        "the body does not match the arguments of `{endpoint}` (nothing was sent; --no-validate sends it anyway):\n{}",
+        problems.join("\n")
+    )))
 }

@@ -4,5 +4,6 @@
 
 pub(crate) mod bench;
 pub(crate) mod call;
+pub(crate) mod describe;
 pub(crate) mod discover;
 pub(crate) mod health;

@@ -1,0 +1,203 @@
+//! `vsp describe`: what a service says of itself (`vsp.describe`), readably or as JSON.
+
+use clap::Args;
+use serde_json::Value;
+use vsp::protocol::{is_open_schema, ServiceDescription, DESCRIBE_ENDPOINT};
+use vsp::{ErrorCode, VspError};
+
+use crate::discovery_args::TargetArgs;
+use crate::{explain, Failure};
+
+/// Prints a service's endpoints with their parameters, docs and schemas (its `vsp.describe`).
+#[derive(Args)]
+pub(crate) struct DescribeArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Prints the description as JSON, schemas and all.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn run(args: DescribeArgs) -> Result<(), Failure> {
+    let resolved = args.target.resolve()?;
+    let description = describe(&resolved.client, &resolved.service, &args.target.target).await?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&description).unwrap_or_default();
+        println!("{text}");
+    } else {
+        print!("{}", readable(&description));
+    }
+    Ok(())
+}
+
+/// The service's description; a peer that does not describe itself (Velithon's Python VSP) is
+/// said to be one, exit code 1.
+pub(crate) async fn describe(
+    client: &vsp::VspClient,
+    service: &str,
+    target: &str,
+) -> Result<ServiceDescription, Failure> {
+    match client.describe(service).await {
+        Ok(description) => Ok(description),
+        Err(err) if does_not_describe(&err) => Err(Failure {
+            code: 1,
+            message: format!(
+                "{target} does not answer `{DESCRIBE_ENDPOINT}`: it is not a VSP server that describes itself (Velithon's Python VSP does not); its endpoints can still be called by name"
+            ),
+        }),
+        Err(err) => Err(explain(err, target, DESCRIBE_ENDPOINT)),
+    }
+}
+
+/// Whether `err` says the peer has no `vsp.describe`: ours would answer `not_found`, Velithon
+/// answers with no code and `Endpoint vsp.describe not found`.
+pub(crate) fn does_not_describe(err: &VspError) -> bool {
+    match err {
+        VspError::Remote { code, message, .. } => match code {
+            ErrorCode::NotFound => true,
+            ErrorCode::Unspecified(_) => message.contains("not found"),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// One block per endpoint: its signature, flags, doc.
+fn readable(description: &ServiceDescription) -> String {
+    let mut out = format!(
+        "{} (VSP protocol {}), {} endpoint{}\n",
+        description.service,
+        description.protocol_version,
+        description.endpoints.len(),
+        if description.endpoints.len() == 1 {
+            ""
+        } else {
+            "s"
+        }
+    );
+    for endpoint in &description.endpoints {
+        let args = &endpoint.args_schema;
+        let required: Vec<&str> = args["required"]
+            .as_array()
+            .map(|names| names.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let params: Vec<String> = endpoint
+            .params
+            .iter()
+            .map(|param| {
+                let schema = &args["properties"][param.as_str()];
+                let kind = type_name(args, schema);
+                if required.contains(&param.as_str()) {
+                    format!("{param}: {kind}")
+                } else {
+                    // An optional parameter's `Option` is said once, by the `?` on its name.
+                    format!("{param}?: {}", kind.strip_suffix('?').unwrap_or(&kind))
+                }
+            })
+            .collect();
+        let result = &endpoint.result_schema;
+        out.push_str(&format!(
+            "\n{}({}) -> {}{}\n",
+            endpoint.name,
+            params.join(", "),
+            type_name(result, result),
+            if endpoint.idempotent {
+                "  [idempotent]"
+            } else {
+                ""
+            }
+        ));
+        if let Some(doc) = &endpoint.doc {
+            for line in doc.lines() {
+                out.push_str(&format!("    {line}\n").replace("    \n", "\n"));
+            }
+        }
+        if let Some(error) = &endpoint.error_schema {
+            out.push_str(&format!("    fails with: {}\n", type_name(error, error)));
+        }
+    }
+    out
+}
+
+/// A short name for what `schema` allows (`string`, `User`, `[integer]`, `string?`, `any`); `root`
+/// holds the definitions its `$ref`s point at.
+fn type_name(root: &Value, schema: &Value) -> String {
+    if is_open_schema(schema) {
+        return "any".to_owned();
+    }
+    if let Some(reference) = schema["$ref"].as_str() {
+        let name = reference.rsplit('/').next().unwrap_or(reference);
+        return name.to_owned();
+    }
+    if let Some(title) = schema["title"].as_str() {
+        return title.to_owned();
+    }
+    let nullable_of = |options: &Vec<Value>| {
+        let (nulls, others): (Vec<&Value>, Vec<&Value>) =
+            options.iter().partition(|option| option["type"] == "null");
+        match (nulls.len(), others.as_slice()) {
+            (1, [one]) => Some(format!("{}?", type_name(root, one))),
+            _ => None,
+        }
+    };
+    for key in ["anyOf", "oneOf"] {
+        if let Some(options) = schema[key].as_array() {
+            return nullable_of(options).unwrap_or_else(|| {
+                let names: Vec<String> = options.iter().map(|o| type_name(root, o)).collect();
+                names.join(" | ")
+            });
+        }
+    }
+    match &schema["type"] {
+        Value::String(kind) if kind == "array" => {
+            format!("[{}]", type_name(root, &schema["items"]))
+        }
+        Value::String(kind) => kind.clone(),
+        Value::Array(kinds) => {
+            let names: Vec<&str> = kinds
+                .iter()
+                .filter_map(Value::as_str)
+                .filter(|kind| *kind != "null")
+                .collect();
+            let optional = if names.len() < kinds.len() { "?" } else { "" };
+            let base = match names.as_slice() {
+                ["array"] => format!("[{}]", type_name(root, &schema["items"])),
+                _ => names.join(" | "),
+            };
+            format!("{base}{optional}")
+        }
+        _ if schema.get("enum").is_some() => "enum".to_owned(),
+        _ => "object".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn type_names_are_short() {
+        let root = json!({});
+        assert_eq!(type_name(&root, &json!({})), "any");
+        assert_eq!(type_name(&root, &json!({"$ref": "#/$defs/User"})), "User");
+        assert_eq!(
+            type_name(&root, &json!({"type": ["string", "null"]})),
+            "string?"
+        );
+        assert_eq!(
+            type_name(
+                &root,
+                &json!({"type": "array", "items": {"type": "integer"}})
+            ),
+            "[integer]"
+        );
+        assert_eq!(
+            type_name(
+                &root,
+                &json!({"anyOf": [{"$ref": "#/$defs/A"}, {"type": "null"}]})
+            ),
+            "A?"
+        );
+    }
+}
