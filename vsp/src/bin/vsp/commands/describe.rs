@@ -86,7 +86,7 @@ fn readable(description: &ServiceDescription) -> String {
             .iter()
             .map(|param| {
                 let schema = &args["properties"][param.as_str()];
-                let kind = type_name(args, schema);
+                let kind = type_name(schema);
                 if required.contains(&param.as_str()) {
                     format!("{param}: {kind}")
                 } else {
@@ -100,7 +100,7 @@ fn readable(description: &ServiceDescription) -> String {
             "\n{}({}) -> {}{}\n",
             endpoint.name,
             params.join(", "),
-            type_name(result, result),
+            type_name(result),
             if endpoint.idempotent {
                 "  [idempotent]"
             } else {
@@ -113,15 +113,15 @@ fn readable(description: &ServiceDescription) -> String {
             }
         }
         if let Some(error) = &endpoint.error_schema {
-            out.push_str(&format!("    fails with: {}\n", type_name(error, error)));
+            out.push_str(&format!("    fails with: {}\n", type_name(error)));
         }
     }
     out
 }
 
-/// A short name for what `schema` allows (`string`, `User`, `[integer]`, `string?`, `any`); `root`
-/// holds the definitions its `$ref`s point at.
-fn type_name(root: &Value, schema: &Value) -> String {
+/// A short name for what `schema` allows (`string`, `User`, `[integer]`, `string?`, `any`); a
+/// `$ref` is named by its definition's name.
+fn type_name(schema: &Value) -> String {
     if is_open_schema(schema) {
         return "any".to_owned();
     }
@@ -136,21 +136,21 @@ fn type_name(root: &Value, schema: &Value) -> String {
         let (nulls, others): (Vec<&Value>, Vec<&Value>) =
             options.iter().partition(|option| option["type"] == "null");
         match (nulls.len(), others.as_slice()) {
-            (1, [one]) => Some(format!("{}?", type_name(root, one))),
+            (1, [one]) => Some(format!("{}?", type_name(one))),
             _ => None,
         }
     };
     for key in ["anyOf", "oneOf"] {
         if let Some(options) = schema[key].as_array() {
             return nullable_of(options).unwrap_or_else(|| {
-                let names: Vec<String> = options.iter().map(|o| type_name(root, o)).collect();
+                let names: Vec<String> = options.iter().map(|o| type_name(o)).collect();
                 names.join(" | ")
             });
         }
     }
     match &schema["type"] {
         Value::String(kind) if kind == "array" => {
-            format!("[{}]", type_name(root, &schema["items"]))
+            format!("[{}]", type_name(&schema["items"]))
         }
         Value::String(kind) => kind.clone(),
         Value::Array(kinds) => {
@@ -161,7 +161,7 @@ fn type_name(root: &Value, schema: &Value) -> String {
                 .collect();
             let optional = if names.len() < kinds.len() { "?" } else { "" };
             let base = match names.as_slice() {
-                ["array"] => format!("[{}]", type_name(root, &schema["items"])),
+                ["array"] => format!("[{}]", type_name(&schema["items"])),
                 _ => names.join(" | "),
             };
             format!("{base}{optional}")
@@ -178,25 +178,15 @@ mod tests {
 
     #[test]
     fn type_names_are_short() {
-        let root = json!({});
-        assert_eq!(type_name(&root, &json!({})), "any");
-        assert_eq!(type_name(&root, &json!({"$ref": "#/$defs/User"})), "User");
+        assert_eq!(type_name(&json!({})), "any");
+        assert_eq!(type_name(&json!({"$ref": "#/$defs/User"})), "User");
+        assert_eq!(type_name(&json!({"type": ["string", "null"]})), "string?");
         assert_eq!(
-            type_name(&root, &json!({"type": ["string", "null"]})),
-            "string?"
-        );
-        assert_eq!(
-            type_name(
-                &root,
-                &json!({"type": "array", "items": {"type": "integer"}})
-            ),
+            type_name(&json!({"type": "array", "items": {"type": "integer"}})),
             "[integer]"
         );
         assert_eq!(
-            type_name(
-                &root,
-                &json!({"anyOf": [{"$ref": "#/$defs/A"}, {"type": "null"}]})
-            ),
+            type_name(&json!({"anyOf": [{"$ref": "#/$defs/A"}, {"type": "null"}]})),
             "A?"
         );
     }
