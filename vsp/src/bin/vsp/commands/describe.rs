@@ -143,7 +143,7 @@ fn type_name(schema: &Value) -> String {
     for key in ["anyOf", "oneOf"] {
         if let Some(options) = schema[key].as_array() {
             return nullable_of(options).unwrap_or_else(|| {
-                let names: Vec<String> = options.iter().map(|o| type_name(o)).collect();
+                let names: Vec<String> = options.iter().map(type_name).collect();
                 names.join(" | ")
             });
         }
