@@ -70,6 +70,9 @@ mod context;
 mod deadline;
 pub mod discovery;
 mod error;
+#[cfg(feature = "gateway")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
+pub mod gateway;
 pub mod instance;
 pub mod mesh;
 pub mod protocol;

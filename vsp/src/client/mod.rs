@@ -200,6 +200,30 @@ impl VspClient {
         Ok(response::decode(service, endpoint, &response)?)
     }
 
+    /// A call with a JSON body in and out, as the HTTP gateway makes it: the result's raw JSON,
+    /// or the error with the typed error's JSON (`data` of a `handler` error), if it has one.
+    #[cfg(feature = "gateway")]
+    pub(crate) async fn call_json(
+        &self,
+        service: &str,
+        endpoint: &str,
+        body: &serde_json::value::RawValue,
+        options: CallOptions,
+    ) -> Result<
+        Box<serde_json::value::RawValue>,
+        (VspError, Option<Box<serde_json::value::RawValue>>),
+    > {
+        let response = self
+            .exchange(service, endpoint, body, options)
+            .await
+            .map_err(|err| (err, None))?;
+        let data = match response.error_code {
+            Some(ErrorCode::Handler) => response::service_error(&response),
+            _ => None,
+        };
+        response::decode(service, endpoint, &response).map_err(|err| (err, data))
+    }
+
     /// What `service` says of itself: its endpoints with their docs and JSON Schemas (the
     /// built-in `vsp.describe`, through the mesh like any call).
     ///

@@ -163,10 +163,30 @@ where
                 }
             }
             Err(err) => {
-                let message = format!("invalid arguments for `{}`: {err}", reply.endpoint());
+                let message = format!(
+                    "invalid arguments for `{}`: {}",
+                    reply.endpoint(),
+                    name_the_field::<A>(body.get(), err)
+                );
                 reply.error(ErrorCode::BadRequest, &message);
             }
         }
+    }
+}
+
+/// serde's error, with the path of the field it is about (`field `user.age`: invalid type ...`)
+/// when its own text does not say (only `missing field` does). Found by deserializing again with
+/// the path tracked: only the failing call pays for it.
+fn name_the_field<A: DeserializeOwned>(body: &str, err: serde_json::Error) -> String {
+    if err.is_syntax() || err.is_eof() || err.to_string().starts_with("missing field") {
+        return err.to_string();
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(body);
+    match serde_path_to_error::deserialize::<_, A>(&mut deserializer) {
+        Err(tracked) if tracked.path().iter().next().is_some() => {
+            format!("field `{}`: {err}", tracked.path())
+        }
+        _ => err.to_string(),
     }
 }
 

@@ -1,0 +1,505 @@
+//! An HTTP gateway to VSP services (feature `gateway`): an [axum](https://docs.rs/axum) router a
+//! user merges into their own app.
+//!
+//! | Route | What it does |
+//! |---|---|
+//! | `POST /{service}/{endpoint}` | calls the endpoint through the mesh with the JSON body; `200` and the result's JSON |
+//! | `GET /{service}` | the service's `vsp.describe`, with the gateway's view of its instances (`instances`) |
+//! | `GET /openapi.json` | an OpenAPI 3.1 document of every service's endpoints (from their descriptions) |
+//! | `GET /` | the service explorer: a page to read the services' docs and call their endpoints |
+//!
+//! Only the services the gateway is given are reachable (others are `404`): a gateway is how an
+//! outside caller reaches inside, so what it exposes is a list, not whatever the mesh can route.
+//!
+//! Errors are JSON, `{"error": {"code": ..., "message": ...}}`, with the status a user expects:
+//!
+//! | VSP | HTTP |
+//! |---|---|
+//! | `not_found` (no such endpoint, or service not served here) | 404 |
+//! | `bad_request` (a field missing or of the wrong type; `field` names it), a body that is not JSON | 400 |
+//! | `unauthenticated` / `permission_denied` | 401 / 403 |
+//! | `overloaded`, `shutting_down`, no (healthy) instance, too many calls in flight | 503 with `Retry-After` |
+//! | a deadline passed (`timeout`) | 504 |
+//! | connection refused, reset or timed out, an answer that breaks the protocol | 502 |
+//! | `handler` (a typed service error keeps its JSON in `error.data`) | 500 |
+//! | a body above [`Gateway::max_body_bytes`] | 413 |
+//!
+//! HTTP headers named by [`Gateway::forward_headers`] (by default `authorization`, `traceparent`,
+//! `tracestate` and `x-request-id`) travel as call metadata, so a service's auth hook sees the
+//! caller's credentials and a `traceparent` makes the call's span a child of the HTTP caller's.
+//!
+//! ```no_run
+//! use vsp::{ServiceInfo, ServiceMesh, VspClient};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mesh = ServiceMesh::new();
+//! mesh.register(ServiceInfo::new("user-service", "127.0.0.1", 9090))?;
+//! let client = VspClient::builder(mesh).build();
+//! let app = axum::Router::new()
+//!     .route("/hello", axum::routing::get(|| async { "hi" }))
+//!     .merge(vsp::gateway::router(client, ["user-service"]));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod explorer;
+mod openapi;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use crate::client::{CallOptions, VspClient};
+use crate::error::{ErrorCode, VspError};
+use crate::protocol::ServiceDescription;
+
+/// The largest request body the gateway reads by default (1 MiB); larger is `413`.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The HTTP headers forwarded as call metadata by default.
+pub const DEFAULT_FORWARDED_HEADERS: [&str; 4] =
+    ["authorization", "traceparent", "tracestate", "x-request-id"];
+
+/// How long a `503` asks the caller to wait before trying again, in seconds.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+/// A gateway under construction: the client it calls through, the services it exposes, its
+/// limits. [`router`] is the shorthand with the defaults.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    client: VspClient,
+    services: Vec<String>,
+    max_body_bytes: usize,
+    forward_headers: Vec<HeaderName>,
+}
+
+/// The router of a gateway exposing `services` through `client`, with the defaults.
+pub fn router<S: Into<String>>(client: VspClient, services: impl IntoIterator<Item = S>) -> Router {
+    Gateway::new(client).services(services).into_router()
+}
+
+impl Gateway {
+    /// A gateway calling through `client`, exposing no service yet.
+    pub fn new(client: VspClient) -> Self {
+        Gateway {
+            client,
+            services: Vec::new(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            forward_headers: DEFAULT_FORWARDED_HEADERS
+                .iter()
+                .map(|name| HeaderName::from_static(name))
+                .collect(),
+        }
+    }
+
+    /// Exposes `service` (its calls, its description, its place in the OpenAPI document and the
+    /// explorer).
+    pub fn service(mut self, service: impl Into<String>) -> Self {
+        let service = service.into();
+        if !self.services.contains(&service) {
+            self.services.push(service);
+        }
+        self
+    }
+
+    /// Exposes each of `services`.
+    pub fn services<S: Into<String>>(self, services: impl IntoIterator<Item = S>) -> Self {
+        services.into_iter().fold(self, Gateway::service)
+    }
+
+    /// The largest request body read; a larger one is answered `413` unread.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// The HTTP headers forwarded as call metadata (replacing the defaults,
+    /// [`DEFAULT_FORWARDED_HEADERS`]).
+    pub fn forward_headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.forward_headers = headers.into_iter().collect();
+        self
+    }
+
+    /// The axum router: merge it into an app, or serve it as it is.
+    pub fn into_router(self) -> Router {
+        let shared = Arc::new(self);
+        Router::new()
+            .route("/", get(explorer_page))
+            .route("/openapi.json", get(openapi_document))
+            .route("/{service}", get(describe_service))
+            .route("/{service}/{endpoint}", post(call_endpoint))
+            .fallback(|| async { GatewayError::new(StatusCode::NOT_FOUND, "not_found", "no such route: the gateway serves `POST /{service}/{endpoint}`, `GET /{service}`, `GET /openapi.json` and `GET /`") })
+            .method_not_allowed_fallback(|| async {
+                GatewayError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "call an endpoint with POST; read a description, the OpenAPI document or the explorer with GET")
+            })
+            .with_state(shared)
+    }
+
+    fn exposes(&self, service: &str) -> Result<(), GatewayError> {
+        if self.services.iter().any(|known| known == service) {
+            return Ok(());
+        }
+        Err(GatewayError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "this gateway does not serve `{service}`; it serves: {}",
+                self.services.join(", ")
+            ),
+        ))
+    }
+
+    /// The description of every exposed service that gives one; the others with their error.
+    async fn descriptions(&self) -> Vec<(String, Result<ServiceDescription, VspError>)> {
+        let mut set = tokio::task::JoinSet::new();
+        for (index, service) in self.services.iter().enumerate() {
+            let (client, service) = (self.client.clone(), service.clone());
+            set.spawn(async move {
+                let described = client.describe(&service).await;
+                (index, service, described)
+            });
+        }
+        let mut found = Vec::with_capacity(self.services.len());
+        while let Some(joined) = set.join_next().await {
+            if let Ok(one) = joined {
+                found.push(one);
+            }
+        }
+        found.sort_by_key(|(index, _, _)| *index);
+        found
+            .into_iter()
+            .map(|(_, service, described)| (service, described))
+            .collect()
+    }
+
+    /// The mesh's instances of `service`, as the explorer shows them.
+    fn instances(&self, service: &str) -> Value {
+        let instances: Vec<Value> = self
+            .client
+            .mesh()
+            .instances(service)
+            .into_iter()
+            .map(|state| {
+                json!({
+                    "address": state.info.address().to_string(),
+                    "status": state.info.status(),
+                    "weight": state.info.weight(),
+                    "in_flight": state.in_flight,
+                    "consecutive_failures": state.consecutive_failures,
+                })
+            })
+            .collect();
+        Value::Array(instances)
+    }
+}
+
+type Shared = State<Arc<Gateway>>;
+
+async fn explorer_page(State(gateway): Shared) -> Response {
+    explorer::page(&gateway.services)
+}
+
+async fn openapi_document(State(gateway): Shared) -> Response {
+    let descriptions = gateway.descriptions().await;
+    json_response(StatusCode::OK, &openapi::document(&descriptions))
+}
+
+async fn describe_service(State(gateway): Shared, Path(service): Path<String>) -> Response {
+    if let Err(err) = gateway.exposes(&service) {
+        return err.into_response();
+    }
+    let instances = gateway.instances(&service);
+    match gateway.client.describe(&service).await {
+        Ok(description) => {
+            let mut body = serde_json::to_value(&description).unwrap_or(Value::Null);
+            body["instances"] = instances;
+            json_response(StatusCode::OK, &body)
+        }
+        Err(err) => {
+            let mut error = GatewayError::from_vsp(&err, None);
+            if is_not_described(&err) {
+                error.message = format!(
+                    "`{service}` does not answer `vsp.describe` (a Velithon service, or one that does not describe itself); its endpoints can still be called"
+                );
+            }
+            error.instances = Some(instances);
+            error.into_response()
+        }
+    }
+}
+
+/// Whether the peer answered that it has no `vsp.describe`.
+fn is_not_described(err: &VspError) -> bool {
+    matches!(
+        err,
+        VspError::Remote {
+            code: ErrorCode::NotFound,
+            ..
+        }
+    ) || matches!(err, VspError::Remote { code: ErrorCode::Unspecified(_), message, .. } if message.contains("not found"))
+}
+
+async fn call_endpoint(
+    State(gateway): Shared,
+    Path((service, endpoint)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match call(&gateway, &service, &endpoint, &headers, body).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn call(
+    gateway: &Gateway,
+    service: &str,
+    endpoint: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, GatewayError> {
+    gateway.exposes(service)?;
+    let limit = gateway.max_body_bytes;
+    let too_large = || {
+        GatewayError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body is larger than this gateway's limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|length| length.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large());
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(text) if text.trim().is_empty() => "{}",
+        Ok(text) => text,
+        Err(_) => {
+            return Err(GatewayError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the body is not JSON: it is not UTF-8",
+            ))
+        }
+    };
+    let args: &RawValue = serde_json::from_str(text).map_err(|err| {
+        GatewayError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the body is not JSON: {err}"),
+        )
+    })?;
+    let mut options = CallOptions::new();
+    for name in &gateway.forward_headers {
+        if let Some(value) = headers.get(name).and_then(|value| value.to_str().ok()) {
+            options = options.metadata(name.as_str(), value);
+        }
+    }
+    let started = Instant::now();
+    let answer = gateway
+        .client
+        .call_json(service, endpoint, args, options)
+        .await;
+    let elapsed = started.elapsed();
+    let mut response = match answer {
+        Ok(result) => raw_json_response(StatusCode::OK, result.get().to_owned()),
+        Err((err, data)) => GatewayError::from_vsp(&err, data).into_response(),
+    };
+    // The time the call took through the mesh, for the explorer (and any caller curious).
+    if let Ok(value) = HeaderValue::from_str(&format!("vsp;dur={:.3}", elapsed.as_secs_f64() * 1e3))
+    {
+        response.headers_mut().insert("server-timing", value);
+    }
+    Ok(response)
+}
+
+/// An error answer: a status and `{"error": {"code", "message", "field"?, "data"?}}`.
+#[derive(Debug)]
+struct GatewayError {
+    status: StatusCode,
+    code: String,
+    message: String,
+    /// The argument a `bad_request` is about.
+    field: Option<String>,
+    /// A typed service error's JSON.
+    data: Option<Box<RawValue>>,
+    retry_after: bool,
+    /// For `GET /{service}`: the instances, even when the service does not describe itself.
+    instances: Option<Value>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorFields<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instances: Option<&'a Value>,
+}
+
+#[derive(Serialize)]
+struct ErrorFields<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+}
+
+impl GatewayError {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        GatewayError {
+            status,
+            code: code.to_owned(),
+            message: message.into(),
+            field: None,
+            data: None,
+            retry_after: false,
+            instances: None,
+        }
+    }
+
+    /// The HTTP status of a VSP failure (the module's table).
+    fn from_vsp(err: &VspError, data: Option<Box<RawValue>>) -> Self {
+        let unavailable = (StatusCode::SERVICE_UNAVAILABLE, true);
+        let bad_gateway = (StatusCode::BAD_GATEWAY, false);
+        let (code, message) = match err {
+            VspError::Remote { code, message, .. } => (code.clone(), message.clone()),
+            other => (
+                ErrorCode::Unspecified(other.error_type().to_owned()),
+                other.to_string(),
+            ),
+        };
+        let ((status, retry_after), code_text) = match (&code, err) {
+            (ErrorCode::NotFound, _) => ((StatusCode::NOT_FOUND, false), "not_found"),
+            (ErrorCode::BadRequest, _) => ((StatusCode::BAD_REQUEST, false), "bad_request"),
+            (ErrorCode::Unauthenticated, _) => {
+                ((StatusCode::UNAUTHORIZED, false), "unauthenticated")
+            }
+            (ErrorCode::PermissionDenied, _) => {
+                ((StatusCode::FORBIDDEN, false), "permission_denied")
+            }
+            (ErrorCode::Overloaded, _) => (unavailable, "overloaded"),
+            (ErrorCode::ShuttingDown, _) => (unavailable, "shutting_down"),
+            (ErrorCode::Timeout, _) => ((StatusCode::GATEWAY_TIMEOUT, false), "timeout"),
+            (ErrorCode::Handler, _) => ((StatusCode::INTERNAL_SERVER_ERROR, false), "handler"),
+            (ErrorCode::TooLarge, _) | (ErrorCode::Protocol, _) => (bad_gateway, code.as_str()),
+            // Velithon says an unknown endpoint only in words.
+            (ErrorCode::Unspecified(_), VspError::Remote { message, .. })
+                if message.starts_with("Endpoint ") && message.ends_with(" not found") =>
+            {
+                ((StatusCode::NOT_FOUND, false), "not_found")
+            }
+            (ErrorCode::Unspecified(_), VspError::Remote { .. }) => {
+                ((StatusCode::INTERNAL_SERVER_ERROR, false), "handler")
+            }
+            (_, VspError::NoInstances { .. } | VspError::NoHealthyInstances { .. })
+            | (_, VspError::TooManyInFlight { .. }) => (unavailable, err.error_type()),
+            (_, VspError::Timeout { .. }) => ((StatusCode::GATEWAY_TIMEOUT, false), "timeout"),
+            (
+                _,
+                VspError::Connect { .. }
+                | VspError::ConnectTimeout { .. }
+                | VspError::ConnectionClosed { .. }
+                | VspError::Decode { .. }
+                | VspError::Protocol(_),
+            ) => (bad_gateway, err.error_type()),
+            (_, VspError::RequestTooLarge { .. }) => {
+                ((StatusCode::PAYLOAD_TOO_LARGE, false), "too_large")
+            }
+            _ => ((StatusCode::INTERNAL_SERVER_ERROR, false), err.error_type()),
+        };
+        let field = (code == ErrorCode::BadRequest)
+            .then(|| field_of(&message))
+            .flatten();
+        GatewayError {
+            status,
+            code: code_text.to_owned(),
+            message,
+            field,
+            data,
+            retry_after,
+            instances: None,
+        }
+    }
+}
+
+/// The field a `bad_request` message names: ``field `x`: ...`` or ``missing field `x` ``.
+fn field_of(message: &str) -> Option<String> {
+    let start = message
+        .find("missing field `")
+        .map(|at| at + "missing field `".len())
+        .or_else(|| message.find("field `").map(|at| at + "field `".len()))?;
+    let rest = &message[start..];
+    rest.find('`').map(|end| rest[..end].to_owned())
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorFields {
+                code: &self.code,
+                message: &self.message,
+                field: self.field.as_deref(),
+                data: self.data.as_deref(),
+            },
+            instances: self.instances.as_ref(),
+        };
+        let mut response = json_response(self.status, &body);
+        if self.retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        }
+        response
+    }
+}
+
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    let text = serde_json::to_string(body).unwrap_or_else(|_| "null".to_owned());
+    raw_json_response(status, text)
+}
+
+fn raw_json_response(status: StatusCode, text: String) -> Response {
+    let mut response = Response::new(Body::from(text));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_field_of_a_bad_request_is_found_in_either_wording() {
+        assert_eq!(
+            field_of("invalid arguments for `get_user`: field `user_id`: invalid type").as_deref(),
+            Some("user_id")
+        );
+        assert_eq!(
+            field_of("invalid arguments for `get_user`: missing field `user_id` at line 1")
+                .as_deref(),
+            Some("user_id")
+        );
+        assert_eq!(field_of("the body must be a JSON object"), None);
+    }
+}
