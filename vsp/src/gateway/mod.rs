@@ -47,6 +47,7 @@
 mod explorer;
 mod openapi;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -234,7 +235,7 @@ async fn describe_service(State(gateway): Shared, Path(service): Path<String>) -
                     "`{service}` does not answer `vsp.describe` (a Velithon service, or one that does not describe itself); its endpoints can still be called"
                 );
             }
-            error.instances = Some(instances);
+            error.instances = Some(Box::new(instances));
             error.into_response()
         }
     }
@@ -334,7 +335,7 @@ async fn call(
 #[derive(Debug)]
 struct GatewayError {
     status: StatusCode,
-    code: String,
+    code: Cow<'static, str>,
     message: String,
     /// The argument a `bad_request` is about.
     field: Option<String>,
@@ -342,7 +343,7 @@ struct GatewayError {
     data: Option<Box<RawValue>>,
     retry_after: bool,
     /// For `GET /{service}`: the instances, even when the service does not describe itself.
-    instances: Option<Value>,
+    instances: Option<Box<Value>>,
 }
 
 #[derive(Serialize)]
@@ -363,10 +364,10 @@ struct ErrorFields<'a> {
 }
 
 impl GatewayError {
-    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         GatewayError {
             status,
-            code: code.to_owned(),
+            code: Cow::Borrowed(code),
             message: message.into(),
             field: None,
             data: None,
@@ -399,7 +400,8 @@ impl GatewayError {
             (ErrorCode::ShuttingDown, _) => (unavailable, "shutting_down"),
             (ErrorCode::Timeout, _) => ((StatusCode::GATEWAY_TIMEOUT, false), "timeout"),
             (ErrorCode::Handler, _) => ((StatusCode::INTERNAL_SERVER_ERROR, false), "handler"),
-            (ErrorCode::TooLarge, _) | (ErrorCode::Protocol, _) => (bad_gateway, code.as_str()),
+            (ErrorCode::TooLarge, _) => (bad_gateway, "too_large"),
+            (ErrorCode::Protocol, _) => (bad_gateway, "protocol"),
             // Velithon says an unknown endpoint only in words.
             (ErrorCode::Unspecified(_), VspError::Remote { message, .. })
                 if message.starts_with("Endpoint ") && message.ends_with(" not found") =>
@@ -430,7 +432,7 @@ impl GatewayError {
             .flatten();
         GatewayError {
             status,
-            code: code_text.to_owned(),
+            code: Cow::Owned(code_text.to_owned()),
             message,
             field,
             data,
@@ -459,7 +461,7 @@ impl IntoResponse for GatewayError {
                 field: self.field.as_deref(),
                 data: self.data.as_deref(),
             },
-            instances: self.instances.as_ref(),
+            instances: self.instances.as_deref(),
         };
         let mut response = json_response(self.status, &body);
         if self.retry_after {
