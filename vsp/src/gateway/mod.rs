@@ -64,7 +64,11 @@ use serde_json::{json, Value};
 
 use crate::client::{CallOptions, VspClient};
 use crate::error::{ErrorCode, VspError};
-use crate::protocol::ServiceDescription;
+use crate::protocol::{ServiceDescription, DESCRIBE_ENDPOINT};
+
+/// `{}`, the arguments of `vsp.describe`.
+#[derive(Serialize)]
+struct EmptyObject {}
 
 /// The largest request body the gateway reads by default (1 MiB); larger is `413`.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -162,13 +166,40 @@ impl Gateway {
         ))
     }
 
+    /// The forwarded headers of a request, as a call's metadata.
+    fn call_options(&self, headers: &HeaderMap) -> CallOptions {
+        let mut options = CallOptions::new();
+        for name in &self.forward_headers {
+            if let Some(value) = headers.get(name).and_then(|value| value.to_str().ok()) {
+                options = options.metadata(name.as_str(), value);
+            }
+        }
+        options
+    }
+
+    /// `service`'s `vsp.describe`, asked with the caller's forwarded headers (an auth hook
+    /// checks it like any call).
+    async fn describe(
+        &self,
+        service: &str,
+        headers: &HeaderMap,
+    ) -> Result<ServiceDescription, VspError> {
+        let options = self.call_options(headers).idempotent(true);
+        self.client
+            .call_with(service, DESCRIBE_ENDPOINT, EmptyObject {}, options)
+            .await
+    }
+
     /// The description of every exposed service that gives one; the others with their error.
-    async fn descriptions(&self) -> Vec<(String, Result<ServiceDescription, VspError>)> {
+    async fn descriptions(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+    ) -> Vec<(String, Result<ServiceDescription, VspError>)> {
         let mut set = tokio::task::JoinSet::new();
         for (index, service) in self.services.iter().enumerate() {
-            let (client, service) = (self.client.clone(), service.clone());
+            let (gateway, service, headers) = (self.clone(), service.clone(), headers.clone());
             set.spawn(async move {
-                let described = client.describe(&service).await;
+                let described = gateway.describe(&service, &headers).await;
                 (index, service, described)
             });
         }
@@ -212,17 +243,21 @@ async fn explorer_page(State(gateway): Shared) -> Response {
     explorer::page(&gateway.services)
 }
 
-async fn openapi_document(State(gateway): Shared) -> Response {
-    let descriptions = gateway.descriptions().await;
+async fn openapi_document(State(gateway): Shared, headers: HeaderMap) -> Response {
+    let descriptions = gateway.descriptions(&headers).await;
     json_response(StatusCode::OK, &openapi::document(&descriptions))
 }
 
-async fn describe_service(State(gateway): Shared, Path(service): Path<String>) -> Response {
+async fn describe_service(
+    State(gateway): Shared,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(err) = gateway.exposes(&service) {
         return err.into_response();
     }
     let instances = gateway.instances(&service);
-    match gateway.client.describe(&service).await {
+    match gateway.describe(&service, &headers).await {
         Ok(description) => {
             let mut body = serde_json::to_value(&description).unwrap_or(Value::Null);
             body["instances"] = instances;
@@ -307,12 +342,7 @@ async fn call(
             format!("the body is not JSON: {err}"),
         )
     })?;
-    let mut options = CallOptions::new();
-    for name in &gateway.forward_headers {
-        if let Some(value) = headers.get(name).and_then(|value| value.to_str().ok()) {
-            options = options.metadata(name.as_str(), value);
-        }
-    }
+    let options = gateway.call_options(headers);
     let started = Instant::now();
     let answer = gateway
         .client
