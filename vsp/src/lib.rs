@@ -53,7 +53,8 @@
 //! (what is registered about an instance and its live health), [`balancer`] (round robin,
 //! smooth weighted, least loaded) and [`discovery`] (static; mDNS with feature `mdns`; Consul with
 //! feature `consul`), [`mesh`] (routing by service name), then [`client`] (pooled multiplexed
-//! connections, failover, retry budget) and [`server`] (endpoints, worker types, shutdown).
+//! connections, failover, retry budget) and [`server`] (endpoints, worker types, shutdown), and
+//! on top, with feature `gateway`, `gateway` (an HTTP gateway, OpenAPI and a service explorer).
 //! Logging goes through `tracing`.
 //! Feature `cli` builds the `vsp` command line.
 
@@ -112,6 +113,13 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 ///
 /// Method attributes: `#[vsp(name = "wire-name")]` renames the endpoint on the wire;
 /// `#[vsp(idempotent)]` marks it safe to send again (listed in `ENDPOINTS`).
+///
+/// The service describes itself (the built-in `vsp.describe`, see [`ServiceDescription`]): each
+/// method's parameter names, idempotence and `///` comment, and JSON Schemas of its arguments,
+/// result and error. The schemas come from [schemars](https://docs.rs/schemars) with the cargo
+/// feature `schema` (derive `schemars::JsonSchema` on your types); a type without one gets the
+/// open schema `{}`. `#[vsp::service(strict_schema)]` makes a type without a schema a compile
+/// error at the type instead. The names `health` and `vsp.describe` are reserved.
 ///
 /// Arguments and results must be `Serialize + DeserializeOwned`; a type that is not is reported
 /// at the type. Non-async methods, a missing `&self`, pattern arguments, generic methods or
