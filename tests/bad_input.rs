@@ -23,7 +23,9 @@ async fn unknown_endpoint_is_not_found_in_velithons_words() {
     assert!(message.starts_with("Endpoint nope not found"), "{message}");
     // Then what there is: the test service's endpoints, and the closest to a typo.
     assert!(
-        message.contains("(endpoints: add, echo, error_key, fail, health, panic, sleep, vsp.describe)"),
+        message.contains(
+            "(endpoints: add, echo, error_key, fail, health, panic, sleep, vsp.describe)"
+        ),
         "{message}"
     );
     let (_, typo) = remote(client_for(addr).call(SERVICE, "ecko", json!({})).await);

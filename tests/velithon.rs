@@ -478,3 +478,50 @@ async fn traced_calls_interoperate_with_velithon_both_ways() {
         .await;
     manager.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_calls_a_velithon_service_and_says_it_is_not_described() {
+    let Some(python) = python() else {
+        return;
+    };
+    let server = PythonServer::start(python).await;
+    let router = vsp::gateway::router(server.client(), ["py-users"]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let http = reqwest::Client::new();
+
+    let user = http
+        .post(format!("{base}/py-users/get_user"))
+        .body(r#"{"user_id":"123"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(user.status(), reqwest::StatusCode::OK);
+    let user: Value = user.json().await.unwrap();
+    assert_eq!(user["name"], "John Doe");
+
+    // Velithon's unknown endpoint, said in words only, is still a 404.
+    let missing = http
+        .post(format!("{base}/py-users/nope"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), reqwest::StatusCode::NOT_FOUND);
+
+    // It does not describe itself: said so, with the instance the gateway knows.
+    let described = http.get(format!("{base}/py-users")).send().await.unwrap();
+    assert_eq!(described.status(), reqwest::StatusCode::NOT_FOUND);
+    let described: Value = described.json().await.unwrap();
+    let message = described["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("does not answer `vsp.describe`"),
+        "{described}"
+    );
+    assert_eq!(
+        described["instances"].as_array().map(Vec::len),
+        Some(1),
+        "{described}"
+    );
+}
