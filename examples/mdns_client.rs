@@ -5,6 +5,8 @@
 //! Copied into a crate of your own, next to `users/mod.rs`, it needs the Getting started
 //! dependencies (README) and:
 //! cargo add tracing-subscriber --features env-filter
+//! cargo add vsp-rpc --features schema
+//! cargo add schemars
 
 mod users;
 

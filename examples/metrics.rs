@@ -13,6 +13,8 @@
 //! dependencies (README) and:
 //! cargo add tokio --features signal,net
 //! cargo add axum --no-default-features --features tokio,http1
+//! cargo add vsp-rpc --features schema
+//! cargo add schemars
 
 mod users;
 

@@ -16,7 +16,8 @@
 //!
 //! Copied into a crate of your own, next to `users/mod.rs`, it needs the Getting started
 //! dependencies (README) and:
-//! cargo add vsp-rpc --features tls,etcd
+//! cargo add vsp-rpc --features tls,etcd,schema
+//! cargo add schemars
 //! cargo add tokio --features signal
 //! cargo add tracing-subscriber --features env-filter
 
