@@ -304,13 +304,16 @@ pub enum ErrorCode {
     Unauthenticated,
     /// The server's auth hook knows the caller, who may not call this endpoint.
     PermissionDenied,
+    /// The call asked for what the endpoint does not do: a stream of a unary endpoint, or a
+    /// single answer from a streaming one.
+    NotSupported,
     /// The peer sent no code (Velithon's Python VSP), or one this version does not know.
     Unspecified(String),
 }
 
 impl ErrorCode {
     /// Every code this version sends, in a stable order (used for per-code counters).
-    pub const KNOWN: [ErrorCode; 10] = [
+    pub const KNOWN: [ErrorCode; 11] = [
         ErrorCode::NotFound,
         ErrorCode::BadRequest,
         ErrorCode::Handler,
@@ -321,6 +324,7 @@ impl ErrorCode {
         ErrorCode::TooLarge,
         ErrorCode::Unauthenticated,
         ErrorCode::PermissionDenied,
+        ErrorCode::NotSupported,
     ];
 
     /// The code as written on the wire.
@@ -336,6 +340,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::NotSupported => "not_supported",
             ErrorCode::Unspecified(code) => code,
         }
     }
@@ -353,6 +358,7 @@ impl ErrorCode {
             "too_large" => ErrorCode::TooLarge,
             "unauthenticated" => ErrorCode::Unauthenticated,
             "permission_denied" => ErrorCode::PermissionDenied,
+            "not_supported" => ErrorCode::NotSupported,
             other => ErrorCode::Unspecified(other.to_owned()),
         }
     }

@@ -79,6 +79,7 @@ pub mod mesh;
 pub mod protocol;
 pub mod server;
 mod stats;
+mod stream;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;
@@ -238,6 +239,7 @@ pub use mesh::{ServiceMesh, ServiceMeshBuilder};
 pub use protocol::{EndpointDescription, Metadata, ServiceDescription};
 pub use server::{EndpointInfo, Service, VspManager, VspManagerBuilder, WorkerType};
 pub use stats::{EndpointStats, PerformanceStats};
+pub use stream::Streaming;
 pub use transport::Address;
 
 // The README's examples compile as doc tests, so they cannot drift from the API (with `tls`, `etcd`

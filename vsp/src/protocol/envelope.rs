@@ -15,6 +15,12 @@ use crate::trace::{self, TraceContext};
 /// The protocol version this crate speaks, sent in the `vsp` header key of every response.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// What a response's `vsp` header key says this server can do beyond version 1's frames: 2 adds
+/// server streams (`stream`, `seq`, `credit`) and cancel frames (`cancel`). A client sends
+/// `credit` and `cancel` frames only to a peer that answered with `vsp` 2 or more, so Velithon
+/// (which sends no `vsp`) never receives one.
+pub const PROTOCOL_REVISION: u32 = 2;
+
 /// The endpoint every server answers itself, as Velithon's do: `{"status":"healthy",...}`.
 pub const HEALTH_ENDPOINT: &str = "health";
 
@@ -56,6 +62,40 @@ struct Header<'a> {
     timeout_ms: Option<u64>,
     #[serde(borrow, default)]
     meta: Option<&'a RawValue>,
+    /// On a request: the caller wants a stream, granting this many items up front. On a
+    /// response: `"open"`, `"item"` or `"end"`.
+    #[serde(borrow, default)]
+    stream: Option<&'a RawValue>,
+    /// A stream item's sequence number, from 0.
+    #[serde(default)]
+    seq: Option<u64>,
+    /// A caller's grant of more stream items (a frame of its own for a streaming request id).
+    #[serde(default)]
+    credit: Option<u32>,
+    /// The caller gave up on this request id.
+    #[serde(default)]
+    cancel: bool,
+}
+
+/// What a response frame of a stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamFrame {
+    /// The endpoint accepted the stream; items follow.
+    Open,
+    /// One item, with its sequence number.
+    Item(u64),
+    /// The end: the body is `null`, or an error (with its `error_code`).
+    End,
+}
+
+impl StreamFrame {
+    fn as_str(self) -> &'static str {
+        match self {
+            StreamFrame::Open => "open",
+            StreamFrame::Item(_) => "item",
+            StreamFrame::End => "end",
+        }
+    }
 }
 
 /// Only the request id, for answering a frame whose other parts are unusable.
@@ -121,6 +161,38 @@ impl<'a> Envelope<'a> {
     pub fn body(&self) -> &'a RawValue {
         self.body
     }
+
+    /// A request's `stream` key: the items granted up front, when the caller asks for a stream.
+    pub(crate) fn stream_window(&self) -> Option<u32> {
+        self.header
+            .stream
+            .and_then(|raw| raw.get().parse::<u32>().ok())
+    }
+
+    /// Whether a request asks for a stream (whatever its window says).
+    pub(crate) fn wants_stream(&self) -> bool {
+        self.header.stream.is_some()
+    }
+
+    /// A response's stream marker, if it is a frame of a stream.
+    pub(crate) fn stream_frame(&self) -> Option<StreamFrame> {
+        match self.header.stream?.get() {
+            "\"open\"" => Some(StreamFrame::Open),
+            "\"item\"" => Some(StreamFrame::Item(self.header.seq.unwrap_or(0))),
+            "\"end\"" => Some(StreamFrame::End),
+            _ => None,
+        }
+    }
+
+    /// A control frame's grant of more items.
+    pub(crate) fn credit(&self) -> Option<u32> {
+        self.header.credit
+    }
+
+    /// A control frame's cancel.
+    pub(crate) fn is_cancel(&self) -> bool {
+        self.header.cancel
+    }
 }
 
 /// Reads just the request id of a frame that failed to decode as an envelope, so the error can
@@ -167,6 +239,14 @@ pub(crate) struct Extensions<'a> {
     /// The call's W3C `traceparent` (and `tracestate`), written into `meta` in place of any the
     /// metadata has.
     pub(crate) trace: Option<&'a TraceContext>,
+    /// `stream` on a request: the items granted up front.
+    pub(crate) stream_window: Option<u32>,
+    /// `stream` (and `seq`) on a response of a stream.
+    pub(crate) stream_frame: Option<StreamFrame>,
+    /// `credit`: more items granted (a control frame).
+    pub(crate) credit: Option<u32>,
+    /// `cancel`: the caller gave up (a control frame).
+    pub(crate) cancel: bool,
 }
 
 impl<'a> Extensions<'a> {
@@ -184,12 +264,20 @@ impl<'a> Extensions<'a> {
         }
     }
 
-    /// A response's extensions: our version, and the error code of an error.
+    /// A response's extensions: our revision, and the error code of an error.
     pub(crate) fn response(error_code: Option<&'a ErrorCode>) -> Self {
         Extensions {
             error_code,
-            version: Some(PROTOCOL_VERSION),
+            version: Some(PROTOCOL_REVISION),
             ..Extensions::default()
+        }
+    }
+
+    /// A frame of a stream: open, an item, or the end (with the error code of an error).
+    pub(crate) fn stream(frame: StreamFrame, error_code: Option<&'a ErrorCode>) -> Self {
+        Extensions {
+            stream_frame: Some(frame),
+            ..Extensions::response(error_code)
         }
     }
 
@@ -205,6 +293,25 @@ impl<'a> Extensions<'a> {
         if let Some(version) = self.version {
             out.extend_from_slice(b",\"vsp\":");
             out.extend_from_slice(itoa_u64(u64::from(version), &mut [0; 20]));
+        }
+        if let Some(window) = self.stream_window {
+            out.extend_from_slice(b",\"stream\":");
+            out.extend_from_slice(itoa_u64(u64::from(window), &mut [0; 20]));
+        }
+        if let Some(frame) = self.stream_frame {
+            out.extend_from_slice(b",\"stream\":");
+            write_json_str(out, frame.as_str());
+            if let StreamFrame::Item(seq) = frame {
+                out.extend_from_slice(b",\"seq\":");
+                out.extend_from_slice(itoa_u64(seq, &mut [0; 20]));
+            }
+        }
+        if let Some(credit) = self.credit {
+            out.extend_from_slice(b",\"credit\":");
+            out.extend_from_slice(itoa_u64(u64::from(credit), &mut [0; 20]));
+        }
+        if self.cancel {
+            out.extend_from_slice(b",\"cancel\":true");
         }
         if self.meta.is_none() && self.trace.is_none() {
             return;

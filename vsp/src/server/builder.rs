@@ -210,6 +210,7 @@ impl VspManagerBuilder {
                 counters: EndpointCounters::default(),
                 limiter: None,
                 description: None,
+                streaming: false,
             };
             (name, Arc::new(entry))
         };

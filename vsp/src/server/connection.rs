@@ -22,8 +22,8 @@ use crate::error::{ErrorCode, ProtocolError};
 use crate::protocol::frame::encode_frame;
 use crate::protocol::frame::{FrameReader, Patience, ReadError};
 use crate::protocol::{
-    is_json_object, salvage_request_id, write_envelope, write_error_body, Envelope, Extensions,
-    HeaderOut, Metadata, RequestIdOut, HEALTH_ENDPOINT,
+    is_json_object, parse_int_request_id, salvage_request_id, write_envelope, write_error_body,
+    Envelope, Extensions, HeaderOut, Metadata, RequestIdOut, HEALTH_ENDPOINT,
 };
 use crate::trace::{self, TraceContext};
 use crate::transport::{run_writer, Address, Io, WriteQueue};
@@ -95,6 +95,7 @@ pub(crate) async fn serve_connection(
         opened: tokio::time::Instant::now(),
         idle_since_ms: AtomicU64::new(0),
         large_bytes: AtomicUsize::new(0),
+        controls: Default::default(),
     });
     let mut frames = FrameReader::new(read, manager.config.max_frame_size);
     let idle_since = || conn.idle_since();
@@ -192,6 +193,15 @@ fn dispatch(
         );
         return Ok(());
     }
+    // A control frame steers a call of this connection (more stream items, a cancel); it is not
+    // a request and gets no answer.
+    if envelope.credit().is_some() || envelope.is_cancel() {
+        if let Some(id) = parse_int_request_id(envelope.request_id()) {
+            conn.controls
+                .apply(id, envelope.credit(), envelope.is_cancel());
+        }
+        return Ok(());
+    }
     let manager = conn.manager();
     let head = ResponseHead::echo(frame, &envelope);
     let endpoint_name = envelope.endpoint();
@@ -270,8 +280,22 @@ fn dispatch(
             return Ok(());
         }
     }
+    if entry.streaming != envelope.wants_stream() {
+        let message = if entry.streaming {
+            format!(
+                "`{name}` is a streaming endpoint: call it as a stream (VspClient::call_stream)"
+            )
+        } else {
+            format!("`{name}` answers once: call it with `call`, not as a stream")
+        };
+        Reply::new(conn.clone(), head, None)
+            .with_span(span)
+            .error(ErrorCode::NotSupported, &message);
+        return Ok(());
+    }
     let mut reply = Reply::new(conn.clone(), head, Some(entry.clone()))
         .with_timeout(timeout_ms)
+        .with_stream_window(envelope.stream_window())
         .with_span(span);
     if frame.len() > LARGE_REQUEST {
         reply = reply.with_large_request(frame.len());

@@ -15,10 +15,12 @@ use serde_json::value::RawValue;
 use tracing::Instrument;
 
 use super::reply::Reply;
+use super::stream::Forget;
 use super::worker::Limited;
 use super::Lifecycle;
 use crate::context::Context as CallContext;
 use crate::error::ErrorCode;
+use tokio::sync::oneshot;
 
 /// A registered endpoint with its argument and result types erased.
 pub(crate) trait Endpoint: Send + Sync + 'static {
@@ -212,7 +214,8 @@ where
         inner: Limited::new(handler, limiter),
     };
     if let Some(pool) = manager.worker_pool() {
-        pool.spawn(finish_handler(running, reply));
+        let cancel = cancellable(&reply);
+        pool.spawn(finish_handler(running, reply, cancel));
         return;
     }
     let mut running = Box::pin(running);
@@ -222,9 +225,19 @@ where
             answer(outcome, reply);
         }
         Poll::Pending => {
-            tokio::spawn(finish_handler(running, reply));
+            let cancel = cancellable(&reply);
+            tokio::spawn(finish_handler(running, reply, cancel));
         }
     }
+}
+
+/// A handler that goes on as a task of its own can be cancelled by its caller (a `cancel`
+/// frame for its request id): registered now, before the connection reads its next frame.
+/// Handlers answered in place never are: they are done before a cancel could arrive.
+fn cancellable(reply: &Reply) -> Option<(oneshot::Receiver<()>, Forget)> {
+    let id = reply.call_id()?;
+    let cancelled = reply.conn.controls.register_call(id);
+    Some((cancelled, Forget(reply.conn.clone(), Some(id))))
 }
 
 /// How a handler running as its own task ended.
@@ -234,15 +247,24 @@ enum Ended<T> {
     PastDeadline(u64),
     /// The server closed after its drain timeout: nobody reads a reply.
     ServerClosed,
+    /// The caller cancelled: the handler was dropped, nobody waits for a reply.
+    Cancelled,
 }
 
 /// Drives a handler to completion as its own task, unless its deadline passes or the server
 /// closes first.
-async fn finish_handler<F, O>(running: F, reply: Reply)
-where
+async fn finish_handler<F, O>(
+    running: F,
+    reply: Reply,
+    cancel: Option<(oneshot::Receiver<()>, Forget)>,
+) where
     F: Future<Output = Caught<O>>,
     O: Outcome,
 {
+    let (cancelled, _forget) = match cancel {
+        Some((cancelled, forget)) => (Some(cancelled), Some(forget)),
+        None => (None, None),
+    };
     let ended = {
         let mut lifecycle = reply.conn.manager().lifecycle();
         // Counted from the request's arrival; the clock is read only for handlers that wait.
@@ -257,6 +279,12 @@ where
         });
         tokio::select! {
             outcome = running => Ended::Finished(outcome),
+            Ok(()) = async {
+                match cancelled {
+                    Some(cancelled) => cancelled.await,
+                    None => std::future::pending().await,
+                }
+            } => Ended::Cancelled,
             _ = lifecycle.wait_for(|state| *state == Lifecycle::Closed) => Ended::ServerClosed,
             _ = async {
                 match deadline {
@@ -282,6 +310,9 @@ where
             reply.error(ErrorCode::Timeout, &message);
         }
         Ended::ServerClosed => {}
+        Ended::Cancelled => {
+            tracing::debug!(endpoint = reply.endpoint(), "cancelled by the caller");
+        }
     }
 }
 

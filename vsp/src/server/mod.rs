@@ -16,6 +16,7 @@ mod connection;
 mod drain;
 mod endpoint;
 mod reply;
+mod stream;
 mod worker;
 
 use std::collections::HashMap;
@@ -38,6 +39,8 @@ pub use builder::VspManagerBuilder;
 use drain::Drain;
 use endpoint::Endpoint;
 pub(crate) use endpoint::{FnEndpoint, ServiceResult, ServiceValue};
+use stream::StreamEndpoint;
+pub use stream::DEFAULT_STREAM_WINDOW;
 pub use worker::WorkerType;
 use worker::{PollLimiter, WorkerPool};
 
@@ -63,6 +66,8 @@ pub(crate) struct EndpointEntry {
     pub(crate) limiter: Option<Arc<PollLimiter>>,
     /// What `vsp.describe` says of it (`None` for the built-in endpoints, which are not listed).
     pub(crate) description: Option<Arc<EndpointDescription>>,
+    /// It answers with a stream (and only to calls that ask for one).
+    pub(crate) streaming: bool,
 }
 
 type Registry = HashMap<Arc<str>, Arc<EndpointEntry>>;
@@ -467,6 +472,53 @@ impl VspManager {
         self.register(name, description, Box::new(FnEndpoint::new(handler)))
     }
 
+    /// Registers `handler` as the streaming endpoint `name`: it takes its arguments as
+    /// [`endpoint`](VspManager::endpoint)'s do and returns the [`Streaming`](crate::Streaming)
+    /// of items to send (or an error, answered as a `handler` error before any item).
+    ///
+    /// Items go out under the caller's credit (at most its window ahead of what it has read), so
+    /// a slow reader keeps the server's buffer bounded. The stream ends when the handler's
+    /// stream ends (or yields an error, sent as the last item), when the caller cancels (the
+    /// stream is dropped at once), at the caller's deadline (`timeout`), or when the server
+    /// shuts down (`shutting_down`). A call that does not ask for a stream (a Velithon client)
+    /// is answered `not_supported`.
+    ///
+    /// ```
+    /// use serde_json::Value;
+    /// use vsp::{Streaming, VspError, VspManager};
+    ///
+    /// let manager = VspManager::builder("counter").build();
+    /// manager.stream_endpoint("count", |args: Value| async move {
+    ///     let n = args["n"].as_u64().unwrap_or(0);
+    ///     Ok::<_, VspError>(Streaming::from_iter(0..n))
+    /// })?;
+    /// # Ok::<(), VspError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`VspError::DuplicateEndpoint`] if `name` is taken.
+    pub fn stream_endpoint<F, A, Fut, T, E>(
+        &self,
+        name: impl Into<String>,
+        handler: F,
+    ) -> Result<(), VspError>
+    where
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        A: DeserializeOwned + Send + 'static,
+        Fut: Future<Output = Result<crate::Streaming<T>, E>> + Send + 'static,
+        T: Serialize + Send + 'static,
+        E: Display + Send + 'static,
+    {
+        let name = name.into();
+        let description = EndpointDescription::new(name.clone());
+        self.register_entry(
+            name,
+            description,
+            Box::new(StreamEndpoint::new(handler)),
+            true,
+        )
+    }
+
     /// What this server answers to `vsp.describe`: its name, the protocol version, and every
     /// endpoint (by name) with its description.
     pub fn description(&self) -> ServiceDescription {
@@ -498,6 +550,16 @@ impl VspManager {
         name: String,
         description: EndpointDescription,
         endpoint: Box<dyn Endpoint>,
+    ) -> Result<(), VspError> {
+        self.register_entry(name, description, endpoint, false)
+    }
+
+    fn register_entry(
+        &self,
+        name: String,
+        description: EndpointDescription,
+        endpoint: Box<dyn Endpoint>,
+        streaming: bool,
     ) -> Result<(), VspError> {
         let _registering = self
             .inner
@@ -531,6 +593,7 @@ impl VspManager {
                 counters: EndpointCounters::default(),
                 limiter,
                 description: Some(description),
+                streaming,
             }),
         );
         self.inner.registry.store(Arc::new(next));

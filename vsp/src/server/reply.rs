@@ -17,7 +17,7 @@ use crate::error::ErrorCode;
 use crate::protocol::frame::{encode_frame, encode_frame_within, EncodeError};
 use crate::protocol::{
     write_envelope, write_error_body, write_service_error_body, Envelope, Extensions, HeaderOut,
-    RequestIdOut,
+    RequestIdOut, StreamFrame,
 };
 use crate::trace;
 use crate::transport::{QueueClosed, WriteQueue};
@@ -37,6 +37,8 @@ pub(crate) struct ServerConnection {
     pub(crate) idle_since_ms: AtomicU64,
     /// Bytes of this connection's large requests being handled (see `LARGE_REQUEST`).
     pub(crate) large_bytes: AtomicUsize,
+    /// The calls a caller can still steer (grant stream items, cancel).
+    pub(crate) controls: super::stream::Controls,
 }
 
 impl ServerConnection {
@@ -178,6 +180,8 @@ pub(crate) struct Reply {
     large_bytes: usize,
     /// The request's `vsp.server` span: the handler runs in it, errors are recorded on it.
     span: tracing::Span,
+    /// A stream's first grant of items (the request's `stream` key).
+    pub(super) stream_window: Option<u32>,
 }
 
 impl Reply {
@@ -199,7 +203,81 @@ impl Reply {
             timeout_ms: None,
             large_bytes: 0,
             span: tracing::Span::none(),
+            stream_window: None,
         }
+    }
+
+    pub(crate) fn with_stream_window(mut self, window: Option<u32>) -> Self {
+        self.stream_window = window;
+        self
+    }
+
+    /// The request id when it is an integer (our clients'), the key of control frames.
+    pub(crate) fn call_id(&self) -> Option<u64> {
+        match self.head.header().request_id {
+            RequestIdOut::Raw(raw) => raw.parse().ok(),
+            RequestIdOut::Int(id) => Some(id),
+        }
+    }
+
+    /// Sends one frame of a stream (open or an item); an item that cannot be sent is the
+    /// error that ends the stream.
+    pub(crate) fn stream_frame<T: Serialize + ?Sized>(
+        &self,
+        frame: StreamFrame,
+        value: &T,
+    ) -> Result<(), (ErrorCode, String)> {
+        let header = self.head.header();
+        let max = self.conn.manager().config.max_frame_size;
+        let pushed = self.conn.queue().push(|out| {
+            encode_frame_within(out, max, |out| {
+                write_envelope(out, &header, &Extensions::stream(frame, None), |out| {
+                    serde_json::to_writer(&mut *out, value)
+                })
+            })
+        });
+        match pushed {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(EncodeError::TooLarge { len, max })) => Err((
+                ErrorCode::TooLarge,
+                format!(
+                    "an item of `{}` is {len} bytes, above the largest frame of {max} bytes",
+                    self.endpoint()
+                ),
+            )),
+            Ok(Err(EncodeError::Json(err))) => Err((
+                ErrorCode::Handler,
+                format!("cannot serialize an item of `{}`: {err}", self.endpoint()),
+            )),
+            Err(_closed) => Err((ErrorCode::Protocol, "the connection is closed".to_owned())),
+        }
+    }
+
+    /// Ends a stream: cleanly, or with an error.
+    pub(crate) fn stream_end(mut self, error: Option<(ErrorCode, &str)>) {
+        self.settle(error.is_some());
+        let header = self.head.header();
+        let code = error.as_ref().map(|(code, _)| code);
+        if let Some((code, message)) = &error {
+            self.conn.manager().stats.error_sent(code);
+            trace::record_error(&self.span, code.as_str(), message);
+        }
+        let _ = self.conn.queue().push(|out| {
+            encode_frame(out, |out| {
+                write_envelope(
+                    out,
+                    &header,
+                    &Extensions::stream(StreamFrame::End, code),
+                    |out| {
+                        match &error {
+                            Some((_, message)) => write_error_body(out, message),
+                            None => out.extend_from_slice(b"null"),
+                        }
+                        Ok::<_, std::convert::Infallible>(())
+                    },
+                )
+            })
+        });
     }
 
     pub(crate) fn with_span(mut self, span: tracing::Span) -> Self {

@@ -1,0 +1,286 @@
+//! Server streams and cancellation: the per-connection table of calls a caller can still steer
+//! (grant stream items, cancel), and the task that drives one stream under its credit.
+//!
+//! Why credit: the caller grants `n` items (`stream` on the request, then `credit` frames as it
+//! reads); the server sends at most that many ahead, so a slow reader holds at most its window
+//! of items in the server's write buffer, and one slow stream never fills the connection for
+//! the others.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Context;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::sync::{oneshot, Notify, Semaphore};
+
+use super::endpoint::Endpoint;
+use super::reply::{Reply, ServerConnection};
+use super::Lifecycle;
+use crate::context::Context as CallContext;
+use crate::error::ErrorCode;
+use crate::protocol::StreamFrame;
+use crate::stream::Streaming;
+
+/// The default number of items a caller grants up front.
+pub const DEFAULT_STREAM_WINDOW: u32 = 32;
+
+/// What a caller can still do to one of its calls on this connection.
+pub(crate) enum Control {
+    /// A unary call running as a task of its own: sending (or dropping) stops it.
+    Call(oneshot::Sender<()>),
+    /// A stream.
+    Stream(Arc<StreamControl>),
+}
+
+/// The calls of one connection that a caller can steer, by request id (our clients' integers;
+/// other callers send no control frames).
+#[derive(Default)]
+pub(crate) struct Controls(Mutex<HashMap<u64, Control>>);
+
+impl Controls {
+    fn insert(&self, id: u64, control: Control) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, control);
+    }
+
+    fn remove(&self, id: u64) -> Option<Control> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id)
+    }
+
+    /// Registers a unary call that went on as a task of its own; the receiver fires on cancel.
+    pub(crate) fn register_call(&self, id: u64) -> oneshot::Receiver<()> {
+        let (cancel, cancelled) = oneshot::channel();
+        self.insert(id, Control::Call(cancel));
+        cancelled
+    }
+
+    /// Forgets a call or stream that ended.
+    pub(crate) fn forget(&self, id: u64) {
+        self.remove(id);
+    }
+
+    /// Applies a control frame: a `credit` grant or a `cancel` for request `id`.
+    pub(crate) fn apply(&self, id: u64, credit: Option<u32>, cancel: bool) {
+        let guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match guard.get(&id) {
+            Some(Control::Stream(stream)) => {
+                if let Some(credit) = credit {
+                    stream.grant(credit);
+                }
+                if cancel {
+                    stream.cancel();
+                }
+            }
+            Some(Control::Call(_)) if cancel => {
+                drop(guard);
+                if let Some(Control::Call(stop)) = self.remove(id) {
+                    let _ = stop.send(());
+                }
+            }
+            _ => tracing::trace!(id, "a control frame for a call that has ended"),
+        }
+    }
+}
+
+/// One stream's credit and cancel.
+pub(crate) struct StreamControl {
+    credit: Semaphore,
+    cancelled: AtomicBool,
+    wake: Notify,
+}
+
+impl StreamControl {
+    fn new(window: u32) -> Self {
+        StreamControl {
+            credit: Semaphore::new(window as usize),
+            cancelled: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    fn grant(&self, items: u32) {
+        // A caller cannot make the semaphore overflow: grants beyond its maximum are capped.
+        let room = Semaphore::MAX_PERMITS.saturating_sub(self.credit.available_permits());
+        self.credit.add_permits((items as usize).min(room));
+    }
+
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    async fn cancelled(&self) {
+        while !self.cancelled.load(Ordering::Acquire) {
+            self.wake.notified().await;
+        }
+    }
+}
+
+/// A streaming handler registered with
+/// [`VspManager::stream_endpoint`](crate::VspManager::stream_endpoint).
+pub(crate) struct StreamEndpoint<F, A> {
+    handler: F,
+    _args: PhantomData<fn(A)>,
+}
+
+impl<F, A> StreamEndpoint<F, A> {
+    pub(crate) fn new(handler: F) -> Self {
+        StreamEndpoint {
+            handler,
+            _args: PhantomData,
+        }
+    }
+}
+
+impl<F, A, Fut, T, E> Endpoint for StreamEndpoint<F, A>
+where
+    F: Fn(A) -> Fut + Send + Sync + 'static,
+    A: DeserializeOwned + Send + 'static,
+    Fut: Future<Output = Result<Streaming<T>, E>> + Send + 'static,
+    T: Serialize + Send + 'static,
+    E: Display + Send + 'static,
+{
+    fn start(&self, body: &RawValue, reply: Reply, call: CallContext, _cx: &mut Context<'_>) {
+        let args = match serde_json::from_str::<A>(body.get()) {
+            Ok(args) => args,
+            Err(err) => {
+                let message = format!("invalid arguments for `{}`: {err}", reply.endpoint());
+                reply.error(ErrorCode::BadRequest, &message);
+                return;
+            }
+        };
+        let opening = call.clone().sync_scoped(|| (self.handler)(args));
+        tokio::spawn(drive(call.scoped(opening), reply));
+    }
+}
+
+/// How a stream's wait ended, when not with what it waited for.
+enum Stop {
+    Cancelled,
+    PastDeadline,
+    ShuttingDown,
+}
+
+/// Runs one stream: the handler's opening, then items under the caller's credit, until the end,
+/// an error, a cancel, the deadline or the server's shutdown.
+async fn drive<Fut, T, E>(opening: Fut, reply: Reply)
+where
+    Fut: Future<Output = Result<Streaming<T>, E>>,
+    T: Serialize,
+    E: Display,
+{
+    let conn: Arc<ServerConnection> = reply.conn.clone();
+    let window = reply.stream_window.unwrap_or(DEFAULT_STREAM_WINDOW);
+    let control = Arc::new(StreamControl::new(window));
+    let id = reply.call_id();
+    if let Some(id) = id {
+        conn.controls.insert(id, Control::Stream(control.clone()));
+    }
+    let _forget = Forget(conn.clone(), id);
+    let deadline = reply
+        .timeout_ms
+        .map(|ms| crate::deadline::after(tokio::time::Instant::now(), Duration::from_millis(ms)));
+    let mut lifecycle = conn.manager().lifecycle();
+    // Whatever ends a wait other than what it waits for.
+    macro_rules! or_stop {
+        ($wait:expr) => {
+            tokio::select! {
+                outcome = $wait => Ok(outcome),
+                _ = control.cancelled() => Err(Stop::Cancelled),
+                _ = async {
+                    match deadline {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => Err(Stop::PastDeadline),
+                _ = lifecycle.wait_for(|state| *state != Lifecycle::Running) => Err(Stop::ShuttingDown),
+            }
+        };
+    }
+    let ended = |reply: Reply, stop: Stop| match stop {
+        // The caller is gone: nothing is sent; the reply settles as it drops.
+        Stop::Cancelled => drop(reply),
+        Stop::PastDeadline => {
+            let message = format!(
+                "the stream of `{}` was stopped: the caller's deadline passed",
+                reply.endpoint()
+            );
+            reply.stream_end(Some((ErrorCode::Timeout, &message)));
+        }
+        Stop::ShuttingDown => {
+            let message = format!("service `{}` is shutting down", &reply.conn.manager().name);
+            reply.stream_end(Some((ErrorCode::ShuttingDown, &message)));
+        }
+    };
+    let mut items = match or_stop!(opening) {
+        Ok(Ok(items)) => items,
+        Ok(Err(err)) => {
+            reply.error(ErrorCode::Handler, &err.to_string());
+            return;
+        }
+        Err(stop) => {
+            // Not opened yet: an ordinary error answer (or none, for a cancel).
+            match stop {
+                Stop::Cancelled => {}
+                Stop::PastDeadline => reply.error(
+                    ErrorCode::Timeout,
+                    "the caller's deadline passed before the stream opened",
+                ),
+                Stop::ShuttingDown => {
+                    let message =
+                        format!("service `{}` is shutting down", &reply.conn.manager().name);
+                    reply.error(ErrorCode::ShuttingDown, &message);
+                }
+            }
+            return;
+        }
+    };
+    if reply.stream_frame(StreamFrame::Open, &()).is_err() {
+        return;
+    }
+    let mut seq = 0u64;
+    loop {
+        match or_stop!(control.credit.acquire()) {
+            Ok(Ok(permit)) => permit.forget(),
+            Ok(Err(_closed)) => return,
+            Err(stop) => return ended(reply, stop),
+        }
+        let next = std::future::poll_fn(|cx| items.poll_item(cx));
+        match or_stop!(next) {
+            Ok(Some(Ok(item))) => {
+                if let Err((code, message)) = reply.stream_frame(StreamFrame::Item(seq), &item) {
+                    return reply.stream_end(Some((code, &message)));
+                }
+                seq += 1;
+            }
+            Ok(Some(Err(message))) => {
+                return reply.stream_end(Some((ErrorCode::Handler, &message)));
+            }
+            Ok(None) => return reply.stream_end(None),
+            Err(stop) => return ended(reply, stop),
+        }
+    }
+}
+
+/// Takes a call out of its connection's control table when its task ends, however it ends.
+pub(crate) struct Forget(pub(crate) Arc<ServerConnection>, pub(crate) Option<u64>);
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        if let Some(id) = self.1 {
+            self.0.controls.forget(id);
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! What a streaming endpoint returns: [`Streaming`], a stream of items that may end with an
+//! error.
+
+use std::fmt::Display;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+
+/// The items a streaming endpoint sends, built from any `Stream` (`futures::stream`,
+/// `tokio-stream`, `async-stream`, a hand-written one).
+///
+/// Why a type of its own rather than `impl Stream`: a trait method's return type must be
+/// nameable for the generated server and client, and an item stream that can fail part way
+/// (a database cursor that breaks) needs a way to say so: [`Streaming::try_new`] ends the stream
+/// with that error, which the caller receives as its last item.
+///
+/// ```
+/// use vsp::Streaming;
+///
+/// let ticks: Streaming<u64> = Streaming::from_iter(0..3);
+/// # drop(ticks);
+/// ```
+pub struct Streaming<T> {
+    items: Pin<Box<dyn Stream<Item = Result<T, String>> + Send>>,
+}
+
+impl<T> std::fmt::Debug for Streaming<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streaming").finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + 'static> Streaming<T> {
+    /// A stream whose every item is sent.
+    pub fn new(items: impl Stream<Item = T> + Send + 'static) -> Self {
+        Streaming {
+            items: Box::pin(Map { inner: items }),
+        }
+    }
+
+    /// A stream that may fail: an `Err` item ends the stream with that error (the caller sees
+    /// it as a `handler` error, after the items before it).
+    pub fn try_new<E: Display>(items: impl Stream<Item = Result<T, E>> + Send + 'static) -> Self {
+        Streaming {
+            items: Box::pin(TryMap { inner: items }),
+        }
+    }
+
+    /// A stream of the items of `iter`.
+    pub fn from_iter<I>(iter: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        I::IntoIter: Send + Unpin + 'static,
+    {
+        Streaming::new(Iter(iter.into_iter()))
+    }
+}
+
+impl<T> Streaming<T> {
+    /// The next item: `Some(Ok)`, `Some(Err)` (the last), or `None` at the end.
+    pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, String>>> {
+        self.items.as_mut().poll_next(cx)
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct Map<S> {
+        #[pin]
+        inner: S,
+    }
+}
+
+impl<S: Stream> Stream for Map<S> {
+    type Item = Result<S::Item, String>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.project().inner.poll_next(cx).map(|item| item.map(Ok))
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct TryMap<S> {
+        #[pin]
+        inner: S,
+    }
+}
+
+impl<S, T, E> Stream for TryMap<S>
+where
+    S: Stream<Item = Result<T, E>>,
+    E: Display,
+{
+    type Item = Result<T, String>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.project()
+            .inner
+            .poll_next(cx)
+            .map(|item| item.map(|result| result.map_err(|err| err.to_string())))
+    }
+}
+
+struct Iter<I>(I);
+
+impl<I: Iterator + Unpin> Stream for Iter<I> {
+    type Item = I::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<I::Item>> {
+        Poll::Ready(self.0.next())
+    }
+}
