@@ -222,8 +222,8 @@ pub use vsp_macros::call;
 
 pub use balancer::{LeastLoadedBalancer, LoadBalancer, RoundRobinBalancer, WeightedBalancer};
 pub use client::{
-    CallInfo, CallOptions, CallStats, ClientMetrics, InstanceMetrics, Interceptor, PoolStats,
-    VspClient, VspClientBuilder,
+    CallInfo, CallOptions, CallStats, CallStream, ClientMetrics, InstanceMetrics, Interceptor,
+    PoolStats, VspClient, VspClientBuilder,
 };
 pub use context::Context;
 #[cfg(feature = "mdns")]

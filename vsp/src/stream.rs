@@ -18,7 +18,7 @@ use futures_core::Stream;
 /// ```
 /// use vsp::Streaming;
 ///
-/// let ticks: Streaming<u64> = Streaming::from_iter(0..3);
+/// let ticks: Streaming<u64> = Streaming::iter(0..3);
 /// # drop(ticks);
 /// ```
 pub struct Streaming<T> {
@@ -48,7 +48,7 @@ impl<T: Send + 'static> Streaming<T> {
     }
 
     /// A stream of the items of `iter`.
-    pub fn from_iter<I>(iter: I) -> Self
+    pub fn iter<I>(iter: I) -> Self
     where
         I: IntoIterator<Item = T>,
         I::IntoIter: Send + Unpin + 'static,

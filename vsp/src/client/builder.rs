@@ -53,6 +53,14 @@ pub struct CallOptions {
     pub metadata: Metadata,
     /// Inside a handler, end this call no later than the call being served (default on).
     pub inherit_deadline: bool,
+    /// For [`VspClient::call_stream_with`]: the items granted to the server ahead of what has
+    /// been read (default [`DEFAULT_STREAM_WINDOW`](crate::protocol::DEFAULT_STREAM_WINDOW)).
+    pub stream_window: Option<u32>,
+    /// For [`VspClient::call_stream_with`]: end the stream when no item arrives for this long;
+    /// the deadline then bounds only the opening, not the whole stream.
+    pub idle_timeout: Option<Duration>,
+    /// Set by `call_stream`: the call asks for a stream.
+    pub(crate) stream: bool,
 }
 
 impl Default for CallOptions {
@@ -62,6 +70,9 @@ impl Default for CallOptions {
             idempotent: false,
             metadata: Metadata::new(),
             inherit_deadline: true,
+            stream_window: None,
+            idle_timeout: None,
+            stream: false,
         }
     }
 }
@@ -96,6 +107,19 @@ impl CallOptions {
     /// Marks the call idempotent.
     pub fn idempotent(mut self, idempotent: bool) -> Self {
         self.idempotent = idempotent;
+        self
+    }
+
+    /// A stream's credit window: how many items the server may send ahead of what was read.
+    pub fn stream_window(mut self, items: u32) -> Self {
+        self.stream_window = Some(items.max(1));
+        self
+    }
+
+    /// A stream's per-item idle timeout: it ends (`timeout`) when no item arrives for this
+    /// long, and the call's deadline bounds only its opening.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = Some(idle);
         self
     }
 }

@@ -2,20 +2,22 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::error::ErrorCode;
-use crate::protocol::frame::{encode_frame_within, EncodeError, FrameReader, ReadError};
+use crate::protocol::frame::{
+    encode_frame, encode_frame_within, EncodeError, FrameReader, ReadError,
+};
 use crate::protocol::{
     parse_int_request_id, salvage_request_id, write_envelope, Envelope, Extensions, HeaderOut,
-    Metadata, RequestIdOut,
+    Metadata, RequestIdOut, StreamFrame, PROTOCOL_REVISION,
 };
 use crate::trace::TraceContext;
 use crate::transport::{run_writer, Io, WriteQueue};
@@ -29,6 +31,10 @@ pub(crate) struct RawResponse {
     pub(crate) error_code: Option<ErrorCode>,
     /// Whether the peer sent the `vsp` version key, i.e. marks errors in the header.
     pub(crate) from_vsp_peer: bool,
+    /// A stream frame: `Some(true)` for its end, `Some(false)` for an item (or the opening).
+    pub(crate) stream_end: Option<bool>,
+    /// The opening of a stream: where its items arrive.
+    pub(crate) stream: Option<StreamHandle>,
 }
 
 impl RawResponse {
@@ -57,10 +63,16 @@ pub(crate) enum CallFailure {
 
 type Slot = oneshot::Sender<Result<RawResponse, CallFailure>>;
 
+/// Where a stream's items go, in order.
+type StreamSlot = mpsc::UnboundedSender<Result<RawResponse, CallFailure>>;
+
 #[derive(Default)]
 struct PendingCalls {
     /// Each call's response slot.
     calls: HashMap<u64, Slot>,
+    /// Each open (or opening) stream's item channel. Unbounded, but never holding more than the
+    /// stream's window: the server sends no further than the credit granted.
+    streams: HashMap<u64, StreamSlot>,
     /// Set once the connection is closed; no call may be added after.
     closed: Option<String>,
 }
@@ -84,6 +96,9 @@ struct ConnectionState {
     /// When a call last started, in milliseconds since `epoch` (for the idle timeout).
     last_active_ms: AtomicU64,
     epoch: std::time::Instant,
+    /// The highest `vsp` revision the server answered with: control frames (`credit`, `cancel`)
+    /// go only to a server of revision 2 or more (never to Velithon, which sends none).
+    peer_revision: AtomicU32,
 }
 
 impl ConnectionState {
@@ -100,6 +115,9 @@ impl ConnectionState {
             }
             pending.closed = Some(reason.clone());
             self.closed.store(true, Ordering::Release);
+            for (_, stream) in pending.streams.drain() {
+                let _ = stream.send(Err(CallFailure::Closed(reason.clone())));
+            }
             std::mem::take(&mut pending.calls)
         };
         self.queue.close();
@@ -148,10 +166,12 @@ impl ConnectionState {
             }
             return;
         };
-        let Some(slot) = self.pending().calls.remove(&id) else {
-            tracing::debug!(instance = %self.instance, id, "dropped a late response (its call gave up)");
-            return;
-        };
+        if let Some(revision) = envelope.version() {
+            if revision > self.peer_revision.load(Ordering::Relaxed) {
+                self.peer_revision.store(revision, Ordering::Relaxed);
+            }
+        }
+        let stream_frame = envelope.stream_frame();
         let body = envelope.body().get();
         // The body borrows from `frame`: its offset turns it into a range of the shared bytes.
         let start = body.as_ptr() as usize - frame.as_ptr() as usize;
@@ -160,8 +180,54 @@ impl ConnectionState {
             from_vsp_peer: envelope.version().is_some(),
             body: start..start + body.len(),
             frame: frame.clone(),
+            stream_end: stream_frame.map(|frame| frame == StreamFrame::End),
+            stream: None,
+        };
+        if let Some(StreamFrame::Item(_) | StreamFrame::End) = stream_frame {
+            let mut pending = self.pending();
+            let slot = if response.stream_end == Some(true) {
+                pending.streams.remove(&id)
+            } else {
+                pending.streams.get(&id).cloned()
+            };
+            drop(pending);
+            match slot {
+                Some(slot) => {
+                    let _ = slot.send(Ok(response));
+                }
+                None => {
+                    tracing::debug!(instance = %self.instance, id, "dropped an item of a stream its caller dropped")
+                }
+            }
+            return;
+        }
+        let Some(slot) = self.pending().calls.remove(&id) else {
+            tracing::debug!(instance = %self.instance, id, "dropped a late response (its call gave up)");
+            return;
         };
         let _ = slot.send(Ok(response));
+    }
+
+    /// Sends a control frame for call `id` (more items, or a cancel), to a server that knows
+    /// them.
+    fn control(&self, id: u64, credit: Option<u32>, cancel: bool) {
+        if self.peer_revision.load(Ordering::Relaxed) < PROTOCOL_REVISION {
+            return;
+        }
+        let header = HeaderOut {
+            request_id: RequestIdOut::Int(id),
+            service: "",
+            endpoint: "",
+            is_response: false,
+        };
+        let _ = self.queue.push(|out| {
+            encode_frame(out, |out| {
+                write_envelope(out, &header, &Extensions::control(credit, cancel), |out| {
+                    out.extend_from_slice(b"{}");
+                    Ok::<_, std::convert::Infallible>(())
+                })
+            })
+        });
     }
 }
 
@@ -214,6 +280,7 @@ impl Connection {
             draining: AtomicBool::new(false),
             last_active_ms: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
+            peer_revision: AtomicU32::new(0),
         });
         {
             let state = state.clone();
@@ -299,7 +366,10 @@ impl Connection {
     }
 
     /// Queues a request and returns the slot its response will arrive in. `timeout_ms` goes in
-    /// the header, so the server stops the work when the caller has given up.
+    /// the header, so the server stops the work when the caller has given up. `stream`: the
+    /// call asks for a stream with this window (and, `true`, no server-side deadline: the
+    /// caller's idle timeout bounds it instead).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn send(
         self: &Arc<Self>,
         service: &str,
@@ -308,15 +378,20 @@ impl Connection {
         meta: Option<&Metadata>,
         trace: Option<&TraceContext>,
         deadline: Instant,
+        stream: Option<(u32, bool)>,
     ) -> Result<PendingCall, CallFailure> {
         let id = self.state.next_id.fetch_add(1, Ordering::Relaxed);
         let (slot, response) = oneshot::channel();
+        let items = stream.map(|_| mpsc::unbounded_channel());
         {
             let mut pending = self.state.pending();
             if let Some(reason) = &pending.closed {
                 return Err(CallFailure::NotSent(reason.clone()));
             }
             pending.calls.insert(id, slot);
+            if let Some((sender, _)) = &items {
+                pending.streams.insert(id, sender.clone());
+            }
         }
         let frames_at_send = self.state.frames_received.load(Ordering::Relaxed);
         let now = Instant::now();
@@ -335,6 +410,11 @@ impl Connection {
             deadline,
             frames_at_send,
             answered: false,
+            items: items.map(|(_, receiver)| (receiver, stream.map_or(0, |(window, _)| window))),
+        };
+        let (stream_window, idle) = match stream {
+            Some((window, idle)) => (Some(window), idle),
+            None => (None, false),
         };
         let header = HeaderOut {
             request_id: RequestIdOut::Int(id),
@@ -344,12 +424,13 @@ impl Connection {
         };
         let queued = self.state.queue.push(|out| {
             encode_frame_within(out, self.state.max_frame_size, |out| {
-                write_envelope(
-                    out,
-                    &header,
-                    &Extensions::request(timeout_ms, meta, trace),
-                    |out| serde_json::to_writer(&mut *out, body),
-                )
+                let extensions = Extensions {
+                    stream_window,
+                    ..Extensions::request((!idle).then_some(timeout_ms), meta, trace)
+                };
+                write_envelope(out, &header, &extensions, |out| {
+                    serde_json::to_writer(&mut *out, body)
+                })
             })
         });
         match queued {
@@ -373,6 +454,11 @@ pub(crate) struct PendingCall {
     frames_at_send: u64,
     /// The reader already took the slot out of the table.
     answered: bool,
+    /// A stream call's item channel and window, handed to the stream once it opens.
+    items: Option<(
+        mpsc::UnboundedReceiver<Result<RawResponse, CallFailure>>,
+        u32,
+    )>,
 }
 
 impl PendingCall {
@@ -391,9 +477,22 @@ impl PendingCall {
             Ok(outcome) => {
                 // Whoever sent into the slot (reader, close) took it out of the table.
                 self.answered = true;
-                outcome.unwrap_or_else(|_| {
+                let mut outcome = outcome.unwrap_or_else(|_| {
                     Err(CallFailure::Closed("the connection was dropped".to_owned()))
-                })
+                });
+                if let Ok(response) = &mut outcome {
+                    if response.stream_end == Some(false) {
+                        if let Some((items, window)) = self.items.take() {
+                            response.stream = Some(StreamHandle::new(
+                                self.connection.clone(),
+                                self.id,
+                                items,
+                                window,
+                            ));
+                        }
+                    }
+                }
+                outcome
             }
             Err(_elapsed) => {
                 let received = self
@@ -413,8 +512,97 @@ impl Drop for PendingCall {
     fn drop(&mut self) {
         let state = &self.connection.state;
         state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.items.is_some() {
+            // A stream that never opened (or whose opening was not taken).
+            state.pending().streams.remove(&self.id);
+        }
         if !self.answered {
             state.pending().calls.remove(&self.id);
+            // The caller gave up (dropped, timed out): the server may stop the work now.
+            state.control(self.id, None, true);
+        }
+    }
+}
+
+/// The receiving end of an open stream: its items in order, and the credit it grants back as
+/// they are read. Dropping it before the end cancels the stream on the server.
+pub(crate) struct StreamHandle {
+    connection: Arc<Connection>,
+    id: u64,
+    items: mpsc::UnboundedReceiver<Result<RawResponse, CallFailure>>,
+    window: u32,
+    /// Items read since the last grant.
+    read: u32,
+    ended: bool,
+}
+
+impl std::fmt::Debug for StreamHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamHandle")
+            .field("id", &self.id)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamHandle {
+    /// The instance the stream comes from.
+    pub(crate) fn instance(&self) -> &str {
+        &self.connection.state.instance
+    }
+
+    fn new(
+        connection: Arc<Connection>,
+        id: u64,
+        items: mpsc::UnboundedReceiver<Result<RawResponse, CallFailure>>,
+        window: u32,
+    ) -> Self {
+        connection.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        StreamHandle {
+            connection,
+            id,
+            items,
+            window,
+            read: 0,
+            ended: false,
+        }
+    }
+
+    /// The next frame of the stream: an item, or its end (`stream_end == Some(true)`); `None`
+    /// once the end was read.
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<RawResponse, CallFailure>>> {
+        if self.ended {
+            return std::task::Poll::Ready(None);
+        }
+        let frame = std::task::ready!(self.items.poll_recv(cx));
+        match &frame {
+            Some(Ok(response)) if response.stream_end == Some(false) => {
+                // Half the window read: grant it back, so the server never waits on a reader
+                // that keeps up.
+                self.read += 1;
+                if self.read >= (self.window / 2).max(1) {
+                    self.connection
+                        .state
+                        .control(self.id, Some(self.read), false);
+                    self.read = 0;
+                }
+            }
+            _ => self.ended = true,
+        }
+        std::task::Poll::Ready(frame)
+    }
+}
+
+impl Drop for StreamHandle {
+    fn drop(&mut self) {
+        let state = &self.connection.state;
+        state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.ended {
+            state.pending().streams.remove(&self.id);
+            state.control(self.id, None, true);
         }
     }
 }

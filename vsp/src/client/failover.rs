@@ -16,7 +16,7 @@ use super::{CallInfo, CallOptions, VspClient};
 use crate::context::Context;
 use crate::error::{ErrorCode, ProtocolError, VspError};
 use crate::instance::Instance;
-use crate::protocol::Metadata;
+use crate::protocol::{Metadata, DEFAULT_STREAM_WINDOW};
 use crate::trace::{self, TraceContext};
 
 /// How far a call got, for the metrics.
@@ -116,6 +116,8 @@ struct Attempt<'a> {
     instance: &'a Arc<Instance>,
     /// The call's whole deadline, for `Timeout` errors.
     timeout: Duration,
+    /// A stream call: its window, and whether an idle timeout (not the deadline) bounds it.
+    stream: Option<(u32, bool)>,
 }
 
 impl Attempt<'_> {
@@ -261,6 +263,12 @@ impl VspClient {
                 endpoint,
                 instance: &instance,
                 timeout,
+                stream: options.stream.then(|| {
+                    (
+                        options.stream_window.unwrap_or(DEFAULT_STREAM_WINDOW),
+                        options.idle_timeout.is_some(),
+                    )
+                }),
             };
             let attempt_deadline = match config.attempt_timeout {
                 Some(per_attempt) => deadline.min(crate::deadline::after(started, per_attempt)),
@@ -471,6 +479,7 @@ impl VspClient {
             metadata,
             trace,
             deadline,
+            attempt.stream,
         );
         let mut call = match sent {
             Ok(call) => call,

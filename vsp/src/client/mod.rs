@@ -25,6 +25,7 @@ mod pool;
 mod probe;
 mod response;
 mod retry;
+mod stream;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub use builder::{
 };
 pub use metrics::{CallStats, ClientMetrics, InstanceMetrics};
 pub use pool::PoolStats;
+pub use stream::CallStream;
 
 use builder::ClientConfig;
 use pool::Pools;

@@ -80,6 +80,7 @@ impl ClientInner {
                 None,
                 None,
                 deadline,
+                None,
             ) {
                 Ok(mut call) => call.wait().await.is_ok(),
                 Err(_) => false,
@@ -204,6 +205,7 @@ impl ClientProber {
             None,
             None,
             deadline,
+            None,
         ) else {
             return false;
         };

@@ -28,7 +28,9 @@ pub(crate) use envelope::{
     is_json_object, parse_int_request_id, salvage_request_id, write_envelope, write_error_body,
     write_service_error_body, Extensions, HeaderOut, RequestIdOut, StreamFrame,
 };
-pub use envelope::{Envelope, HEALTH_ENDPOINT, PROTOCOL_REVISION, PROTOCOL_VERSION};
+pub use envelope::{
+    Envelope, DEFAULT_STREAM_WINDOW, HEALTH_ENDPOINT, PROTOCOL_REVISION, PROTOCOL_VERSION,
+};
 pub use frame::{DEFAULT_MAX_FRAME_SIZE, LENGTH_PREFIX_LEN};
 pub use message::VspMessage;
 pub use metadata::{Metadata, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES};

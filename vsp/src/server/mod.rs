@@ -490,7 +490,7 @@ impl VspManager {
     /// let manager = VspManager::builder("counter").build();
     /// manager.stream_endpoint("count", |args: Value| async move {
     ///     let n = args["n"].as_u64().unwrap_or(0);
-    ///     Ok::<_, VspError>(Streaming::from_iter(0..n))
+    ///     Ok::<_, VspError>(Streaming::iter(0..n))
     /// })?;
     /// # Ok::<(), VspError>(())
     /// ```

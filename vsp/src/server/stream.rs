@@ -28,8 +28,7 @@ use crate::error::ErrorCode;
 use crate::protocol::StreamFrame;
 use crate::stream::Streaming;
 
-/// The default number of items a caller grants up front.
-pub const DEFAULT_STREAM_WINDOW: u32 = 32;
+pub use crate::protocol::DEFAULT_STREAM_WINDOW;
 
 /// What a caller can still do to one of its calls on this connection.
 pub(crate) enum Control {
