@@ -408,3 +408,74 @@ async fn an_idle_timeout_ends_a_silent_stream_and_the_deadline_a_long_one() {
     }
     manager.shutdown().await.unwrap();
 }
+
+/// Why a log cannot be read.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum LogError {
+    NoSuchLog(String),
+}
+
+/// A typed service with streaming methods.
+#[vsp::service(name = "logs")]
+pub trait Logs {
+    /// Counts from 0 to `n - 1`.
+    async fn ticks(&self, n: u64) -> Streaming<u64>;
+    /// The lines of a log, or why there are none.
+    async fn lines(&self, log: String) -> Result<Streaming<String>, LogError>;
+    async fn size(&self, log: String) -> u64;
+}
+
+struct LogStore;
+
+impl Logs for LogStore {
+    async fn ticks(&self, n: u64) -> Streaming<u64> {
+        Streaming::iter(0..n)
+    }
+
+    async fn lines(&self, log: String) -> Result<Streaming<String>, LogError> {
+        match log.as_str() {
+            "app" => Ok(Streaming::iter(["started", "ready"].map(String::from))),
+            _ => Err(LogError::NoSuchLog(log)),
+        }
+    }
+
+    async fn size(&self, _log: String) -> u64 {
+        2
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typed_service_streams_through_its_generated_client() {
+    let manager = VspManager::builder(LogsClient::SERVICE_NAME).build();
+    manager.serve(LogsServer::new(LogStore)).unwrap();
+    let client = LogsClient::new(client_of(&manager, 1).await);
+    let ticks: Vec<u64> = client
+        .ticks(4)
+        .await
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert_eq!(ticks, [0, 1, 2, 3]);
+    let lines: Vec<String> = client
+        .lines("app".into())
+        .await
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert_eq!(lines, ["started", "ready"]);
+    match client.lines("nope".into()).await {
+        Err(vsp::CallError::Service(LogError::NoSuchLog(log))) => assert_eq!(log, "nope"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.size("app".into()).await.unwrap(), 2);
+    // Described as streams, each with its item's schema.
+    let description = manager.description();
+    let ticks = description.endpoint("ticks").unwrap();
+    assert!(ticks.streaming);
+    assert_eq!(ticks.result_schema["type"], "integer");
+    assert!(description.endpoint("lines").unwrap().streaming);
+    assert!(!description.endpoint("size").unwrap().streaming);
+    manager.shutdown().await.unwrap();
+}

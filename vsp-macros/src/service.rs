@@ -91,6 +91,10 @@ enum Output {
     Fallible { ok: Box<Type>, err: Box<Type> },
     /// `-> T`, or nothing.
     Value,
+    /// `-> Streaming<T>`: a server stream of `T`.
+    Stream { item: Box<Type> },
+    /// `-> Result<Streaming<T>, E>`: a stream, or `E` (typed) instead of it.
+    FallibleStream { item: Box<Type>, err: Box<Type> },
 }
 
 /// Everything needed to write the expansion.
@@ -247,6 +251,8 @@ impl ServiceGenerator {
             match &method.output {
                 Output::Fallible { ok, err } => types.extend([&**ok, &**err]),
                 Output::Value => types.push(&method.ret),
+                Output::Stream { item } => types.push(item),
+                Output::FallibleStream { item, err } => types.extend([&**item, &**err]),
             }
         }
         types
@@ -279,17 +285,21 @@ impl ServiceGenerator {
             let ident = &method.ident;
             let description = self.description(method);
             let names: Vec<&Ident> = method.args.iter().map(|(name, _)| name).collect();
+            // The error's text: its `Display` if it has one (picked where `E` is concrete).
+            let text_of = |err: &Type| {
+                quote! {{
+                    #[allow(unused_imports)]
+                    use ::vsp::__private::{ByDisplay as _, ByJson as _};
+                    (&&::vsp::__private::ErrorText::<#err>::new()).text_fn()
+                },}
+            };
             let (register, text) = match &method.output {
-                // The error's text: its `Display` if it has one (picked where `E` is concrete).
-                Output::Fallible { err, .. } => (
-                    quote!(register_fallible),
-                    quote! {{
-                        #[allow(unused_imports)]
-                        use ::vsp::__private::{ByDisplay as _, ByJson as _};
-                        (&&::vsp::__private::ErrorText::<#err>::new()).text_fn()
-                    },},
-                ),
+                Output::Fallible { err, .. } => (quote!(register_fallible), text_of(err)),
                 Output::Value => (quote!(register_infallible), quote!()),
+                Output::FallibleStream { err, .. } => {
+                    (quote!(register_fallible_stream), text_of(err))
+                }
+                Output::Stream { .. } => (quote!(register_infallible_stream), quote!()),
             };
             // A local of the generated code, invisible to (and not shadowed by) a parameter the
             // user named `service`.
@@ -379,10 +389,10 @@ impl ServiceGenerator {
             quote!((#name, #required, #schema))
         });
         let (result, error) = match &method.output {
-            Output::Fallible { ok, err } => {
+            Output::Fallible { ok: value, err } | Output::FallibleStream { item: value, err } => {
                 let error = self.schema_fn(err);
                 (
-                    self.schema_fn(ok),
+                    self.schema_fn(value),
                     quote!(::core::option::Option::Some(#error)),
                 )
             }
@@ -390,6 +400,7 @@ impl ServiceGenerator {
                 self.schema_fn(&method.ret),
                 quote!(::core::option::Option::None),
             ),
+            Output::Stream { item } => (self.schema_fn(item), quote!(::core::option::Option::None)),
         };
         quote! {
             ::vsp::__private::describe(#wire_name, #doc, #idempotent, &[#(#params),*], #result, #error)
@@ -447,6 +458,14 @@ impl ServiceGenerator {
                 Output::Value => (
                     quote!(::core::result::Result<#ret, ::vsp::VspError>),
                     quote!(call_infallible),
+                ),
+                Output::FallibleStream { item, err } => (
+                    quote!(::core::result::Result<::vsp::CallStream<#item>, ::vsp::CallError<#err>>),
+                    quote!(call_fallible_stream),
+                ),
+                Output::Stream { item } => (
+                    quote!(::core::result::Result<::vsp::CallStream<#item>, ::vsp::VspError>),
+                    quote!(call_infallible_stream),
                 ),
             };
             // Spanned at the return type: an unmet bound on it is reported there.
@@ -656,11 +675,22 @@ fn parse_method(method: TraitItemFn, errors: &mut Errors) -> Option<Method> {
         ReturnType::Type(_, ty) => (**ty).clone(),
     };
     let output = match result_types(&ret) {
-        Some((ok, err)) => Output::Fallible {
-            ok: Box::new(ok),
-            err: Box::new(err),
+        Some((ok, err)) => match streaming_item(&ok) {
+            Some(item) => Output::FallibleStream {
+                item: Box::new(item),
+                err: Box::new(err),
+            },
+            None => Output::Fallible {
+                ok: Box::new(ok),
+                err: Box::new(err),
+            },
         },
-        None => Output::Value,
+        None => match streaming_item(&ret) {
+            Some(item) => Output::Stream {
+                item: Box::new(item),
+            },
+            None => Output::Value,
+        },
     };
     (errors.len() == before).then_some(Method {
         attrs: kept_attrs,
@@ -745,6 +775,23 @@ fn result_types(ty: &Type) -> Option<(Type, Type)> {
     });
     let (ok, err) = (types.next()?, types.next()?);
     (types.next().is_none() && generics.args.len() == 2).then_some((ok, err))
+}
+
+/// `T` of a type spelled `Streaming<T>` (any path ending in `Streaming` with one type argument:
+/// `vsp::Streaming<T>`, or `Streaming<T>` imported).
+fn streaming_item(ty: &Type) -> Option<Type> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    if last.ident != "Streaming" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(generics) = &last.arguments else {
+        return None;
+    };
+    match generics.args.iter().collect::<Vec<_>>().as_slice() {
+        [GenericArgument::Type(item)] => Some(item.clone()),
+        _ => None,
+    }
 }
 
 /// Collects every error so the user sees them all at once.

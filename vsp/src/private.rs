@@ -10,9 +10,14 @@ use serde_json::Value;
 pub use serde;
 
 use crate::client::CallOptions;
+use crate::client::CallStream;
 use crate::error::{CallError, VspError};
 use crate::protocol::EndpointDescription;
-use crate::server::{FnEndpoint, ServiceResult, ServiceValue};
+use crate::server::{
+    FnEndpoint, ServiceResult, ServiceStreamResult, ServiceStreamValue, ServiceValue,
+    StreamEndpoint,
+};
+use crate::stream::Streaming;
 use crate::{VspClient, VspManager};
 
 /// A type that can travel in a VSP call, as an argument or a result.
@@ -260,6 +265,75 @@ where
     });
     let name = description.name.clone();
     manager.register(name, description, Box::new(endpoint_impl))
+}
+
+/// Registers a service method returning `Result<Streaming<T>, E>`; `E` travels typed.
+pub fn register_fallible_stream<F, A, Fut, T, E>(
+    manager: &VspManager,
+    description: EndpointDescription,
+    text: Option<fn(&E) -> String>,
+    handler: F,
+) -> Result<(), VspError>
+where
+    F: Fn(A) -> Fut + Send + Sync + 'static,
+    A: DeserializeOwned + Send + 'static,
+    Fut: Future<Output = Result<Streaming<T>, E>> + Send + 'static,
+    T: Serialize + Send + 'static,
+    E: Serialize + Send + 'static,
+{
+    let endpoint_impl = StreamEndpoint::new(move |args: A| {
+        let running = handler(args);
+        async move { ServiceStreamResult(running.await, text) }
+    });
+    let name = description.name.clone();
+    manager.register_stream(name, description, Box::new(endpoint_impl))
+}
+
+/// Registers a service method returning `Streaming<T>`.
+pub fn register_infallible_stream<F, A, Fut, T>(
+    manager: &VspManager,
+    description: EndpointDescription,
+    handler: F,
+) -> Result<(), VspError>
+where
+    F: Fn(A) -> Fut + Send + Sync + 'static,
+    A: DeserializeOwned + Send + 'static,
+    Fut: Future<Output = Streaming<T>> + Send + 'static,
+    T: Serialize + Send + 'static,
+{
+    let endpoint_impl = StreamEndpoint::new(move |args: A| {
+        let running = handler(args);
+        async move { ServiceStreamValue(running.await) }
+    });
+    let name = description.name.clone();
+    manager.register_stream(name, description, Box::new(endpoint_impl))
+}
+
+/// Calls a method returning `Result<Streaming<T>, E>`: an error before the stream opens is the
+/// service's `E`, typed.
+pub async fn call_fallible_stream<T: DeserializeOwned, E: DeserializeOwned>(
+    client: &VspClient,
+    service: &str,
+    endpoint: &str,
+    idempotent: bool,
+    args: &impl Serialize,
+) -> Result<CallStream<T>, CallError<E>> {
+    client
+        .call_stream_service(service, endpoint, args, options(idempotent))
+        .await
+}
+
+/// Calls a method returning `Streaming<T>`.
+pub async fn call_infallible_stream<T: DeserializeOwned>(
+    client: &VspClient,
+    service: &str,
+    endpoint: &str,
+    idempotent: bool,
+    args: &impl Serialize,
+) -> Result<CallStream<T>, VspError> {
+    client
+        .call_stream_with(service, endpoint, args, options(idempotent))
+        .await
 }
 
 fn options(idempotent: bool) -> CallOptions {

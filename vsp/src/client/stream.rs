@@ -13,9 +13,9 @@ use serde::Serialize;
 use tokio::time::{Instant, Sleep};
 
 use super::connection::{CallFailure, StreamHandle};
-use super::response::remote_error;
+use super::response::{remote_error, service_error};
 use super::{CallOptions, VspClient};
-use crate::error::{ErrorCode, VspError};
+use crate::error::{CallError, ErrorCode, VspError};
 
 /// The items of a streaming endpoint, typed, in order: a [`Stream`] of `Result<T, VspError>`.
 ///
@@ -150,18 +150,53 @@ impl VspClient {
         service: &str,
         endpoint: &str,
         body: impl Serialize,
-        mut options: CallOptions,
+        options: CallOptions,
     ) -> Result<CallStream<T>, VspError> {
+        self.open_stream::<T, serde::de::IgnoredAny>(service, endpoint, &body, options, false)
+            .await
+            .map_err(|err| match err {
+                CallError::Vsp(err) => err,
+                CallError::Service(_) => unreachable!("no typed error was asked for"),
+            })
+    }
+
+    /// A generated client's call to a method returning `Result<Streaming<T>, E>`.
+    pub(crate) async fn call_stream_service<T: DeserializeOwned, E: DeserializeOwned>(
+        &self,
+        service: &str,
+        endpoint: &str,
+        body: &(impl Serialize + ?Sized),
+        options: CallOptions,
+    ) -> Result<CallStream<T>, CallError<E>> {
+        self.open_stream::<T, E>(service, endpoint, body, options, true)
+            .await
+    }
+
+    /// Opens a stream; `typed`: a service's typed error before it opens is
+    /// `CallError::Service`.
+    async fn open_stream<T: DeserializeOwned, E: DeserializeOwned>(
+        &self,
+        service: &str,
+        endpoint: &str,
+        body: &(impl Serialize + ?Sized),
+        mut options: CallOptions,
+        typed: bool,
+    ) -> Result<CallStream<T>, CallError<E>> {
         options.stream = true;
         let timeout = options.timeout.unwrap_or(self.timeout);
         let began = Instant::now();
         let idle = options.idle_timeout;
-        let mut opened = self.exchange(service, endpoint, &body, options).await?;
+        let mut opened = self.exchange(service, endpoint, body, options).await?;
         if let Some(code) = &opened.error_code {
-            return Err(remote_error(service, endpoint, code, &opened));
+            if typed && *code == ErrorCode::Handler {
+                if let Some(error) = service_error::<E>(&opened) {
+                    return Err(CallError::Service(error));
+                }
+            }
+            return Err(remote_error(service, endpoint, code, &opened).into());
         }
         let Some(handle) = opened.stream.take() else {
-            return Err(VspError::Remote {
+            return Err(CallError::Vsp(VspError::Remote {
                 service: service.to_owned(),
                 endpoint: endpoint.to_owned(),
                 code: ErrorCode::NotSupported,
@@ -170,7 +205,7 @@ impl VspClient {
                 } else {
                     format!("the peer answered `{endpoint}` once instead of opening a stream: it does not know VSP streams (a Velithon service?); call it with `call`")
                 },
-            });
+            }));
         };
         Ok(CallStream {
             handle,

@@ -65,6 +65,10 @@ pub struct EndpointDescription {
     /// Safe to send again after a failure (`#[vsp(idempotent)]`).
     #[serde(default)]
     pub idempotent: bool,
+    /// It answers with a stream of items (call it with `VspClient::call_stream`); its
+    /// `result_schema` is then the schema of one item.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub streaming: bool,
     /// Its documentation (a method's `///` comment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub doc: Option<String>,
@@ -102,6 +106,7 @@ impl EndpointDescription {
             name: name.into(),
             params: Vec::new(),
             idempotent: false,
+            streaming: false,
             doc: None,
             args_schema: open_schema(),
             result_schema: open_schema(),

@@ -39,8 +39,8 @@ pub use builder::VspManagerBuilder;
 use drain::Drain;
 use endpoint::Endpoint;
 pub(crate) use endpoint::{FnEndpoint, ServiceResult, ServiceValue};
-use stream::StreamEndpoint;
 pub use stream::DEFAULT_STREAM_WINDOW;
+pub(crate) use stream::{ServiceStreamResult, ServiceStreamValue, StreamEndpoint};
 pub use worker::WorkerType;
 use worker::{PollLimiter, WorkerPool};
 
@@ -511,12 +511,21 @@ impl VspManager {
     {
         let name = name.into();
         let description = EndpointDescription::new(name.clone());
-        self.register_entry(
-            name,
-            description,
-            Box::new(StreamEndpoint::new(handler)),
-            true,
-        )
+        self.register_stream(name, description, Box::new(StreamEndpoint::new(handler)))
+    }
+
+    /// Registers a streaming endpoint (described as one).
+    pub(crate) fn register_stream(
+        &self,
+        name: String,
+        description: EndpointDescription,
+        endpoint: Box<dyn Endpoint>,
+    ) -> Result<(), VspError> {
+        let description = EndpointDescription {
+            streaming: true,
+            ..description
+        };
+        self.register_entry(name, description, endpoint, true)
     }
 
     /// What this server answers to `vsp.describe`: its name, the protocol version, and every

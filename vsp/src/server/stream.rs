@@ -143,13 +143,79 @@ impl<F, A> StreamEndpoint<F, A> {
     }
 }
 
-impl<F, A, Fut, T, E> Endpoint for StreamEndpoint<F, A>
+/// What a streaming handler's future gives: the stream, or an error answered in its place.
+pub(crate) trait Opening: Send + 'static {
+    type Item: Serialize + Send + 'static;
+
+    /// The stream; or `None` once `reply` has been answered with the error.
+    fn open(self, reply: &mut Option<Reply>) -> Option<Streaming<Self::Item>>;
+}
+
+/// A hand-registered stream's opening: the error's text is a `handler` error.
+impl<T, E> Opening for Result<Streaming<T>, E>
+where
+    T: Serialize + Send + 'static,
+    E: Display + Send + 'static,
+{
+    type Item = T;
+
+    fn open(self, reply: &mut Option<Reply>) -> Option<Streaming<T>> {
+        match self {
+            Ok(items) => Some(items),
+            Err(err) => {
+                if let Some(reply) = reply.take() {
+                    reply.error(ErrorCode::Handler, &err.to_string());
+                }
+                None
+            }
+        }
+    }
+}
+
+/// A service method's `Result<Streaming<T>, E>`: the error travels typed, as unary ones do.
+pub(crate) struct ServiceStreamResult<T, E>(
+    pub(crate) Result<Streaming<T>, E>,
+    pub(crate) super::endpoint::ErrorTextFn<E>,
+);
+
+impl<T, E> Opening for ServiceStreamResult<T, E>
+where
+    T: Serialize + Send + 'static,
+    E: Serialize + Send + 'static,
+{
+    type Item = T;
+
+    fn open(self, reply: &mut Option<Reply>) -> Option<Streaming<T>> {
+        match self.0 {
+            Ok(items) => Some(items),
+            Err(err) => {
+                if let Some(reply) = reply.take() {
+                    let text = self.1.map(|text| text(&err));
+                    reply.service_error(&err, text);
+                }
+                None
+            }
+        }
+    }
+}
+
+/// A service method's plain `Streaming<T>`.
+pub(crate) struct ServiceStreamValue<T>(pub(crate) Streaming<T>);
+
+impl<T: Serialize + Send + 'static> Opening for ServiceStreamValue<T> {
+    type Item = T;
+
+    fn open(self, _reply: &mut Option<Reply>) -> Option<Streaming<T>> {
+        Some(self.0)
+    }
+}
+
+impl<F, A, Fut> Endpoint for StreamEndpoint<F, A>
 where
     F: Fn(A) -> Fut + Send + Sync + 'static,
     A: DeserializeOwned + Send + 'static,
-    Fut: Future<Output = Result<Streaming<T>, E>> + Send + 'static,
-    T: Serialize + Send + 'static,
-    E: Display + Send + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: Opening,
 {
     fn start(&self, body: &RawValue, reply: Reply, call: CallContext, _cx: &mut Context<'_>) {
         let args = match serde_json::from_str::<A>(body.get()) {
@@ -174,11 +240,10 @@ enum Stop {
 
 /// Runs one stream: the handler's opening, then items under the caller's credit, until the end,
 /// an error, a cancel, the deadline or the server's shutdown.
-async fn drive<Fut, T, E>(opening: Fut, reply: Reply)
+async fn drive<Fut>(opening: Fut, reply: Reply)
 where
-    Fut: Future<Output = Result<Streaming<T>, E>>,
-    T: Serialize,
-    E: Display,
+    Fut: Future,
+    Fut::Output: Opening,
 {
     let conn: Arc<ServerConnection> = reply.conn.clone();
     let window = reply.stream_window.unwrap_or(DEFAULT_STREAM_WINDOW);
@@ -224,10 +289,12 @@ where
         }
     };
     let mut items = match or_stop!(opening) {
-        Ok(Ok(items)) => items,
-        Ok(Err(err)) => {
-            reply.error(ErrorCode::Handler, &err.to_string());
-            return;
+        Ok(opened) => {
+            let mut answer = Some(reply);
+            match opened.open(&mut answer) {
+                Some(items) => (items, answer),
+                None => return,
+            }
         }
         Err(stop) => {
             // Not opened yet: an ordinary error answer (or none, for a cancel).
@@ -246,6 +313,8 @@ where
             return;
         }
     };
+    let Some(reply) = items.1.take() else { return };
+    let mut items = items.0;
     if reply.stream_frame(StreamFrame::Open, &()).is_err() {
         return;
     }
