@@ -125,6 +125,17 @@ async fn velithons_client_calls_a_rust_service() {
         .as_str()
         .unwrap();
     assert!(bad.contains("missing field `user_id`"), "{bad}");
+    // A streaming endpoint called by a client that knows no streams: a clear error, no hang,
+    // and the server carries on.
+    let streaming = step(&results, "step", "streaming_endpoint")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(streaming.contains("is a streaming endpoint"), "{streaming}");
+    assert_eq!(
+        step(&results, "step", "after_streaming")["ok"]["name"],
+        "John Doe"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +167,7 @@ async fn velithons_client_gets_unauthenticated_from_a_server_with_an_auth_hook()
     );
     let stats = manager.get_performance_stats();
     let get_user = &stats.endpoints["get_user"];
-    assert_eq!((get_user.calls, get_user.errors), (3, 3), "{get_user:?}");
+    assert_eq!((get_user.calls, get_user.errors), (4, 4), "{get_user:?}");
     manager.shutdown().await.unwrap();
 }
 
@@ -500,6 +511,20 @@ async fn the_gateway_calls_a_velithon_service_and_says_it_is_not_described() {
     assert_eq!(user.status(), reqwest::StatusCode::OK);
     let user: Value = user.json().await.unwrap();
     assert_eq!(user["name"], "John Doe");
+
+    // Our client asking a Velithon endpoint for a stream: told plainly that it answers once.
+    match server
+        .client()
+        .call_stream::<Value>("py-users", "get_user", json!({"user_id": "123"}))
+        .await
+    {
+        Err(VspError::Remote {
+            code: ErrorCode::NotSupported,
+            message,
+            ..
+        }) => assert!(message.contains("does not know VSP streams"), "{message}"),
+        other => panic!("{other:?}"),
+    }
 
     // Velithon's unknown endpoint, said in words only, is still a 404.
     let missing = http

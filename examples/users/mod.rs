@@ -10,6 +10,8 @@ use std::sync::Mutex;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use vsp::Streaming;
 
 /// A user record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -50,6 +52,8 @@ pub trait UserService {
         name: Option<String>,
         email: Option<String>,
     ) -> Result<User, UserError>;
+    /// The users created from now on, as they are created.
+    async fn watch_users(&self) -> Streaming<User>;
 }
 
 /// An in-memory implementation.
@@ -57,6 +61,8 @@ pub trait UserService {
 pub struct Users {
     users: Mutex<HashMap<String, User>>,
     next_id: AtomicU64,
+    /// Every user created, for `watch_users`.
+    created: broadcast::Sender<User>,
 }
 
 impl Default for Users {
@@ -69,6 +75,7 @@ impl Default for Users {
         Users {
             users: Mutex::new(HashMap::from([(seed.id.clone(), seed)])),
             next_id: AtomicU64::new(1000),
+            created: broadcast::channel(64).0,
         }
     }
 }
@@ -87,6 +94,9 @@ impl UserService for Users {
         let user = User { id, name, email };
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         users.insert(user.id.clone(), user.clone());
+        drop(users);
+        // Nobody watching is fine.
+        let _ = self.created.send(user.clone());
         user
     }
 
@@ -107,5 +117,18 @@ impl UserService for Users {
             user.email = email;
         }
         Ok(user.clone())
+    }
+
+    async fn watch_users(&self) -> Streaming<User> {
+        Streaming::unfold(self.created.subscribe(), |mut created| async move {
+            loop {
+                match created.recv().await {
+                    Ok(user) => return Some((user, created)),
+                    // A watcher that fell more than 64 users behind skips the ones it missed.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
     }
 }

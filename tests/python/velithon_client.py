@@ -35,6 +35,8 @@ async def main(port: int) -> None:
         ("unknown_endpoint", "no_such_endpoint", {}),
         ("handler_error", "get_user", {"user_id": "nobody"}),
         ("bad_arguments", "get_user", {"wrong": "field"}),
+        ("streaming_endpoint", "watch_users", {}),
+        ("after_streaming", "get_user", {"user_id": "123"}),
     ]
     created = None
     for step, endpoint, data in steps:

@@ -47,6 +47,33 @@ impl<T: Send + 'static> Streaming<T> {
         }
     }
 
+    /// A stream made by calling `next` on a state until it says `None`, as
+    /// `futures::stream::unfold`: `next(state)` gives the next item and the state after it.
+    ///
+    /// ```
+    /// use vsp::Streaming;
+    ///
+    /// // The items of a channel, until its senders are gone.
+    /// let (sender, receiver) = tokio::sync::mpsc::channel::<String>(16);
+    /// let lines = Streaming::unfold(receiver, |mut receiver| async move {
+    ///     let line = receiver.recv().await?;
+    ///     Some((line, receiver))
+    /// });
+    /// # drop((sender, lines));
+    /// ```
+    pub fn unfold<S, F, Fut>(state: S, next: F) -> Self
+    where
+        S: Send + 'static,
+        F: FnMut(S) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Option<(T, S)>> + Send + 'static,
+    {
+        Streaming::new(Unfold {
+            state: Some(state),
+            next,
+            pending: None,
+        })
+    }
+
     /// A stream of the items of `iter`.
     pub fn iter<I>(iter: I) -> Self
     where
@@ -98,6 +125,39 @@ where
             .inner
             .poll_next(cx)
             .map(|item| item.map(|result| result.map_err(|err| err.to_string())))
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct Unfold<S, F, Fut> {
+        state: Option<S>,
+        next: F,
+        #[pin]
+        pending: Option<Fut>,
+    }
+}
+
+impl<S, F, Fut, T> Stream for Unfold<S, F, Fut>
+where
+    F: FnMut(S) -> Fut,
+    Fut: std::future::Future<Output = Option<(T, S)>>,
+{
+    type Item = T;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let mut this = self.project();
+        if let Some(state) = this.state.take() {
+            this.pending.set(Some((this.next)(state)));
+        }
+        let Some(pending) = this.pending.as_mut().as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        let step = std::task::ready!(pending.poll(cx));
+        this.pending.set(None);
+        Poll::Ready(step.map(|(item, state)| {
+            *this.state = Some(state);
+            item
+        }))
     }
 }
 

@@ -210,7 +210,6 @@ impl VspManagerBuilder {
                 counters: EndpointCounters::default(),
                 limiter: None,
                 description: None,
-                streaming: false,
             };
             (name, Arc::new(entry))
         };

@@ -23,7 +23,8 @@ use crate::protocol::frame::encode_frame;
 use crate::protocol::frame::{FrameReader, Patience, ReadError};
 use crate::protocol::{
     is_json_object, parse_int_request_id, salvage_request_id, write_envelope, write_error_body,
-    Envelope, Extensions, HeaderOut, Metadata, RequestIdOut, HEALTH_ENDPOINT,
+    Envelope, Extensions, HeaderOut, Metadata, RequestIdOut, DEFAULT_STREAM_WINDOW,
+    HEALTH_ENDPOINT,
 };
 use crate::trace::{self, TraceContext};
 use crate::transport::{run_writer, Address, Io, WriteQueue};
@@ -280,22 +281,13 @@ fn dispatch(
             return Ok(());
         }
     }
-    if entry.streaming != envelope.wants_stream() {
-        let message = if entry.streaming {
-            format!(
-                "`{name}` is a streaming endpoint: call it as a stream (VspClient::call_stream)"
-            )
-        } else {
-            format!("`{name}` answers once: call it with `call`, not as a stream")
-        };
-        Reply::new(conn.clone(), head, None)
-            .with_span(span)
-            .error(ErrorCode::NotSupported, &message);
-        return Ok(());
-    }
     let mut reply = Reply::new(conn.clone(), head, Some(entry.clone()))
         .with_timeout(timeout_ms)
-        .with_stream_window(envelope.stream_window())
+        .with_stream_window(
+            envelope
+                .wants_stream()
+                .then(|| envelope.stream_window().unwrap_or(DEFAULT_STREAM_WINDOW)),
+        )
         .with_span(span);
     if frame.len() > LARGE_REQUEST {
         reply = reply.with_large_request(frame.len());

@@ -146,6 +146,14 @@ where
     Fut::Output: Outcome,
 {
     fn start(&self, body: &RawValue, reply: Reply, call: CallContext, cx: &mut Context<'_>) {
+        if reply.stream_window.is_some() {
+            let message = format!(
+                "`{}` answers once: call it with `call`, not as a stream",
+                reply.endpoint()
+            );
+            reply.error(ErrorCode::NotSupported, &message);
+            return;
+        }
         match serde_json::from_str::<A>(body.get()) {
             Ok(args) => {
                 // The handler function's own (synchronous) part runs in the context and the

@@ -66,8 +66,6 @@ pub(crate) struct EndpointEntry {
     pub(crate) limiter: Option<Arc<PollLimiter>>,
     /// What `vsp.describe` says of it (`None` for the built-in endpoints, which are not listed).
     pub(crate) description: Option<Arc<EndpointDescription>>,
-    /// It answers with a stream (and only to calls that ask for one).
-    pub(crate) streaming: bool,
 }
 
 type Registry = HashMap<Arc<str>, Arc<EndpointEntry>>;
@@ -525,7 +523,7 @@ impl VspManager {
             streaming: true,
             ..description
         };
-        self.register_entry(name, description, endpoint, true)
+        self.register_entry(name, description, endpoint)
     }
 
     /// What this server answers to `vsp.describe`: its name, the protocol version, and every
@@ -560,7 +558,7 @@ impl VspManager {
         description: EndpointDescription,
         endpoint: Box<dyn Endpoint>,
     ) -> Result<(), VspError> {
-        self.register_entry(name, description, endpoint, false)
+        self.register_entry(name, description, endpoint)
     }
 
     fn register_entry(
@@ -568,7 +566,6 @@ impl VspManager {
         name: String,
         description: EndpointDescription,
         endpoint: Box<dyn Endpoint>,
-        streaming: bool,
     ) -> Result<(), VspError> {
         let _registering = self
             .inner
@@ -602,7 +599,6 @@ impl VspManager {
                 counters: EndpointCounters::default(),
                 limiter,
                 description: Some(description),
-                streaming,
             }),
         );
         self.inner.registry.store(Arc::new(next));

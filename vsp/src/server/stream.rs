@@ -218,6 +218,14 @@ where
     Fut::Output: Opening,
 {
     fn start(&self, body: &RawValue, reply: Reply, call: CallContext, _cx: &mut Context<'_>) {
+        if reply.stream_window.is_none() {
+            let message = format!(
+                "`{}` is a streaming endpoint: call it as a stream (VspClient::call_stream)",
+                reply.endpoint()
+            );
+            reply.error(ErrorCode::NotSupported, &message);
+            return;
+        }
         let args = match serde_json::from_str::<A>(body.get()) {
             Ok(args) => args,
             Err(err) => {
