@@ -36,6 +36,10 @@ pub(crate) struct BenchArgs {
     /// Prints the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Calls the endpoint as a stream, each call reading it to its end, and reports items per
+    /// second too (found on its own when the service describes the endpoint as streaming).
+    #[arg(long)]
+    stream: bool,
 }
 
 #[derive(Serialize)]
@@ -46,6 +50,11 @@ struct Report {
     calls_per_sec: f64,
     latency_ms: Latency,
     errors: BTreeMap<String, u64>,
+    /// Streams: the items read, over all calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    items: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    items_per_sec: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -61,6 +70,28 @@ struct Latency {
 struct Tally {
     latencies: Vec<u64>,
     errors: BTreeMap<String, u64>,
+}
+
+/// Opens the stream and reads it to its end; the number of items.
+async fn read_stream(
+    client: &vsp::VspClient,
+    service: &str,
+    endpoint: &str,
+    body: &Value,
+) -> Result<u64, VspError> {
+    let mut items = client
+        .call_stream::<serde::de::IgnoredAny>(service, endpoint, body)
+        .await?;
+    let mut read = 0;
+    while let Some(item) = std::future::poll_fn(|cx| {
+        futures_core::Stream::poll_next(std::pin::Pin::new(&mut items), cx)
+    })
+    .await
+    {
+        item?;
+        read += 1;
+    }
+    Ok(read)
 }
 
 fn error_kind(err: &VspError) -> String {
@@ -81,6 +112,14 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         return Err(Failure::usage("-c must be at least 1"));
     }
     let resolved = Arc::new(args.target.resolve()?);
+    let streaming = args.stream
+        || match resolved.client.describe(&resolved.service).await {
+            Ok(description) => description
+                .endpoint(&args.endpoint)
+                .is_some_and(|endpoint| endpoint.streaming),
+            Err(_) => false,
+        };
+    let items_read = Arc::new(AtomicU64::new(0));
     let endpoint = Arc::new(args.endpoint);
     let started = Instant::now();
     let until = args.duration.map(|d| started + d);
@@ -93,6 +132,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         .map(|_| {
             let (resolved, endpoint, body) = (resolved.clone(), endpoint.clone(), body.clone());
             let (issued, done, first_error) = (issued.clone(), done.clone(), first_error.clone());
+            let items_read = items_read.clone();
             tokio::spawn(async move {
                 let mut tally = Tally::default();
                 loop {
@@ -102,10 +142,18 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
                         return tally;
                     }
                     let t0 = Instant::now();
-                    let outcome: Result<Value, VspError> = resolved
-                        .client
-                        .call(&resolved.service, &endpoint, &*body)
-                        .await;
+                    let outcome: Result<u64, VspError> = if streaming {
+                        read_stream(&resolved.client, &resolved.service, &endpoint, &body).await
+                    } else {
+                        resolved
+                            .client
+                            .call(&resolved.service, &endpoint, &*body)
+                            .await
+                            .map(|_| 0)
+                    };
+                    if let Ok(items) = &outcome {
+                        items_read.fetch_add(*items, Ordering::Relaxed);
+                    }
                     match outcome {
                         Ok(_) => tally.latencies.push(t0.elapsed().as_nanos() as u64),
                         Err(err) => {
@@ -184,6 +232,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
             max: at(1.0),
         },
         errors: tally.errors,
+        items: streaming.then(|| items_read.load(Ordering::Relaxed)),
+        items_per_sec: streaming
+            .then(|| items_read.load(Ordering::Relaxed) as f64 / seconds.max(1e-9)),
     };
     if args.json {
         println!(
@@ -198,6 +249,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         );
         println!("  Duration:  {:.2} s", report.seconds);
         println!("  Calls/s:   {:.1}", report.calls_per_sec);
+        if let (Some(items), Some(per_sec)) = (report.items, report.items_per_sec) {
+            println!("  Items:     {items} ({per_sec:.1}/s)");
+        }
         println!("Latency (ok calls):");
         println!("  p50  {:>10.3} ms", report.latency_ms.p50);
         println!("  p90  {:>10.3} ms", report.latency_ms.p90);

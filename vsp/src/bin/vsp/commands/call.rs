@@ -3,6 +3,7 @@
 use clap::Args;
 use vsp::trace::{TraceContext, TRACEPARENT};
 
+use futures_core::Stream;
 use serde_json::Value;
 use vsp::VspClient;
 
@@ -31,6 +32,11 @@ pub(crate) struct CallArgs {
     /// match is refused with exit code 2).
     #[arg(long)]
     no_validate: bool,
+    /// Calls the endpoint as a stream (found on its own when the service describes the
+    /// endpoint as streaming): one JSON value per line as items arrive; closing stdout (`| head
+    /// -3`) cancels the stream.
+    #[arg(long)]
+    stream: bool,
 }
 
 pub(crate) async fn run(args: CallArgs) -> Result<(), Failure> {
@@ -57,8 +63,25 @@ pub(crate) async fn run(args: CallArgs) -> Result<(), Failure> {
     if args.trace {
         eprintln!("trace id: {}", trace.trace_id());
     }
+    // What the service says of the endpoint, when it describes itself.
+    let described = match client.describe(&resolved.service).await {
+        Ok(description) => description.endpoint(&args.endpoint).cloned(),
+        Err(_) => None,
+    };
     if !args.no_validate {
-        validate(&client, &resolved.service, &args.endpoint, &body).await?;
+        if let Some(described) = &described {
+            validate(described, &args.endpoint, &body)?;
+        }
+    }
+    if args.stream || described.as_ref().is_some_and(|d| d.streaming) {
+        return stream(
+            &client,
+            &resolved.service,
+            &args.endpoint,
+            body,
+            &args.target.target,
+        )
+        .await;
     }
     let response = client
         .call(&resolved.service, &args.endpoint, body)
@@ -73,25 +96,50 @@ pub(crate) async fn run(args: CallArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Checks `body` against `endpoint`'s argument schema, when the service describes itself and
-/// the schema says something; a mismatch is a usage error naming each wrong field.
-///
-/// A peer that does not describe itself (Velithon) or an endpoint it does not list is left to
-/// the call itself; so is a describe that fails for any other reason (the call then fails the
-/// same way, and says so in its own words).
-async fn validate(
+/// Calls `endpoint` as a stream and prints each item on its own line as it arrives. A closed
+/// stdout (a reader such as `head` that has had enough) ends it cleanly: the stream is dropped,
+/// which cancels it on the server.
+async fn stream(
     client: &VspClient,
     service: &str,
     endpoint: &str,
+    body: Value,
+    target: &str,
+) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut items = client
+        .call_stream::<Value>(service, endpoint, body)
+        .await
+        .map_err(|err| explain(err, target, endpoint))?;
+    let stdout = std::io::stdout();
+    loop {
+        let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut items).poll_next(cx)).await;
+        let item = match next {
+            None => return Ok(()),
+            Some(Ok(item)) => item,
+            Some(Err(err)) => return Err(explain(err, target, endpoint)),
+        };
+        let mut out = stdout.lock();
+        let written = serde_json::to_writer(&mut out, &item)
+            .map_err(std::io::Error::from)
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush());
+        if let Err(err) = written {
+            if err.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(());
+            }
+            return Err(Failure::usage(format!("cannot write to stdout: {err}")));
+        }
+    }
+}
+
+/// Checks `body` against the endpoint's argument schema, when it says something; a mismatch
+/// is a usage error naming each wrong field.
+fn validate(
+    described: &vsp::EndpointDescription,
+    endpoint: &str,
     body: &Value,
 ) -> Result<(), Failure> {
-    let description = match client.describe(service).await {
-        Ok(description) => description,
-        Err(_) => return Ok(()),
-    };
-    let Some(described) = description.endpoint(endpoint) else {
-        return Ok(());
-    };
     if !described.has_args_schema() {
         return Ok(());
     }

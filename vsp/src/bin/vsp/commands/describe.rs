@@ -96,11 +96,16 @@ fn readable(description: &ServiceDescription) -> String {
             })
             .collect();
         let result = &endpoint.result_schema;
+        let result = if endpoint.streaming {
+            format!("stream of {}", type_name(result))
+        } else {
+            type_name(result)
+        };
         out.push_str(&format!(
             "\n{}({}) -> {}{}\n",
             endpoint.name,
             params.join(", "),
-            type_name(result),
+            result,
             if endpoint.idempotent {
                 "  [idempotent]"
             } else {
