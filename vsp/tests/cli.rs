@@ -880,3 +880,114 @@ async fn call_checks_the_body_against_the_schema_and_names_the_wrong_field() {
     assert_eq!(stdout(&open), "{\"x\":[1]}\n", "{}", stderr(&open));
     manager.shutdown().await.unwrap();
 }
+
+/// A server with a finite and an endless stream; the flag says the endless one was dropped.
+async fn streaming_server() -> (
+    VspManager,
+    SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    struct DropFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let manager = VspManager::builder("streams").build();
+    manager
+        .stream_endpoint("ticks", |args: Value| async move {
+            let n = args["n"].as_u64().unwrap_or(0);
+            Ok::<_, String>(vsp::Streaming::iter(0..n))
+        })
+        .unwrap();
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = dropped.clone();
+    manager
+        .stream_endpoint("endless", move |_: Value| {
+            let guard = DropFlag(flag.clone());
+            async move {
+                Ok::<_, String>(vsp::Streaming::unfold(
+                    (guard, 0u64),
+                    |(guard, n)| async move { Some((json!({ "line": n }), (guard, n + 1))) },
+                ))
+            }
+        })
+        .unwrap();
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    (manager, addr, dropped)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_prints_a_stream_one_value_per_line_and_bench_counts_items() {
+    let (manager, addr, _) = streaming_server().await;
+    let target = addr.to_string();
+    let output = vsp(args(&["call", &target, "ticks", r#"{"n":4}"#]), None).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "0\n1\n2\n3\n");
+
+    let output = vsp(
+        args(&[
+            "bench",
+            &target,
+            "ticks",
+            r#"{"n":50}"#,
+            "-n",
+            "20",
+            "-c",
+            "2",
+            "--json",
+        ]),
+        None,
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(report["ok"], 20);
+    assert_eq!(report["items"], 1000, "{report}");
+    assert!(report["items_per_sec"].as_f64().unwrap() > 0.0);
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_printed_into_a_closed_pipe_stops_and_cancels() {
+    use std::io::{BufRead, BufReader};
+    let (manager, addr, dropped) = streaming_server().await;
+    let target = addr.to_string();
+    // `vsp call ... endless | head -3`: read three lines, then close the pipe.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vsp"))
+        .args(["call", &target, "endless"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let first: Vec<String> = (&mut lines).take(3).map(Result::unwrap).collect();
+        drop(lines); // closes the read end, as `head` does on exit
+        first
+    })
+    .await
+    .unwrap();
+    assert_eq!(lines, [r#"{"line":0}"#, r#"{"line":1}"#, r#"{"line":2}"#]);
+    let exit = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("vsp to exit within 10 s of its stdout closing")
+    .unwrap()
+    .unwrap();
+    assert!(
+        exit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exit.stderr)
+    );
+    vsp_test_support::wait_until(
+        "the server's stream to be dropped after vsp went away",
+        Duration::from_secs(5),
+        || dropped.load(std::sync::atomic::Ordering::SeqCst),
+    )
+    .await;
+    manager.shutdown().await.unwrap();
+}

@@ -161,6 +161,7 @@ pub(crate) async fn serve_connection(
             break; // the writer failed: the peer is gone
         }
     }
+    conn.controls.end_streams();
     drop(conn);
     // The writer ends once the in-flight handlers have replied; nothing needs to wait for it here.
     drop(writer);

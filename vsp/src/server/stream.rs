@@ -70,6 +70,17 @@ impl Controls {
         self.remove(id);
     }
 
+    /// The connection stopped reading: its streams can get no more credit and no cancel, so
+    /// they end now (unary calls still finish: a caller may have half-closed and still read).
+    pub(crate) fn end_streams(&self) {
+        let guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for control in guard.values() {
+            if let Control::Stream(stream) = control {
+                stream.cancel();
+            }
+        }
+    }
+
     /// Applies a control frame: a `credit` grant or a `cancel` for request `id`.
     pub(crate) fn apply(&self, id: u64, credit: Option<u32>, cancel: bool) {
         let guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
