@@ -4,7 +4,8 @@
 //! subscriber recording its spans at `INFO` (in a child process: a global subscriber cannot be
 //! removed); every other contender runs with none. `VSP_BENCH_SECS=0.3` shortens every run,
 //! `VSP_BENCH_ROUNDS=1` runs each pair once, `VSP_BENCH_ONLY=b` runs only the scenarios whose
-//! label starts with `b` (and skips the sections after the main table).
+//! label starts with `b` (and skips the sections after the main table), and
+//! `VSP_BENCH_SECTION=streams` runs only the streams section (VSP against tonic).
 //!
 //! Every contender serves and calls on loopback inside this process, on one 2-thread tokio
 //! runtime, with the same workload: `get_user {"user_id":"123"}` -> `{"id","name","email"}`
@@ -13,6 +14,8 @@
 //! machines switch between two speed modes and only same-run ratios mean anything.
 
 mod common;
+#[path = "tonic_stream/mod.rs"]
+mod tonic_stream;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::{BTreeMap, VecDeque};
@@ -106,6 +109,8 @@ pub trait BenchApi {
     async fn get_user(&self, user_id: String) -> User;
     async fn echo(&self, payload: String) -> String;
     async fn heavy(&self, spins: u64) -> u64;
+    /// `n` users, as a server stream (the streams section).
+    async fn stream_users(&self, n: u64) -> vsp::Streaming<User>;
 }
 
 struct BenchImpl;
@@ -121,6 +126,10 @@ impl BenchApi for BenchImpl {
 
     async fn heavy(&self, spins: u64) -> u64 {
         burn(spins)
+    }
+
+    async fn stream_users(&self, n: u64) -> vsp::Streaming<User> {
+        vsp::Streaming::iter((0..n).map(|_| lookup("123".to_owned())))
     }
 }
 
@@ -785,6 +794,9 @@ fn main() {
 }
 
 async fn bench(settings: Settings) {
+    if std::env::var("VSP_BENCH_SECTION").as_deref() == Ok("streams") {
+        return streams_section(&settings).await;
+    }
     let machine = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -1089,6 +1101,8 @@ async fn bench(settings: Settings) {
         server.shutdown().await.unwrap();
     }
 
+    streams_section(&settings).await;
+
     // Memory: idle connections.
     println!("\n## Memory: 1,000 idle client connections to one server\n");
     let (_idle_server, idle_addr) = start_vsp(VspManager::builder("bench")).await;
@@ -1107,4 +1121,114 @@ async fn bench(settings: Settings) {
         (after.saturating_sub(before)) as f64 / 1024.0 / 1000.0
     );
     drop(clients);
+}
+
+/// Items per stream in the streams section.
+const STREAM_ITEMS: u64 = 10_000;
+
+/// Items (or calls) per second for `run`, by calling `once` (which reports what it read) again
+/// and again.
+async fn per_second<F, Fut>(run: Duration, mut once: F) -> f64
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = u64>,
+{
+    let started = Instant::now();
+    let mut items = 0;
+    while started.elapsed() < run {
+        items += once().await;
+    }
+    items as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Reads one VSP stream of `STREAM_ITEMS` users with `window`; the items read.
+async fn read_vsp_stream(client: &VspClient, window: u32) -> u64 {
+    let options = vsp::CallOptions::new().stream_window(window);
+    let mut items: vsp::CallStream<User> = client
+        .call_stream_with(
+            "bench",
+            "stream_users",
+            serde_json::json!({ "n": STREAM_ITEMS }),
+            options,
+        )
+        .await
+        .unwrap();
+    let mut read = 0;
+    while let Some(user) = items.next().await {
+        assert_eq!(user.unwrap().name, "John Doe");
+        read += 1;
+    }
+    read
+}
+
+/// Server streaming: VSP against tonic (HTTP/2, protobuf) on the same items, and against a
+/// loop of unary calls; then VSP's items per second by credit window (how the default was
+/// chosen).
+async fn streams_section(settings: &Settings) {
+    println!(
+        "\n## Streams: items per second, a stream of {STREAM_ITEMS} `User`s at a time, one connection\n"
+    );
+    println!("Each contender reads whole streams of the same three-string struct (VSP: JSON; tonic: protobuf over HTTP/2), one stream at a time on one connection, for {:?} per round, interleaved; medians. The unary rows are VSP `get_user` calls returning the same struct.\n", settings.run);
+    let (_server, addr) = start_vsp(VspManager::builder("bench")).await;
+    let mesh = ServiceMesh::new();
+    mesh.register(ServiceInfo::new("bench", "127.0.0.1", addr.port()))
+        .unwrap();
+    let vsp = VspClient::builder(mesh).max_transports(1).build();
+    let typed = BenchApiClient::new(vsp.clone());
+    let tonic_addr = tonic_stream::start().await;
+    let mut tonic = tonic_stream::connect(tonic_addr).await;
+    let names = [
+        "VSP stream (default window)",
+        "tonic server streaming",
+        "VSP unary calls, one at a time",
+        "VSP unary calls, 64 in flight",
+    ];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    for _ in 0..settings.rounds {
+        rates[0].push(
+            per_second(settings.run, || {
+                read_vsp_stream(&vsp, vsp::protocol::DEFAULT_STREAM_WINDOW)
+            })
+            .await,
+        );
+        let tonic = &mut tonic;
+        let mut read = 0.0;
+        {
+            let started = Instant::now();
+            let mut items = 0;
+            while started.elapsed() < settings.run {
+                items += tonic_stream::read(tonic, STREAM_ITEMS).await;
+            }
+            read += items as f64 / started.elapsed().as_secs_f64();
+        }
+        rates[1].push(read);
+        rates[2].push(
+            per_second(settings.run, || async {
+                std::hint::black_box(typed.get_user("123".into()).await.unwrap());
+                1
+            })
+            .await,
+        );
+        let concurrent = Contender::Vsp(typed.clone())
+            .run(Workload::GetUser, 64, Instant::now() + settings.run)
+            .await;
+        rates[3].push(concurrent.calls_per_sec());
+    }
+    let medians: Vec<f64> = rates.iter().map(|r| Figures::median(r)).collect();
+    println!("| contender | items/s | VSP stream / this |");
+    println!("|---|---:|---:|");
+    for (name, rate) in names.iter().zip(&medians) {
+        println!("| {name} | {rate:.0} | {:.2}x |", medians[0] / rate);
+    }
+
+    println!("\n## Streams: VSP items per second by credit window (one stream at a time)\n");
+    println!("| window | items/s |");
+    println!("|---:|---:|");
+    for window in [8u32, 32, 128, 256, 512, 1024, 2048] {
+        let mut round = Vec::new();
+        for _ in 0..settings.rounds {
+            round.push(per_second(settings.run, || read_vsp_stream(&vsp, window)).await);
+        }
+        println!("| {window} | {:.0} |", Figures::median(&round));
+    }
 }

@@ -129,7 +129,7 @@ impl ConnectionState {
         }
     }
 
-    fn deliver(&self, frame: Bytes) {
+    fn deliver(&self, frame: Bytes, routes: &mut HashMap<u64, StreamSlot>) {
         let envelope = match Envelope::parse(&frame) {
             Ok(envelope) => envelope,
             Err(err) => {
@@ -184,20 +184,28 @@ impl ConnectionState {
             stream: None,
         };
         if let Some(StreamFrame::Item(_) | StreamFrame::End) = stream_frame {
-            let mut pending = self.pending();
-            let slot = if response.stream_end == Some(true) {
-                pending.streams.remove(&id)
-            } else {
-                pending.streams.get(&id).cloned()
-            };
-            drop(pending);
-            match slot {
-                Some(slot) => {
+            let end = response.stream_end == Some(true);
+            if end {
+                routes.remove(&id);
+                let slot = self.pending().streams.remove(&id);
+                if let Some(slot) = slot {
                     let _ = slot.send(Ok(response));
                 }
+                return;
+            }
+            let slot = match routes.get(&id) {
+                Some(slot) => slot,
                 None => {
-                    tracing::debug!(instance = %self.instance, id, "dropped an item of a stream its caller dropped")
+                    let Some(slot) = self.pending().streams.get(&id).cloned() else {
+                        tracing::debug!(instance = %self.instance, id, "dropped an item of a stream its caller dropped");
+                        return;
+                    };
+                    routes.entry(id).or_insert(slot)
                 }
+            };
+            if slot.send(Ok(response)).is_err() {
+                // The caller dropped the stream (and cancelled it): forget its route.
+                routes.remove(&id);
             }
             return;
         }
@@ -298,11 +306,13 @@ impl Connection {
             tokio::spawn(async move {
                 let _close = CloseOnDrop(state.clone());
                 let mut frames = FrameReader::new(read, max_frame_size);
+                // The reader's own copy of the open streams' slots, so an item takes no lock.
+                let mut routes: HashMap<u64, StreamSlot> = HashMap::new();
                 let reason = loop {
                     match frames.next_frame().await {
                         Ok(Some(frame)) => {
                             state.frames_received.fetch_add(1, Ordering::Relaxed);
-                            state.deliver(frame);
+                            state.deliver(frame, &mut routes);
                         }
                         Ok(None) => break "the server closed the connection".to_owned(),
                         Err(ReadError::Io(err)) => break format!("read failed: {err}"),

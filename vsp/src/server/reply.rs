@@ -253,6 +253,51 @@ impl Reply {
         }
     }
 
+    /// Sends items `first_seq..` of a stream in one write: one lock and one wake of the writer
+    /// for the whole batch. An item that cannot be sent stops the batch (those before it are
+    /// sent) and is the error that ends the stream.
+    pub(crate) fn stream_items<T: Serialize>(
+        &self,
+        first_seq: u64,
+        items: &[T],
+    ) -> Result<(), (ErrorCode, String)> {
+        let header = self.head.header();
+        let max = self.conn.manager().config.max_frame_size;
+        let mut failed = None;
+        let pushed = self.conn.queue().push(|out| {
+            for (seq, item) in (first_seq..).zip(items) {
+                let encoded = encode_frame_within(out, max, |out| {
+                    write_envelope(
+                        out,
+                        &header,
+                        &Extensions::stream(StreamFrame::Item(seq), None),
+                        |out| serde_json::to_writer(&mut *out, item),
+                    )
+                });
+                if let Err(err) = encoded {
+                    failed = Some(err);
+                    break;
+                }
+            }
+            Ok::<_, std::convert::Infallible>(())
+        });
+        match (pushed, failed) {
+            (Err(_closed), _) => Err((ErrorCode::Protocol, "the connection is closed".to_owned())),
+            (Ok(_), None) => Ok(()),
+            (Ok(_), Some(EncodeError::TooLarge { len, max })) => Err((
+                ErrorCode::TooLarge,
+                format!(
+                    "an item of `{}` is {len} bytes, above the largest frame of {max} bytes",
+                    self.endpoint()
+                ),
+            )),
+            (Ok(_), Some(EncodeError::Json(err))) => Err((
+                ErrorCode::Handler,
+                format!("cannot serialize an item of `{}`: {err}", self.endpoint()),
+            )),
+        }
+    }
+
     /// Ends a stream: cleanly, or with an error.
     pub(crate) fn stream_end(mut self, error: Option<(ErrorCode, &str)>) {
         self.settle(error.is_some());

@@ -12,13 +12,13 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::Context;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio::sync::{oneshot, Notify, Semaphore, TryAcquireError};
 
 use super::endpoint::Endpoint;
 use super::reply::{Reply, ServerConnection};
@@ -29,6 +29,9 @@ use crate::protocol::StreamFrame;
 use crate::stream::Streaming;
 
 pub use crate::protocol::DEFAULT_STREAM_WINDOW;
+
+/// The most items one write of a stream carries.
+const MAX_BATCH: usize = 64;
 
 /// What a caller can still do to one of its calls on this connection.
 pub(crate) enum Control {
@@ -338,26 +341,80 @@ where
         return;
     }
     let mut seq = 0u64;
+    let manager = conn.manager.clone();
+    // The items of one write, kept between writes so a stream allocates it once.
+    let mut ready = Vec::new();
     loop {
-        match or_stop!(control.credit.acquire()) {
-            Ok(Ok(permit)) => permit.forget(),
-            Ok(Err(_closed)) => return,
-            Err(stop) => return ended(reply, stop),
+        // The fast path, per item: a permit at hand and an item ready cost no timer, no
+        // notification and no lifecycle watch; the full wait is for when one is missing.
+        if control.cancelled.load(Ordering::Acquire) {
+            return ended(reply, Stop::Cancelled);
         }
-        let next = std::future::poll_fn(|cx| items.poll_item(cx));
-        match or_stop!(next) {
-            Ok(Some(Ok(item))) => {
-                if let Err((code, message)) = reply.stream_frame(StreamFrame::Item(seq), &item) {
-                    return reply.stream_end(Some((code, &message)));
-                }
-                seq += 1;
+        if manager.state() != Lifecycle::Running {
+            return ended(reply, Stop::ShuttingDown);
+        }
+        if deadline.is_some_and(|at| tokio::time::Instant::now() >= at) {
+            return ended(reply, Stop::PastDeadline);
+        }
+        match control.credit.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(TryAcquireError::Closed) => return,
+            Err(TryAcquireError::NoPermits) => match or_stop!(control.credit.acquire()) {
+                Ok(Ok(permit)) => permit.forget(),
+                Ok(Err(_closed)) => return,
+                Err(stop) => return ended(reply, stop),
+            },
+        }
+        let polled = std::future::poll_fn(|cx| Poll::Ready(items.poll_item(cx))).await;
+        let next = match polled {
+            Poll::Ready(next) => next,
+            Poll::Pending => match or_stop!(std::future::poll_fn(|cx| items.poll_item(cx))) {
+                Ok(next) => next,
+                Err(stop) => return ended(reply, stop),
+            },
+        };
+        let mut last = match next {
+            Some(Ok(item)) => {
+                ready.push(item);
+                None
             }
-            Ok(Some(Err(message))) => {
+            other => Some(other),
+        };
+        // More items at hand under the credit left join this one in a single write.
+        while last.is_none() && ready.len() < MAX_BATCH {
+            let Ok(permit) = control.credit.try_acquire() else {
+                break;
+            };
+            match std::future::poll_fn(|cx| Poll::Ready(items.poll_item(cx))).await {
+                Poll::Ready(Some(Ok(item))) => {
+                    permit.forget();
+                    ready.push(item);
+                }
+                Poll::Ready(other) => {
+                    permit.forget();
+                    last = Some(other);
+                }
+                // Not ready: the permit stays unused, for the next turn.
+                Poll::Pending => break,
+            }
+        }
+        if !ready.is_empty() {
+            let sent = reply.stream_items(seq, &ready);
+            seq += ready.len() as u64;
+            ready.clear();
+            if let Err((code, message)) = sent {
+                return reply.stream_end(Some((code, &message)));
+            }
+        }
+        match last {
+            None | Some(Some(Ok(_))) => {}
+            Some(Some(Err(message))) => {
                 return reply.stream_end(Some((ErrorCode::Handler, &message)));
             }
-            Ok(None) => return reply.stream_end(None),
-            Err(stop) => return ended(reply, stop),
+            Some(None) => return reply.stream_end(None),
         }
+        // A stream whose items are always ready must still let the runtime's other tasks run.
+        tokio::task::consume_budget().await;
     }
 }
 
