@@ -797,6 +797,19 @@ async fn bench(settings: Settings) {
     if std::env::var("VSP_BENCH_SECTION").as_deref() == Ok("streams") {
         return streams_section(&settings).await;
     }
+    if let Ok(profile) = std::env::var("VSP_BENCH_PROFILE_STREAM") {
+        // Only VSP streams, for a profiler: `VSP_BENCH_PROFILE_STREAM=<window>`.
+        let (_server, addr) = start_vsp(VspManager::builder("bench")).await;
+        let mesh = ServiceMesh::new();
+        mesh.register(ServiceInfo::new("bench", "127.0.0.1", addr.port()))
+            .unwrap();
+        let vsp = VspClient::builder(mesh).max_transports(1).build();
+        let window = profile
+            .parse()
+            .unwrap_or(vsp::protocol::DEFAULT_STREAM_WINDOW);
+        let rate = per_second(settings.run, || read_vsp_stream(&vsp, window)).await;
+        return println!("VSP stream, window {window}: {rate:.0} items/s");
+    }
     let machine = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {

@@ -112,6 +112,10 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 ///   service's own error, typed, and `CallError::Vsp` everything else. The client also carries
 ///   `SERVICE_NAME`, one `&str` const per endpoint (`GET_USER`) and `ENDPOINTS`.
 ///
+/// A method returning [`Streaming<T>`](Streaming) (or `Result<Streaming<T>, E>`) is a streaming
+/// endpoint: its client method returns a [`CallStream<T>`](CallStream) of the items, typed (see
+/// the README's "Streams and cancellation").
+///
 /// Method attributes: `#[vsp(name = "wire-name")]` renames the endpoint on the wire;
 /// `#[vsp(idempotent)]` marks it safe to send again (listed in `ENDPOINTS`).
 ///

@@ -22,10 +22,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const PROTOCOL_REVISION: u32 = 2;
 
 /// The items a caller grants a stream up front unless it says otherwise. Measured (`cargo bench
-/// --bench rpc`, streams section): items per second grow with the window up to about 512 on
+/// --bench rpc`, streams section): items per second grow with the window up to 1024 on
 /// loopback and no further. What a slow reader can make the server hold is this many items:
 /// set a smaller window for large items.
-pub const DEFAULT_STREAM_WINDOW: u32 = 512;
+pub const DEFAULT_STREAM_WINDOW: u32 = 1024;
 
 /// The endpoint every server answers itself, as Velithon's do: `{"status":"healthy",...}`.
 pub const HEALTH_ENDPOINT: &str = "health";

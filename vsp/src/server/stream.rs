@@ -31,7 +31,7 @@ use crate::stream::Streaming;
 pub use crate::protocol::DEFAULT_STREAM_WINDOW;
 
 /// The most items one write of a stream carries.
-const MAX_BATCH: usize = 64;
+const MAX_BATCH: usize = 128;
 
 /// What a caller can still do to one of its calls on this connection.
 pub(crate) enum Control {
