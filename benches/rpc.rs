@@ -5,7 +5,8 @@
 //! removed); every other contender runs with none. `VSP_BENCH_SECS=0.3` shortens every run,
 //! `VSP_BENCH_ROUNDS=1` runs each pair once, `VSP_BENCH_ONLY=b` runs only the scenarios whose
 //! label starts with `b` (and skips the sections after the main table), and
-//! `VSP_BENCH_SECTION=streams` runs only the streams section (VSP against tonic).
+//! `VSP_BENCH_SECTION=streams` runs only the streams section (VSP against tonic), and
+//! `VSP_BENCH_PROFILE_STREAM=<window>` only VSP streams with that window (for `perf record`).
 //!
 //! Every contender serves and calls on loopback inside this process, on one 2-thread tokio
 //! runtime, with the same workload: `get_user {"user_id":"123"}` -> `{"id","name","email"}`
