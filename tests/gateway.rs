@@ -160,6 +160,9 @@ async fn unknown_endpoints_services_and_routes_are_404_in_json() {
     let fixture = Fixture::new(|gateway| gateway).await;
     let no_endpoint = fixture.post("/user-service/delete_everything", "{}").await;
     assert_error(&no_endpoint, StatusCode::NOT_FOUND, "not_found");
+    // A streaming endpoint cannot be answered once.
+    let streaming = fixture.post("/user-service/watch_users", "{}").await;
+    assert_error(&streaming, StatusCode::NOT_IMPLEMENTED, "not_supported");
     // A service the gateway does not expose is not reachable, even if the mesh knows it.
     let hidden = VspManager::builder("admin-service").build();
     hidden
@@ -394,7 +397,11 @@ async fn get_service_describes_it_with_its_instances() {
         .iter()
         .map(|e| e["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["create_user", "get_user", "update_user"]);
+    assert_eq!(
+        names,
+        ["create_user", "get_user", "update_user", "watch_users"]
+    );
+    assert_eq!(body["endpoints"][3]["streaming"], true);
     assert_eq!(body["endpoints"][1]["doc"], "The user with this id.");
     assert_eq!(body["endpoints"][1]["idempotent"], true);
     let instances = body["instances"].as_array().unwrap();

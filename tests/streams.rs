@@ -14,6 +14,9 @@ use vsp::{
 };
 use vsp_test_support::wait_until;
 
+#[path = "../examples/users/mod.rs"]
+mod users;
+
 /// Sets its flag when dropped: the handler's stream or future observing its own end.
 struct DropFlag(Arc<AtomicBool>);
 
@@ -477,5 +480,33 @@ async fn a_typed_service_streams_through_its_generated_client() {
     assert_eq!(ticks.result_schema["type"], "integer");
     assert!(description.endpoint("lines").unwrap().streaming);
     assert!(!description.endpoint("size").unwrap().streaming);
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_users_streams_the_users_created_from_then_on() {
+    use users::{UserServiceClient, UserServiceServer, Users};
+    let manager = VspManager::builder(UserServiceClient::SERVICE_NAME).build();
+    manager
+        .serve(UserServiceServer::new(Users::default()))
+        .unwrap();
+    let users = UserServiceClient::new(client_of(&manager, 1).await);
+    users
+        .create_user("before".into(), "b@x".into())
+        .await
+        .unwrap();
+    let mut watched = users.watch_users().await.unwrap();
+    for name in ["Ada", "Grace"] {
+        users
+            .create_user(name.into(), format!("{name}@x"))
+            .await
+            .unwrap();
+    }
+    let first = watched.next().await.unwrap().unwrap();
+    let second = watched.next().await.unwrap().unwrap();
+    assert_eq!(
+        (first.name.as_str(), second.name.as_str()),
+        ("Ada", "Grace")
+    );
     manager.shutdown().await.unwrap();
 }

@@ -22,6 +22,7 @@
 //! | a deadline passed (`timeout`) | 504 |
 //! | connection refused, reset or timed out, an answer that breaks the protocol | 502 |
 //! | `handler` (a typed service error keeps its JSON in `error.data`) | 500 |
+//! | `not_supported` (a streaming endpoint: the gateway answers once) | 501 |
 //! | a body above [`Gateway::max_body_bytes`] | 413 |
 //!
 //! HTTP headers named by [`Gateway::forward_headers`] (by default `authorization`, `traceparent`,
@@ -430,6 +431,8 @@ impl GatewayError {
             (ErrorCode::ShuttingDown, _) => (unavailable, "shutting_down"),
             (ErrorCode::Timeout, _) => ((StatusCode::GATEWAY_TIMEOUT, false), "timeout"),
             (ErrorCode::Handler, _) => ((StatusCode::INTERNAL_SERVER_ERROR, false), "handler"),
+            // A streaming endpoint: the gateway answers once, so it cannot call it.
+            (ErrorCode::NotSupported, _) => ((StatusCode::NOT_IMPLEMENTED, false), "not_supported"),
             (ErrorCode::TooLarge, _) => (bad_gateway, "too_large"),
             (ErrorCode::Protocol, _) => (bad_gateway, "protocol"),
             // Velithon says an unknown endpoint only in words.
