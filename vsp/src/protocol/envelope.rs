@@ -519,8 +519,48 @@ mod tests {
         assert!(envelope.is_response());
         assert_eq!(envelope.timeout_ms(), Some(250));
         assert_eq!(envelope.error_code(), Some(ErrorCode::Timeout));
-        assert_eq!(envelope.version(), Some(PROTOCOL_VERSION));
+        assert_eq!(envelope.version(), Some(PROTOCOL_REVISION));
         assert_eq!(envelope.body().get(), r#"{"error":"late"}"#);
+    }
+
+    #[test]
+    fn stream_and_control_keys_round_trip() {
+        let header = HeaderOut {
+            request_id: RequestIdOut::Int(9),
+            service: "s",
+            endpoint: "e",
+            is_response: true,
+        };
+        let frame = |extensions: &Extensions<'_>| {
+            let mut out = Vec::new();
+            write_envelope(&mut out, &header, extensions, |out| {
+                out.extend_from_slice(b"1");
+                Ok::<_, std::convert::Infallible>(())
+            })
+            .unwrap();
+            out
+        };
+        let item = frame(&Extensions::stream(StreamFrame::Item(5), None));
+        let item = Envelope::parse(&item).unwrap();
+        assert_eq!(item.stream_frame(), Some(StreamFrame::Item(5)));
+        let end = frame(&Extensions::stream(StreamFrame::End, None));
+        assert_eq!(
+            Envelope::parse(&end).unwrap().stream_frame(),
+            Some(StreamFrame::End)
+        );
+        let request = frame(&Extensions {
+            stream_window: Some(64),
+            ..Extensions::default()
+        });
+        let request = Envelope::parse(&request).unwrap();
+        assert_eq!(
+            (request.wants_stream(), request.stream_window()),
+            (true, Some(64))
+        );
+        let control = frame(&Extensions::control(Some(3), true));
+        let control = Envelope::parse(&control).unwrap();
+        assert_eq!((control.credit(), control.is_cancel()), (Some(3), true));
+        assert_eq!(control.stream_frame(), None);
     }
 
     #[test]
