@@ -510,3 +510,80 @@ async fn watch_users_streams_the_users_created_from_then_on() {
     );
     manager.shutdown().await.unwrap();
 }
+
+/// Reads one length-prefixed frame as JSON.
+async fn read_frame(stream: &mut tokio::net::TcpStream) -> Value {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await.unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut body).await.unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Writes `value` as one frame.
+async fn write_frame(stream: &mut tokio::net::TcpStream, value: &Value) {
+    use tokio::io::AsyncWriteExt;
+    let body = serde_json::to_vec(value).unwrap();
+    stream
+        .write_all(&(body.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    stream.write_all(&body).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_say_vsp_2_never_receives_a_cancel_frame() {
+    // A Velithon-like peer: answers without the `vsp` key, and records what it receives.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        loop {
+            let frame = read_frame(&mut stream).await;
+            let endpoint = frame["header"]["endpoint"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            let _ = seen_tx.send(frame.clone());
+            if endpoint != "slow" {
+                let mut header = frame["header"].clone();
+                header["is_response"] = json!(true);
+                write_frame(
+                    &mut stream,
+                    &json!({ "header": header, "body": {"ok": true} }),
+                )
+                .await;
+            }
+        }
+    });
+    let mesh = ServiceMesh::new();
+    mesh.register(ServiceInfo::new("py", "127.0.0.1", port))
+        .unwrap();
+    let client = VspClient::builder(mesh).max_transports(1).build();
+    client.call("py", "first", json!({})).await.unwrap();
+    // A call it never answers, given up by its caller.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(200),
+        client.call("py", "slow", json!({})),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the slow call was answered");
+    client.call("py", "third", json!({})).await.unwrap();
+    let mut endpoints = Vec::new();
+    while let Ok(frame) = seen.try_recv() {
+        assert_ne!(
+            frame["header"]["cancel"],
+            json!(true),
+            "a cancel reached a peer that does not know it: {frame}"
+        );
+        endpoints.push(
+            frame["header"]["endpoint"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+        );
+    }
+    assert_eq!(endpoints, ["first", "slow", "third"]);
+}
