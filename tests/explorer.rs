@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
 use users::{UserServiceServer, Users};
 use vsp::{ServiceInfo, ServiceMesh, VspClient, VspManager};
-use vsp_test_support::installed_binary;
+use vsp_test_support::{installed_binary, wait_until_async};
 
 /// How long any one thing in the page may take to appear.
 const PAGE_WAIT: Duration = Duration::from_secs(20);
@@ -55,20 +55,22 @@ async fn start_driver(chromedriver: &std::path::Path) -> Driver {
         port,
         profile,
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        if let Ok(Some(status)) = driver.child.try_wait() {
-            panic!("chromedriver exited at start: {status}");
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "chromedriver did not listen on 127.0.0.1:{port} within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await; // polling the condition
-    }
+    let child = &mut driver.child;
+    wait_until_async(
+        &format!("chromedriver to listen on 127.0.0.1:{port}"),
+        Duration::from_secs(20),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("chromedriver exited at start: {status}");
+            }
+            async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await;
     driver
 }
 
@@ -192,18 +194,13 @@ async fn the_explorer_calls_get_user_from_its_form_and_shows_john_doe() {
         .click()
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + PAGE_WAIT;
-    loop {
-        let meta = text_of(&browser, "form[data-endpoint='get_user'] + .outcome .meta").await;
-        if meta.starts_with("500 handler") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the error outcome within {PAGE_WAIT:?}; the page says {meta:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await; // polling the page
-    }
+    // The outcome's status line saying `500 handler`, once the page has it.
+    let status = text_of(
+        &browser,
+        "form[data-endpoint='get_user'] + .outcome .meta .bad",
+    )
+    .await;
+    assert_eq!(status, "500 handler");
     let error = text_of(
         &browser,
         "form[data-endpoint='get_user'] + .outcome pre.result",

@@ -82,6 +82,9 @@ async fn a_slow_reader_bounds_what_the_server_produces_to_its_window() {
             }
         })
         .unwrap();
+    manager
+        .endpoint("echo", |args: Value| async move { Ok::<_, VspError>(args) })
+        .unwrap();
     let client = client_of(&manager, 1).await;
     let window = 8;
     let mut items: CallStream<u64> = client
@@ -104,7 +107,11 @@ async fn a_slow_reader_bounds_what_the_server_produces_to_its_window() {
         || produced.load(Ordering::SeqCst) >= u64::from(window),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await; // scenario: time to overrun, if it would
+    // Then a round trip on the same connection: a server that ignored credit would go on
+    // producing while it answers (items are made as fast as the stream is polled).
+    for _ in 0..10 {
+        client.call("numbers", "echo", json!({})).await.unwrap();
+    }
     let bound = 3 + u64::from(window) + 1;
     let made = produced.load(Ordering::SeqCst);
     assert!(

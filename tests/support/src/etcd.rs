@@ -105,41 +105,38 @@ impl Etcd {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(answer) = self.post("/v3/kv/range", r#"{"key":"AA=="}"#).await {
-                if answer.contains("header") {
-                    return Ok(());
+        let port = self.client_port;
+        let child = self.child.insert(child);
+        // Ready once it answers a range read; failed once it has exited.
+        let mut exited = None;
+        crate::wait_until_async(
+            &format!("etcd to answer on {client}"),
+            Duration::from_secs(20),
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    exited = Some(status);
                 }
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|child| child.try_wait()) {
+                let gone = exited.is_some();
+                async move {
+                    gone || post_to(port, "/v3/kv/range", r#"{"key":"AA=="}"#)
+                        .await
+                        .is_ok_and(|answer| answer.contains("header"))
+                }
+            },
+        )
+        .await;
+        match exited {
+            Some(status) => {
                 self.child = None;
-                return Err(status.to_string());
+                Err(status.to_string())
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "etcd did not answer on {client} within 20 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            None => Ok(()),
         }
     }
 
     /// POSTs `body` (JSON) to `path` of its JSON gateway; the answer's body.
     pub async fn post(&self, path: &str, body: &str) -> std::io::Result<String> {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.client_port)).await?;
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = String::new();
-        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
-        Ok(response
-            .split_once("\r\n\r\n")
-            .map_or(String::new(), |(_, body)| body.to_owned()))
+        post_to(self.client_port, path, body).await
     }
 
     /// Puts `key` = `value` (plain text; base64-encoded here).
@@ -177,4 +174,21 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// POSTs `body` (JSON) to `path` of the JSON gateway of the etcd on `port`; the answer's body.
+async fn post_to(port: u16, path: &str, body: &str) -> std::io::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_owned()))
 }

@@ -41,6 +41,24 @@ pub fn installed_binary(candidates: &[&str], package: &str) -> Option<PathBuf> {
     found
 }
 
+/// As [`wait_until`], for a condition that must be asked over the network (a port that
+/// listens, a server that answers): polls `condition` every 5 ms until it holds; panics naming
+/// `what` once `bound` has passed.
+pub async fn wait_until_async<F, Fut>(what: &str, bound: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {bound:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Polls `condition` every 5 ms until it holds; panics naming `what` once `bound` has passed.
 pub async fn wait_until(what: &str, bound: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + bound;
