@@ -33,8 +33,8 @@ pub(crate) struct RawResponse {
     pub(crate) from_vsp_peer: bool,
     /// A stream frame: `Some(true)` for its end, `Some(false)` for an item (or the opening).
     pub(crate) stream_end: Option<bool>,
-    /// The opening of a stream: where its items arrive.
-    pub(crate) stream: Option<StreamHandle>,
+    /// The opening of a stream: where its items arrive (boxed: a unary response stays small).
+    pub(crate) stream: Option<Box<StreamHandle>>,
 }
 
 impl RawResponse {
@@ -493,12 +493,12 @@ impl PendingCall {
                 if let Ok(response) = &mut outcome {
                     if response.stream_end == Some(false) {
                         if let Some((items, window)) = self.items.take() {
-                            response.stream = Some(StreamHandle::new(
+                            response.stream = Some(Box::new(StreamHandle::new(
                                 self.connection.clone(),
                                 self.id,
                                 items,
                                 window,
-                            ));
+                            )));
                         }
                     }
                 }

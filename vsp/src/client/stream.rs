@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::{Instant, Sleep};
 
-use super::connection::{CallFailure, StreamHandle};
+use super::connection::{CallFailure, RawResponse, StreamHandle};
 use super::response::{remote_error, service_error};
 use super::{CallOptions, VspClient};
 use crate::error::{CallError, ErrorCode, VspError};
@@ -25,7 +25,7 @@ use crate::error::{CallError, ErrorCode, VspError};
 /// read, so a slow reader holds back the server, not its memory. Dropping the stream before its
 /// end cancels it on the server at once.
 pub struct CallStream<T> {
-    handle: StreamHandle,
+    handle: Box<StreamHandle>,
     service: String,
     endpoint: String,
     /// The whole stream's deadline, and its length (for the error).
@@ -152,12 +152,9 @@ impl VspClient {
         body: impl Serialize,
         options: CallOptions,
     ) -> Result<CallStream<T>, VspError> {
-        self.open_stream::<T, serde::de::IgnoredAny>(service, endpoint, &body, options, false)
+        self.open_stream(service, endpoint, &body, options)
             .await
-            .map_err(|err| match err {
-                CallError::Vsp(err) => err,
-                CallError::Service(_) => unreachable!("no typed error was asked for"),
-            })
+            .map_err(|(err, _)| err)
     }
 
     /// A generated client's call to a method returning `Result<Streaming<T>, E>`.
@@ -168,44 +165,52 @@ impl VspClient {
         body: &(impl Serialize + ?Sized),
         options: CallOptions,
     ) -> Result<CallStream<T>, CallError<E>> {
-        self.open_stream::<T, E>(service, endpoint, body, options, true)
+        self.open_stream(service, endpoint, body, options)
             .await
+            .map_err(
+                |(err, answer)| match answer.as_deref().and_then(service_error::<E>) {
+                    Some(typed) => CallError::Service(typed),
+                    None => CallError::Vsp(err),
+                },
+            )
     }
 
-    /// Opens a stream; `typed`: a service's typed error before it opens is
-    /// `CallError::Service`.
-    async fn open_stream<T: DeserializeOwned, E: DeserializeOwned>(
+    /// Opens a stream. A `handler` error before it opens comes with its answer, where a
+    /// service's typed error may be.
+    async fn open_stream<T: DeserializeOwned>(
         &self,
         service: &str,
         endpoint: &str,
         body: &(impl Serialize + ?Sized),
         mut options: CallOptions,
-        typed: bool,
-    ) -> Result<CallStream<T>, CallError<E>> {
+    ) -> Result<CallStream<T>, (VspError, Option<Box<RawResponse>>)> {
         options.stream = true;
         let timeout = options.timeout.unwrap_or(self.timeout);
         let began = Instant::now();
         let idle = options.idle_timeout;
-        let mut opened = self.exchange(service, endpoint, body, options).await?;
+        let mut opened = self
+            .exchange(service, endpoint, body, options)
+            .await
+            .map_err(|err| (err, None))?;
         if let Some(code) = &opened.error_code {
-            if typed && *code == ErrorCode::Handler {
-                if let Some(error) = service_error::<E>(&opened) {
-                    return Err(CallError::Service(error));
-                }
-            }
-            return Err(remote_error(service, endpoint, code, &opened).into());
+            let error = remote_error(service, endpoint, code, &opened);
+            let answer = (*code == ErrorCode::Handler).then(|| Box::new(opened));
+            return Err((error, answer));
         }
         let Some(handle) = opened.stream.take() else {
-            return Err(CallError::Vsp(VspError::Remote {
-                service: service.to_owned(),
-                endpoint: endpoint.to_owned(),
-                code: ErrorCode::NotSupported,
-                message: if opened.from_vsp_peer {
-                    format!("`{endpoint}` answered once instead of opening a stream")
-                } else {
-                    format!("the peer answered `{endpoint}` once instead of opening a stream: it does not know VSP streams (a Velithon service?); call it with `call`")
+            return Err((
+                VspError::Remote {
+                    service: service.to_owned(),
+                    endpoint: endpoint.to_owned(),
+                    code: ErrorCode::NotSupported,
+                    message: if opened.from_vsp_peer {
+                        format!("`{endpoint}` answered once instead of opening a stream")
+                    } else {
+                        format!("the peer answered `{endpoint}` once instead of opening a stream: it does not know VSP streams (a Velithon service?); call it with `call`")
+                    },
                 },
-            }));
+                None,
+            ));
         };
         Ok(CallStream {
             handle,

@@ -161,8 +161,9 @@ impl<F, A> StreamEndpoint<F, A> {
 pub(crate) trait Opening: Send + 'static {
     type Item: Serialize + Send + 'static;
 
-    /// The stream; or `None` once `reply` has been answered with the error.
-    fn open(self, reply: &mut Option<Reply>) -> Option<Streaming<Self::Item>>;
+    /// The stream, with the reply it owes; or `None` once `reply` has been answered with the
+    /// error.
+    fn open(self, reply: Reply) -> Option<(Streaming<Self::Item>, Reply)>;
 }
 
 /// A hand-registered stream's opening: the error's text is a `handler` error.
@@ -173,13 +174,11 @@ where
 {
     type Item = T;
 
-    fn open(self, reply: &mut Option<Reply>) -> Option<Streaming<T>> {
+    fn open(self, reply: Reply) -> Option<(Streaming<T>, Reply)> {
         match self {
-            Ok(items) => Some(items),
+            Ok(items) => Some((items, reply)),
             Err(err) => {
-                if let Some(reply) = reply.take() {
-                    reply.error(ErrorCode::Handler, &err.to_string());
-                }
+                reply.error(ErrorCode::Handler, &err.to_string());
                 None
             }
         }
@@ -199,14 +198,12 @@ where
 {
     type Item = T;
 
-    fn open(self, reply: &mut Option<Reply>) -> Option<Streaming<T>> {
+    fn open(self, reply: Reply) -> Option<(Streaming<T>, Reply)> {
         match self.0 {
-            Ok(items) => Some(items),
+            Ok(items) => Some((items, reply)),
             Err(err) => {
-                if let Some(reply) = reply.take() {
-                    let text = self.1.map(|text| text(&err));
-                    reply.service_error(&err, text);
-                }
+                let text = self.1.map(|text| text(&err));
+                reply.service_error(&err, text);
                 None
             }
         }
@@ -219,8 +216,8 @@ pub(crate) struct ServiceStreamValue<T>(pub(crate) Streaming<T>);
 impl<T: Serialize + Send + 'static> Opening for ServiceStreamValue<T> {
     type Item = T;
 
-    fn open(self, _reply: &mut Option<Reply>) -> Option<Streaming<T>> {
-        Some(self.0)
+    fn open(self, reply: Reply) -> Option<(Streaming<T>, Reply)> {
+        Some((self.0, reply))
     }
 }
 
@@ -310,14 +307,11 @@ where
             reply.stream_end(Some((ErrorCode::ShuttingDown, &message)));
         }
     };
-    let mut items = match or_stop!(opening) {
-        Ok(opened) => {
-            let mut answer = Some(reply);
-            match opened.open(&mut answer) {
-                Some(items) => (items, answer),
-                None => return,
-            }
-        }
+    let (mut items, reply) = match or_stop!(opening) {
+        Ok(opened) => match opened.open(reply) {
+            Some(opened) => opened,
+            None => return,
+        },
         Err(stop) => {
             // Not opened yet: an ordinary error answer (or none, for a cancel).
             match stop {
@@ -335,8 +329,6 @@ where
             return;
         }
     };
-    let Some(reply) = items.1.take() else { return };
-    let mut items = items.0;
     if reply.stream_frame(StreamFrame::Open, &()).is_err() {
         return;
     }
