@@ -187,7 +187,7 @@ where
 /// serde's error, with the path of the field it is about (`field `user.age`: invalid type ...`)
 /// when its own text does not say (only `missing field` does). Found by deserializing again with
 /// the path tracked: only the failing call pays for it.
-fn name_the_field<A: DeserializeOwned>(body: &str, err: serde_json::Error) -> String {
+pub(super) fn name_the_field<A: DeserializeOwned>(body: &str, err: serde_json::Error) -> String {
     if err.is_syntax() || err.is_eof() || err.to_string().starts_with("missing field") {
         return err.to_string();
     }

@@ -240,7 +240,11 @@ where
         let args = match serde_json::from_str::<A>(body.get()) {
             Ok(args) => args,
             Err(err) => {
-                let message = format!("invalid arguments for `{}`: {err}", reply.endpoint());
+                let message = format!(
+                    "invalid arguments for `{}`: {}",
+                    reply.endpoint(),
+                    super::endpoint::name_the_field::<A>(body.get(), err)
+                );
                 reply.error(ErrorCode::BadRequest, &message);
                 return;
             }
