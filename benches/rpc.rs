@@ -83,14 +83,22 @@ fn lookup(user_id: String) -> User {
     }
 }
 
-fn large_payload() -> String {
-    "x".repeat(16 * 1024)
+/// The string an echo workload sends (16 KiB, or 1 MiB for `Echo1M`).
+fn payload(workload: Workload) -> String {
+    match workload {
+        Workload::Echo1M => "x".repeat(ONE_MIB),
+        _ => "x".repeat(16 * 1024),
+    }
 }
+
+const ONE_MIB: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Workload {
     GetUser,
     Echo16K,
+    /// A 1 MiB string echoed (the large-bodies section), sent borrowed by every contender.
+    Echo1M,
 }
 
 impl Workload {
@@ -98,8 +106,23 @@ impl Workload {
         match self {
             Workload::GetUser => "get_user",
             Workload::Echo16K => "echo 16 KiB",
+            Workload::Echo1M => "echo 1 MiB",
         }
     }
+
+    fn endpoint(self) -> &'static str {
+        match self {
+            Workload::GetUser => "get_user",
+            Workload::Echo16K | Workload::Echo1M => "echo",
+        }
+    }
+}
+
+/// The echo arguments, borrowed: what `Echo1M` sends, so no contender copies the megabyte
+/// before encoding it.
+#[derive(Serialize)]
+struct EchoArgs<'a> {
+    payload: &'a str,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -243,6 +266,14 @@ fn vsp_client_at(addrs: &[Address], mesh: ServiceMesh) -> BenchApiClient {
             .max_transports(bench_transports())
             .build(),
     )
+}
+
+/// A plain VSP client of the instance at `addr` with `transports` connections at most.
+fn plain_vsp_client(addr: SocketAddr, transports: usize) -> VspClient {
+    let mesh = ServiceMesh::new();
+    mesh.register(ServiceInfo::new("bench", "127.0.0.1", addr.port()))
+        .unwrap();
+    VspClient::builder(mesh).max_transports(transports).build()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -406,40 +437,68 @@ async fn start_raw_server() -> SocketAddr {
     addr
 }
 
-/// Keeps `window` requests in flight on one connection until `until`.
+/// Appends request `id` of `workload` as one frame: the same envelope VSP sends, written
+/// straight into `out` (no allocation).
+fn push_raw_request(out: &mut Vec<u8>, workload: Workload, id: u64, payload: &str) {
+    use std::io::Write;
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    write!(
+        out,
+        r#"{{"header":{{"request_id":{id},"service":"bench","endpoint":"{}","is_response":false}},"body":"#,
+        workload.endpoint()
+    )
+    .unwrap();
+    match workload {
+        Workload::GetUser => out.extend_from_slice(br#"{"user_id":"123"}"#),
+        Workload::Echo16K | Workload::Echo1M => {
+            serde_json::to_writer(&mut *out, &EchoArgs { payload }).unwrap()
+        }
+    }
+    out.push(b'}');
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Decodes a raw response frame into the workload's result type.
+fn decode_raw_response(workload: Workload, json: &[u8]) {
+    match workload {
+        Workload::GetUser => {
+            let response: RawResponseIn<User> = serde_json::from_slice(json).unwrap();
+            std::hint::black_box(response.body);
+        }
+        Workload::Echo16K | Workload::Echo1M => {
+            let response: RawResponseIn<String> = serde_json::from_slice(json).unwrap();
+            std::hint::black_box(response.body);
+        }
+    }
+}
+
+/// Keeps `window` requests in flight on one connection until `until`, on one task spawned on
+/// the runtime (as every framework client's callers are: a task on the test's own
+/// `block_on` thread pays a cross-thread wake-up per read and is no limit).
 async fn drive_raw(addr: SocketAddr, workload: Workload, window: usize, until: Instant) -> Sample {
+    tokio::spawn(drive_raw_task(addr, workload, window, until))
+        .await
+        .unwrap()
+}
+
+async fn drive_raw_task(
+    addr: SocketAddr,
+    workload: Workload,
+    window: usize,
+    until: Instant,
+) -> Sample {
     let stream = TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
     let (mut read, mut write) = stream.into_split();
-    let payload = large_payload();
+    let payload = payload(workload);
     let mut next_id = 0u64;
-    let mut request = |out: &mut Vec<u8>| {
-        next_id += 1;
-        let header = format!(
-            r#"{{"header":{{"request_id":{next_id},"service":"bench","endpoint":"{}","is_response":false}},"body":"#,
-            match workload {
-                Workload::GetUser => "get_user",
-                Workload::Echo16K => "echo",
-            }
-        );
-        let start = out.len();
-        out.extend_from_slice(&[0; 4]);
-        out.extend_from_slice(header.as_bytes());
-        match workload {
-            Workload::GetUser => out.extend_from_slice(br#"{"user_id":"123"}"#),
-            Workload::Echo16K => {
-                serde_json::to_writer(&mut *out, &serde_json::json!({ "payload": payload }))
-                    .unwrap()
-            }
-        }
-        out.push(b'}');
-        let len = (out.len() - start - 4) as u32;
-        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
-    };
     let mut sent_at = VecDeque::with_capacity(window);
     let mut out = Vec::new();
     for _ in 0..window {
-        request(&mut out);
+        next_id += 1;
+        push_raw_request(&mut out, workload, next_id, &payload);
         sent_at.push_back(Instant::now());
     }
     write.write_all(&out).await.unwrap();
@@ -455,16 +514,7 @@ async fn drive_raw(addr: SocketAddr, workload: Workload, window: usize, until: I
         let now = Instant::now();
         let mut answered = 0;
         drain_frames(&mut buf, |json| {
-            match workload {
-                Workload::GetUser => {
-                    let response: RawResponseIn<User> = serde_json::from_slice(json).unwrap();
-                    std::hint::black_box(response.body);
-                }
-                Workload::Echo16K => {
-                    let response: RawResponseIn<String> = serde_json::from_slice(json).unwrap();
-                    std::hint::black_box(response.body);
-                }
-            }
+            decode_raw_response(workload, json);
             let sent = sent_at.pop_front().unwrap();
             sample.latencies.push((now - sent).as_nanos() as u64);
             answered += 1;
@@ -472,7 +522,8 @@ async fn drive_raw(addr: SocketAddr, workload: Workload, window: usize, until: I
         in_flight -= answered;
         if now < until {
             for _ in 0..answered {
-                request(&mut out);
+                next_id += 1;
+                push_raw_request(&mut out, workload, next_id, &payload);
                 sent_at.push_back(Instant::now());
             }
             in_flight += answered;
@@ -482,6 +533,81 @@ async fn drive_raw(addr: SocketAddr, workload: Workload, window: usize, until: I
     }
     sample.elapsed = started.elapsed();
     sample
+}
+
+/// One call at a time on one connection, written and read by one task (no split, no queue,
+/// no channel): the floor for one call in flight.
+async fn drive_raw_one_task(addr: SocketAddr, workload: Workload, until: Instant) -> Sample {
+    tokio::spawn(async move {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let payload = payload(workload);
+        let (mut out, mut buf) = (Vec::new(), Vec::new());
+        let mut sample = Sample::default();
+        let started = Instant::now();
+        let mut id = 0;
+        while Instant::now() < until {
+            let t0 = Instant::now();
+            id += 1;
+            out.clear();
+            push_raw_request(&mut out, workload, id, &payload);
+            stream.write_all(&out).await.unwrap();
+            let mut len = [0u8; 4];
+            stream.read_exact(&mut len).await.unwrap();
+            buf.resize(u32::from_be_bytes(len) as usize, 0);
+            stream.read_exact(&mut buf).await.unwrap();
+            decode_raw_response(workload, &buf);
+            sample.latencies.push(t0.elapsed().as_nanos() as u64);
+        }
+        sample.elapsed = started.elapsed();
+        sample
+    })
+    .await
+    .unwrap()
+}
+
+/// The JSON-only ceiling of `get_user`: what no JSON-over-TCP RPC can skip (encode the request
+/// envelope, decode it into a struct, encode the response envelope, decode it into a `User`),
+/// with no I/O, on 2 threads (one per core, as the runtime has) for `run`; calls per second.
+fn json_ceiling(run: Duration) -> f64 {
+    let until = Instant::now() + run;
+    let started = Instant::now();
+    let calls: u64 = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(move || {
+                    let (mut request, mut response) = (Vec::new(), Vec::new());
+                    let mut calls = 0u64;
+                    while Instant::now() < until {
+                        for _ in 0..64 {
+                            calls += 1;
+                            request.clear();
+                            push_raw_request(&mut request, Workload::GetUser, calls, "");
+                            let decoded: RawRequest =
+                                serde_json::from_slice(&request[4..]).unwrap();
+                            let user = lookup(decoded.body.user_id.unwrap());
+                            let header = RawHeader {
+                                is_response: true,
+                                ..decoded.header
+                            };
+                            response.clear();
+                            push_frame(
+                                &mut response,
+                                &RawResponse {
+                                    header,
+                                    body: RawResult::User(user),
+                                },
+                            );
+                            decode_raw_response(Workload::GetUser, &response[4..]);
+                        }
+                    }
+                    calls
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).sum()
+    });
+    calls as f64 / started.elapsed().as_secs_f64()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -541,10 +667,15 @@ where
 
 #[derive(Clone)]
 enum Contender {
+    /// Pipelined on one connection, one task.
     Raw(SocketAddr),
+    /// One call at a time, written and read on one task: only with one call in flight.
+    RawOneTask(SocketAddr),
     TarpcJson(TarpcApiClient),
     TarpcBincode(TarpcApiClient),
     Vsp(BenchApiClient),
+    /// VSP sending its arguments borrowed (`call_typed` with `EchoArgs`): the 1 MiB echo.
+    VspBorrowed(VspClient),
     /// VSP in a child process that records its spans (see `traced_child`).
     Traced,
 }
@@ -649,10 +780,17 @@ async fn run_traced_child(workload: Workload, concurrency: usize, until: Instant
 
 impl Contender {
     async fn run(&self, workload: Workload, concurrency: usize, until: Instant) -> Sample {
-        let payload = Arc::new(large_payload());
+        let payload = Arc::new(payload(workload));
         match self.clone() {
             Contender::Traced => run_traced_child(workload, concurrency, until).await,
             Contender::Raw(addr) => drive_raw(addr, workload, concurrency, until).await,
+            Contender::RawOneTask(addr) => {
+                assert_eq!(
+                    concurrency, 1,
+                    "the one-task raw client makes one call at a time"
+                );
+                drive_raw_one_task(addr, workload, until).await
+            }
             Contender::TarpcJson(client) | Contender::TarpcBincode(client) => {
                 drive(concurrency, until, move || {
                     let client = client.clone();
@@ -666,7 +804,7 @@ impl Contender {
                                     .unwrap();
                                 std::hint::black_box(user);
                             }
-                            Workload::Echo16K => {
+                            Workload::Echo16K | Workload::Echo1M => {
                                 let echoed = client
                                     .echo(tarpc_context(), (*payload).clone())
                                     .await
@@ -679,6 +817,24 @@ impl Contender {
                 .await
             }
             Contender::Vsp(client) => run_vsp(client, payload, workload, concurrency, until).await,
+            Contender::VspBorrowed(client) => {
+                drive(concurrency, until, move || {
+                    let client = client.clone();
+                    let payload = payload.clone();
+                    async move {
+                        let echoed: String = client
+                            .call_typed(
+                                "bench",
+                                workload.endpoint(),
+                                EchoArgs { payload: &payload },
+                            )
+                            .await
+                            .unwrap();
+                        std::hint::black_box(echoed);
+                    }
+                })
+                .await
+            }
         }
     }
 }
@@ -703,6 +859,7 @@ async fn run_vsp(
                     let echoed = client.echo((*payload).clone()).await.unwrap();
                     std::hint::black_box(echoed);
                 }
+                Workload::Echo1M => unreachable!("the 1 MiB echo runs as Contender::VspBorrowed"),
             }
         }
     })
@@ -798,6 +955,10 @@ async fn bench(settings: Settings) {
     if std::env::var("VSP_BENCH_SECTION").as_deref() == Ok("streams") {
         return streams_section(&settings).await;
     }
+    if std::env::var("VSP_BENCH_SECTION").as_deref() == Ok("large") {
+        let (_server, addr) = start_vsp(VspManager::builder("bench")).await;
+        return large_bodies_section(&settings, start_raw_server().await, addr).await;
+    }
     if let Ok(profile) = std::env::var("VSP_BENCH_PROFILE_STREAM") {
         // Only VSP streams, for a profiler: `VSP_BENCH_PROFILE_STREAM=<window>`.
         let (_server, addr) = start_vsp(VspManager::builder("bench")).await;
@@ -826,11 +987,16 @@ async fn bench(settings: Settings) {
         settings.run
     );
 
-    let raw = Contender::Raw(start_raw_server().await);
+    let raw_addr = start_raw_server().await;
+    let raw = Contender::Raw(raw_addr);
+    let raw_one_task = Contender::RawOneTask(raw_addr);
     let tarpc_json = Contender::TarpcJson(start_tarpc!(Json::default));
     let tarpc_bincode = Contender::TarpcBincode(start_tarpc!(Bincode::default));
     let (_vsp_server, vsp_addr) = start_vsp(VspManager::builder("bench")).await;
     let vsp = Contender::Vsp(vsp_client(&[vsp_addr], ServiceMesh::new()));
+    // Like for like with the one-connection peers (raw TCP, tarpc): the same VSP client with a
+    // pool of one connection.
+    let vsp_one = Contender::Vsp(BenchApiClient::new(plain_vsp_client(vsp_addr, 1)));
     // The same VSP client and server code over a Unix domain socket: not a TCP contender, but
     // what the transport seam costs or saves next to TCP on one machine.
     let (_vsp_unix_server, vsp_unix_addr, _unix_dir) = start_vsp_unix().await;
@@ -844,13 +1010,21 @@ async fn bench(settings: Settings) {
     let vsp_traced = Contender::Traced;
     let contenders = [
         ("raw TCP", &raw),
+        ("raw TCP 1 task", &raw_one_task),
         ("tarpc json", &tarpc_json),
         ("tarpc bincode", &tarpc_bincode),
         ("VSP", &vsp),
+        ("VSP 1 conn", &vsp_one),
         ("VSP unix socket", &vsp_unix),
         ("VSP TLS", &vsp_tls),
         ("VSP traced", &vsp_traced),
     ];
+    let at = |wanted: &str| {
+        contenders
+            .iter()
+            .position(|(name, _)| *name == wanted)
+            .unwrap()
+    };
 
     // (a) one call in flight, (b) 64 concurrent, (c) 256 concurrent; both workloads.
     let scenarios = [
@@ -860,6 +1034,7 @@ async fn bench(settings: Settings) {
     ];
     let workloads = [Workload::GetUser, Workload::Echo16K];
     let mut results: BTreeMap<(usize, usize, usize), Figures> = BTreeMap::new();
+    let mut ceiling = Vec::new();
     let selected = |label: &str| {
         settings
             .only
@@ -879,11 +1054,15 @@ async fn bench(settings: Settings) {
                     if std::env::var("VSP_BENCH_CONTENDER").is_ok_and(|only| only != *name) {
                         continue;
                     }
+                    if matches!(contender, Contender::RawOneTask(_)) && *concurrency > 1 {
+                        continue; // one call at a time by construction
+                    }
                     let sample = settings.measure(contender, *workload, *concurrency).await;
                     results.entry((s, w, c)).or_default().add(sample);
                 }
             }
         }
+        ceiling.push(json_ceiling(settings.run));
     }
 
     println!("| scenario | workload | contender | calls/s | p50 µs | p99 µs |");
@@ -908,6 +1087,10 @@ async fn bench(settings: Settings) {
             }
         }
     }
+    let ceiling = Figures::median(&ceiling);
+    println!(
+        "\nJSON-only ceiling (get_user's four JSON steps, no I/O, 2 threads): {ceiling:.0} calls/s"
+    );
 
     if std::env::var("VSP_BENCH_CONTENDER").is_ok() {
         return;
@@ -915,8 +1098,8 @@ async fn bench(settings: Settings) {
     println!(
         "\n## Ratios, VSP / peer, same run (throughput: higher is better; p50: lower is better)\n"
     );
-    println!("| scenario | workload | vs raw TCP | vs tarpc json | vs tarpc bincode | p50 vs tarpc json | p50 vs tarpc bincode | VSP unix / VSP TCP | VSP TLS / VSP TCP | VSP traced / VSP |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| scenario | workload | vs raw TCP | VSP 1 conn vs raw TCP | vs tarpc json | vs tarpc bincode | p50 vs tarpc json | p50 vs tarpc bincode | VSP unix / VSP TCP | VSP TLS / VSP TCP | VSP traced / VSP |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (s, (scenario, _)) in scenarios
         .iter()
         .enumerate()
@@ -924,27 +1107,84 @@ async fn bench(settings: Settings) {
     {
         for (w, workload) in workloads.iter().enumerate() {
             // A workload left out by VSP_BENCH_WORKLOAD has no figures.
-            if (0..contenders.len()).any(|c| !results.contains_key(&(s, w, c))) {
+            if (0..contenders.len())
+                .any(|c| c != at("raw TCP 1 task") && !results.contains_key(&(s, w, c)))
+            {
                 continue;
             }
-            let vsp = &results[&(s, w, 3)];
-            let ratio = |c: usize| vsp.calls() / results[&(s, w, c)].calls();
+            let calls = |c: usize| results[&(s, w, c)].calls();
+            let vsp = &results[&(s, w, at("VSP"))];
+            let ratio = |c: usize| vsp.calls() / calls(c);
             let p50_ratio =
                 |c: usize| vsp.p50().as_secs_f64() / results[&(s, w, c)].p50().as_secs_f64();
-            let unix = results[&(s, w, 4)].calls() / vsp.calls();
-            let tls = results[&(s, w, 5)].calls() / vsp.calls();
-            let traced = results[&(s, w, 6)].calls() / vsp.calls();
             println!(
-                "| {scenario} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                "| {scenario} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
                 workload.label(),
-                ratio(0),
-                ratio(1),
-                ratio(2),
-                p50_ratio(1),
-                p50_ratio(2),
-                unix,
-                tls,
-                traced
+                ratio(at("raw TCP")),
+                calls(at("VSP 1 conn")) / calls(at("raw TCP")),
+                ratio(at("tarpc json")),
+                ratio(at("tarpc bincode")),
+                p50_ratio(at("tarpc json")),
+                p50_ratio(at("tarpc bincode")),
+                calls(at("VSP unix socket")) / vsp.calls(),
+                calls(at("VSP TLS")) / vsp.calls(),
+                calls(at("VSP traced")) / vsp.calls(),
+            );
+        }
+    }
+
+    // The speed goals, as same-run ratios of get_user.
+    let figures = |s: usize, c: &str| results.get(&(s, 0, at(c)));
+    let mut goals = Vec::new();
+    for (s, label) in [(1, "64"), (2, "256")] {
+        if let (Some(one), Some(raw)) = (figures(s, "VSP 1 conn"), figures(s, "raw TCP")) {
+            let goal = if s == 1 { 0.8 } else { 0.9 };
+            goals.push((
+                format!("VSP 1 conn / raw TCP, {label} concurrent"),
+                one.calls() / raw.calls(),
+                goal,
+                true,
+            ));
+        }
+        if let (Some(vsp), Some(raw)) = (figures(s, "VSP"), figures(s, "raw TCP")) {
+            goals.push((
+                format!("VSP (pool of 5) / raw TCP, {label} concurrent"),
+                vsp.calls() / raw.calls(),
+                1.0,
+                true,
+            ));
+        }
+    }
+    if let (Some(vsp), Some(raw)) = (figures(0, "VSP"), figures(0, "raw TCP 1 task")) {
+        goals.push((
+            "VSP p50 / raw TCP 1 task p50, 1 in flight".to_owned(),
+            vsp.p50().as_secs_f64() / raw.p50().as_secs_f64(),
+            1.1,
+            false,
+        ));
+    }
+    if let Some(vsp) = figures(2, "VSP") {
+        goals.push((
+            "VSP / JSON-only ceiling, 256 concurrent".to_owned(),
+            vsp.calls() / ceiling,
+            0.4,
+            true,
+        ));
+    }
+    if !goals.is_empty() {
+        println!("\n## Goals (get_user, same run)\n");
+        println!("| goal | ratio | target | met |");
+        println!("|---|---:|---:|---|");
+        for (name, ratio, target, at_least) in goals {
+            let met = if at_least {
+                ratio >= target
+            } else {
+                ratio <= target
+            };
+            let sign = if at_least { "≥" } else { "≤" };
+            println!(
+                "| {name} | {ratio:.2} | {sign} {target} | {} |",
+                if met { "yes" } else { "no" }
             );
         }
     }
@@ -954,6 +1194,8 @@ async fn bench(settings: Settings) {
     if settings.only.is_some() {
         return;
     }
+
+    large_bodies_section(&settings, raw_addr, vsp_addr).await;
 
     // Allocations per call: one call at a time, client and server both in this process.
     println!("\n## Allocations per call (get_user, one in flight, client and server together)\n");
@@ -1135,6 +1377,51 @@ async fn bench(settings: Settings) {
         (after.saturating_sub(before)) as f64 / 1024.0 / 1000.0
     );
     drop(clients);
+}
+
+/// Large bodies: a 1 MiB string echoed at 1, 8 and 64 concurrent, in MiB/s of payload (each
+/// call carries it both ways; counted once), every contender sending it borrowed.
+async fn large_bodies_section(settings: &Settings, raw_addr: SocketAddr, vsp_addr: SocketAddr) {
+    println!(
+        "\n## Large bodies: a 1 MiB string echoed, MiB/s of payload (counted once per call)\n"
+    );
+    println!("Raw TCP pipelines on one connection; `VSP 1 conn` is VSP with one connection, `VSP` with its default pool of 5. Same JSON (`{{\"payload\":\"xxx...\"}}`), sent borrowed, decoded into a `String` on both sides; medians of {} rounds of {:?}.\n", settings.rounds, settings.run);
+    let contenders = [
+        ("raw TCP", Contender::Raw(raw_addr)),
+        (
+            "VSP 1 conn",
+            Contender::VspBorrowed(plain_vsp_client(vsp_addr, 1)),
+        ),
+        ("VSP", Contender::VspBorrowed(plain_vsp_client(vsp_addr, 5))),
+    ];
+    let concurrency = [1usize, 8, 64];
+    let mut rates: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
+    for _ in 0..settings.rounds {
+        for (n, &concurrent) in concurrency.iter().enumerate() {
+            for (c, (_, contender)) in contenders.iter().enumerate() {
+                let sample = settings
+                    .measure(contender, Workload::Echo1M, concurrent)
+                    .await;
+                rates
+                    .entry((n, c))
+                    .or_default()
+                    .push(sample.calls_per_sec() * ONE_MIB as f64 / (1024.0 * 1024.0));
+            }
+        }
+    }
+    println!("| concurrent | raw TCP MiB/s | VSP 1 conn MiB/s | VSP MiB/s | VSP 1 conn / raw | VSP / raw |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (n, concurrent) in concurrency.iter().enumerate() {
+        let rate = |c: usize| Figures::median(&rates[&(n, c)]);
+        println!(
+            "| {concurrent} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            rate(0),
+            rate(1),
+            rate(2),
+            rate(1) / rate(0),
+            rate(2) / rate(0)
+        );
+    }
 }
 
 /// Items per stream in the streams section.
