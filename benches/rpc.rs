@@ -5,6 +5,8 @@
 //! removed); every other contender runs with none. `VSP_BENCH_SECS=0.3` shortens every run,
 //! `VSP_BENCH_ROUNDS=1` runs each pair once, `VSP_BENCH_ONLY=b` runs only the scenarios whose
 //! label starts with `b` (and skips the sections after the main table), and
+//! `VSP_BENCH_CONTENDER=<name>` runs only that contender (no ceiling, no ratios: for `perf
+//! record`), `VSP_BENCH_SECTION=large` only the 1 MiB echo,
 //! `VSP_BENCH_SECTION=streams` runs only the streams section (VSP against tonic), and
 //! `VSP_BENCH_PROFILE_STREAM=<window>` only VSP streams with that window (for `perf record`).
 //!
@@ -1062,7 +1064,9 @@ async fn bench(settings: Settings) {
                 }
             }
         }
-        ceiling.push(json_ceiling(settings.run));
+        if std::env::var("VSP_BENCH_CONTENDER").is_err() {
+            ceiling.push(json_ceiling(settings.run));
+        }
     }
 
     println!("| scenario | workload | contender | calls/s | p50 µs | p99 µs |");

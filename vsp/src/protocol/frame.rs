@@ -221,6 +221,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// A whole frame (or a length prefix above the limit) is already buffered: the next read
+    /// returns without waiting on the socket.
+    pub(crate) fn has_buffered_frame(&self) -> bool {
+        if self.buf.len() < LENGTH_PREFIX_LEN {
+            return false;
+        }
+        let mut prefix = [0u8; LENGTH_PREFIX_LEN];
+        prefix.copy_from_slice(&self.buf[..LENGTH_PREFIX_LEN]);
+        let len = u32::from_be_bytes(prefix) as usize;
+        len > self.max_frame_size || self.buf.len() >= LENGTH_PREFIX_LEN + len
+    }
+
     fn try_split_frame(&mut self) -> Result<Option<Bytes>, ReadError> {
         if self.buf.len() < LENGTH_PREFIX_LEN {
             return Ok(None);

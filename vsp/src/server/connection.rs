@@ -32,6 +32,9 @@ use crate::transport::{run_writer, Address, Io, WriteQueue};
 /// Replies waiting to be written beyond which the connection stops reading requests.
 const MAX_WRITE_BACKLOG: usize = 4 * 1024 * 1024;
 
+/// Requests answered in one batch before their replies are written (see `serve_connection`).
+const MAX_BATCH: usize = 64;
+
 /// How long a closing connection may take to flush its last replies to a peer that stopped reading.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -107,6 +110,8 @@ pub(crate) async fn serve_connection(
     };
     let mut lifecycle = manager.lifecycle();
     let mut announced = false;
+    // Requests dispatched since the queue was last flushed (see below).
+    let mut batch = 0;
     loop {
         let state = *lifecycle.borrow_and_update();
         if state == Lifecycle::Closed {
@@ -124,14 +129,31 @@ pub(crate) async fn serve_connection(
             },
             // A peer that sends requests but does not read the answers is no longer read.
             next = async {
+                if conn.queue.backlog() >= MAX_WRITE_BACKLOG {
+                    conn.queue.flush(); // a held batch must not wait on itself
+                }
                 conn.queue.wait_for_backlog_below(MAX_WRITE_BACKLOG).await;
                 frames.next_frame_within(&patience).await
             } => next,
         };
         match next {
             Ok(Some(frame)) => {
+                // The replies of requests answered inline leave together, written by this task
+                // once no further request is already read (or the batch grew large): one write
+                // per batch and no wake-up of the writer task, as a hand-written loop would.
+                if batch == 0 {
+                    conn.queue.hold();
+                }
+                batch += 1;
                 let dispatched =
                     std::future::poll_fn(|cx| Poll::Ready(dispatch(&conn, &frame, cx))).await;
+                if batch >= MAX_BATCH
+                    || !frames.has_buffered_frame()
+                    || conn.queue.backlog() >= MAX_WRITE_BACKLOG
+                {
+                    conn.queue.flush();
+                    batch = 0;
+                }
                 if let Err(reason) = dispatched {
                     tracing::warn!(%peer, "closing connection: {reason}");
                     conn.reply_without_id(ErrorCode::Protocol, &reason);
@@ -161,6 +183,8 @@ pub(crate) async fn serve_connection(
             break; // the writer failed: the peer is gone
         }
     }
+    // Whatever a held batch queued goes out (the writer task writes it if this task cannot).
+    conn.queue.flush();
     conn.controls.end_streams();
     drop(conn);
     // The writer ends once the in-flight handlers have replied; nothing needs to wait for it here.

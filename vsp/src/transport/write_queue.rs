@@ -1,24 +1,41 @@
-//! One connection's outgoing bytes: a buffer many tasks append frames to, drained by one writer.
+//! One connection's outgoing bytes: a buffer many tasks append frames to, written by whoever
+//! holds the write turn.
+//!
+//! The connection's writer task is the writer of last resort: it writes whatever it is woken
+//! for, and waits on the socket when the peer reads slowly. But a task that just queued bytes
+//! and knows nothing else is coming (the server's reader at the end of a batch of requests
+//! answered inline; a caller on a connection with nothing else in flight) can write them itself,
+//! at once, without waking the writer task: one task wake-up (often across threads) fewer per
+//! batch. It writes only while the socket takes the bytes without waiting; whatever the socket
+//! does not take is handed to the writer task, in order.
 
+use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
+
+use super::BoxWrite;
 
 /// The connection's write side is closed; nothing more can be sent on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct QueueClosed;
 
 /// Frames waiting to be written on one connection.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct WriteQueue {
     state: Mutex<QueueState>,
+    /// The write half, once the writer task started. Only the holder of the write turn
+    /// (`QueueState::writing`) locks it, so the lock is never contended.
+    io: Mutex<Option<BoxWrite>>,
     wake_writer: Notify,
     /// Bytes queued or being written, readable without the lock.
     backlog: AtomicUsize,
-    /// Woken each time the writer finishes a write, for readers waiting on the backlog.
+    /// Woken each time a write finishes, for readers waiting on the backlog.
     written: Notify,
 }
 
@@ -26,10 +43,32 @@ pub(crate) struct WriteQueue {
 struct QueueState {
     pending: Vec<u8>,
     closed: bool,
+    /// Someone holds the write turn: the writer task, or a task writing inline.
+    writing: bool,
+    /// A task queues a batch and flushes it itself when done (`hold`/`flush`): pushes meanwhile
+    /// do not wake the writer task.
+    held: bool,
+    /// An inline writer's spare buffer, kept so writing inline allocates nothing.
+    spare: Vec<u8>,
+    /// Bytes taken by a buffering transport (TLS) that an inline write could not flush: the
+    /// writer task flushes them.
+    unflushed: bool,
 }
 
 /// A buffer larger than this is not kept for reuse after a burst.
 const KEEP_CAPACITY: usize = 1024 * 1024;
+
+/// Rounds of inline writing (each writes all that was queued meanwhile) before the rest is left
+/// to the writer task: a task writing inline soon goes back to its own work.
+const INLINE_ROUNDS: usize = 4;
+
+impl std::fmt::Debug for WriteQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteQueue")
+            .field("backlog", &self.backlog.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
 
 impl WriteQueue {
     pub(crate) fn new() -> Self {
@@ -41,11 +80,33 @@ impl WriteQueue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn io(&self) -> MutexGuard<'_, Option<BoxWrite>> {
+        self.io.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Appends bytes with `encode` (which must leave the buffer as it found it when it fails)
-    /// and wakes the writer.
+    /// and wakes the writer (unless the queue is held: its holder flushes).
     pub(crate) fn push<E>(
         &self,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<Result<(), E>, QueueClosed> {
+        self.push_then(encode, false)
+    }
+
+    /// As [`push`](WriteQueue::push), but when nothing else was queued and nobody is writing,
+    /// the bytes are written at once on the calling task (see the module docs), as far as the
+    /// socket takes them without waiting.
+    pub(crate) fn push_and_write<E>(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<Result<(), E>, QueueClosed> {
+        self.push_then(encode, true)
+    }
+
+    fn push_then<E>(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+        write_now: bool,
     ) -> Result<Result<(), E>, QueueClosed> {
         let mut state = self.lock();
         if state.closed {
@@ -54,17 +115,93 @@ impl WriteQueue {
         let before = state.pending.len();
         let result = encode(&mut state.pending);
         let added = state.pending.len() - before;
-        let wake = before == 0 && added > 0;
         // Counted before the lock is released: a writer can take these bytes (and subtract
         // them) only after it takes the lock, so the count never goes below zero and wraps.
         self.backlog.fetch_add(added, Ordering::Relaxed);
-        drop(state);
-        // The writer only sleeps after it found the buffer empty, so only the push that makes it
-        // non-empty needs to wake it.
-        if wake {
+        if before > 0 || added == 0 || state.held {
+            // Whoever made the buffer non-empty (or holds it) sees to it being written.
+            return Ok(result);
+        }
+        if write_now && !state.writing {
+            self.write_inline(state);
+        } else {
+            drop(state);
+            // The writer only sleeps after it found the buffer empty, so only the push that
+            // makes it non-empty needs to wake it.
             self.wake_writer.notify_one();
         }
         Ok(result)
+    }
+
+    /// Holds the queue for a batch: frames pushed until [`flush`](WriteQueue::flush) do not
+    /// wake the writer task; `flush` writes them all at once.
+    pub(crate) fn hold(&self) {
+        self.lock().held = true;
+    }
+
+    /// Ends a [`hold`](WriteQueue::hold): writes what was queued, on this task if nobody else is
+    /// writing (the writer task otherwise, which then finds it).
+    pub(crate) fn flush(&self) {
+        let mut state = self.lock();
+        state.held = false;
+        if state.pending.is_empty() || state.writing {
+            return;
+        }
+        self.write_inline(state);
+    }
+
+    /// Takes the write turn and writes the queued bytes on this task, as long as the socket
+    /// takes them without waiting; hands the rest (and the turn) to the writer task.
+    fn write_inline(&self, mut state: MutexGuard<'_, QueueState>) {
+        state.writing = true;
+        let mut sending = std::mem::take(&mut state.spare);
+        std::mem::swap(&mut state.pending, &mut sending);
+        drop(state);
+        let mut io = self.io();
+        let mut rounds = 0;
+        loop {
+            let (done, flushed) = match io.as_mut() {
+                // The writer task has not started yet: it writes everything once it does.
+                None => (0, true),
+                Some(io) => write_without_waiting(io.as_mut(), &sending),
+            };
+            if done > 0 {
+                self.backlog.fetch_sub(done, Ordering::Relaxed);
+                self.written.notify_waiters();
+            }
+            rounds += 1;
+            let mut state = self.lock();
+            if done < sending.len() || !flushed || rounds == INLINE_ROUNDS {
+                state.unflushed |= !flushed;
+                // The socket is full (or this task wrote enough): the rest goes first, before
+                // what was queued meanwhile, and the writer task takes over.
+                sending.drain(..done);
+                sending.extend_from_slice(&state.pending);
+                std::mem::swap(&mut state.pending, &mut sending);
+                sending.clear();
+                state.spare = sending;
+                state.writing = false;
+                drop(state);
+                drop(io);
+                self.wake_writer.notify_one();
+                return;
+            }
+            sending.clear();
+            if state.pending.is_empty() || state.held {
+                state.writing = false;
+                if sending.capacity() <= KEEP_CAPACITY {
+                    state.spare = sending;
+                }
+                let closed = state.closed;
+                drop(state);
+                if closed {
+                    // The writer task waits for the turn to shut the stream down.
+                    self.wake_writer.notify_one();
+                }
+                return;
+            }
+            std::mem::swap(&mut state.pending, &mut sending);
+        }
     }
 
     /// Refuses further frames; the writer sends what is already queued, then shuts the stream.
@@ -72,6 +209,11 @@ impl WriteQueue {
         self.lock().closed = true;
         self.wake_writer.notify_one();
         self.written.notify_waiters();
+    }
+
+    /// Bytes queued or being written.
+    pub(crate) fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -95,22 +237,62 @@ impl WriteQueue {
     }
 }
 
-/// Writes everything pushed to `queue` until it is closed and empty, then shuts down `io`.
-pub(crate) async fn run_writer<W: AsyncWrite + Unpin>(
-    queue: &WriteQueue,
-    mut io: W,
-) -> io::Result<()> {
+/// A waker that does nothing: an inline write never waits, so nothing needs waking (the writer
+/// task polls again with its own waker when it takes over).
+fn noop_waker() -> &'static Waker {
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: std::sync::Arc<Self>) {}
+    }
+    static NOOP: std::sync::OnceLock<Waker> = std::sync::OnceLock::new();
+    NOOP.get_or_init(|| Waker::from(std::sync::Arc::new(Noop)))
+}
+
+/// Writes as much of `bytes` as `io` takes without waiting, then flushes it the same way: how
+/// many bytes it took, and whether they were flushed (a buffering transport, TLS, may hold some
+/// back). An error counts as nothing more taken: the writer task meets it again and reports it.
+fn write_without_waiting(mut io: Pin<&mut (dyn AsyncWrite + Send)>, bytes: &[u8]) -> (usize, bool) {
+    let mut cx = Context::from_waker(noop_waker());
+    let mut done = 0;
+    while done < bytes.len() {
+        match io.as_mut().poll_write(&mut cx, &bytes[done..]) {
+            Poll::Ready(Ok(n)) if n > 0 => done += n,
+            _ => return (done, true),
+        }
+    }
+    let flushed = matches!(io.poll_flush(&mut cx), Poll::Ready(Ok(())));
+    (done, flushed)
+}
+
+/// Writes everything pushed to `queue` (and not written inline) until it is closed and empty,
+/// then shuts down `io`.
+pub(crate) async fn run_writer(queue: &WriteQueue, io: BoxWrite) -> io::Result<()> {
+    *queue.io() = Some(io);
     let mut sending = Vec::new();
     loop {
-        let closed = {
+        let (closed, turn, flush) = {
             let mut state = queue.lock();
-            std::mem::swap(&mut state.pending, &mut sending);
-            state.closed
+            if state.writing {
+                (false, false, false) // a task is writing inline: it wakes us if it leaves any
+            } else {
+                std::mem::swap(&mut state.pending, &mut sending);
+                // An inline write may have left bytes in the transport's buffer (TLS).
+                let flush = sending.is_empty() && std::mem::take(&mut state.unflushed);
+                state.writing = !sending.is_empty() || flush;
+                (state.closed, true, flush)
+            }
         };
+        if flush {
+            let flushed = write_all(queue, &[]).await;
+            queue.lock().writing = false;
+            flushed?;
+            continue;
+        }
         if !sending.is_empty() {
-            let written = io.write_all(&sending).await;
+            let written = write_all(queue, &sending).await;
             queue.backlog.fetch_sub(sending.len(), Ordering::Relaxed);
             queue.written.notify_waiters();
+            queue.lock().writing = false;
             written?;
             sending.clear();
             if sending.capacity() > KEEP_CAPACITY {
@@ -118,12 +300,139 @@ pub(crate) async fn run_writer<W: AsyncWrite + Unpin>(
             }
             continue;
         }
-        if closed {
-            return io.shutdown().await;
+        if closed && turn {
+            let io = queue.io().take();
+            return match io {
+                Some(mut io) => poll_fn(|cx| io.as_mut().poll_shutdown(cx)).await,
+                None => Ok(()),
+            };
         }
         queue.wake_writer.notified().await;
         // Let the tasks that are ready now (callers, handlers) append their frames first, so
         // they leave in one write instead of one write each.
         tokio::task::yield_now().await;
+    }
+}
+
+/// Writes all of `bytes` and flushes, waiting on the socket as needed (holding the write turn).
+async fn write_all(queue: &WriteQueue, bytes: &[u8]) -> io::Result<()> {
+    let mut done = 0;
+    poll_fn(|cx| {
+        let mut io = queue.io();
+        let Some(io) = io.as_mut() else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        while done < bytes.len() {
+            match io.as_mut().poll_write(cx, &bytes[done..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => done += n,
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        io.as_mut().poll_flush(cx)
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+
+    fn frame(out: &mut Vec<u8>, byte: u8, len: usize) -> Result<(), std::convert::Infallible> {
+        out.extend(std::iter::repeat_n(byte, len));
+        Ok(())
+    }
+
+    /// Reads exactly `len` bytes from `read`, or fails naming what it waited for.
+    async fn read_exactly(read: &mut tokio::io::DuplexStream, len: usize) -> Vec<u8> {
+        let mut got = vec![0; len];
+        tokio::time::timeout(std::time::Duration::from_secs(5), read.read_exact(&mut got))
+            .await
+            .expect("timed out waiting for the queued bytes")
+            .unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn a_push_with_nothing_else_queued_is_written_inline_without_the_writer_task() {
+        let (write, mut read) = tokio::io::duplex(1024);
+        let queue = WriteQueue::new();
+        // The write half is attached as the writer task would, but no writer task runs.
+        *queue.io() = Some(Box::pin(write));
+        queue
+            .push_and_write(|out| frame(out, b'a', 10))
+            .unwrap()
+            .unwrap();
+        assert_eq!(read_exactly(&mut read, 10).await, vec![b'a'; 10]);
+        assert_eq!(queue.backlog.load(Ordering::Relaxed), 0);
+        assert!(!queue.lock().writing);
+    }
+
+    #[tokio::test]
+    async fn a_held_batch_leaves_in_one_write_at_flush() {
+        let (write, mut read) = tokio::io::duplex(1024);
+        let queue = WriteQueue::new();
+        *queue.io() = Some(Box::pin(write));
+        queue.hold();
+        queue.push(|out| frame(out, b'a', 5)).unwrap().unwrap();
+        queue
+            .push_and_write(|out| frame(out, b'b', 5))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            queue.lock().pending.len(),
+            10,
+            "nothing is written while held"
+        );
+        queue.flush();
+        let mut expected = vec![b'a'; 5];
+        expected.extend([b'b'; 5]);
+        assert_eq!(read_exactly(&mut read, 10).await, expected);
+    }
+
+    #[tokio::test]
+    async fn what_the_socket_does_not_take_inline_goes_to_the_writer_task_in_order() {
+        // A pipe of 16 bytes: an inline write of 40 stops at 16, the writer task sends the rest
+        // (and what was queued after it) once the reader makes room.
+        let (write, mut read) = tokio::io::duplex(16);
+        let queue = Arc::new(WriteQueue::new());
+        let writer = {
+            let queue = queue.clone();
+            tokio::spawn(async move { run_writer(&queue, Box::pin(write)).await })
+        };
+        // Wait until the writer task attached the write half (bounded, named).
+        for _ in 0..1000 {
+            if queue.io().is_some() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            queue.io().is_some(),
+            "the writer task never attached the write half"
+        );
+        queue
+            .push_and_write(|out| frame(out, b'a', 40))
+            .unwrap()
+            .unwrap();
+        queue.push(|out| frame(out, b'b', 8)).unwrap().unwrap();
+        let mut expected = vec![b'a'; 40];
+        expected.extend([b'b'; 8]);
+        assert_eq!(read_exactly(&mut read, 48).await, expected);
+        queue.close();
+        tokio::time::timeout(std::time::Duration::from_secs(5), writer)
+            .await
+            .expect("timed out waiting for the writer task to end after close")
+            .unwrap()
+            .unwrap();
+        let mut rest = Vec::new();
+        read.read_to_end(&mut rest).await.unwrap();
+        assert!(
+            rest.is_empty(),
+            "the stream was shut down after the queued bytes"
+        );
     }
 }
