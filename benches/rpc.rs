@@ -493,7 +493,8 @@ async fn drive_raw_task(
 ) -> Sample {
     let stream = TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
-    let (mut read, mut write) = stream.into_split();
+    let (mut read, write) = stream.into_split();
+    let mut write = RawSink::new(write, workload);
     let payload = payload(workload);
     let mut next_id = 0u64;
     let mut sent_at = VecDeque::with_capacity(window);
@@ -503,8 +504,7 @@ async fn drive_raw_task(
         push_raw_request(&mut out, workload, next_id, &payload);
         sent_at.push_back(Instant::now());
     }
-    write.write_all(&out).await.unwrap();
-    out.clear();
+    write.send(&mut out).await;
     let mut sample = Sample::default();
     let started = Instant::now();
     let mut buf = Vec::with_capacity(64 * 1024);
@@ -529,12 +529,48 @@ async fn drive_raw_task(
                 sent_at.push_back(Instant::now());
             }
             in_flight += answered;
-            write.write_all(&out).await.unwrap();
-            out.clear();
+            write.send(&mut out).await;
         }
     }
     sample.elapsed = started.elapsed();
     sample
+}
+
+/// Where the pipelined raw client's requests go: written by the reading task itself, or (for
+/// 1 MiB bodies) by a writer task of its own, since a task blocked writing megabytes that
+/// reads nothing meanwhile deadlocks against a server that answers while it reads (VSP has a
+/// writer task too).
+enum RawSink {
+    Direct(tokio::net::tcp::OwnedWriteHalf),
+    Task(tokio::sync::mpsc::UnboundedSender<Vec<u8>>),
+}
+
+impl RawSink {
+    fn new(mut write: tokio::net::tcp::OwnedWriteHalf, workload: Workload) -> Self {
+        if workload != Workload::Echo1M {
+            return RawSink::Direct(write);
+        }
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            while let Some(bytes) = receiver.recv().await {
+                if write.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+        });
+        RawSink::Task(sender)
+    }
+
+    /// Sends and empties `out`.
+    async fn send(&mut self, out: &mut Vec<u8>) {
+        match self {
+            RawSink::Direct(write) => {
+                write.write_all(out).await.unwrap();
+                out.clear();
+            }
+            RawSink::Task(sender) => sender.send(std::mem::take(out)).unwrap(),
+        }
+    }
 }
 
 /// One call at a time on one connection, written and read by one task (no split, no queue,
@@ -1091,14 +1127,13 @@ async fn bench(settings: Settings) {
             }
         }
     }
+    if std::env::var("VSP_BENCH_CONTENDER").is_ok() {
+        return; // one contender alone (for a profiler): no ceiling, no ratios
+    }
     let ceiling = Figures::median(&ceiling);
     println!(
         "\nJSON-only ceiling (get_user's four JSON steps, no I/O, 2 threads): {ceiling:.0} calls/s"
     );
-
-    if std::env::var("VSP_BENCH_CONTENDER").is_ok() {
-        return;
-    }
     println!(
         "\n## Ratios, VSP / peer, same run (throughput: higher is better; p50: lower is better)\n"
     );
@@ -1402,7 +1437,10 @@ async fn large_bodies_section(settings: &Settings, raw_addr: SocketAddr, vsp_add
     let mut rates: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
     for _ in 0..settings.rounds {
         for (n, &concurrent) in concurrency.iter().enumerate() {
-            for (c, (_, contender)) in contenders.iter().enumerate() {
+            for (c, (name, contender)) in contenders.iter().enumerate() {
+                if std::env::var("VSP_BENCH_CONTENDER").is_ok_and(|only| only != *name) {
+                    continue;
+                }
                 let sample = settings
                     .measure(contender, Workload::Echo1M, concurrent)
                     .await;
@@ -1412,6 +1450,17 @@ async fn large_bodies_section(settings: &Settings, raw_addr: SocketAddr, vsp_add
                     .push(sample.calls_per_sec() * ONE_MIB as f64 / (1024.0 * 1024.0));
             }
         }
+    }
+    if std::env::var("VSP_BENCH_CONTENDER").is_ok() {
+        for ((n, c), rates) in &rates {
+            println!(
+                "{} at {}: {:.0} MiB/s",
+                contenders[*c].0,
+                concurrency[*n],
+                Figures::median(rates)
+            );
+        }
+        return;
     }
     println!("| concurrent | raw TCP MiB/s | VSP 1 conn MiB/s | VSP MiB/s | VSP 1 conn / raw | VSP / raw |");
     println!("|---:|---:|---:|---:|---:|---:|");

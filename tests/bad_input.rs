@@ -344,3 +344,62 @@ async fn a_peer_that_never_reads_its_answers_stops_being_read() {
     }
     writer.await.unwrap();
 }
+
+/// A server that answers each request with `bodies` in turn, in the header shape VSP writes
+/// (the client's fast path), echoing the request id.
+async fn scripted_server(bodies: Vec<&'static str>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        for body in bodies {
+            let mut len = [0u8; 4];
+            stream.read_exact(&mut len).await.unwrap();
+            let mut json = vec![0u8; u32::from_be_bytes(len) as usize];
+            stream.read_exact(&mut json).await.unwrap();
+            let request: serde_json::Value = serde_json::from_slice(&json).unwrap();
+            let id = &request["header"]["request_id"];
+            let reply = format!(
+                r#"{{"header":{{"request_id":{id},"service":"{SERVICE}","endpoint":"add","is_response":true,"vsp":2}},"body":{body}}}"#
+            );
+            stream.write_all(&frame(&reply)).await.unwrap();
+        }
+        // Keep the connection open until the client goes.
+        let _ = stream.read(&mut [0u8; 1]).await;
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_response_whose_body_is_not_json_is_a_decode_error_and_the_connection_carries_on() {
+    // The client reads a response's header and leaves its body to the decoder: a broken body
+    // must still be a typed error for that call only, with the next call on the same
+    // connection answered.
+    let addr = scripted_server(vec![r#"{"sum":"#, r#"{"sum":3}"#, "3\u{1}"]).await;
+    let client = client_for(addr);
+    let broken = client
+        .call_typed::<serde_json::Value>(SERVICE, "add", json!({"a": 1, "b": 2}))
+        .await;
+    assert!(
+        matches!(&broken, Err(VspError::Decode { endpoint, .. }) if endpoint == "add"),
+        "{broken:?}"
+    );
+    let fine: serde_json::Value = client
+        .call_typed(SERVICE, "add", json!({"a": 1, "b": 2}))
+        .await
+        .unwrap();
+    assert_eq!(fine, json!({"sum": 3}));
+    let trailing = client
+        .call_typed::<u64>(SERVICE, "add", json!({"a": 1, "b": 2}))
+        .await;
+    assert!(
+        matches!(trailing, Err(VspError::Decode { .. })),
+        "{trailing:?}"
+    );
+    assert_eq!(client.open_connections(&addr_text(addr)), 1);
+}
+
+fn addr_text(addr: std::net::SocketAddr) -> String {
+    format!("127.0.0.1:{}", addr.port())
+}

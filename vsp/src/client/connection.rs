@@ -130,7 +130,7 @@ impl ConnectionState {
     }
 
     fn deliver(&self, frame: Bytes, routes: &mut HashMap<u64, StreamSlot>) {
-        let envelope = match Envelope::parse(&frame) {
+        let envelope = match Envelope::parse_response(&frame) {
             Ok(envelope) => envelope,
             Err(err) => {
                 let id = salvage_request_id(&frame).and_then(parse_int_request_id);
@@ -157,9 +157,9 @@ impl ConnectionState {
                 self.draining.store(true, Ordering::Release);
             } else if envelope.error_code() == Some(ErrorCode::Protocol) {
                 // The server could not tie the error to a request: it is about to close on us.
-                let message = serde_json::from_str::<ErrorBody<'_>>(envelope.body().get())
+                let message = serde_json::from_slice::<ErrorBody<'_>>(envelope.body())
                     .map(|body| body.error.into_owned())
-                    .unwrap_or_else(|_| envelope.body().get().to_owned());
+                    .unwrap_or_else(|_| String::from_utf8_lossy(envelope.body()).into_owned());
                 self.close(format!("the server reported a protocol error: {message}"));
             } else {
                 tracing::warn!(instance = %self.instance, request_id = envelope.request_id().get(), "dropped a response with a foreign request id");
@@ -172,7 +172,7 @@ impl ConnectionState {
             }
         }
         let stream_frame = envelope.stream_frame();
-        let body = envelope.body().get();
+        let body = envelope.body();
         // The body borrows from `frame`: its offset turns it into a range of the shared bytes.
         let start = body.as_ptr() as usize - frame.as_ptr() as usize;
         let response = RawResponse {

@@ -120,7 +120,95 @@ struct IdOnlyHeader<'a> {
 impl<'a> Envelope<'a> {
     /// Decodes the JSON of one frame (without its length prefix).
     pub fn parse(json: &'a [u8]) -> Result<Self, ProtocolError> {
+        if let Some(envelope) = Self::parse_canonical(json) {
+            return Ok(envelope);
+        }
+        Self::parse_general(json)
+    }
+
+    /// Any JSON a peer may send: serde's decoder, every key in any order, escapes, whitespace.
+    fn parse_general(json: &'a [u8]) -> Result<Self, ProtocolError> {
         serde_json::from_slice(json).map_err(|err| ProtocolError::Malformed(err.to_string()))
+    }
+
+    /// The fast path: a frame in exactly the shape [`write_envelope`] writes (its key order, no
+    /// whitespace, no escapes in names, integer extensions, no `meta`), read without serde's
+    /// per-key matching; the body is still checked by serde as raw JSON. Anything else is
+    /// `None` and goes the general way, which decides what it means (or why it is malformed):
+    /// this path only ever accepts what the general one reads the same.
+    fn parse_canonical(json: &'a [u8]) -> Option<Self> {
+        let (header, body) = Self::canonical_head(json)?;
+        let body = serde_json::from_str(std::str::from_utf8(body).ok()?).ok()?;
+        Some(Envelope { header, body })
+    }
+
+    /// Reads a response for a client, which decodes the body itself (checking it as JSON in
+    /// that one pass): the header, and the body's bytes as they are.
+    pub(crate) fn parse_response(json: &'a [u8]) -> Result<ResponseFrame<'a>, ProtocolError> {
+        if let Some((header, body)) = Self::canonical_head(json) {
+            return Ok(ResponseFrame { header, body });
+        }
+        let envelope = Self::parse_general(json)?;
+        Ok(ResponseFrame {
+            body: envelope.body.get().as_bytes(),
+            header: envelope.header,
+        })
+    }
+
+    /// The header of a canonical frame, and its body's bytes, unchecked.
+    fn canonical_head(json: &'a [u8]) -> Option<(Header<'a>, &'a [u8])> {
+        let mut c = Cursor { json, at: 0 };
+        c.expect(b"{\"header\":{\"request_id\":")?;
+        let request_id = c.raw_scalar()?;
+        c.expect(b",\"service\":")?;
+        let service = c.plain_str()?;
+        c.expect(b",\"endpoint\":")?;
+        let endpoint = c.plain_str()?;
+        c.expect(b",\"is_response\":")?;
+        let is_response = if c.eat(b"true") {
+            true
+        } else {
+            c.expect(b"false")?;
+            false
+        };
+        let mut header = Header {
+            request_id,
+            service: Cow::Borrowed(service),
+            endpoint: Cow::Borrowed(endpoint),
+            is_response,
+            error_code: None,
+            version: None,
+            timeout_ms: None,
+            meta: None,
+            stream: None,
+            seq: None,
+            credit: None,
+            cancel: false,
+        };
+        if c.eat(b",\"timeout_ms\":") {
+            header.timeout_ms = Some(c.uint()?);
+        }
+        if c.eat(b",\"error_code\":") {
+            header.error_code = Some(Cow::Borrowed(c.plain_str()?));
+        }
+        if c.eat(b",\"vsp\":") {
+            header.version = Some(u32::try_from(c.uint()?).ok()?);
+        }
+        if c.eat(b",\"stream\":") {
+            header.stream = Some(c.raw_scalar()?);
+        }
+        if c.eat(b",\"seq\":") {
+            header.seq = Some(c.uint()?);
+        }
+        if c.eat(b",\"credit\":") {
+            header.credit = Some(u32::try_from(c.uint()?).ok()?);
+        }
+        if c.eat(b",\"cancel\":true") {
+            header.cancel = true;
+        }
+        c.expect(b"},\"body\":")?;
+        let body = json[c.at..].strip_suffix(b"}")?;
+        Some((header, body))
     }
 
     /// The request id as raw JSON, to be echoed verbatim.
@@ -181,13 +269,9 @@ impl<'a> Envelope<'a> {
     }
 
     /// A response's stream marker, if it is a frame of a stream.
+    #[cfg(test)]
     pub(crate) fn stream_frame(&self) -> Option<StreamFrame> {
-        match self.header.stream?.get() {
-            "\"open\"" => Some(StreamFrame::Open),
-            "\"item\"" => Some(StreamFrame::Item(self.header.seq.unwrap_or(0))),
-            "\"end\"" => Some(StreamFrame::End),
-            _ => None,
-        }
+        self.header.stream_frame()
     }
 
     /// A control frame's grant of more items.
@@ -198,6 +282,112 @@ impl<'a> Envelope<'a> {
     /// A control frame's cancel.
     pub(crate) fn is_cancel(&self) -> bool {
         self.header.cancel
+    }
+}
+
+/// A response as a client reads it (see [`Envelope::parse_response`]).
+#[derive(Debug)]
+pub(crate) struct ResponseFrame<'a> {
+    header: Header<'a>,
+    body: &'a [u8],
+}
+
+impl<'a> ResponseFrame<'a> {
+    pub(crate) fn request_id(&self) -> &'a RawValue {
+        self.header.request_id
+    }
+
+    pub(crate) fn is_response(&self) -> bool {
+        self.header.is_response
+    }
+
+    pub(crate) fn error_code(&self) -> Option<ErrorCode> {
+        self.header.error_code.as_deref().map(ErrorCode::parse)
+    }
+
+    pub(crate) fn version(&self) -> Option<u32> {
+        self.header.version
+    }
+
+    pub(crate) fn stream_frame(&self) -> Option<StreamFrame> {
+        self.header.stream_frame()
+    }
+
+    /// The body's bytes, not checked as JSON (the decoder does).
+    pub(crate) fn body(&self) -> &'a [u8] {
+        self.body
+    }
+}
+
+impl Header<'_> {
+    fn stream_frame(&self) -> Option<StreamFrame> {
+        match self.stream?.get() {
+            "\"open\"" => Some(StreamFrame::Open),
+            "\"item\"" => Some(StreamFrame::Item(self.seq.unwrap_or(0))),
+            "\"end\"" => Some(StreamFrame::End),
+            _ => None,
+        }
+    }
+}
+
+/// Reads the canonical shape of an envelope (see `Envelope::parse_canonical`).
+struct Cursor<'a> {
+    json: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    /// Steps over `literal` if it comes next.
+    fn eat(&mut self, literal: &[u8]) -> bool {
+        let found = self.json[self.at..].starts_with(literal);
+        if found {
+            self.at += literal.len();
+        }
+        found
+    }
+
+    fn expect(&mut self, literal: &[u8]) -> Option<()> {
+        self.eat(literal).then_some(())
+    }
+
+    /// A JSON integer as JSON writes it (no sign, no leading zero) that fits a `u64`.
+    fn uint(&mut self) -> Option<u64> {
+        let digits = self.json[self.at..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let text = &self.json[self.at..self.at + digits];
+        if digits == 0 || digits > 20 || (digits > 1 && text[0] == b'0') {
+            return None;
+        }
+        let value = std::str::from_utf8(text).ok()?.parse().ok()?;
+        self.at += digits;
+        Some(value)
+    }
+
+    /// A string without escapes or control characters; its text.
+    fn plain_str(&mut self) -> Option<&'a str> {
+        let rest = self.json.get(self.at..)?.strip_prefix(b"\"")?;
+        let len = rest
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if rest[len] != b'"' {
+            return None;
+        }
+        let text = std::str::from_utf8(&rest[..len]).ok()?;
+        self.at += len + 2;
+        Some(text)
+    }
+
+    /// An integer or a plain string, as raw JSON.
+    fn raw_scalar(&mut self) -> Option<&'a RawValue> {
+        let start = self.at;
+        if self.json.get(start) == Some(&b'"') {
+            self.plain_str()?;
+        } else {
+            self.uint()?;
+        }
+        serde_json::from_slice(&self.json[start..self.at]).ok()
     }
 }
 
@@ -472,6 +662,109 @@ pub(crate) fn is_json_object(raw: &RawValue) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both ways of reading a frame agree: the fast path either declines or reads exactly what
+    /// serde reads.
+    fn assert_same_reading(frame: &[u8]) {
+        let general = Envelope::parse_general(frame);
+        let parsed = Envelope::parse(frame);
+        assert_eq!(
+            format!("{parsed:?}"),
+            format!("{general:?}"),
+            "{}",
+            String::from_utf8_lossy(frame)
+        );
+    }
+
+    #[test]
+    fn the_fast_path_reads_what_serde_reads_and_declines_the_rest() {
+        let code = ErrorCode::Handler;
+        let meta = Metadata::new();
+        let written = [
+            Extensions::request(Some(250), None, None),
+            Extensions::request(None, None, None),
+            Extensions::response(None),
+            Extensions::response(Some(&code)),
+            Extensions::control(Some(16), false),
+            Extensions::control(None, true),
+            Extensions::stream(StreamFrame::Item(41), None),
+            Extensions::stream(StreamFrame::Open, None),
+            Extensions::stream(StreamFrame::End, Some(&code)),
+            Extensions {
+                stream_window: Some(1024),
+                ..Extensions::request(Some(5), None, None)
+            },
+            Extensions::request(Some(5), Some(&meta), None),
+        ];
+        for extensions in &written {
+            for (id, service, body) in [
+                (RequestIdOut::Int(0), "users", r#"{"user_id":"123"}"#),
+                (RequestIdOut::Int(u64::MAX), "ü✓", "null"),
+                (
+                    RequestIdOut::Raw(r#""a-b-c""#),
+                    "s",
+                    r#"{"error":"x\"y","data":[1,{"a":{}}]}"#,
+                ),
+                (RequestIdOut::Raw("null"), "", "\"text\""),
+            ] {
+                let mut out = Vec::new();
+                write_envelope::<()>(
+                    &mut out,
+                    &HeaderOut {
+                        request_id: id,
+                        service,
+                        endpoint: "get_user",
+                        is_response: true,
+                    },
+                    extensions,
+                    |out| {
+                        out.extend_from_slice(body.as_bytes());
+                        Ok(())
+                    },
+                )
+                .unwrap();
+                assert_same_reading(&out);
+                if !matches!(id, RequestIdOut::Raw("null")) && extensions.meta.is_none() {
+                    assert!(
+                        Envelope::parse_canonical(&out).is_some(),
+                        "{}",
+                        String::from_utf8_lossy(&out)
+                    );
+                }
+            }
+        }
+        // Declined (and read by serde, or refused by it with its message).
+        for frame in [
+            r#"{"header":{"request_id":01,"service":"s","endpoint":"e","is_response":false},"body":{}}"#,
+            r#"{"header":{"request_id":-1,"service":"s","endpoint":"e","is_response":false},"body":{}}"#,
+            r#"{"header":{"request_id":1,"service":"s\u0041","endpoint":"e","is_response":false},"body":{}}"#,
+            r#"{"header":{"request_id":1,"service":"s","endpoint":"e","is_response":false},"body":{}} "#,
+            r#"{"header":{"request_id":1,"service":"s","endpoint":"e","is_response":false},"body":{},"x":1}"#,
+            r#"{"header":{"request_id":1,"service":"s","endpoint":"e","is_response":false},"body":{"a":}}"#,
+            r#"{"header":{"request_id":1,"service":"s","endpoint":"e","is_response":false,"vsp":99999999999},"body":{}}"#,
+            r#"{"header":{"request_id":1,"service":"s","endpoint":"e","is_response":false,"cancel":false},"body":{}}"#,
+            r#"{"header":{"request_id":1,"service":"s","endpoint":"e","is_response":false,"timeout_ms":1.5},"body":{}}"#,
+            r#"{"header":{"request_id":1,"service":"s","endpoint":"e","is_response":false,"service":"t"},"body":{}}"#,
+            r#"{"header":{"request_id":1,"service":"s","endpoint":"e"},"body":{}}"#,
+            r#"{"header":{"service":"s","request_id":1,"endpoint":"e","is_response":true},"body":1}"#,
+            r#"{"header":{"request_id":1,"service":"s","endpoint":"e","is_response":false},"body":{}}}"#,
+        ] {
+            assert!(
+                Envelope::parse_canonical(frame.as_bytes()).is_none(),
+                "{frame}"
+            );
+            assert_same_reading(frame.as_bytes());
+        }
+        // Whitespace inside the body: serde's raw value leaves it out, and so does the fast path.
+        let frame = br#"{"header":{"request_id":1,"service":"s","endpoint":"e","is_response":false},"body": {} }"#;
+        assert_same_reading(frame);
+        assert_eq!(Envelope::parse(frame).unwrap().body().get(), "{}");
+        // Not UTF-8 inside a name: both refuse.
+        let mut frame = br#"{"header":{"request_id":1,"service":"s"#.to_vec();
+        frame.push(0xff);
+        frame.extend_from_slice(br#"","endpoint":"e","is_response":false},"body":{}}"#);
+        assert!(Envelope::parse(&frame).is_err());
+    }
 
     #[test]
     fn escapes_like_serde_json() {

@@ -33,7 +33,7 @@ use crate::transport::{run_writer, Address, Io, WriteQueue};
 const MAX_WRITE_BACKLOG: usize = 4 * 1024 * 1024;
 
 /// Requests answered in one batch before their replies are written (see `serve_connection`).
-const MAX_BATCH: usize = 64;
+const MAX_BATCH: usize = 16;
 
 /// How long a closing connection may take to flush its last replies to a peer that stopped reading.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
