@@ -403,3 +403,37 @@ async fn a_response_whose_body_is_not_json_is_a_decode_error_and_the_connection_
 fn addr_text(addr: std::net::SocketAddr) -> String {
     format!("127.0.0.1:{}", addr.port())
 }
+
+#[tokio::test]
+async fn a_request_whose_body_is_broken_json_is_a_bad_request_and_the_connection_carries_on() {
+    // The server leaves a request's body to the endpoint's decoder (one pass over it): broken
+    // JSON in a frame of the usual shape is that call's `bad_request`, not a protocol error,
+    // and bytes that are not UTF-8 are refused as a malformed request.
+    let (_manager, addr) = start_test_server().await;
+    let mut peer = RawPeer::connect(addr).await;
+    peer.send(&frame(&request_json("1", "add", r#"{"a":1,"b":"#)))
+        .await;
+    let reply = peer.recv().await.unwrap();
+    assert_eq!(reply["header"]["request_id"], 1);
+    assert_eq!(reply["header"]["error_code"], "bad_request", "{reply}");
+    let message = reply["body"]["error"].as_str().unwrap();
+    assert!(message.contains("invalid arguments for `add`"), "{message}");
+    let mut not_utf8 = br#"{"header":{"request_id":2,"service":"test-service","endpoint":"add","is_response":false},"body":{"a":1,"b":2,"c":""#.to_vec();
+    not_utf8.extend_from_slice(&[0xff, b'"', b'}', b'}']);
+    let mut framed = (not_utf8.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&not_utf8);
+    peer.send(&framed).await;
+    let reply = peer.recv().await.unwrap();
+    assert_eq!(reply["header"]["request_id"], 2);
+    assert_eq!(reply["header"]["error_code"], "protocol", "{reply}");
+    assert!(reply["body"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("malformed request"));
+    peer.send_request("3", "add", r#"{"a":1,"b":2}"#).await;
+    let reply = peer.recv().await.unwrap();
+    assert_eq!(
+        (reply["header"]["request_id"].clone(), reply["body"].clone()),
+        (json!(3), json!(3))
+    );
+}

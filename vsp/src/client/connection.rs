@@ -130,7 +130,7 @@ impl ConnectionState {
     }
 
     fn deliver(&self, frame: Bytes, routes: &mut HashMap<u64, StreamSlot>) {
-        let envelope = match Envelope::parse_response(&frame) {
+        let envelope = match Envelope::parse_view(&frame) {
             Ok(envelope) => envelope,
             Err(err) => {
                 let id = salvage_request_id(&frame).and_then(parse_int_request_id);

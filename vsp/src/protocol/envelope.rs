@@ -142,14 +142,15 @@ impl<'a> Envelope<'a> {
         Some(Envelope { header, body })
     }
 
-    /// Reads a response for a client, which decodes the body itself (checking it as JSON in
-    /// that one pass): the header, and the body's bytes as they are.
-    pub(crate) fn parse_response(json: &'a [u8]) -> Result<ResponseFrame<'a>, ProtocolError> {
+    /// Reads a frame for a reader that decodes the body itself, checking it as JSON in that one
+    /// pass (a client decoding a result, an endpoint decoding its arguments): the header, and
+    /// the body's bytes as they are.
+    pub(crate) fn parse_view(json: &'a [u8]) -> Result<FrameView<'a>, ProtocolError> {
         if let Some((header, body)) = Self::canonical_head(json) {
-            return Ok(ResponseFrame { header, body });
+            return Ok(FrameView { header, body });
         }
         let envelope = Self::parse_general(json)?;
-        Ok(ResponseFrame {
+        Ok(FrameView {
             body: envelope.body.get().as_bytes(),
             header: envelope.header,
         })
@@ -257,6 +258,7 @@ impl<'a> Envelope<'a> {
     }
 
     /// A request's `stream` key: the items granted up front, when the caller asks for a stream.
+    #[cfg(test)]
     pub(crate) fn stream_window(&self) -> Option<u32> {
         self.header
             .stream
@@ -264,6 +266,7 @@ impl<'a> Envelope<'a> {
     }
 
     /// Whether a request asks for a stream (whatever its window says).
+    #[cfg(test)]
     pub(crate) fn wants_stream(&self) -> bool {
         self.header.stream.is_some()
     }
@@ -275,26 +278,36 @@ impl<'a> Envelope<'a> {
     }
 
     /// A control frame's grant of more items.
+    #[cfg(test)]
     pub(crate) fn credit(&self) -> Option<u32> {
         self.header.credit
     }
 
     /// A control frame's cancel.
+    #[cfg(test)]
     pub(crate) fn is_cancel(&self) -> bool {
         self.header.cancel
     }
 }
 
-/// A response as a client reads it (see [`Envelope::parse_response`]).
+/// A frame whose body is left to its decoder (see [`Envelope::parse_view`]).
 #[derive(Debug)]
-pub(crate) struct ResponseFrame<'a> {
+pub(crate) struct FrameView<'a> {
     header: Header<'a>,
     body: &'a [u8],
 }
 
-impl<'a> ResponseFrame<'a> {
+impl<'a> FrameView<'a> {
     pub(crate) fn request_id(&self) -> &'a RawValue {
         self.header.request_id
+    }
+
+    pub(crate) fn service(&self) -> &str {
+        &self.header.service
+    }
+
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.header.endpoint
     }
 
     pub(crate) fn is_response(&self) -> bool {
@@ -309,8 +322,34 @@ impl<'a> ResponseFrame<'a> {
         self.header.version
     }
 
+    pub(crate) fn timeout_ms(&self) -> Option<u64> {
+        self.header.timeout_ms
+    }
+
+    pub(crate) fn metadata_json(&self) -> Option<&'a RawValue> {
+        self.header.meta
+    }
+
+    pub(crate) fn stream_window(&self) -> Option<u32> {
+        self.header
+            .stream
+            .and_then(|raw| raw.get().parse::<u32>().ok())
+    }
+
+    pub(crate) fn wants_stream(&self) -> bool {
+        self.header.stream.is_some()
+    }
+
     pub(crate) fn stream_frame(&self) -> Option<StreamFrame> {
         self.header.stream_frame()
+    }
+
+    pub(crate) fn credit(&self) -> Option<u32> {
+        self.header.credit
+    }
+
+    pub(crate) fn is_cancel(&self) -> bool {
+        self.header.cancel
     }
 
     /// The body's bytes, not checked as JSON (the decoder does).
@@ -654,9 +693,9 @@ pub(crate) fn parse_int_request_id(raw: &RawValue) -> Option<u64> {
     text.parse().ok()
 }
 
-/// Whether a raw JSON value is an object (a request body must be one).
-pub(crate) fn is_json_object(raw: &RawValue) -> bool {
-    raw.get().trim_start().starts_with('{')
+/// Whether a JSON text (a request body, checked or not) starts as an object must.
+pub(crate) fn is_json_object(json: &str) -> bool {
+    json.trim_start().starts_with('{')
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ pub(crate) use describe::open_schema;
 pub use describe::{is_open_schema, EndpointDescription, ServiceDescription, DESCRIBE_ENDPOINT};
 pub(crate) use envelope::{
     is_json_object, parse_int_request_id, salvage_request_id, write_envelope, write_error_body,
-    write_service_error_body, Extensions, HeaderOut, RequestIdOut, StreamFrame,
+    write_service_error_body, Extensions, FrameView, HeaderOut, RequestIdOut, StreamFrame,
 };
 pub use envelope::{
     Envelope, DEFAULT_STREAM_WINDOW, HEALTH_ENDPOINT, PROTOCOL_REVISION, PROTOCOL_VERSION,

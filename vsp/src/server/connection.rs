@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::value::RawValue;
 use tracing::Instrument;
 
 use super::admission::{Admitted, LARGE_REQUEST};
@@ -198,7 +197,8 @@ fn dispatch(
     frame: &Bytes,
     cx: &mut Context<'_>,
 ) -> Result<(), String> {
-    let envelope = match Envelope::parse(frame) {
+    // The body is left to the endpoint's decoder, which checks it as JSON in its one pass.
+    let envelope = match Envelope::parse_view(frame) {
         Ok(envelope) => envelope,
         Err(err) => {
             let ProtocolError::Malformed(detail) = &err else {
@@ -211,6 +211,18 @@ fn dispatch(
             reply.error(ErrorCode::Protocol, &format!("malformed request: {detail}"));
             return Ok(());
         }
+    };
+    let Ok(body) = std::str::from_utf8(envelope.body()) else {
+        let reply = Reply::new(
+            conn.clone(),
+            response_head(envelope.request_id().get(), "", ""),
+            None,
+        );
+        reply.error(
+            ErrorCode::Protocol,
+            "malformed request: the body is not UTF-8",
+        );
+        return Ok(());
     };
     if envelope.is_response() {
         tracing::warn!(
@@ -317,7 +329,6 @@ fn dispatch(
     if frame.len() > LARGE_REQUEST {
         reply = reply.with_large_request(frame.len());
     }
-    let body = envelope.body();
     if !is_json_object(body) {
         reply.error(
             ErrorCode::BadRequest,
@@ -532,8 +543,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
     previous[b.len()]
 }
 
-fn json_kind(raw: &RawValue) -> &'static str {
-    match raw.get().trim_start().as_bytes().first() {
+fn json_kind(json: &str) -> &'static str {
+    match json.trim_start().as_bytes().first() {
         Some(b'[') => "an array",
         Some(b'"') => "a string",
         Some(b'n') => "null",

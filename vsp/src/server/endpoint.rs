@@ -11,7 +11,6 @@ use std::task::{Context, Poll};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::value::RawValue;
 use tracing::Instrument;
 
 use super::reply::Reply;
@@ -29,7 +28,7 @@ pub(crate) trait Endpoint: Send + Sync + 'static {
     /// `cx` is the connection task's context, for a first poll of the handler in place.
     /// Arguments that do not fit are answered `bad_request`, naming the field. The handler runs
     /// inside `call` (what [`Context::current`](crate::Context::current) returns).
-    fn start(&self, body: &RawValue, reply: Reply, call: CallContext, cx: &mut Context<'_>);
+    fn start(&self, body: &str, reply: Reply, call: CallContext, cx: &mut Context<'_>);
 }
 
 /// A handler function registered with [`VspManager::endpoint`](crate::VspManager::endpoint).
@@ -51,7 +50,7 @@ impl<F, A> FnEndpoint<F, A> {
 pub(crate) struct HealthEndpoint;
 
 impl Endpoint for HealthEndpoint {
-    fn start(&self, _body: &RawValue, reply: Reply, _call: CallContext, _cx: &mut Context<'_>) {
+    fn start(&self, _body: &str, reply: Reply, _call: CallContext, _cx: &mut Context<'_>) {
         reply.ok(&Health::now());
     }
 }
@@ -61,7 +60,7 @@ impl Endpoint for HealthEndpoint {
 pub(crate) struct DescribeEndpoint;
 
 impl Endpoint for DescribeEndpoint {
-    fn start(&self, _body: &RawValue, reply: Reply, _call: CallContext, _cx: &mut Context<'_>) {
+    fn start(&self, _body: &str, reply: Reply, _call: CallContext, _cx: &mut Context<'_>) {
         let description = reply.conn.manager().description();
         reply.ok(&description);
     }
@@ -145,7 +144,7 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: Outcome,
 {
-    fn start(&self, body: &RawValue, reply: Reply, call: CallContext, cx: &mut Context<'_>) {
+    fn start(&self, body: &str, reply: Reply, call: CallContext, cx: &mut Context<'_>) {
         if reply.stream_window.is_some() {
             let message = format!(
                 "`{}` answers once: call it with `call`, not as a stream",
@@ -154,7 +153,7 @@ where
             reply.error(ErrorCode::NotSupported, &message);
             return;
         }
-        match serde_json::from_str::<A>(body.get()) {
+        match serde_json::from_str::<A>(body) {
             Ok(args) => {
                 // The handler function's own (synchronous) part runs in the context and the
                 // span too, and a panic there is the call's error, not the connection's end.
@@ -176,7 +175,7 @@ where
                 let message = format!(
                     "invalid arguments for `{}`: {}",
                     reply.endpoint(),
-                    name_the_field::<A>(body.get(), err)
+                    name_the_field::<A>(body, err)
                 );
                 reply.error(ErrorCode::BadRequest, &message);
             }

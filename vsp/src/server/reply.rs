@@ -16,7 +16,7 @@ use super::{EndpointEntry, ManagerInner};
 use crate::error::ErrorCode;
 use crate::protocol::frame::{encode_frame, encode_frame_within, EncodeError};
 use crate::protocol::{
-    write_envelope, write_error_body, write_service_error_body, Envelope, Extensions, HeaderOut,
+    write_envelope, write_error_body, write_service_error_body, Extensions, FrameView, HeaderOut,
     RequestIdOut, StreamFrame,
 };
 use crate::trace;
@@ -98,7 +98,7 @@ pub(crate) enum ResponseHead {
 }
 
 impl ResponseHead {
-    pub(crate) fn echo(frame: &Bytes, envelope: &Envelope<'_>) -> ResponseHead {
+    pub(crate) fn echo(frame: &Bytes, envelope: &FrameView<'_>) -> ResponseHead {
         if frame.len() > LARGE_REQUEST {
             return response_head(
                 envelope.request_id().get(),
@@ -531,7 +531,7 @@ mod tests {
     use super::*;
 
     fn head_of(frame: &Bytes) -> ResponseHead {
-        let envelope = Envelope::parse(frame).unwrap();
+        let envelope = crate::protocol::Envelope::parse_view(frame).unwrap();
         ResponseHead::echo(frame, &envelope)
     }
 

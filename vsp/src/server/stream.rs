@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::value::RawValue;
 use tokio::sync::{oneshot, Notify, Semaphore, TryAcquireError};
 
 use super::endpoint::Endpoint;
@@ -228,7 +227,7 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: Opening,
 {
-    fn start(&self, body: &RawValue, reply: Reply, call: CallContext, _cx: &mut Context<'_>) {
+    fn start(&self, body: &str, reply: Reply, call: CallContext, _cx: &mut Context<'_>) {
         if reply.stream_window.is_none() {
             let message = format!(
                 "`{}` is a streaming endpoint: call it as a stream (VspClient::call_stream)",
@@ -237,13 +236,13 @@ where
             reply.error(ErrorCode::NotSupported, &message);
             return;
         }
-        let args = match serde_json::from_str::<A>(body.get()) {
+        let args = match serde_json::from_str::<A>(body) {
             Ok(args) => args,
             Err(err) => {
                 let message = format!(
                     "invalid arguments for `{}`: {}",
                     reply.endpoint(),
-                    super::endpoint::name_the_field::<A>(body.get(), err)
+                    super::endpoint::name_the_field::<A>(body, err)
                 );
                 reply.error(ErrorCode::BadRequest, &message);
                 return;
