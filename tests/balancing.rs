@@ -147,3 +147,45 @@ async fn least_loaded_sends_a_slow_instance_clearly_less_than_round_robin() {
         "least loaded gave the slow instance {least_loaded} of the calls, round robin {round_robin}"
     );
 }
+
+/// A balancer that loses a race once: its first pick names an instance that is no longer
+/// eligible, as when another thread ejects the instance between the balancer's check and the
+/// mesh's (seen once in a failover test under load as `NoHealthyInstances` with two healthy
+/// instances left).
+struct LosesTheRaceOnce;
+
+struct LosingCursor {
+    raced: std::sync::atomic::AtomicBool,
+}
+
+impl LoadBalancer for LosesTheRaceOnce {
+    fn for_service(&self, _service: &str) -> Box<dyn vsp::balancer::ServiceBalancer> {
+        Box::new(LosingCursor {
+            raced: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+}
+
+impl vsp::balancer::ServiceBalancer for LosingCursor {
+    fn pick(&self, instances: &[std::sync::Arc<vsp::instance::Instance>]) -> Option<usize> {
+        if !self.raced.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return instances.iter().position(|i| !i.is_eligible());
+        }
+        instances.iter().position(|i| i.is_eligible())
+    }
+}
+
+#[test]
+fn a_pick_that_lost_a_race_with_an_ejection_picks_again_instead_of_failing() {
+    let mesh = ServiceMesh::builder()
+        .load_balancer(LosesTheRaceOnce)
+        .build();
+    mesh.register(
+        ServiceInfo::new("svc", "10.0.0.1", 8000).with_status(vsp::HealthStatus::Unhealthy),
+    )
+    .unwrap();
+    mesh.register(ServiceInfo::new("svc", "10.0.0.1", 8001))
+        .unwrap();
+    let picked = mesh.pick("svc").expect("a healthy instance is left");
+    assert_eq!(picked.endpoint(), "10.0.0.1:8001");
+}

@@ -343,23 +343,33 @@ impl ServiceMesh {
         if instances.is_empty() {
             return Err(no_instances());
         }
-        match entry.balancer.pick(&instances) {
-            Some(index) if instances.get(index).is_some_and(|i| i.is_eligible()) => {
-                Ok(instances[index].clone())
-            }
-            _ => {
-                self.inner.revive(&instances);
-                Err(VspError::NoHealthyInstances {
-                    service: service.to_owned(),
-                    instances: instances.len(),
-                    last_failure: instances
-                        .iter()
-                        .filter_map(|instance| instance.health().last_failure())
-                        .max_by_key(|(at, _)| *at)
-                        .map(|(_, cause)| cause.to_string()),
-                })
+        // The balancer checked eligibility, but another thread may eject its choice before the
+        // check below: a pick that lost that race picks again (a bounded number of times) rather
+        // than calling a service with healthy instances left unavailable.
+        let mut picked = entry.balancer.pick(&instances);
+        let mut again = 0;
+        loop {
+            match picked {
+                Some(index) if instances.get(index).is_some_and(|i| i.is_eligible()) => {
+                    return Ok(instances[index].clone());
+                }
+                Some(_) if again < instances.len() => {
+                    again += 1;
+                    picked = entry.balancer.pick(&instances);
+                }
+                _ => break,
             }
         }
+        self.inner.revive(&instances);
+        Err(VspError::NoHealthyInstances {
+            service: service.to_owned(),
+            instances: instances.len(),
+            last_failure: instances
+                .iter()
+                .filter_map(|instance| instance.health().last_failure())
+                .max_by_key(|(at, _)| *at)
+                .map(|(_, cause)| cause.to_string()),
+        })
     }
 }
 
