@@ -1,6 +1,6 @@
 //! VSP side by side with raw TCP and tarpc, in one run, reported as same-run ratios.
 //!
-//! `cargo bench --bench rpc` (about three minutes). `VSP traced` is VSP with a `tracing`
+//! `cargo bench --bench rpc` (about six minutes). `VSP traced` is VSP with a `tracing`
 //! subscriber recording its spans at `INFO` (in a child process: a global subscriber cannot be
 //! removed); every other contender runs with none. `VSP_BENCH_SECS=0.3` shortens every run,
 //! `VSP_BENCH_ROUNDS=1` runs each pair once, `VSP_BENCH_ONLY=b` runs only the scenarios whose
@@ -11,7 +11,7 @@
 //! `VSP_BENCH_PROFILE_STREAM=<window>` only VSP streams with that window (for `perf record`).
 //!
 //! Every contender serves and calls on loopback inside this process, on one 2-thread tokio
-//! runtime, with the same workload: `get_user {"user_id":"123"}` -> `{"id","name","email"}`
+//! runtime (every client on a task of it, none on the `block_on` thread), with the same workload: `get_user {"user_id":"123"}` -> `{"id","name","email"}`
 //! deserialized into structs on both sides, and a 16 KiB string echoed. The contenders run
 //! interleaved (A B C D, A B C D, ...) and each figure is the median over rounds, because these
 //! machines switch between two speed modes and only same-run ratios mean anything.
