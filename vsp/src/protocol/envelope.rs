@@ -256,38 +256,6 @@ impl<'a> Envelope<'a> {
     pub fn body(&self) -> &'a RawValue {
         self.body
     }
-
-    /// A request's `stream` key: the items granted up front, when the caller asks for a stream.
-    #[cfg(test)]
-    pub(crate) fn stream_window(&self) -> Option<u32> {
-        self.header
-            .stream
-            .and_then(|raw| raw.get().parse::<u32>().ok())
-    }
-
-    /// Whether a request asks for a stream (whatever its window says).
-    #[cfg(test)]
-    pub(crate) fn wants_stream(&self) -> bool {
-        self.header.stream.is_some()
-    }
-
-    /// A response's stream marker, if it is a frame of a stream.
-    #[cfg(test)]
-    pub(crate) fn stream_frame(&self) -> Option<StreamFrame> {
-        self.header.stream_frame()
-    }
-
-    /// A control frame's grant of more items.
-    #[cfg(test)]
-    pub(crate) fn credit(&self) -> Option<u32> {
-        self.header.credit
-    }
-
-    /// A control frame's cancel.
-    #[cfg(test)]
-    pub(crate) fn is_cancel(&self) -> bool {
-        self.header.cancel
-    }
 }
 
 /// A frame whose body is left to its decoder (see [`Envelope::parse_view`]).
@@ -873,24 +841,24 @@ mod tests {
             out
         };
         let item = frame(&Extensions::stream(StreamFrame::Item(5), None));
-        let item = Envelope::parse(&item).unwrap();
+        let item = Envelope::parse_view(&item).unwrap();
         assert_eq!(item.stream_frame(), Some(StreamFrame::Item(5)));
         let end = frame(&Extensions::stream(StreamFrame::End, None));
         assert_eq!(
-            Envelope::parse(&end).unwrap().stream_frame(),
+            Envelope::parse_view(&end).unwrap().stream_frame(),
             Some(StreamFrame::End)
         );
         let request = frame(&Extensions {
             stream_window: Some(64),
             ..Extensions::default()
         });
-        let request = Envelope::parse(&request).unwrap();
+        let request = Envelope::parse_view(&request).unwrap();
         assert_eq!(
             (request.wants_stream(), request.stream_window()),
             (true, Some(64))
         );
         let control = frame(&Extensions::control(Some(3), true));
-        let control = Envelope::parse(&control).unwrap();
+        let control = Envelope::parse_view(&control).unwrap();
         assert_eq!((control.credit(), control.is_cancel()), (Some(3), true));
         assert_eq!(control.stream_frame(), None);
     }
