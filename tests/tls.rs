@@ -99,6 +99,40 @@ async fn a_tls_call_round_trips_over_pooled_connections() {
 }
 
 #[tokio::test]
+async fn a_client_without_a_certificate_is_served_by_a_server_that_only_asks_for_one() {
+    let ca = Ca::new("ca-optional");
+    let server_cert = ca.issue(SERVICE);
+    let tls = ServerTls::new(
+        ServerTlsConfig::from_pem_files(&server_cert.cert_file, &server_cert.key_file)
+            .unwrap()
+            .request_client_cert_file(&ca.cert_file)
+            .unwrap(),
+    )
+    .unwrap();
+    let (manager, addr) = tls_server(tls, VspManager::builder(SERVICE)).await;
+    // Without a certificate: served, with no identity, and the instance stays in.
+    let anonymous = tls_client(addr, trusting(&ca));
+    for _ in 0..3 {
+        let seen = anonymous.call(SERVICE, "whoami", json!({})).await.unwrap();
+        assert_eq!(seen["identity"], Value::Null);
+    }
+    // With one: its identity is seen.
+    let orders = ca.issue("order-service");
+    let known = tls_client(
+        addr,
+        trusting(&ca)
+            .client_cert_files(&orders.cert_file, &orders.key_file)
+            .unwrap(),
+    );
+    let seen = known.call(SERVICE, "whoami", json!({})).await.unwrap();
+    assert_eq!(
+        seen["identity"],
+        format!("spiffe://{TRUST_DOMAIN}/order-service")
+    );
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn mutual_tls_shows_the_callers_identity_and_refuses_callers_without_a_good_certificate() {
     let ca = Ca::new("ca-mtls");
     let server_cert = ca.issue(SERVICE);

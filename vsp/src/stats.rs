@@ -40,6 +40,9 @@ pub struct PerformanceStats {
     /// Accepts that failed for lack of resources (out of file descriptors, say); the server
     /// pauses after each, longer while they last.
     pub accept_errors: u64,
+    /// Connections closed at the write-progress deadline: their peer took no byte of a pending
+    /// write for that long (see `VspManagerBuilder::write_timeout`).
+    pub write_timeouts: u64,
     /// Per registered endpoint (and `health`): calls and processing-time percentiles.
     pub endpoints: BTreeMap<String, EndpointStats>,
 }
@@ -115,6 +118,12 @@ impl PerformanceStats {
             "counter",
             "Client connections accepted.",
             &one(self.connections_total.to_string()),
+        );
+        metric(
+            "vsp_write_timeouts_total",
+            "counter",
+            "Connections closed because their peer stopped reading.",
+            &one(self.write_timeouts.to_string()),
         );
         let errors: Vec<(String, String)> = self
             .errors
@@ -343,6 +352,7 @@ pub(crate) struct ServerStats {
     pub(crate) active_workers: AtomicUsize,
     errors: [AtomicU64; ErrorCode::KNOWN.len()],
     connections_total: AtomicU64,
+    write_timeouts: AtomicU64,
 }
 
 /// What the server's drain tracking counts, for a snapshot.
@@ -365,6 +375,10 @@ impl ServerStats {
         if let Some(index) = code.index() {
             self.errors[index].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    pub(crate) fn write_timed_out(&self) {
+        self.write_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn connection_opened(&self) {
@@ -395,6 +409,7 @@ impl ServerStats {
             connections_total: self.connections_total.load(Ordering::Relaxed),
             connections_refused: live.connections_refused,
             accept_errors: live.accept_errors,
+            write_timeouts: self.write_timeouts.load(Ordering::Relaxed),
         }
     }
 }

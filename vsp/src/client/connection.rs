@@ -101,6 +101,30 @@ struct ConnectionState {
     peer_revision: AtomicU32,
 }
 
+/// The reader's own copy of the open streams' slots, so an item takes no lock.
+///
+/// Bound: a stream dropped while no item comes (its caller cancelled an idle stream) would stay
+/// until the connection closes; so when the table has doubled since it was last pruned, the
+/// routes of dropped streams are removed. It holds at most about twice the open streams.
+#[derive(Default)]
+struct Routes {
+    map: HashMap<u64, StreamSlot>,
+    prune_at: usize,
+}
+
+impl Routes {
+    /// The fewest routes worth pruning.
+    const PRUNE_FLOOR: usize = 64;
+
+    fn insert(&mut self, id: u64, slot: StreamSlot) -> &StreamSlot {
+        if self.map.len() >= self.prune_at.max(Self::PRUNE_FLOOR) {
+            self.map.retain(|_, slot| !slot.is_closed());
+            self.prune_at = self.map.len() * 2;
+        }
+        self.map.entry(id).or_insert(slot)
+    }
+}
+
 impl ConnectionState {
     fn pending(&self) -> MutexGuard<'_, PendingCalls> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
@@ -129,7 +153,7 @@ impl ConnectionState {
         }
     }
 
-    fn deliver(&self, frame: Bytes, routes: &mut HashMap<u64, StreamSlot>) {
+    fn deliver(&self, frame: Bytes, routes: &mut Routes) {
         let envelope = match Envelope::parse_view(&frame) {
             Ok(envelope) => envelope,
             Err(err) => {
@@ -186,26 +210,26 @@ impl ConnectionState {
         if let Some(StreamFrame::Item(_) | StreamFrame::End) = stream_frame {
             let end = response.stream_end == Some(true);
             if end {
-                routes.remove(&id);
+                routes.map.remove(&id);
                 let slot = self.pending().streams.remove(&id);
                 if let Some(slot) = slot {
                     let _ = slot.send(Ok(response));
                 }
                 return;
             }
-            let slot = match routes.get(&id) {
+            let slot = match routes.map.get(&id) {
                 Some(slot) => slot,
                 None => {
                     let Some(slot) = self.pending().streams.get(&id).cloned() else {
                         tracing::debug!(instance = %self.instance, id, "dropped an item of a stream its caller dropped");
                         return;
                     };
-                    routes.entry(id).or_insert(slot)
+                    routes.insert(id, slot)
                 }
             };
             if slot.send(Ok(response)).is_err() {
                 // The caller dropped the stream (and cancelled it): forget its route.
-                routes.remove(&id);
+                routes.map.remove(&id);
             }
             return;
         }
@@ -294,7 +318,7 @@ impl Connection {
             let state = state.clone();
             tokio::spawn(async move {
                 let _close = CloseOnDrop(state.clone());
-                let reason = match run_writer(&state.queue, write).await {
+                let reason = match run_writer(&state.queue, write, None).await {
                     Ok(()) => "closed".to_owned(),
                     Err(err) => format!("write failed: {err}"),
                 };
@@ -307,7 +331,7 @@ impl Connection {
                 let _close = CloseOnDrop(state.clone());
                 let mut frames = FrameReader::new(read, max_frame_size);
                 // The reader's own copy of the open streams' slots, so an item takes no lock.
-                let mut routes: HashMap<u64, StreamSlot> = HashMap::new();
+                let mut routes = Routes::default();
                 let reason = loop {
                     match frames.next_frame().await {
                         Ok(Some(frame)) => {
@@ -620,6 +644,38 @@ impl Drop for StreamHandle {
         if !self.ended {
             state.pending().streams.remove(&self.id);
             state.control(self.id, None, true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod routes_tests {
+    use super::*;
+
+    #[test]
+    fn the_routes_of_streams_dropped_while_idle_are_pruned() {
+        let mut routes = Routes::default();
+        let mut open = Vec::new();
+        for id in 0..10_000u64 {
+            let (slot, receiver) = mpsc::unbounded_channel();
+            routes.insert(id, slot);
+            // One stream in a hundred stays open; the others are dropped by their callers
+            // before another item comes.
+            if id % 100 == 0 {
+                open.push(receiver);
+            }
+        }
+        assert!(
+            routes.map.len() <= 2 * open.len() + Routes::PRUNE_FLOOR,
+            "{} routes kept for {} open streams",
+            routes.map.len(),
+            open.len()
+        );
+        for id in (0..10_000u64).step_by(100) {
+            assert!(
+                routes.map.contains_key(&id),
+                "the route of open stream {id} was pruned"
+            );
         }
     }
 }

@@ -142,6 +142,25 @@ impl ClientCounters {
     }
 }
 
+/// Distinct error codes counted per endpoint; a server may send any string as a code, so codes
+/// beyond these (or longer than `MAX_ERROR_CODE_LEN`) are counted together under `other`.
+const MAX_ERROR_KINDS: usize = 32;
+const MAX_ERROR_CODE_LEN: usize = 64;
+const OTHER_ERRORS: &str = "other";
+
+fn count_error(errors: &mut BTreeMap<String, u64>, code: &str) {
+    if let Some(count) = errors.get_mut(code) {
+        *count += 1;
+        return;
+    }
+    let code = if code.len() > MAX_ERROR_CODE_LEN || errors.len() >= MAX_ERROR_KINDS - 1 {
+        OTHER_ERRORS
+    } else {
+        code
+    };
+    *errors.entry(code.to_owned()).or_insert(0) += 1;
+}
+
 impl CallCounters {
     fn record(&self, finished: &Finished<'_>) {
         self.latency[shard()].record(finished.elapsed);
@@ -154,12 +173,7 @@ impl CallCounters {
         }
         if let Some(code) = finished.error {
             let mut errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
-            match errors.get_mut(code) {
-                Some(count) => *count += 1,
-                None => {
-                    errors.insert(code.to_owned(), 1);
-                }
-            }
+            count_error(&mut errors, code);
         }
     }
 
@@ -399,5 +413,33 @@ impl ClientMetrics {
             &pool(self.pool.closed),
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod error_kind_tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_a_server_makes_up_are_counted_in_a_bounded_table() {
+        let mut errors = BTreeMap::new();
+        for n in 0..10_000 {
+            count_error(&mut errors, &format!("made_up_{n}"));
+        }
+        count_error(&mut errors, &"x".repeat(1 << 20));
+        assert!(
+            errors.len() <= MAX_ERROR_KINDS,
+            "{} kinds kept",
+            errors.len()
+        );
+        assert_eq!(
+            errors.values().sum::<u64>(),
+            10_001,
+            "an error was not counted"
+        );
+        assert!(errors.keys().all(|code| code.len() <= MAX_ERROR_CODE_LEN));
+        // A code already counted keeps its own count.
+        count_error(&mut errors, "made_up_0");
+        assert_eq!(errors["made_up_0"], 2);
     }
 }

@@ -654,11 +654,28 @@ fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 
 /// Parses a request id that our client wrote (a plain non-negative integer).
 pub(crate) fn parse_int_request_id(raw: &RawValue) -> Option<u64> {
-    let text = raw.get();
+    parse_int_text(raw.get())
+}
+
+/// Parses a plain non-negative integer (no sign, no exponent, at most 20 digits).
+pub(crate) fn parse_int_text(text: &str) -> Option<u64> {
     if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     text.parse().ok()
+}
+
+/// At most `max` bytes of `text` (cut at a char boundary), with `…` when cut: what error
+/// messages echo of a peer's text, so their size never depends on the request's.
+pub(crate) fn short_text(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… ({} bytes)", &text[..end], text.len()))
 }
 
 /// Whether a JSON text (a request body, checked or not) starts as an object must.

@@ -25,8 +25,9 @@ mod metadata;
 pub(crate) use describe::open_schema;
 pub use describe::{is_open_schema, EndpointDescription, ServiceDescription, DESCRIBE_ENDPOINT};
 pub(crate) use envelope::{
-    is_json_object, parse_int_request_id, salvage_request_id, write_envelope, write_error_body,
-    write_service_error_body, Extensions, FrameView, HeaderOut, RequestIdOut, StreamFrame,
+    is_json_object, parse_int_request_id, parse_int_text, salvage_request_id, short_text,
+    write_envelope, write_error_body, write_service_error_body, Extensions, FrameView, HeaderOut,
+    RequestIdOut, StreamFrame,
 };
 pub use envelope::{
     Envelope, DEFAULT_STREAM_WINDOW, HEALTH_ENDPOINT, PROTOCOL_REVISION, PROTOCOL_VERSION,

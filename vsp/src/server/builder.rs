@@ -16,7 +16,8 @@ use super::{
     WorkerType, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_PEER, DEFAULT_MAX_REQUESTS_PER_CONNECTION,
-    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_BYTES_PER_CONNECTION,
+    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_BYTES_PER_CONNECTION, DEFAULT_MAX_STREAM_WINDOW,
+    DEFAULT_WRITE_TIMEOUT,
 };
 use crate::mesh::ServiceMesh;
 use crate::protocol::{DEFAULT_MAX_FRAME_SIZE, DESCRIBE_ENDPOINT, HEALTH_ENDPOINT};
@@ -68,6 +69,8 @@ impl VspManagerBuilder {
                 max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
                 max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
                 max_request_bytes_per_connection: DEFAULT_MAX_REQUEST_BYTES_PER_CONNECTION,
+                max_stream_window: DEFAULT_MAX_STREAM_WINDOW,
+                write_timeout: DEFAULT_WRITE_TIMEOUT,
             },
         }
     }
@@ -146,6 +149,23 @@ impl VspManagerBuilder {
     /// As [`max_request_bytes`](Self::max_request_bytes), for one connection (default 64 MiB).
     pub fn max_request_bytes_per_connection(mut self, bytes: usize) -> Self {
         self.config.max_request_bytes_per_connection = bytes;
+        self
+    }
+
+    /// The most stream items a caller may have asked for and not yet received (default 4,096):
+    /// a larger window on a request, or credit that would take it past this, is cut to it.
+    /// Whatever a caller asks, a stream also waits while its connection has 4 MiB waiting to
+    /// be written, so a reader that is slow or gone costs at most that.
+    pub fn max_stream_window(mut self, items: u32) -> Self {
+        self.config.max_stream_window = items.max(1);
+        self
+    }
+
+    /// The write-progress deadline (default 30 s): a connection whose peer takes no byte of a
+    /// pending write for this long (it stopped reading) is closed, and counted in
+    /// [`PerformanceStats::write_timeouts`](crate::PerformanceStats). `Duration::MAX` waits for ever.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.config.write_timeout = timeout;
         self
     }
 
@@ -231,6 +251,8 @@ impl VspManagerBuilder {
             stats: ServerStats::default(),
             drain: Drain::default(),
             admission: Arc::default(),
+            ledger: Default::default(),
+            stray_log: PeerLog::default(),
             workers: OnceLock::new(),
             bound: OnceLock::new(),
             accepting: Mutex::new(None),

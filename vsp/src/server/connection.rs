@@ -14,22 +14,20 @@ use tracing::Instrument;
 
 use super::admission::{Admitted, LARGE_REQUEST};
 use super::auth::Rejection;
-use super::reply::{response_head, Reply, ResponseHead, ServerConnection};
+use super::ledger::{Gauge, Held, LedgerCounts};
+use super::reply::{response_head, Reply, ResponseHead, ServerConnection, MAX_WRITE_BACKLOG};
+use super::stream::CallKey;
 use super::{Lifecycle, ManagerInner};
 use crate::context::{Context as CallContext, Peer};
 use crate::error::{ErrorCode, ProtocolError};
 use crate::protocol::frame::encode_frame;
 use crate::protocol::frame::{FrameReader, Patience, ReadError};
 use crate::protocol::{
-    is_json_object, parse_int_request_id, salvage_request_id, write_envelope, write_error_body,
-    Envelope, Extensions, HeaderOut, Metadata, RequestIdOut, DEFAULT_STREAM_WINDOW,
-    HEALTH_ENDPOINT,
+    is_json_object, salvage_request_id, short_text, write_envelope, write_error_body, Envelope,
+    Extensions, HeaderOut, Metadata, RequestIdOut, DEFAULT_STREAM_WINDOW, HEALTH_ENDPOINT,
 };
 use crate::trace::{self, TraceContext};
 use crate::transport::{run_writer, Address, Io, WriteQueue};
-
-/// Replies waiting to be written beyond which the connection stops reading requests.
-const MAX_WRITE_BACKLOG: usize = 4 * 1024 * 1024;
 
 /// Requests answered in one batch before their replies are written (see `serve_connection`).
 const MAX_BATCH: usize = 16;
@@ -69,9 +67,12 @@ pub(crate) async fn serve_connection(
         let queue = queue.clone();
         let manager = manager.clone();
         let peer = peer.clone();
+        let listed = LedgerCounts::queue_opened(&manager, &queue);
+        let progress = Some(manager.config.write_timeout).filter(|t| *t < Duration::MAX);
         tokio::spawn(async move {
+            let _listed = listed;
             let mut lifecycle = manager.lifecycle();
-            let flush = run_writer(&queue, write);
+            let flush = run_writer(&queue, write, progress);
             tokio::pin!(flush);
             let result = tokio::select! {
                 result = &mut flush => result,
@@ -81,8 +82,13 @@ pub(crate) async fn serve_connection(
                     tokio::time::sleep(CLOSE_FLUSH_TIMEOUT).await;
                 } => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "peer did not read the last replies")),
             };
-            if let Err(err) = result {
-                tracing::debug!(%peer, "connection write side ended: {err}");
+            match result {
+                Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {
+                    manager.stats.write_timed_out();
+                    tracing::info!(%peer, "closing connection: {err}");
+                }
+                Err(err) => tracing::debug!(%peer, "connection write side ended: {err}"),
+                Ok(()) => {}
             }
             queue.close();
             drop(admitted);
@@ -99,6 +105,7 @@ pub(crate) async fn serve_connection(
         idle_since_ms: AtomicU64::new(0),
         large_bytes: AtomicUsize::new(0),
         controls: Default::default(),
+        gone: Default::default(),
     });
     let mut frames = FrameReader::new(read, manager.config.max_frame_size);
     let idle_since = || conn.idle_since();
@@ -132,8 +139,14 @@ pub(crate) async fn serve_connection(
                     conn.queue.flush(); // a held batch must not wait on itself
                 }
                 conn.queue.wait_for_backlog_below(MAX_WRITE_BACKLOG).await;
-                frames.next_frame_within(&patience).await
+                if conn.queue.is_closed() {
+                    return None; // the writer gave up on the peer (write-progress deadline)
+                }
+                Some(frames.next_frame_within(&patience).await)
             } => next,
+        };
+        let Some(next) = next else {
+            break;
         };
         match next {
             Ok(Some(frame)) => {
@@ -184,7 +197,10 @@ pub(crate) async fn serve_connection(
     }
     // Whatever a held batch queued goes out (the writer task writes it if this task cannot).
     conn.queue.flush();
-    conn.controls.end_streams();
+    // Every call and stream of this connection ends now, whatever its id: nobody can steer them
+    // any more, and a peer that left reads no answer.
+    conn.gone.set();
+    conn.controls.clear();
     drop(conn);
     // The writer ends once the in-flight handlers have replied; nothing needs to wait for it here.
     drop(writer);
@@ -225,18 +241,19 @@ fn dispatch(
         return Ok(());
     };
     if envelope.is_response() {
-        tracing::warn!(
-            request_id = envelope.request_id().get(),
-            "dropped a response sent to a server"
+        conn.manager().stray_log.stray_response(
+            &conn.manager().name,
+            &conn.peer.address,
+            envelope.request_id().get(),
         );
         return Ok(());
     }
     // A control frame steers a call of this connection (more stream items, a cancel); it is not
     // a request and gets no answer.
     if envelope.credit().is_some() || envelope.is_cancel() {
-        if let Some(id) = parse_int_request_id(envelope.request_id()) {
+        if let Some(key) = CallKey::of(envelope.request_id().get()) {
             conn.controls
-                .apply(id, envelope.credit(), envelope.is_cancel());
+                .apply(&key, envelope.credit(), envelope.is_cancel());
         }
         return Ok(());
     }
@@ -287,7 +304,10 @@ fn dispatch(
         let reply = Reply::new(conn.clone(), head, None).with_span(span);
         // Behind an auth hook, an unknown caller learns no endpoint names.
         let message = match manager.auth {
-            Some(_) => format!("Endpoint {endpoint_name} not found"),
+            Some(_) => format!(
+                "Endpoint {} not found",
+                short_text(endpoint_name, ECHOED_NAME)
+            ),
             None => not_found(endpoint_name, &registry),
         };
         reply.error(ErrorCode::NotFound, &message);
@@ -365,17 +385,42 @@ fn dispatch(
             }
             Poll::Pending => {
                 // The hook waits (a token lookup): the call continues on a task of its own,
-                // with a copy of its body (the frame is not kept for it).
+                // with a copy of its body (the frame is not kept for it). It ends with its
+                // connection, at a cancel frame, at its deadline, or when the server drains.
+                let cancel = conn.controls.register_call(conn, reply.call_key());
+                let pending = Held::new(conn.manager.clone(), Gauge::AuthChecksPending);
                 let body = body.to_owned();
                 let entry = entry.clone();
+                let conn = conn.clone();
                 tokio::spawn(
                     async move {
-                        let checked = match deadline {
-                            Some(deadline) => tokio::time::timeout_at(deadline, check).await,
-                            None => Ok(check.await),
+                        let checked = {
+                            let mut lifecycle = conn.manager().lifecycle();
+                            let (cancelled, _forget) = match cancel {
+                                Some((cancelled, forget)) => (Some(cancelled), Some(forget)),
+                                None => (None, None),
+                            };
+                            tokio::select! {
+                                checked = check => Checked::Answered(checked),
+                                _ = async {
+                                    match deadline {
+                                        Some(deadline) => tokio::time::sleep_until(deadline).await,
+                                        None => std::future::pending().await,
+                                    }
+                                } => Checked::PastDeadline,
+                                Ok(()) = async {
+                                    match cancelled {
+                                        Some(cancelled) => cancelled.await,
+                                        None => std::future::pending().await,
+                                    }
+                                } => Checked::Ended,
+                                _ = conn.gone.wait() => Checked::Ended,
+                                _ = lifecycle.wait_for(|state| *state != Lifecycle::Running) => Checked::ShuttingDown,
+                            }
                         };
+                        drop(pending);
                         match checked {
-                            Ok(Ok(())) => {
+                            Checked::Answered(Ok(())) => {
                                 let mut start = Some((reply, context));
                                 std::future::poll_fn(|cx| {
                                     if let Some((reply, context)) = start.take() {
@@ -385,11 +430,17 @@ fn dispatch(
                                 })
                                 .await;
                             }
-                            Ok(Err(rejection)) => reject(reply, &rejection),
-                            Err(_elapsed) => reply.error(
+                            Checked::Answered(Err(rejection)) => reject(reply, &rejection),
+                            Checked::PastDeadline => reply.error(
                                 ErrorCode::Timeout,
                                 "the caller's deadline passed while its credentials were checked",
                             ),
+                            Checked::ShuttingDown => {
+                                let message = format!("service `{}` is shutting down", conn.manager().name);
+                                reply.error(ErrorCode::ShuttingDown, &message);
+                            }
+                            // Cancelled, or the peer left: nobody waits for an answer.
+                            Checked::Ended => drop(reply),
                         }
                     }
                     .instrument(span),
@@ -400,6 +451,15 @@ fn dispatch(
     }
     entry.endpoint.start(body, reply, context, cx);
     Ok(())
+}
+
+/// How a pending auth check ended.
+enum Checked {
+    Answered(Result<(), Rejection>),
+    PastDeadline,
+    /// Cancelled by its caller, or its connection's reader stopped.
+    Ended,
+    ShuttingDown,
 }
 
 /// The trace of the request `span` serves: the caller's `traceparent` as its parent (a malformed
@@ -498,18 +558,18 @@ impl ServerConnection {
     }
 }
 
+/// The longest unknown name a `not_found` message echoes, and the longest one compared with the
+/// registered names: the work and the text a bad request costs are bounded by constants, not by
+/// its size.
+const ECHOED_NAME: usize = 64;
+
 /// The `not_found` message: Velithon's wording first (its clients may match on it), then the
 /// closest registered name and the endpoints there are.
 fn not_found(name: &str, registry: &super::Registry) -> String {
     let mut names: Vec<&str> = registry.keys().map(|name| &**name).collect();
     names.sort_unstable();
-    let mut message = format!("Endpoint {name} not found");
-    let closest = names
-        .iter()
-        .map(|candidate| (edit_distance(name, candidate), *candidate))
-        .filter(|(distance, candidate)| *distance <= (candidate.len() / 3).max(2))
-        .min();
-    if let Some((_, closest)) = closest {
+    let mut message = format!("Endpoint {} not found", short_text(name, ECHOED_NAME));
+    if let Some(closest) = closest_name(name, &names) {
         message.push_str(&format!("; did you mean `{closest}`?"));
     }
     const LISTED: usize = 20;
@@ -526,6 +586,27 @@ fn not_found(name: &str, registry: &super::Registry) -> String {
     }
     message.push(')');
     message
+}
+
+/// The registered name closest to `name` within a third of its length (at least 2 edits), if
+/// any. Names whose lengths differ by more than that cannot be that close and are skipped
+/// unmeasured; a name longer than any suggestion could match is not measured at all.
+fn closest_name<'a>(name: &str, names: &[&'a str]) -> Option<&'a str> {
+    if name.len() > 4 * ECHOED_NAME {
+        return None;
+    }
+    names
+        .iter()
+        .filter_map(|candidate| {
+            let allowed = (candidate.len() / 3).max(2);
+            if name.len().abs_diff(candidate.len()) > allowed || candidate.len() > 4 * ECHOED_NAME {
+                return None;
+            }
+            let distance = edit_distance(name, candidate);
+            (distance <= allowed).then_some((distance, *candidate))
+        })
+        .min()
+        .map(|(_, candidate)| candidate)
 }
 
 /// Levenshtein distance over chars, for "did you mean".

@@ -242,9 +242,10 @@ where
 /// frame for its request id): registered now, before the connection reads its next frame.
 /// Handlers answered in place never are: they are done before a cancel could arrive.
 fn cancellable(reply: &Reply) -> Option<(oneshot::Receiver<()>, Forget)> {
-    let id = reply.call_id()?;
-    let cancelled = reply.conn.controls.register_call(id);
-    Some((cancelled, Forget(reply.conn.clone(), Some(id))))
+    reply
+        .conn
+        .controls
+        .register_call(&reply.conn, reply.call_key())
 }
 
 /// How a handler running as its own task ended.
@@ -293,6 +294,8 @@ async fn finish_handler<F, O>(
                 }
             } => Ended::Cancelled,
             _ = lifecycle.wait_for(|state| *state == Lifecycle::Closed) => Ended::ServerClosed,
+            // Its connection's reader stopped: the peer left, nobody reads an answer.
+            _ = reply.conn.gone.wait() => Ended::Cancelled,
             _ = async {
                 match deadline {
                     Some((at, _)) => tokio::time::sleep_until(at).await,

@@ -15,6 +15,7 @@ mod builder;
 mod connection;
 mod drain;
 mod endpoint;
+mod ledger;
 mod reply;
 mod stream;
 mod worker;
@@ -39,6 +40,7 @@ pub use builder::VspManagerBuilder;
 use drain::Drain;
 use endpoint::Endpoint;
 pub(crate) use endpoint::{FnEndpoint, ServiceResult, ServiceValue};
+pub use ledger::Ledger;
 pub use stream::DEFAULT_STREAM_WINDOW;
 pub(crate) use stream::{ServiceStreamResult, ServiceStreamValue, StreamEndpoint};
 pub use worker::WorkerType;
@@ -106,6 +108,8 @@ pub(crate) struct ServerConfig {
     pub(crate) max_connections_per_peer: usize,
     pub(crate) max_request_bytes: usize,
     pub(crate) max_request_bytes_per_connection: usize,
+    pub(crate) max_stream_window: u32,
+    pub(crate) write_timeout: Duration,
 }
 
 /// The default bound on receiving one request frame once its first bytes arrived.
@@ -127,6 +131,10 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 1_024;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 512 * 1024 * 1024;
 /// The default budget of large request bytes being handled for one connection.
 pub const DEFAULT_MAX_REQUEST_BYTES_PER_CONNECTION: usize = 64 * 1024 * 1024;
+/// The default bound on the stream window and credit a caller may ask for.
+const DEFAULT_MAX_STREAM_WINDOW: u32 = 4096;
+/// The default write-progress deadline.
+const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a draining server keeps connections open after telling clients, at least: requests
 /// already on their way get a `shutting_down` answer instead of a closed connection.
 const DRAIN_GRACE: Duration = Duration::from_millis(100);
@@ -154,6 +162,10 @@ pub(crate) struct ManagerInner {
     pub(crate) drain: Drain,
     /// Connections and large request bytes under their caps.
     pub(crate) admission: Arc<Admission>,
+    /// Streams, auth checks and write queues, for [`VspManager::ledger`].
+    pub(crate) ledger: ledger::LedgerCounts,
+    /// Responses sent to this server (a confused or hostile peer) logged lately, per peer host.
+    pub(crate) stray_log: PeerLog,
     /// The handler pool of a `Multicore` manager, made by `start_server`.
     workers: OnceLock<WorkerPool>,
     /// The address bound, once serving.
@@ -740,6 +752,26 @@ impl VspManager {
         self.inner.close().await;
     }
 
+    /// What the server holds for its peers right now: connections, calls in flight, streams,
+    /// pending auth checks and bytes queued for writing. Each has a bound (see
+    /// [`VspManagerBuilder`]) and an end: once peers leave, every count returns to zero.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), vsp::VspError> {
+    /// let manager = vsp::VspManager::builder("user-service").build();
+    /// manager.start_server("127.0.0.1", 0).await?;
+    /// assert!(manager.ledger().is_empty());
+    /// # manager.shutdown().await
+    /// # }
+    /// ```
+    pub fn ledger(&self) -> Ledger {
+        self.inner.ledger.snapshot(
+            self.inner.drain.connections_active(),
+            self.inner.drain.in_flight(),
+        )
+    }
+
     /// A snapshot of the server's counters.
     pub fn get_performance_stats(&self) -> PerformanceStats {
         let endpoints = self
@@ -808,6 +840,19 @@ impl PeerLog {
 
     /// Logs a request whose `traceparent` was not taken (it starts a new trace); true if at
     /// `warn`.
+    /// Logs a response frame sent to this server (a peer that is confused or probing); true if
+    /// at `warn`.
+    pub(crate) fn stray_response(&self, service: &str, peer: &Address, request_id: &str) -> bool {
+        let log = self.first_in_a_minute(peer);
+        let request_id = crate::protocol::short_text(request_id, 64);
+        if log {
+            tracing::warn!(service, %peer, %request_id, "dropped a response sent to a server (logged once a minute per peer)");
+        } else {
+            tracing::debug!(service, %peer, %request_id, "dropped a response sent to a server");
+        }
+        log
+    }
+
     pub(crate) fn bad_traceparent(
         &self,
         service: &str,

@@ -39,7 +39,17 @@ pub(crate) struct ServerConnection {
     pub(crate) large_bytes: AtomicUsize,
     /// The calls a caller can still steer (grant stream items, cancel).
     pub(crate) controls: super::stream::Controls,
+    /// Set when the reader stops: every call and stream of the connection ends then.
+    pub(crate) gone: super::stream::PeerGone,
 }
+
+/// Bytes waiting to be written on one connection beyond which it stops reading requests and its
+/// streams stop producing: what a peer that reads slowly or not at all can make the server hold
+/// (plus one batch of stream items, `STREAM_BATCH_BYTES`, and the replies of calls in flight).
+pub(crate) const MAX_WRITE_BACKLOG: usize = 4 * 1024 * 1024;
+
+/// A stream's write stops adding items past this many bytes (always at least one item).
+const STREAM_BATCH_BYTES: usize = 64 * 1024;
 
 impl ServerConnection {
     pub(crate) fn manager(&self) -> &ManagerInner {
@@ -212,11 +222,19 @@ impl Reply {
         self
     }
 
-    /// The request id when it is an integer (our clients'), the key of control frames.
-    pub(crate) fn call_id(&self) -> Option<u64> {
+    /// The key control frames name this call by (`None` for an id too long to keep).
+    pub(crate) fn call_key(&self) -> Option<super::stream::CallKey> {
         match self.head.header().request_id {
-            RequestIdOut::Raw(raw) => raw.parse().ok(),
-            RequestIdOut::Int(id) => Some(id),
+            RequestIdOut::Raw(raw) => super::stream::CallKey::of(raw),
+            RequestIdOut::Int(id) => Some(super::stream::CallKey::Int(id)),
+        }
+    }
+
+    /// The request id as the request wrote it (JSON).
+    pub(crate) fn request_id_text(&self) -> &str {
+        match self.head.header().request_id {
+            RequestIdOut::Raw(raw) => raw,
+            RequestIdOut::Int(_) => "",
         }
     }
 
@@ -253,19 +271,26 @@ impl Reply {
         }
     }
 
-    /// Sends items `first_seq..` of a stream in one write: one lock and one wake of the writer
-    /// for the whole batch. An item that cannot be sent stops the batch (those before it are
-    /// sent) and is the error that ends the stream.
+    /// Sends items `first_seq..` of a stream in one write (one lock and one wake of the writer),
+    /// as many as fit in `STREAM_BATCH_BYTES` and only while the connection's backlog is under
+    /// `limit`: how many were queued (0 when the backlog is full). An item that cannot be sent
+    /// is the error that ends the stream (those before it are sent).
     pub(crate) fn stream_items<T: Serialize>(
         &self,
         first_seq: u64,
         items: &[T],
-    ) -> Result<(), (ErrorCode, String)> {
+        limit: usize,
+    ) -> Result<usize, (ErrorCode, String)> {
         let header = self.head.header();
         let max = self.conn.manager().config.max_frame_size;
         let mut failed = None;
-        let pushed = self.conn.queue().push(|out| {
+        let mut sent = 0;
+        let pushed = self.conn.queue().push_below(limit, |out| {
+            let start = out.len();
             for (seq, item) in (first_seq..).zip(items) {
+                if out.len() - start >= STREAM_BATCH_BYTES {
+                    break;
+                }
                 let encoded = encode_frame_within(out, max, |out| {
                     write_envelope(
                         out,
@@ -278,20 +303,22 @@ impl Reply {
                     failed = Some(err);
                     break;
                 }
+                sent += 1;
             }
             Ok::<_, std::convert::Infallible>(())
         });
         match (pushed, failed) {
             (Err(_closed), _) => Err((ErrorCode::Protocol, "the connection is closed".to_owned())),
-            (Ok(_), None) => Ok(()),
-            (Ok(_), Some(EncodeError::TooLarge { len, max })) => Err((
+            (Ok(None), _) => Ok(0),
+            (Ok(Some(_)), None) => Ok(sent),
+            (Ok(Some(_)), Some(EncodeError::TooLarge { len, max })) => Err((
                 ErrorCode::TooLarge,
                 format!(
                     "an item of `{}` is {len} bytes, above the largest frame of {max} bytes",
                     self.endpoint()
                 ),
             )),
-            (Ok(_), Some(EncodeError::Json(err))) => Err((
+            (Ok(Some(_)), Some(EncodeError::Json(err))) => Err((
                 ErrorCode::Handler,
                 format!("cannot serialize an item of `{}`: {err}", self.endpoint()),
             )),

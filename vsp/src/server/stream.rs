@@ -20,7 +20,8 @@ use serde::Serialize;
 use tokio::sync::{oneshot, Notify, Semaphore, TryAcquireError};
 
 use super::endpoint::Endpoint;
-use super::reply::{Reply, ServerConnection};
+use super::ledger::{Gauge, Held};
+use super::reply::{Reply, ServerConnection, MAX_WRITE_BACKLOG};
 use super::Lifecycle;
 use crate::context::Context as CallContext;
 use crate::error::ErrorCode;
@@ -34,60 +35,127 @@ const MAX_BATCH: usize = 128;
 
 /// What a caller can still do to one of its calls on this connection.
 pub(crate) enum Control {
-    /// A unary call running as a task of its own: sending (or dropping) stops it.
+    /// A call running as a task of its own (a handler that waits, or a pending auth check):
+    /// sending (or dropping) stops it.
     Call(oneshot::Sender<()>),
     /// A stream.
     Stream(Arc<StreamControl>),
 }
 
-/// The calls of one connection that a caller can steer, by request id (our clients' integers;
-/// other callers send no control frames).
+/// A request id as control frames name it: our clients' integers without an allocation, any
+/// other JSON value by its text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum CallKey {
+    Int(u64),
+    Text(Box<str>),
+}
+
+/// Ids longer than this are not kept as keys (their calls still end with the connection); it
+/// bounds what one entry of the table costs.
+const MAX_KEY_LEN: usize = 256;
+
+impl CallKey {
+    /// The key of the raw JSON request id `raw`; `None` for ids too long to keep.
+    pub(crate) fn of(raw: &str) -> Option<CallKey> {
+        if let Some(id) = crate::protocol::parse_int_text(raw) {
+            return Some(CallKey::Int(id));
+        }
+        (raw.len() <= MAX_KEY_LEN).then(|| CallKey::Text(raw.into()))
+    }
+}
+
+impl std::fmt::Display for CallKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallKey::Int(id) => write!(f, "{id}"),
+            CallKey::Text(text) => f.write_str(text),
+        }
+    }
+}
+
+/// A live call already holds the request id another one asked for.
+#[derive(Debug)]
+pub(crate) struct IdInUse;
+
+/// The calls of one connection that a caller can steer, by request id.
+///
+/// Bounds: one entry per call in flight on the connection (at most
+/// `max_requests_per_connection`), each at most `MAX_KEY_LEN` bytes of key. Ends: an entry is
+/// removed when its call ends (its [`Forget`] drops), and the table is emptied when the
+/// connection's reader stops.
 #[derive(Default)]
-pub(crate) struct Controls(Mutex<HashMap<u64, Control>>);
+pub(crate) struct Controls(Mutex<ControlTable>);
+
+#[derive(Default)]
+pub(crate) struct ControlTable {
+    calls: HashMap<CallKey, (u64, Control)>,
+    /// The generation of the next entry: a [`Forget`] removes only its own entry, never a later
+    /// call's that reused the id.
+    next: u64,
+}
 
 impl Controls {
-    fn insert(&self, id: u64, control: Control) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, control);
+    fn table(&self) -> std::sync::MutexGuard<'_, ControlTable> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn remove(&self, id: u64) -> Option<Control> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id)
-    }
-
-    /// Registers a unary call that went on as a task of its own; the receiver fires on cancel.
-    pub(crate) fn register_call(&self, id: u64) -> oneshot::Receiver<()> {
-        let (cancel, cancelled) = oneshot::channel();
-        self.insert(id, Control::Call(cancel));
-        cancelled
-    }
-
-    /// Forgets a call or stream that ended.
-    pub(crate) fn forget(&self, id: u64) {
-        self.remove(id);
-    }
-
-    /// The connection stopped reading: its streams can get no more credit and no cancel, so
-    /// they end now (unary calls still finish: a caller may have half-closed and still read).
-    pub(crate) fn end_streams(&self) {
-        let guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        for control in guard.values() {
-            if let Control::Stream(stream) = control {
-                stream.cancel();
+    /// Registers `control` under `key`, unless a live call holds that id. Registered at dispatch,
+    /// before the call's task is spawned, so a control frame or the connection's end read next
+    /// always finds it.
+    pub(crate) fn register(
+        &self,
+        conn: &Arc<ServerConnection>,
+        key: CallKey,
+        control: Control,
+    ) -> Result<Forget, IdInUse> {
+        let mut table = self.table();
+        let generation = table.next;
+        match table.calls.entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => return Err(IdInUse),
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                vacant.insert((generation, control));
             }
+        }
+        table.next += 1;
+        Ok(Forget {
+            conn: conn.clone(),
+            key,
+            generation,
+        })
+    }
+
+    /// Registers a call that goes on as a task of its own; the receiver fires on cancel. `None`
+    /// when its id cannot be kept or is taken (the call still ends with its connection).
+    pub(crate) fn register_call(
+        &self,
+        conn: &Arc<ServerConnection>,
+        key: Option<CallKey>,
+    ) -> Option<(oneshot::Receiver<()>, Forget)> {
+        let (cancel, cancelled) = oneshot::channel();
+        let forget = self.register(conn, key?, Control::Call(cancel)).ok()?;
+        Some((cancelled, forget))
+    }
+
+    /// Forgets a call or stream that ended (if the entry is still its own).
+    fn forget(&self, key: &CallKey, generation: u64) {
+        let mut table = self.table();
+        if table.calls.get(key).is_some_and(|(g, _)| *g == generation) {
+            table.calls.remove(key);
         }
     }
 
-    /// Applies a control frame: a `credit` grant or a `cancel` for request `id`.
-    pub(crate) fn apply(&self, id: u64, credit: Option<u32>, cancel: bool) {
-        let guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        match guard.get(&id) {
-            Some(Control::Stream(stream)) => {
+    /// The connection's reader stopped: no control frame can come any more. The entries go (the
+    /// calls themselves end on the connection's [`PeerGone`]).
+    pub(crate) fn clear(&self) {
+        let calls = std::mem::take(&mut self.table().calls);
+        drop(calls);
+    }
+
+    /// Applies a control frame: a `credit` grant or a `cancel` for request `key`.
+    pub(crate) fn apply(&self, key: &CallKey, credit: Option<u32>, cancel: bool) {
+        let mut table = self.table();
+        match table.calls.get(key) {
+            Some((_, Control::Stream(stream))) => {
                 if let Some(credit) = credit {
                     stream.grant(credit);
                 }
@@ -95,13 +163,47 @@ impl Controls {
                     stream.cancel();
                 }
             }
-            Some(Control::Call(_)) if cancel => {
-                drop(guard);
-                if let Some(Control::Call(stop)) = self.remove(id) {
+            Some((_, Control::Call(_))) if cancel => {
+                if let Some((_, Control::Call(stop))) = table.calls.remove(key) {
+                    drop(table);
                     let _ = stop.send(());
                 }
             }
-            _ => tracing::trace!(id, "a control frame for a call that has ended"),
+            _ => tracing::trace!(%key, "a control frame for a call that has ended"),
+        }
+    }
+}
+
+/// Set once a connection's reader has stopped (the peer left, broke the protocol, stalled, or the
+/// server closed): every call and stream of that connection ends then, whatever its id, so
+/// nothing a gone peer started holds a task, a slot or the socket.
+#[derive(Default)]
+pub(crate) struct PeerGone {
+    gone: AtomicBool,
+    wake: Notify,
+}
+
+impl PeerGone {
+    pub(crate) fn set(&self) {
+        self.gone.store(true, Ordering::Release);
+        self.wake.notify_waiters();
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
+
+    /// Returns once the reader has stopped.
+    pub(crate) async fn wait(&self) {
+        loop {
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            // Registered before the check: a `set` between the check and the await still wakes.
+            woken.as_mut().enable();
+            if self.is_set() {
+                return;
+            }
+            woken.await;
         }
     }
 }
@@ -109,22 +211,29 @@ impl Controls {
 /// One stream's credit and cancel.
 pub(crate) struct StreamControl {
     credit: Semaphore,
+    /// The most items a caller may have granted and not yet received (the server's
+    /// `max_stream_window`): neither the window nor any credit takes the grant past it.
+    max_window: usize,
     cancelled: AtomicBool,
     wake: Notify,
 }
 
 impl StreamControl {
-    fn new(window: u32) -> Self {
+    pub(crate) fn new(window: u32, max_window: u32) -> Self {
+        let max_window = max_window as usize;
         StreamControl {
-            credit: Semaphore::new(window as usize),
+            credit: Semaphore::new((window as usize).min(max_window)),
+            max_window,
             cancelled: AtomicBool::new(false),
             wake: Notify::new(),
         }
     }
 
     fn grant(&self, items: u32) {
-        // A caller cannot make the semaphore overflow: grants beyond its maximum are capped.
-        let room = Semaphore::MAX_PERMITS.saturating_sub(self.credit.available_permits());
+        // Capped by the server's maximum window (which also keeps the semaphore from overflowing).
+        let room = self
+            .max_window
+            .saturating_sub(self.credit.available_permits());
         self.credit.add_permits((items as usize).min(room));
     }
 
@@ -228,14 +337,14 @@ where
     Fut::Output: Opening,
 {
     fn start(&self, body: &str, reply: Reply, call: CallContext, _cx: &mut Context<'_>) {
-        if reply.stream_window.is_none() {
+        let Some(window) = reply.stream_window else {
             let message = format!(
                 "`{}` is a streaming endpoint: call it as a stream (VspClient::call_stream)",
                 reply.endpoint()
             );
             reply.error(ErrorCode::NotSupported, &message);
             return;
-        }
+        };
         let args = match serde_json::from_str::<A>(body) {
             Ok(args) => args,
             Err(err) => {
@@ -248,8 +357,33 @@ where
                 return;
             }
         };
+        let conn = reply.conn.clone();
+        let control = Arc::new(StreamControl::new(
+            window,
+            conn.manager().config.max_stream_window,
+        ));
+        // Registered now, before the connection reads its next frame (a credit, a cancel, or its
+        // end), and never over a live call's entry.
+        let forget = match reply.call_key() {
+            None => None,
+            Some(key) => match conn
+                .controls
+                .register(&conn, key, Control::Stream(control.clone()))
+            {
+                Ok(forget) => Some(forget),
+                Err(IdInUse) => {
+                    let message = format!(
+                        "request id {} is already in use by a live call on this connection",
+                        crate::protocol::short_text(reply.request_id_text(), 64)
+                    );
+                    reply.error(ErrorCode::BadRequest, &message);
+                    return;
+                }
+            },
+        };
+        let open = Held::new(conn.manager.clone(), Gauge::StreamsOpen);
         let opening = call.clone().sync_scoped(|| (self.handler)(args));
-        tokio::spawn(drive(call.scoped(opening), reply));
+        tokio::spawn(drive(call.scoped(opening), reply, control, (forget, open)));
     }
 }
 
@@ -262,19 +396,16 @@ enum Stop {
 
 /// Runs one stream: the handler's opening, then items under the caller's credit, until the end,
 /// an error, a cancel, the deadline or the server's shutdown.
-async fn drive<Fut>(opening: Fut, reply: Reply)
-where
+async fn drive<Fut>(
+    opening: Fut,
+    reply: Reply,
+    control: Arc<StreamControl>,
+    _held: (Option<Forget>, Held),
+) where
     Fut: Future,
     Fut::Output: Opening,
 {
     let conn: Arc<ServerConnection> = reply.conn.clone();
-    let window = reply.stream_window.unwrap_or(DEFAULT_STREAM_WINDOW);
-    let control = Arc::new(StreamControl::new(window));
-    let id = reply.call_id();
-    if let Some(id) = id {
-        conn.controls.insert(id, Control::Stream(control.clone()));
-    }
-    let _forget = Forget(conn.clone(), id);
     let deadline = reply
         .timeout_ms
         .map(|ms| crate::deadline::after(tokio::time::Instant::now(), Duration::from_millis(ms)));
@@ -285,6 +416,8 @@ where
             tokio::select! {
                 outcome = $wait => Ok(outcome),
                 _ = control.cancelled() => Err(Stop::Cancelled),
+                // The peer left: nobody reads, and no credit or cancel can come.
+                _ = conn.gone.wait() => Err(Stop::Cancelled),
                 _ = async {
                     match deadline {
                         Some(at) => tokio::time::sleep_until(at).await,
@@ -342,7 +475,7 @@ where
     loop {
         // The fast path, per item: a permit at hand and an item ready cost no timer, no
         // notification and no lifecycle watch; the full wait is for when one is missing.
-        if control.cancelled.load(Ordering::Acquire) {
+        if control.cancelled.load(Ordering::Acquire) || conn.gone.is_set() {
             return ended(reply, Stop::Cancelled);
         }
         if manager.state() != Lifecycle::Running {
@@ -393,12 +526,22 @@ where
                 Poll::Pending => break,
             }
         }
-        if !ready.is_empty() {
-            let sent = reply.stream_items(seq, &ready);
-            seq += ready.len() as u64;
-            ready.clear();
-            if let Err((code, message)) = sent {
-                return reply.stream_end(Some((code, &message)));
+        // Items wait while the connection's write backlog is at its bound, as the reader does:
+        // a reader that is slow or gone costs the bound, whatever window it asked for.
+        while !ready.is_empty() {
+            match reply.stream_items(seq, &ready, MAX_WRITE_BACKLOG) {
+                Ok(0) => {
+                    if let Err(stop) =
+                        or_stop!(conn.queue().wait_for_backlog_below(MAX_WRITE_BACKLOG))
+                    {
+                        return ended(reply, stop);
+                    }
+                }
+                Ok(sent) => {
+                    seq += sent as u64;
+                    ready.drain(..sent);
+                }
+                Err((code, message)) => return reply.stream_end(Some((code, &message))),
             }
         }
         match last {
@@ -414,12 +557,14 @@ where
 }
 
 /// Takes a call out of its connection's control table when its task ends, however it ends.
-pub(crate) struct Forget(pub(crate) Arc<ServerConnection>, pub(crate) Option<u64>);
+pub(crate) struct Forget {
+    conn: Arc<ServerConnection>,
+    key: CallKey,
+    generation: u64,
+}
 
 impl Drop for Forget {
     fn drop(&mut self) {
-        if let Some(id) = self.1 {
-            self.0.controls.forget(id);
-        }
+        self.conn.controls.forget(&self.key, self.generation);
     }
 }

@@ -74,6 +74,9 @@ pub struct ServerTlsConfig {
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
     client_ca: Option<Vec<CertificateDer<'static>>>,
+    /// A client without a certificate is let in (with no identity); one with a certificate must
+    /// still have a good one.
+    client_cert_optional: bool,
 }
 
 impl std::fmt::Debug for ServerTlsConfig {
@@ -99,6 +102,7 @@ impl ServerTlsConfig {
             chain: certificates(chain_pem, "certificate chain")?,
             key: Arc::new(private_key(key_pem)?),
             client_ca: None,
+            client_cert_optional: false,
         })
     }
 
@@ -136,6 +140,28 @@ impl ServerTlsConfig {
         self.require_client_cert_pem(&pem)
     }
 
+    /// Asks every client for a certificate signed by one of the CAs in `ca_pem`, but lets in a
+    /// client that has none (its calls have no [`Identity`](super::Identity)); a client that
+    /// presents a bad certificate still fails its handshake. What a sidecar with optional client
+    /// authentication does.
+    ///
+    /// # Errors
+    /// If `ca_pem` holds no usable CA certificate.
+    pub fn request_client_cert_pem(self, ca_pem: &[u8]) -> Result<Self, TlsError> {
+        let mut config = self.require_client_cert_pem(ca_pem)?;
+        config.client_cert_optional = true;
+        Ok(config)
+    }
+
+    /// As [`request_client_cert_pem`](Self::request_client_cert_pem), from a file.
+    ///
+    /// # Errors
+    /// If the file cannot be read or holds no usable CA certificate.
+    pub fn request_client_cert_file(self, ca: impl AsRef<Path>) -> Result<Self, TlsError> {
+        let pem = read(ca.as_ref(), "client CA")?;
+        self.request_client_cert_pem(&pem)
+    }
+
     pub(crate) fn build(&self) -> Result<rustls::ServerConfig, TlsError> {
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -146,9 +172,15 @@ impl ServerTlsConfig {
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(root_store(ca, "client CA")?),
                     provider(),
-                )
-                .build()
-                .map_err(|err| TlsError::new(format!("the client CA cannot verify: {err}")))?;
+                );
+                let verifier = if self.client_cert_optional {
+                    verifier.allow_unauthenticated()
+                } else {
+                    verifier
+                };
+                let verifier = verifier
+                    .build()
+                    .map_err(|err| TlsError::new(format!("the client CA cannot verify: {err}")))?;
                 builder.with_client_cert_verifier(verifier)
             }
         };

@@ -66,13 +66,10 @@ impl TlsConnector {
             .connect(name, stream)
             .await
             .map_err(|err| handshake_error(target.address, &err))?;
-        if asked.load(Ordering::Acquire) {
-            return Err(failed(
-                target.address,
-                io::ErrorKind::PermissionDenied,
-                "the server requires a client certificate (mutual TLS) and this client has none: configure one (ClientTlsConfig::client_cert_files, or --tls-cert and --tls-key)",
-            ));
-        }
+        // A server that asks for a certificate may not require one (a sidecar with optional
+        // client auth): go on without, and let the server decide. In TLS 1.3 its refusal comes
+        // as an alert at the first read, which is then reported in these words.
+        let asked = asked.load(Ordering::Acquire);
         let names = tls
             .get_ref()
             .1
@@ -92,7 +89,61 @@ impl TlsConnector {
                 ));
             }
         }
-        Ok(Io::split(tls).with_identity(names.identity()))
+        let (read, write) = tokio::io::split(tls);
+        let io = if asked {
+            Io::new(
+                RefusalReader {
+                    inner: read,
+                    address: target.address.to_string(),
+                },
+                write,
+            )
+        } else {
+            Io::new(read, write)
+        };
+        Ok(io.with_identity(names.identity()))
+    }
+}
+
+/// The read half of a connection whose server asked for a client certificate this client does
+/// not have: the server's refusal (a TLS alert at the first read) becomes an error that says so.
+struct RefusalReader<R> {
+    inner: R,
+    address: String,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for RefusalReader<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match std::pin::Pin::new(&mut self.inner).poll_read(cx, buf) {
+            std::task::Poll::Ready(Err(err)) => {
+                std::task::Poll::Ready(Err(refusal_error(&self.address, err)))
+            }
+            other => other,
+        }
+    }
+}
+
+/// `err` in words, when it is the server refusing a client without a certificate.
+fn refusal_error(address: &str, err: io::Error) -> io::Error {
+    let alert = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(|tls| match tls {
+            rustls::Error::AlertReceived(alert) => Some(*alert),
+            _ => None,
+        });
+    match alert {
+        Some(alert) => io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "TLS with {address} failed: the server requires a client certificate (mutual TLS) and refused this client, which has none (alert {alert:?}): configure one (ClientTlsConfig::client_cert_files, or --tls-cert and --tls-key)"
+            ),
+        ),
+        None => err,
     }
 }
 

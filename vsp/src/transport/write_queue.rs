@@ -9,12 +9,13 @@
 //! batch. It writes only while the socket takes the bytes without waiting; whatever the socket
 //! does not take is handed to the writer task, in order.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
@@ -131,6 +132,34 @@ impl WriteQueue {
             self.wake_writer.notify_one();
         }
         Ok(result)
+    }
+
+    /// As [`push`](WriteQueue::push), but only while fewer than `limit` bytes wait to be
+    /// written: `Ok(None)` when the backlog is at `limit` and nothing was queued. The check and
+    /// the append happen under one lock, so callers that all wait for room overshoot `limit` by
+    /// at most one append, not one append each.
+    pub(crate) fn push_below<E>(
+        &self,
+        limit: usize,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<Option<Result<(), E>>, QueueClosed> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(QueueClosed);
+        }
+        if self.backlog.load(Ordering::Relaxed) >= limit {
+            return Ok(None);
+        }
+        let before = state.pending.len();
+        let result = encode(&mut state.pending);
+        let added = state.pending.len() - before;
+        self.backlog.fetch_add(added, Ordering::Relaxed);
+        if before > 0 || added == 0 || state.held {
+            return Ok(Some(result));
+        }
+        drop(state);
+        self.wake_writer.notify_one();
+        Ok(Some(result))
     }
 
     /// Holds the queue for a batch: frames pushed until [`flush`](WriteQueue::flush) do not
@@ -266,7 +295,30 @@ fn write_without_waiting(mut io: Pin<&mut (dyn AsyncWrite + Send)>, bytes: &[u8]
 
 /// Writes everything pushed to `queue` (and not written inline) until it is closed and empty,
 /// then shuts down `io`.
-pub(crate) async fn run_writer(queue: &WriteQueue, io: BoxWrite) -> io::Result<()> {
+///
+/// `progress` is the write-progress deadline: a write of which the socket takes no byte for that
+/// long fails with [`io::ErrorKind::TimedOut`] (a peer that stopped reading), and the write half is
+/// dropped at once, so a peer that never reads cannot pin the connection.
+pub(crate) async fn run_writer(
+    queue: &WriteQueue,
+    io: BoxWrite,
+    progress: Option<Duration>,
+) -> io::Result<()> {
+    let ended = write_until_closed(queue, io, progress).await;
+    if ended.is_err() {
+        // Nothing more can be written: the socket's write half goes now, not when the last
+        // reference to the queue does.
+        queue.close();
+        drop(queue.io().take());
+    }
+    ended
+}
+
+async fn write_until_closed(
+    queue: &WriteQueue,
+    io: BoxWrite,
+    progress: Option<Duration>,
+) -> io::Result<()> {
     *queue.io() = Some(io);
     let mut sending = Vec::new();
     loop {
@@ -283,13 +335,13 @@ pub(crate) async fn run_writer(queue: &WriteQueue, io: BoxWrite) -> io::Result<(
             }
         };
         if flush {
-            let flushed = write_all(queue, &[]).await;
+            let flushed = write_all(queue, &[], progress).await;
             queue.lock().writing = false;
             flushed?;
             continue;
         }
         if !sending.is_empty() {
-            let written = write_all(queue, &sending).await;
+            let written = write_all(queue, &sending, progress).await;
             queue.backlog.fetch_sub(sending.len(), Ordering::Relaxed);
             queue.written.notify_waiters();
             queue.lock().writing = false;
@@ -314,23 +366,52 @@ pub(crate) async fn run_writer(queue: &WriteQueue, io: BoxWrite) -> io::Result<(
     }
 }
 
-/// Writes all of `bytes` and flushes, waiting on the socket as needed (holding the write turn).
-async fn write_all(queue: &WriteQueue, bytes: &[u8]) -> io::Result<()> {
+/// Writes all of `bytes` and flushes, waiting on the socket as needed (holding the write turn),
+/// for at most `progress` without the socket taking a byte.
+async fn write_all(queue: &WriteQueue, bytes: &[u8], progress: Option<Duration>) -> io::Result<()> {
     let mut done = 0;
+    // Armed only once the socket makes us wait: a write that goes through costs no timer.
+    let mut stalled: Option<Pin<Box<tokio::time::Sleep>>> = None;
     poll_fn(|cx| {
         let mut io = queue.io();
         let Some(io) = io.as_mut() else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
+        let before = done;
         while done < bytes.len() {
             match io.as_mut().poll_write(cx, &bytes[done..]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => done += n,
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => break,
             }
         }
-        io.as_mut().poll_flush(cx)
+        let flushed = if done == bytes.len() {
+            io.as_mut().poll_flush(cx)
+        } else {
+            Poll::Pending
+        };
+        if flushed.is_ready() {
+            return flushed;
+        }
+        let Some(progress) = progress else {
+            return Poll::Pending;
+        };
+        if done > before {
+            stalled = None; // progress: the deadline starts again
+        }
+        let timer = stalled.get_or_insert_with(|| {
+            Box::pin(tokio::time::sleep(
+                progress.min(Duration::from_secs(86_400 * 365)),
+            ))
+        });
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the peer took no byte for {progress:?} (write-progress deadline)"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
     })
     .await
 }
@@ -401,7 +482,7 @@ mod tests {
         let queue = Arc::new(WriteQueue::new());
         let writer = {
             let queue = queue.clone();
-            tokio::spawn(async move { run_writer(&queue, Box::pin(write)).await })
+            tokio::spawn(async move { run_writer(&queue, Box::pin(write), None).await })
         };
         // Wait until the writer task attached the write half (bounded, named).
         for _ in 0..1000 {
