@@ -139,7 +139,11 @@ async fn the_explorer_calls_get_user_from_its_form_and_shows_john_doe() {
     let client = VspClient::builder(mesh).build();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/", listener.local_addr().unwrap());
-    let router = vsp::gateway::router(client, ["user-service"]);
+    // An operator's gateway: the explorer shows where the instances are.
+    let router = vsp::gateway::Gateway::new(client)
+        .service("user-service")
+        .expose_internals(true)
+        .into_router();
     tokio::spawn(async move { axum::serve(listener, router).await });
 
     let driver = start_driver(&chromedriver).await;

@@ -231,7 +231,7 @@ async fn bad_bodies_are_400_naming_the_field_and_large_ones_413() {
     // ...and chunked, with no length said up front.
     let addr = fixture.base.trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let mut request = String::from("POST /user-service/get_user HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    let mut request = String::from("POST /user-service/get_user HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
     request.push_str(&format!("{:x}\r\n{big}\r\n0\r\n\r\n", big.len()));
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = String::new();
@@ -289,6 +289,7 @@ async fn auth_rejections_are_401_and_403_and_forwarded_headers_reach_the_handler
             )
             .header("x-request-id", "req-42")
             .header("x-not-forwarded", "hidden")
+            .header("content-type", "application/json")
             .body("{}")
             .send()
     };
@@ -345,7 +346,15 @@ async fn unavailable_services_are_503_with_retry_after_timeouts_504_and_dead_ins
     let held = {
         let http = fixture.http.clone();
         let url = format!("{}/busy/hold", fixture.base);
-        tokio::spawn(async move { http.post(url).body("{}").send().await.unwrap().status() })
+        tokio::spawn(async move {
+            http.post(url)
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
     };
     tokio::time::timeout(Duration::from_secs(10), entered.notified())
         .await
@@ -379,6 +388,13 @@ async fn unavailable_services_are_503_with_retry_after_timeouts_504_and_dead_ins
     fixture.add("dead", closed_addr);
     let refused = fixture.post("/dead/anything", "{}").await;
     assert_error(&refused, StatusCode::BAD_GATEWAY, "connect");
+    // What went wrong, not where: no internal address reaches the caller.
+    let message = refused.2["error"]["message"].as_str().unwrap();
+    assert!(
+        !message.contains(&closed_addr.port().to_string()),
+        "the caller learned an internal address: {message}"
+    );
+    assert!(message.contains("`dead`"), "{message}");
 
     busy.shutdown().await.unwrap();
     slow.shutdown().await.unwrap();
@@ -386,8 +402,17 @@ async fn unavailable_services_are_503_with_retry_after_timeouts_504_and_dead_ins
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn get_service_describes_it_with_its_instances() {
-    let fixture = Fixture::new(|gateway| gateway).await;
+async fn get_service_describes_it_and_its_instances_only_when_internals_are_exposed() {
+    let hidden = Fixture::new(|gateway| gateway).await;
+    let (status, body) = hidden.get("/user-service").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.get("instances").is_none(),
+        "instance addresses reached a caller: {body}"
+    );
+    hidden.users.shutdown().await.unwrap();
+
+    let fixture = Fixture::new(|gateway| gateway.expose_internals(true)).await;
     let (status, body) = fixture.get("/user-service").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["service"], "user-service");
@@ -484,5 +509,150 @@ async fn the_openapi_document_is_openapi_3_1_with_every_endpoint() {
     );
     // A service that could not be described is said so, not dropped silently.
     assert_eq!(document["x-vsp-undescribed"][0]["service"], "ghost");
+    fixture.users.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_not_declared_json_is_415_and_cannot_come_from_another_site() {
+    let fixture =
+        Fixture::new(|gateway| gateway.allowed_origins(["https://app.example.com"])).await;
+    let url = format!("{}/user-service/get_user", fixture.base);
+    let body = r#"{"user_id":"123"}"#;
+    // What a page on any site can send without a preflight: text/plain, a form, no type.
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let mut request = fixture.http.post(&url).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a {content_type:?} body was taken"
+        );
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "unsupported_media_type");
+    }
+    for content_type in [
+        "application/json; charset=utf-8",
+        "application/merge-patch+json",
+    ] {
+        let response = fixture
+            .http
+            .post(&url)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{content_type}");
+    }
+    // Origins: another site is refused, the allowed one and the gateway's own are not.
+    let from = |origin: &str| {
+        fixture
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("origin", origin)
+            .body(body)
+            .send()
+    };
+    let other = from("https://evil.example").await.unwrap();
+    assert_eq!(other.status(), StatusCode::FORBIDDEN);
+    let other: Value = other.json().await.unwrap();
+    assert_eq!(other["error"]["code"], "forbidden_origin");
+    assert_eq!(
+        from("https://app.example.com").await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(from(&fixture.base).await.unwrap().status(), StatusCode::OK);
+    fixture.users.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_host_names_are_answered() {
+    let fixture = Fixture::new(|gateway| gateway.allowed_hosts(["localhost", "127.0.0.1"])).await;
+    let port = fixture.base.rsplit(':').next().unwrap().to_owned();
+    let (status, _) = fixture.get("/user-service").await;
+    assert_eq!(status, StatusCode::OK);
+    let rebound = fixture
+        .http
+        .get(format!("{}/user-service", fixture.base))
+        .header("host", format!("attacker.example:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), StatusCode::FORBIDDEN);
+    fixture.users.shutdown().await.unwrap();
+}
+
+/// A service whose one endpoint tells what `authorization` it was sent.
+async fn token_echo() -> VspManager {
+    let echo = VspManager::builder("echo").build();
+    echo.endpoint("who", |_: Value| async move {
+        let cx = Context::current().unwrap();
+        let token = cx.metadata().get("authorization").map(str::to_owned);
+        Ok::<_, VspError>(json!({ "authorization": token }))
+    })
+    .unwrap();
+    echo
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_caller_never_borrows_the_gateways_own_credentials() {
+    let echo = token_echo().await;
+    let addr = start(&echo).await;
+    let mesh = ServiceMesh::new();
+    mesh.register(ServiceInfo::new("echo", "127.0.0.1", addr.port()))
+        .unwrap();
+    let client = VspClient::builder(mesh)
+        .build()
+        .with_metadata("authorization", "Bearer gateway-secret");
+    let http = reqwest::Client::new();
+    let who = |base: String, token: Option<&'static str>| {
+        let http = http.clone();
+        async move {
+            let mut request = http
+                .post(format!("{base}/echo/who"))
+                .header("content-type", "application/json")
+                .body("{}");
+            if let Some(token) = token {
+                request = request.header("authorization", token);
+            }
+            let answer: Value = request.send().await.unwrap().json().await.unwrap();
+            answer["authorization"].clone()
+        }
+    };
+    let default = serve_http(Gateway::new(client.clone()).service("echo").into_router()).await;
+    assert_eq!(
+        who(default.clone(), None).await,
+        Value::Null,
+        "the gateway lent its credentials"
+    );
+    assert_eq!(who(default, Some("Bearer caller")).await, "Bearer caller");
+    let opted_in = serve_http(
+        Gateway::new(client)
+            .service("echo")
+            .send_own_metadata(true)
+            .into_router(),
+    )
+    .await;
+    assert_eq!(who(opted_in.clone(), None).await, "Bearer gateway-secret");
+    assert_eq!(who(opted_in, Some("Bearer caller")).await, "Bearer caller");
+    echo.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_explorer_and_the_openapi_document_can_be_turned_off() {
+    let fixture = Fixture::new(|gateway| gateway.explorer(false).openapi(false)).await;
+    let (explorer, _) = fixture.get("/").await;
+    assert_eq!(explorer, StatusCode::NOT_FOUND);
+    let (openapi, _) = fixture.get("/openapi.json").await;
+    assert_eq!(openapi, StatusCode::NOT_FOUND);
     fixture.users.shutdown().await.unwrap();
 }

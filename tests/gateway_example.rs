@@ -94,6 +94,7 @@ async fn the_gateway_example_routes_http_to_services_and_drains_on_sigterm() {
     // The generic routes are there too.
     let generic: Value = http
         .post(format!("{base}/user-service/get_user"))
+        .header("content-type", "application/json")
         .body(r#"{"user_id":"123"}"#)
         .send()
         .await

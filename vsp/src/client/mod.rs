@@ -134,6 +134,17 @@ impl VspClient {
         }
     }
 
+    /// A handle on the same connections that sends no metadata of its own (the client's
+    /// interceptor still runs).
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn without_metadata(&self) -> VspClient {
+        VspClient {
+            inner: self.inner.clone(),
+            timeout: self.timeout,
+            metadata: None,
+        }
+    }
+
     /// The metadata this handle sends with every call.
     pub fn metadata(&self) -> Option<&Metadata> {
         self.metadata.as_deref()

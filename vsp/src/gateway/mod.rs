@@ -25,6 +25,27 @@
 //! | `not_supported` (a streaming endpoint: the gateway answers once) | 501 |
 //! | a body above [`Gateway::max_body_bytes`] | 413 |
 //!
+//! | a `POST` body that is not declared `application/json` | 415 |
+//! | an `Origin` or `Host` the gateway does not allow | 403 |
+//!
+//! ## Facing callers from outside
+//!
+//! A gateway is where callers from outside reach in, and it defaults to what is safe there:
+//!
+//! - `POST` needs `Content-Type: application/json` (or `application/*+json`): a web page on
+//!   another site can send a `text/plain` or form `POST` without a CORS preflight, never a JSON
+//!   one, so no page a user visits can call a service through a gateway on their machine.
+//! - A request with an `Origin` header (a browser's) is refused unless the origin is the
+//!   gateway's own (its `Host`) or one of [`Gateway::allowed_origins`].
+//!   [`Gateway::allowed_hosts`] also refuses requests for other host names (DNS rebinding).
+//! - A call carries only what its HTTP caller sent (the forwarded headers): never the
+//!   gateway's own client metadata (its credentials) unless [`Gateway::send_own_metadata`]
+//!   says so.
+//! - Errors say what went wrong, not where: no internal instance address or state reaches a
+//!   caller (the operator finds them in the logs) unless [`Gateway::expose_internals`] is on,
+//!   as for a gateway only its operators use. The explorer page and `/openapi.json` can be
+//!   turned off ([`Gateway::explorer`], [`Gateway::openapi`]).
+//!
 //! HTTP headers named by [`Gateway::forward_headers`] (by default `authorization`, `traceparent`,
 //! `tracestate` and `x-request-id`) travel as call metadata, so a service's auth hook sees the
 //! caller's credentials and a `traceparent` makes the call's span a child of the HTTP caller's.
@@ -54,7 +75,7 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -89,6 +110,12 @@ pub struct Gateway {
     services: Vec<String>,
     max_body_bytes: usize,
     forward_headers: Vec<HeaderName>,
+    send_own_metadata: bool,
+    allowed_origins: Vec<String>,
+    allowed_hosts: Vec<String>,
+    expose_internals: bool,
+    explorer: bool,
+    openapi: bool,
 }
 
 /// The router of a gateway exposing `services` through `client`, with the defaults.
@@ -107,7 +134,62 @@ impl Gateway {
                 .iter()
                 .map(|name| HeaderName::from_static(name))
                 .collect(),
+            send_own_metadata: false,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            expose_internals: false,
+            explorer: true,
+            openapi: true,
         }
+    }
+
+    /// Sends the gateway client's own metadata ([`VspClient::with_metadata`], such as its
+    /// credentials) with every call, under what the HTTP caller forwards (default off: a call
+    /// carries only what its caller sent, so an anonymous caller never borrows the gateway's
+    /// credentials).
+    pub fn send_own_metadata(mut self, send: bool) -> Self {
+        self.send_own_metadata = send;
+        self
+    }
+
+    /// Browser origins (`https://app.example.com`) allowed besides the gateway's own: a request
+    /// with any other `Origin` header is answered `403`. Requests without one (not from a
+    /// browser) are not affected.
+    pub fn allowed_origins<S: Into<String>>(
+        mut self,
+        origins: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.allowed_origins = origins.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The host names (`Host` header, with or without its port) the gateway answers for; any
+    /// other is answered `403`, so a DNS name rebound to the gateway's address reaches nothing.
+    /// Empty (the default) answers every host.
+    pub fn allowed_hosts<S: Into<String>>(mut self, hosts: impl IntoIterator<Item = S>) -> Self {
+        self.allowed_hosts = hosts.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Puts internal details in answers, for a gateway only its operators use: the instances'
+    /// addresses and states (in `GET /{service}` and the explorer) and the full text of
+    /// connection errors (default off: they are logged, and callers get what went wrong without
+    /// where).
+    pub fn expose_internals(mut self, expose: bool) -> Self {
+        self.expose_internals = expose;
+        self
+    }
+
+    /// Serves the explorer page at `GET /` (default on).
+    pub fn explorer(mut self, serve: bool) -> Self {
+        self.explorer = serve;
+        self
+    }
+
+    /// Serves the OpenAPI document at `GET /openapi.json` (default on).
+    pub fn openapi(mut self, serve: bool) -> Self {
+        self.openapi = serve;
+        self
     }
 
     /// Exposes `service` (its calls, its description, its place in the OpenAPI document and the
@@ -140,10 +222,16 @@ impl Gateway {
 
     /// The axum router: merge it into an app, or serve it as it is.
     pub fn into_router(self) -> Router {
+        let (explorer, openapi) = (self.explorer, self.openapi);
         let shared = Arc::new(self);
-        Router::new()
-            .route("/", get(explorer_page))
-            .route("/openapi.json", get(openapi_document))
+        let mut router = Router::new();
+        if explorer {
+            router = router.route("/", get(explorer_page));
+        }
+        if openapi {
+            router = router.route("/openapi.json", get(openapi_document));
+        }
+        router
             .route("/{service}", get(describe_service))
             .route("/{service}/{endpoint}", post(call_endpoint))
             .fallback(|| async { GatewayError::new(StatusCode::NOT_FOUND, "not_found", "no such route: the gateway serves `POST /{service}/{endpoint}`, `GET /{service}`, `GET /openapi.json` and `GET /`") })
@@ -151,6 +239,63 @@ impl Gateway {
                 GatewayError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "call an endpoint with POST; read a description, the OpenAPI document or the explorer with GET")
             })
             .with_state(shared)
+    }
+
+    /// Refuses a request for a host or from an origin this gateway does not allow.
+    fn admits(&self, headers: &HeaderMap) -> Result<(), GatewayError> {
+        let host = headers
+            .get(HOST)
+            .and_then(|host| host.to_str().ok())
+            .unwrap_or("");
+        if !self.allowed_hosts.is_empty() {
+            let bare = host_without_port(host);
+            if !self.allowed_hosts.iter().any(|allowed| {
+                allowed.eq_ignore_ascii_case(host) || allowed.eq_ignore_ascii_case(bare)
+            }) {
+                tracing::debug!(
+                    host,
+                    "gateway: refused a request for a host it does not serve"
+                );
+                return Err(GatewayError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden_host",
+                    "this gateway does not answer for that host name",
+                ));
+            }
+        }
+        let Some(origin) = headers.get(ORIGIN) else {
+            return Ok(());
+        };
+        let origin = origin.to_str().unwrap_or("");
+        let same_site = origin
+            .split_once("://")
+            .is_some_and(|(_, rest)| !host.is_empty() && rest.eq_ignore_ascii_case(host));
+        if same_site
+            || self
+                .allowed_origins
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+        {
+            return Ok(());
+        }
+        tracing::debug!(
+            origin,
+            "gateway: refused a request from an origin it does not allow"
+        );
+        Err(GatewayError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "requests from this origin are not allowed (Gateway::allowed_origins)",
+        ))
+    }
+
+    /// The client a call goes out through: without the gateway's own metadata unless asked.
+    fn caller(&self) -> Cow<'_, VspClient> {
+        if self.send_own_metadata {
+            Cow::Borrowed(&self.client)
+        } else {
+            Cow::Owned(self.client.without_metadata())
+        }
     }
 
     fn exposes(&self, service: &str) -> Result<(), GatewayError> {
@@ -186,7 +331,7 @@ impl Gateway {
         headers: &HeaderMap,
     ) -> Result<ServiceDescription, VspError> {
         let options = self.call_options(headers).idempotent(true);
-        self.client
+        self.caller()
             .call_with(service, DESCRIBE_ENDPOINT, EmptyObject {}, options)
             .await
     }
@@ -240,11 +385,17 @@ impl Gateway {
 
 type Shared = State<Arc<Gateway>>;
 
-async fn explorer_page(State(gateway): Shared) -> Response {
+async fn explorer_page(State(gateway): Shared, headers: HeaderMap) -> Response {
+    if let Err(err) = gateway.admits(&headers) {
+        return err.into_response();
+    }
     explorer::page(&gateway.services)
 }
 
 async fn openapi_document(State(gateway): Shared, headers: HeaderMap) -> Response {
+    if let Err(err) = gateway.admits(&headers) {
+        return err.into_response();
+    }
     let descriptions = gateway.descriptions(&headers).await;
     json_response(StatusCode::OK, &openapi::document(&descriptions))
 }
@@ -254,24 +405,38 @@ async fn describe_service(
     Path(service): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(err) = gateway.exposes(&service) {
+    if let Err(err) = gateway
+        .admits(&headers)
+        .and_then(|()| gateway.exposes(&service))
+    {
         return err.into_response();
     }
-    let instances = gateway.instances(&service);
+    // Where the instances are and how they fare is for operators (`expose_internals`).
+    let instances = gateway
+        .expose_internals
+        .then(|| gateway.instances(&service));
     match gateway.describe(&service, &headers).await {
         Ok(description) => {
             let mut body = serde_json::to_value(&description).unwrap_or(Value::Null);
-            body["instances"] = instances;
+            if let Some(instances) = instances {
+                body["instances"] = instances;
+            }
             json_response(StatusCode::OK, &body)
         }
         Err(err) => {
-            let mut error = GatewayError::from_vsp(&err, None);
+            let mut error = GatewayError::from_vsp(&err, None, gateway.expose_internals);
             if is_not_described(&err) {
                 error.message = format!(
                     "`{service}` does not answer `vsp.describe` (a Velithon service, or one that does not describe itself); its endpoints can still be called"
                 );
             }
-            error.instances = Some(Box::new(instances));
+            // Never to a caller the service refused.
+            if !matches!(
+                error.status,
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            ) {
+                error.instances = instances.map(Box::new);
+            }
             error.into_response()
         }
     }
@@ -307,7 +472,15 @@ async fn call(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {
+    gateway.admits(headers)?;
     gateway.exposes(service)?;
+    if !is_json_content_type(headers) {
+        return Err(GatewayError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "a call's body must be declared `Content-Type: application/json`",
+        ));
+    }
     let limit = gateway.max_body_bytes;
     let too_large = || {
         GatewayError::new(
@@ -346,13 +519,15 @@ async fn call(
     let options = gateway.call_options(headers);
     let started = Instant::now();
     let answer = gateway
-        .client
+        .caller()
         .call_json(service, endpoint, args, options)
         .await;
     let elapsed = started.elapsed();
     let mut response = match answer {
         Ok(result) => raw_json_response(StatusCode::OK, result.get().to_owned()),
-        Err((err, data)) => GatewayError::from_vsp(&err, data).into_response(),
+        Err((err, data)) => {
+            GatewayError::from_vsp(&err, data, gateway.expose_internals).into_response()
+        }
     };
     // The time the call took through the mesh, for the explorer (and any caller curious).
     if let Ok(value) = HeaderValue::from_str(&format!("vsp;dur={:.3}", elapsed.as_secs_f64() * 1e3))
@@ -407,16 +582,26 @@ impl GatewayError {
         }
     }
 
-    /// The HTTP status of a VSP failure (the module's table).
-    fn from_vsp(err: &VspError, data: Option<Box<RawValue>>) -> Self {
+    /// The HTTP status of a VSP failure (the module's table). Unless `internals`, a failure of
+    /// the gateway's own (no instance, a connection that failed) is described without the
+    /// addresses and states it names, which go to the log instead.
+    fn from_vsp(err: &VspError, data: Option<Box<RawValue>>, internals: bool) -> Self {
         let unavailable = (StatusCode::SERVICE_UNAVAILABLE, true);
         let bad_gateway = (StatusCode::BAD_GATEWAY, false);
         let (code, message) = match err {
             VspError::Remote { code, message, .. } => (code.clone(), message.clone()),
-            other => (
-                ErrorCode::Unspecified(other.error_type().to_owned()),
-                other.to_string(),
-            ),
+            other => {
+                let message = if internals {
+                    other.to_string()
+                } else {
+                    tracing::warn!("gateway: {other}");
+                    caller_message(other)
+                };
+                (
+                    ErrorCode::Unspecified(other.error_type().to_owned()),
+                    message,
+                )
+            }
         };
         let ((status, retry_after), code_text) = match (&code, err) {
             (ErrorCode::NotFound, _) => ((StatusCode::NOT_FOUND, false), "not_found"),
@@ -472,6 +657,57 @@ impl GatewayError {
             retry_after,
             instances: None,
         }
+    }
+}
+
+/// What a caller outside learns of a failure of the gateway's own: what went wrong, in the
+/// service's and endpoint's words, never an instance's address or state.
+fn caller_message(err: &VspError) -> String {
+    match err {
+        VspError::NoInstances { service } => format!("no instance of `{service}` is known"),
+        VspError::NoHealthyInstances { service, .. } => {
+            format!("no instance of `{service}` is available now")
+        }
+        VspError::Connect { service, .. } | VspError::ConnectTimeout { service, .. } => {
+            format!("`{service}` could not be reached")
+        }
+        VspError::ConnectionClosed {
+            service, endpoint, ..
+        } => format!("the connection to `{service}` closed during `{endpoint}`"),
+        VspError::Timeout {
+            service,
+            endpoint,
+            after,
+        } => format!("`{service}.{endpoint}` did not answer within {after:?}"),
+        VspError::Decode {
+            service, endpoint, ..
+        } => format!("the answer of `{service}.{endpoint}` could not be read"),
+        VspError::Protocol(_) => "the service's answer broke the protocol".to_owned(),
+        VspError::TooManyInFlight { .. } => "the gateway has too many calls in flight".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Whether a request declares a JSON body: `application/json` or `application/*+json`, with
+/// any parameters (`; charset=utf-8`).
+fn is_json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mime = value.split(';').next().unwrap_or("").trim();
+    let Some((kind, subtype)) = mime.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json")
+            || subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+/// `host` without its `:port` (IPv6 literals keep their brackets).
+fn host_without_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(colon) if !host[colon..].contains(']') => &host[..colon],
+        _ => host,
     }
 }
 
