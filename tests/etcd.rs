@@ -272,3 +272,86 @@ async fn credentials_reach_an_etcd_with_authentication_on() {
     assert!(err.to_string().contains("refused the credentials"), "{err}");
     manager.shutdown().await.unwrap();
 }
+
+/// A free loopback address with nothing listening on it: a member that is down.
+fn down_member() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_credentials_a_member_that_is_down_is_passed_over_for_the_next() {
+    let Some(binary) = etcd_binary() else { return };
+    let etcd = Etcd::start(binary).await;
+    etcd.put(
+        "/vsp/services/users/127.0.0.1:7001",
+        r#"{"address":"127.0.0.1:7001"}"#,
+    )
+    .await;
+    // Authentication on, with a root user (etcd's own API).
+    for (path, body) in [
+        (
+            "/v3/auth/user/add",
+            r#"{"name":"root","password":"s3cret"}"#,
+        ),
+        ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
+        ("/v3/auth/enable", "{}"),
+    ] {
+        let answer = etcd.post(path, body).await.unwrap();
+        assert!(answer.contains("header"), "etcd refused {path}: {answer}");
+    }
+    let mesh = ServiceMesh::builder()
+        .discovery(EtcdDiscovery::new(
+            EtcdConfig::new(down_member())
+                .endpoint(etcd.url())
+                .credentials("root", "s3cret"),
+        ))
+        .build();
+    // Asking for the service starts discovery; its answer comes from the second member.
+    let _ = mesh.pick("users");
+    wait_until(
+        "the instance to be discovered through the member that is up",
+        Duration::from_secs(30),
+        || mesh.instances("users").len() == 1,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_member_is_left_for_the_next_and_changes_keep_arriving() {
+    let Some(binary) = etcd_binary() else { return };
+    let etcd = Etcd::start(binary).await;
+    let direct: std::net::SocketAddr = etcd.url().trim_start_matches("http://").parse().unwrap();
+    let proxy = vsp_test_support::fault_proxy::FaultProxy::start(direct).await;
+    etcd.put(
+        "/vsp/services/users/127.0.0.1:7001",
+        r#"{"address":"127.0.0.1:7001"}"#,
+    )
+    .await;
+    let mesh = ServiceMesh::builder()
+        .discovery(EtcdDiscovery::new(
+            EtcdConfig::new(format!("http://{}", proxy.addr())).endpoint(etcd.url()),
+        ))
+        .build();
+    let _ = mesh.pick("users");
+    wait_until("the first instance, through the proxy", BOUND, || {
+        mesh.instances("users").len() == 1
+    })
+    .await;
+    // The network swallows everything to and from the watched member; its connections stay
+    // open. A change made meanwhile must still arrive, through the other member.
+    proxy.set(vsp_test_support::fault_proxy::Fault::Blackhole);
+    etcd.put(
+        "/vsp/services/users/127.0.0.1:7002",
+        r#"{"address":"127.0.0.1:7002"}"#,
+    )
+    .await;
+    wait_until(
+        "the change made while the watched member was blackholed",
+        Duration::from_secs(40),
+        || mesh.instances("users").len() == 2,
+    )
+    .await;
+}

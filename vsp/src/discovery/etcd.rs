@@ -118,6 +118,16 @@ struct Shared {
     leases: Mutex<HashMap<String, (i64, tokio::task::AbortHandle)>>,
 }
 
+/// The bound on one request to an etcd member (and on a watch's start).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a watched member is asked whether it still answers.
+const WATCH_KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// The largest watch message taken (etcd's own default request limit is 1.5 MiB; a message lists
+/// the events of one revision).
+const MAX_WATCH_MESSAGE: usize = 64 * 1024 * 1024;
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -260,9 +270,15 @@ impl Shared {
         let mut last = String::from("no endpoint configured");
         for endpoint in &self.config.endpoints {
             let url = format!("{}{path}", endpoint.trim_end_matches('/'));
-            let mut request = with_json(self.http.post(&url).timeout(Duration::from_secs(5)), body);
-            if let Some(token) = self.token(endpoint).await? {
-                request = request.header("Authorization", token);
+            let mut request = with_json(self.http.post(&url).timeout(REQUEST_TIMEOUT), body);
+            // A member that is down fails its token lookup too: the next member is tried.
+            match self.token(endpoint).await {
+                Ok(Some(token)) => request = request.header("Authorization", token),
+                Ok(None) => {}
+                Err(reason) => {
+                    last = reason;
+                    continue;
+                }
             }
             match request.send().await {
                 Ok(response) if response.status().is_success() => {
@@ -281,6 +297,25 @@ impl Shared {
         Err(last)
     }
 
+    /// Whether the member at `endpoint` answers a status request within `REQUEST_TIMEOUT`.
+    async fn member_answers(&self, endpoint: &str) -> Result<(), String> {
+        let url = format!("{}/v3/maintenance/status", endpoint.trim_end_matches('/'));
+        let mut request = with_json(self.http.post(&url).timeout(REQUEST_TIMEOUT), &json!({}));
+        if let Some(token) = self.token(endpoint).await? {
+            request = request.header("Authorization", token);
+        }
+        match request.send().await {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => Err(format!(
+                "the watched member {endpoint} answers its status with {}",
+                response.status()
+            )),
+            Err(err) => Err(format!(
+                "the watched member {endpoint} stopped answering: {err}"
+            )),
+        }
+    }
+
     /// A fresh auth token when credentials are configured.
     async fn token(&self, endpoint: &str) -> Result<Option<String>, String> {
         let Some((user, password)) = &self.config.credentials else {
@@ -288,7 +323,7 @@ impl Shared {
         };
         let url = format!("{}/v3/auth/authenticate", endpoint.trim_end_matches('/'));
         let request = with_json(
-            self.http.post(&url).timeout(Duration::from_secs(5)),
+            self.http.post(&url).timeout(REQUEST_TIMEOUT),
             &json!({ "name": user, "password": password }),
         );
         let response = request
@@ -470,37 +505,61 @@ async fn watch(
         "key": base64(prefix.as_bytes()),
         "range_end": base64(&range_end(prefix)),
         "start_revision": from.to_string(),
+        "progress_notify": true,
     }});
     let mut last = String::from("no endpoint configured");
     for endpoint in &shared.config.endpoints {
         let url = format!("{}/v3/watch", endpoint.trim_end_matches('/'));
         let mut request = with_json(shared.http.post(&url), &body);
-        if let Some(token) = shared.token(endpoint).await? {
-            request = request.header("Authorization", token);
+        match shared.token(endpoint).await {
+            Ok(Some(token)) => request = request.header("Authorization", token),
+            Ok(None) => {}
+            Err(reason) => {
+                last = reason;
+                continue;
+            }
         }
-        let mut response = match request.send().await {
-            Ok(response) if response.status().is_success() => response,
-            Ok(response) => {
+        let mut response = match tokio::time::timeout(REQUEST_TIMEOUT, request.send()).await {
+            Ok(Ok(response)) if response.status().is_success() => response,
+            Ok(Ok(response)) => {
                 last = format!("POST {url}: {}", response.status());
                 continue;
             }
-            Err(err) => {
+            Ok(Err(err)) => {
                 last = format!("POST {url}: {err}");
+                continue;
+            }
+            Err(_) => {
+                last = format!("POST {url}: no answer within {REQUEST_TIMEOUT:?}");
                 continue;
             }
         };
         let mut buffer: Vec<u8> = Vec::new();
+        // A watch is silent while nothing changes, so silence alone says nothing: every
+        // `WATCH_KEEPALIVE` the member is asked for its status, and one that does not answer
+        // (down, or blackholed by the network) ends the watch, which starts again on the
+        // next member.
+        let mut keepalive = tokio::time::interval(WATCH_KEEPALIVE);
+        keepalive.tick().await;
         loop {
             if registry.is_closed() {
                 return Ok(());
             }
-            let chunk = response
-                .chunk()
-                .await
-                .map_err(|err| format!("the watch stream broke: {err}"))?;
+            let chunk = tokio::select! {
+                chunk = response.chunk() => chunk.map_err(|err| format!("the watch stream broke: {err}"))?,
+                _ = keepalive.tick() => {
+                    shared.member_answers(endpoint).await?;
+                    continue;
+                }
+            };
             let Some(chunk): Option<bytes::Bytes> = chunk else {
                 return Err("etcd closed the watch stream".to_owned());
             };
+            if buffer.len() + chunk.len() > MAX_WATCH_MESSAGE {
+                return Err(format!(
+                    "a watch message from {endpoint} is over {MAX_WATCH_MESSAGE} bytes"
+                ));
+            }
             buffer.extend_from_slice(&chunk);
             // The gateway writes one JSON object per message, newline separated.
             while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
