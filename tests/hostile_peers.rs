@@ -344,6 +344,12 @@ async fn an_unknown_endpoint_of_8_mib_is_answered_with_a_short_message() {
         message.len()
     );
     assert!(message.starts_with("Endpoint eee"), "{message}");
+    let header = reply["header"].to_string();
+    assert!(
+        header.len() < 1024,
+        "the answer's header echoes {} bytes of the unknown name",
+        header.len()
+    );
     // A near miss of a real name still gets its suggestion.
     peer.send_request("2", "ech", "{}").await;
     let reply = peer.recv().await.unwrap();

@@ -375,9 +375,7 @@ impl<'a> Cursor<'a> {
     /// A string without escapes or control characters; its text.
     fn plain_str(&mut self) -> Option<&'a str> {
         let rest = self.json.get(self.at..)?.strip_prefix(b"\"")?;
-        let len = rest
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        let len = plain_len(rest)?;
         if rest[len] != b'"' {
             return None;
         }
@@ -396,6 +394,25 @@ impl<'a> Cursor<'a> {
         }
         serde_json::from_slice(&self.json[start..self.at]).ok()
     }
+}
+
+/// Where the first `"`, `\\` or control character of `text` is: the end of a string without
+/// escapes. Sixteen bytes at a time without branching on each (the compiler vectorizes it), so
+/// a long string, a peer's or not, is scanned at memory speed.
+fn plain_len(text: &[u8]) -> Option<usize> {
+    let special = |b: u8| (b == b'"') | (b == b'\\') | (b < 0x20);
+    let mut chunks = text.chunks_exact(16);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        if chunk.iter().fold(false, |found, &b| found | special(b)) {
+            break;
+        }
+        at += 16;
+    }
+    text[at..]
+        .iter()
+        .position(|&b| special(b))
+        .map(|offset| at + offset)
 }
 
 /// Reads just the request id of a frame that failed to decode as an envelope, so the error can
@@ -686,6 +703,26 @@ pub(crate) fn is_json_object(json: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_chunked_string_scan_finds_what_a_byte_by_byte_one_finds() {
+        let naive = |text: &[u8]| {
+            text.iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        };
+        for len in 0..70 {
+            for special in [None, Some(b'"'), Some(b'\\'), Some(b'\n'), Some(0x1f)] {
+                for at in 0..=len {
+                    let mut text = vec![b'a'; len];
+                    text.extend("é".as_bytes());
+                    if let (Some(byte), true) = (special, at < len) {
+                        text[at] = byte;
+                    }
+                    assert_eq!(plain_len(&text), naive(&text), "{len} {special:?} {at}");
+                }
+            }
+        }
+    }
 
     /// Both ways of reading a frame agree: the fast path either declines or reads exactly what
     /// serde reads.

@@ -252,6 +252,9 @@ impl VspManagerBuilder {
             drain: Drain::default(),
             admission: Arc::default(),
             ledger: Default::default(),
+            longest_name: std::sync::atomic::AtomicUsize::new(
+                HEALTH_ENDPOINT.len().max(DESCRIBE_ENDPOINT.len()),
+            ),
             stray_log: PeerLog::default(),
             workers: OnceLock::new(),
             bound: OnceLock::new(),

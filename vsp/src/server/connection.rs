@@ -258,8 +258,15 @@ fn dispatch(
         return Ok(());
     }
     let manager = conn.manager();
-    let head = ResponseHead::echo(frame, &envelope);
     let endpoint_name = envelope.endpoint();
+    // A name longer than every registered one is unknown: neither hashed, nor copied, nor echoed
+    // (the answer to a bad request costs a constant, not the request's size).
+    let known_length = endpoint_name.len() <= manager.longest_name.load(Ordering::Relaxed);
+    let head = if known_length {
+        ResponseHead::echo(frame, &envelope)
+    } else {
+        response_head(envelope.request_id().get(), envelope.service(), "")
+    };
     // Parsed now for the span's parent; refused later, in its turn among the checks.
     let metadata = envelope
         .metadata_json()
@@ -300,7 +307,7 @@ fn dispatch(
         return Ok(());
     }
     let registry = manager.registry.load();
-    let Some(entry) = registry.get(endpoint_name) else {
+    let Some(entry) = known_length.then(|| registry.get(endpoint_name)).flatten() else {
         let reply = Reply::new(conn.clone(), head, None).with_span(span);
         // Behind an auth hook, an unknown caller learns no endpoint names.
         let message = match manager.auth {

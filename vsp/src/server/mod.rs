@@ -162,6 +162,9 @@ pub(crate) struct ManagerInner {
     pub(crate) drain: Drain,
     /// Connections and large request bytes under their caps.
     pub(crate) admission: Arc<Admission>,
+    /// The length of the longest endpoint name registered: a requested name longer than it is
+    /// unknown without hashing it (a bad request's cost must not grow with its size).
+    pub(crate) longest_name: std::sync::atomic::AtomicUsize,
     /// Streams, auth checks and write queues, for [`VspManager::ledger`].
     pub(crate) ledger: ledger::LedgerCounts,
     /// Responses sent to this server (a confused or hostile peer) logged lately, per peer host.
@@ -602,6 +605,9 @@ impl VspManager {
             ..description
         });
         let name: Arc<str> = Arc::from(name);
+        self.inner
+            .longest_name
+            .fetch_max(name.len(), Ordering::Relaxed);
         let mut next = Registry::clone(&current);
         next.insert(
             name.clone(),
