@@ -80,6 +80,7 @@ pub mod protocol;
 pub mod server;
 mod stats;
 mod stream;
+mod sync;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;

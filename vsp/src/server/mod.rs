@@ -16,6 +16,7 @@ mod connection;
 mod drain;
 mod endpoint;
 mod ledger;
+mod limiter;
 mod reply;
 mod stream;
 mod worker;

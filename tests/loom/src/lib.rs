@@ -1,0 +1,19 @@
+//! VSP's lock-free coordination, compiled from its own sources against loom's atomics and mutex,
+//! so `tests/` can check every interleaving (and the weak-memory reorderings loom models) of it.
+//!
+//! The source files name their primitives through `crate::sync`; here that is loom's.
+
+#![allow(dead_code, unreachable_pub)]
+
+/// What `vsp/src/sync.rs` gives the real crate, from loom.
+pub(crate) mod sync {
+    pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+    pub(crate) use loom::sync::{Mutex, MutexGuard};
+    pub(crate) use std::sync::PoisonError;
+}
+
+#[path = "../../../vsp/src/server/limiter.rs"]
+pub mod limiter;
+
+#[cfg(test)]
+mod limiter_model;
