@@ -15,5 +15,14 @@ pub(crate) mod sync {
 #[path = "../../../vsp/src/server/limiter.rs"]
 pub mod limiter;
 
+#[path = "../../../vsp/src/transport/write_queue.rs"]
+pub mod write_queue;
+
+/// The write half the write queue writes to, as `vsp::transport` names it.
+pub(crate) type BoxWrite = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+
 #[cfg(test)]
 mod limiter_model;
+
+#[cfg(test)]
+mod write_queue_model;

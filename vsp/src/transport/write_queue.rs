@@ -12,8 +12,8 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+// Through `crate::sync`: the loom model crate (`tests/loom`) compiles this file against loom's.
+use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -319,50 +319,92 @@ async fn write_until_closed(
     io: BoxWrite,
     progress: Option<Duration>,
 ) -> io::Result<()> {
-    *queue.io() = Some(io);
+    queue.attach(io);
     let mut sending = Vec::new();
     loop {
-        let (closed, turn, flush) = {
-            let mut state = queue.lock();
-            if state.writing {
-                (false, false, false) // a task is writing inline: it wakes us if it leaves any
-            } else {
-                std::mem::swap(&mut state.pending, &mut sending);
-                // An inline write may have left bytes in the transport's buffer (TLS).
-                let flush = sending.is_empty() && std::mem::take(&mut state.unflushed);
-                state.writing = !sending.is_empty() || flush;
-                (state.closed, true, flush)
+        match queue.writer_turn(&mut sending) {
+            WriterTurn::Flush => {
+                let flushed = write_all(queue, &[], progress).await;
+                queue.end_turn(0);
+                flushed?;
             }
-        };
-        if flush {
-            let flushed = write_all(queue, &[], progress).await;
-            queue.lock().writing = false;
-            flushed?;
-            continue;
+            WriterTurn::Write => {
+                let written = write_all(queue, &sending, progress).await;
+                queue.end_turn(sending.len());
+                written?;
+                sending.clear();
+                if sending.capacity() > KEEP_CAPACITY {
+                    sending = Vec::new();
+                }
+            }
+            WriterTurn::Shutdown => {
+                let io = queue.io().take();
+                return match io {
+                    Some(mut io) => poll_fn(|cx| io.as_mut().poll_shutdown(cx)).await,
+                    None => Ok(()),
+                };
+            }
+            WriterTurn::Wait => {
+                queue.wake_writer.notified().await;
+                // Let the tasks that are ready now (callers, handlers) append their frames
+                // first, so they leave in one write instead of one write each.
+                tokio::task::yield_now().await;
+            }
         }
+    }
+}
+
+/// What the writer task does with its turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriterTurn {
+    /// Write the bytes taken (the turn is held).
+    Write,
+    /// Flush what an inline write left in the transport's buffer (the turn is held).
+    Flush,
+    /// Closed and nothing left: shut the stream down.
+    Shutdown,
+    /// Nothing to do, or someone is writing inline: wait to be woken.
+    Wait,
+}
+
+impl WriteQueue {
+    /// Gives the queue its write half (the writer task does, as it starts).
+    pub(crate) fn attach(&self, io: BoxWrite) {
+        *self.io() = Some(io);
+    }
+
+    /// Takes the write turn if nobody holds it, with the queued bytes (into `sending`, which
+    /// must be empty), and says what to do with it. The turn is held after `Write` and `Flush`
+    /// until [`end_turn`](WriteQueue::end_turn).
+    pub(crate) fn writer_turn(&self, sending: &mut Vec<u8>) -> WriterTurn {
+        let mut state = self.lock();
+        if state.writing {
+            return WriterTurn::Wait; // a task is writing inline: it wakes us if it leaves any
+        }
+        std::mem::swap(&mut state.pending, sending);
         if !sending.is_empty() {
-            let written = write_all(queue, &sending, progress).await;
-            queue.backlog.fetch_sub(sending.len(), Ordering::Relaxed);
-            queue.written.notify_waiters();
-            queue.lock().writing = false;
-            written?;
-            sending.clear();
-            if sending.capacity() > KEEP_CAPACITY {
-                sending = Vec::new();
-            }
-            continue;
+            state.writing = true;
+            return WriterTurn::Write;
         }
-        if closed && turn {
-            let io = queue.io().take();
-            return match io {
-                Some(mut io) => poll_fn(|cx| io.as_mut().poll_shutdown(cx)).await,
-                None => Ok(()),
-            };
+        // An inline write may have left bytes in the transport's buffer (TLS).
+        if std::mem::take(&mut state.unflushed) {
+            state.writing = true;
+            return WriterTurn::Flush;
         }
-        queue.wake_writer.notified().await;
-        // Let the tasks that are ready now (callers, handlers) append their frames first, so
-        // they leave in one write instead of one write each.
-        tokio::task::yield_now().await;
+        if state.closed {
+            WriterTurn::Shutdown
+        } else {
+            WriterTurn::Wait
+        }
+    }
+
+    /// Gives the write turn back once `written` bytes taken by `writer_turn` left (or failed to).
+    pub(crate) fn end_turn(&self, written: usize) {
+        if written > 0 {
+            self.backlog.fetch_sub(written, Ordering::Relaxed);
+            self.written.notify_waiters();
+        }
+        self.lock().writing = false;
     }
 }
 
@@ -416,7 +458,8 @@ async fn write_all(queue: &WriteQueue, bytes: &[u8], progress: Option<Duration>)
     .await
 }
 
-#[cfg(test)]
+// Not in the loom model crate, which compiles this file against loom's primitives.
+#[cfg(all(test, not(loom_model)))]
 mod tests {
     use super::*;
     use std::sync::Arc;
