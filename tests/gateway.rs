@@ -656,3 +656,17 @@ async fn the_explorer_and_the_openapi_document_can_be_turned_off() {
     assert_eq!(openapi, StatusCode::NOT_FOUND);
     fixture.users.shutdown().await.unwrap();
 }
+
+/// Found by the `gateway` fuzz target: a path segment that is not UTF-8 once decoded got axum's
+/// plain-text rejection instead of the gateway's JSON error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_that_does_not_decode_is_a_json_400() {
+    let fixture = Fixture::new(|gateway| gateway).await;
+    let (status, body) = fixture.get("/heal%ec").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "bad_request");
+    let (status, _, body) = fixture.post("/user-service/get%ff", "{}").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "bad_request");
+    fixture.users.shutdown().await.unwrap();
+}

@@ -74,6 +74,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -400,11 +401,26 @@ async fn openapi_document(State(gateway): Shared, headers: HeaderMap) -> Respons
     json_response(StatusCode::OK, &openapi::document(&descriptions))
 }
 
+/// A path segment that does not decode (`%ec`, not UTF-8) is a `400` in JSON like every other
+/// error, not axum's plain-text rejection (found by the `gateway` fuzz target).
+fn bad_path(rejection: &PathRejection) -> Response {
+    GatewayError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        format!("the path does not name a service and endpoint: {rejection}"),
+    )
+    .into_response()
+}
+
 async fn describe_service(
     State(gateway): Shared,
-    Path(service): Path<String>,
+    service: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
+    let service = match service {
+        Ok(Path(service)) => service,
+        Err(rejection) => return bad_path(&rejection),
+    };
     if let Err(err) = gateway
         .admits(&headers)
         .and_then(|()| gateway.exposes(&service))
@@ -455,10 +471,14 @@ fn is_not_described(err: &VspError) -> bool {
 
 async fn call_endpoint(
     State(gateway): Shared,
-    Path((service, endpoint)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let (service, endpoint) = match path {
+        Ok(Path(path)) => path,
+        Err(rejection) => return bad_path(&rejection),
+    };
     match call(&gateway, &service, &endpoint, &headers, body).await {
         Ok(response) => response,
         Err(err) => err.into_response(),

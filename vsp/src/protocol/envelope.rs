@@ -396,6 +396,35 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The fuzz target's property (`fuzzing::envelope`): the fast path declines or reads exactly
+/// what serde reads; the header-only fast path agrees with serde on the header whenever serde
+/// reads the frame, and on the body's text unless the top-level object goes on after the body
+/// (`..."body":{},"more":1}`, which serde ignores): then what it hands the endpoint's decoder is
+/// not one JSON value, and the call is refused as a bad request, never read as other arguments.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn check_envelope_readers_agree(bytes: &[u8]) {
+    let general = Envelope::parse_general(bytes);
+    let parsed = Envelope::parse(bytes);
+    assert_eq!(
+        format!("{parsed:?}"),
+        format!("{general:?}"),
+        "the fast path read a frame differently"
+    );
+    if let (Some((header, body)), Ok(general)) = (Envelope::canonical_head(bytes), &general) {
+        assert_eq!(
+            format!("{header:?}"),
+            format!("{:?}", general.header),
+            "the header-only fast path read the header differently"
+        );
+        if body.trim_ascii() != general.body.get().as_bytes() {
+            assert!(
+                serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err(),
+                "the header-only fast path found another body, one that decodes"
+            );
+        }
+    }
+}
+
 /// Where the first `"`, `\\` or control character of `text` is: the end of a string without
 /// escapes. Sixteen bytes at a time without branching on each (the compiler vectorizes it), so
 /// a long string, a peer's or not, is scanned at memory speed.
@@ -703,6 +732,19 @@ pub(crate) fn is_json_object(json: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `envelope` fuzz target: a canonical frame whose object goes on after the
+    /// body. serde ignores the extra key; the header-only fast path hands the endpoint a body
+    /// that is not one JSON value, which its decoder refuses (a bad request), never other
+    /// arguments.
+    #[test]
+    fn keys_after_the_body_never_read_as_other_arguments() {
+        let frame = br#"{"header":{"request_id":1,"service":"svc","endpoint":"echo","is_response":false},"body":{"a":1},"body2":{"a":2}}"#;
+        let view = Envelope::parse_view(frame).unwrap();
+        assert!(serde_json::from_slice::<serde::de::IgnoredAny>(view.body()).is_err());
+        let general = Envelope::parse_general(frame).unwrap();
+        assert_eq!(general.body.get(), r#"{"a":1}"#);
+    }
 
     #[test]
     fn the_chunked_string_scan_finds_what_a_byte_by_byte_one_finds() {

@@ -24,6 +24,8 @@ mod metadata;
 
 pub(crate) use describe::open_schema;
 pub use describe::{is_open_schema, EndpointDescription, ServiceDescription, DESCRIBE_ENDPOINT};
+#[cfg(feature = "fuzzing")]
+pub(crate) use envelope::check_envelope_readers_agree;
 pub(crate) use envelope::{
     is_json_object, parse_int_request_id, parse_int_text, salvage_request_id, short_text,
     write_envelope, write_error_body, write_service_error_body, Extensions, FrameView, HeaderOut,

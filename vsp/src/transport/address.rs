@@ -101,6 +101,10 @@ impl Address {
     pub(crate) fn problem(&self) -> Option<&'static str> {
         match self {
             Address::Tcp { host, .. } if host.is_empty() => Some("the host is empty"),
+            // Brackets only ever enclose a whole IPv6 host (`[::1]:9`), which `tcp` unwraps.
+            Address::Tcp { host, .. } if host.contains(['[', ']']) => {
+                Some("the host has brackets that do not enclose an IPv6 address")
+            }
             Address::Unix(path) if path.as_os_str().is_empty() => Some("the socket path is empty"),
             Address::Memory(name) if name.is_empty() => Some("the in-memory name is empty"),
             _ => None,
@@ -111,8 +115,17 @@ impl Address {
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Address::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            // Brackets for IPv6, and for the hosts named like a scheme (`unix:9` is a path).
+            Address::Tcp { host, port }
+                if host.contains(':') || host == "unix" || host == "memory" =>
+            {
+                write!(f, "[{host}]:{port}")
+            }
             Address::Tcp { host, port } => write!(f, "{host}:{port}"),
+            // A path that starts with `//` reads back only in the URL form (`unix://` + path).
+            Address::Unix(path) if path.to_string_lossy().starts_with("//") => {
+                write!(f, "unix://{}", path.display())
+            }
             Address::Unix(path) => write!(f, "unix:{}", path.display()),
             Address::Memory(name) => write!(f, "memory:{name}"),
         }
@@ -169,6 +182,37 @@ impl serde::Serialize for Address {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `address` fuzz target: the host `unix` (from `[unix]:9`) was shown as
+    /// `unix:9`, which reads as a socket path.
+    #[test]
+    fn a_host_named_like_a_scheme_is_shown_in_brackets() {
+        for address in [Address::tcp("unix", 9), Address::tcp("memory", 9)] {
+            let again: Address = address.to_string().parse().unwrap();
+            assert_eq!(again, address);
+        }
+    }
+
+    /// Found by the `address` fuzz target: `[[]]:9` read as the host `[]`, shown as `[]:9`,
+    /// which does not read back.
+    #[test]
+    fn a_host_with_stray_brackets_is_refused() {
+        for text in ["[[]]:9", "[]]:9", "a]:9", "[[::1]]:9"] {
+            assert!(text.parse::<Address>().is_err(), "{text} was taken");
+        }
+        assert_eq!("[::1]:9".parse::<Address>().unwrap().host(), Some("::1"));
+    }
+
+    /// Found by the `address` fuzz target: `unix:////x` (a path `//x`) was shown as `unix://x`,
+    /// which reads back as the path `x`.
+    #[test]
+    fn a_unix_path_that_starts_with_two_slashes_reads_back_as_itself() {
+        for text in ["unix:////#/u", "unix:////run/x", "unix://x"] {
+            let address: Address = text.parse().unwrap();
+            let again: Address = address.to_string().parse().unwrap();
+            assert_eq!(again, address, "{text} -> {address}");
+        }
+    }
 
     #[test]
     fn parses_every_written_form() {
