@@ -421,3 +421,80 @@ async fn a_pending_auth_check_ends_with_its_peer_its_cancel_and_the_shutdown() {
     assert_eq!(reply["header"]["error_code"], "shutting_down", "{reply}");
     wait_for_empty_ledger(&manager).await;
 }
+
+/// The docs say `Context::current()` works inside an auth hook; it did not (the hook was not
+/// polled in its call's context). Both a hook that answers at once and one that waits see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auth_hook_sees_its_call_as_context_current_even_when_it_waits() {
+    let manager = VspManager::builder(SERVICE)
+        .auth(|call: Context| async move {
+            if call.endpoint() == "sleep" {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            match Context::current() {
+                Some(current) if current.endpoint() == call.endpoint() => Ok(()),
+                Some(_) => Err(Rejection::permission_denied("another call's context")),
+                None => Err(Rejection::permission_denied(
+                    "no Context::current() in the hook",
+                )),
+            }
+        })
+        .build();
+    register_test_endpoints(&manager);
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    let client = client_for(addr);
+    let echoed = client
+        .call(SERVICE, "echo", serde_json::json!({"value": 1}))
+        .await
+        .unwrap();
+    assert_eq!(echoed, 1);
+    let slept = client
+        .call(SERVICE, "sleep", serde_json::json!({"ms": 1, "tag": "t"}))
+        .await
+        .unwrap();
+    assert_eq!(slept, "t");
+    drop(client);
+    wait_for_empty_ledger(&manager).await;
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_and_writing_is_closed_at_the_write_deadline() {
+    let manager = VspManager::builder(SERVICE)
+        .write_timeout(Duration::from_millis(500))
+        .build();
+    register_test_endpoints(&manager);
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut peer = socket.connect(addr).await.unwrap();
+    // Answers that fill the socket buffers but stay under the 4 MiB backlog, so the server's
+    // reader waits for a next request that never comes, with nothing in flight.
+    let value = "z".repeat(64 * 1024);
+    let request = frame(&request_json(
+        "1",
+        "echo",
+        &format!(r#"{{"value":"{value}"}}"#),
+    ));
+    let mut sent = 0;
+    while manager.ledger().bytes_queued < 256 * 1024 {
+        assert!(sent < 1000, "the answers never backed up in the server");
+        peer.write_all(&request).await.unwrap();
+        sent += 1;
+        // Each answer is queued (or written) before the next request is read.
+        wait_until("the echo to be answered", Duration::from_secs(10), || {
+            manager.get_performance_stats().messages_processed >= sent
+        })
+        .await;
+    }
+    wait_until(
+        "the write deadline to drop the peer",
+        Duration::from_secs(30),
+        || manager.get_performance_stats().write_timeouts == 1,
+    )
+    .await;
+    // The whole connection goes, not only its write side.
+    wait_for_empty_ledger(&manager).await;
+    drop(peer);
+    manager.shutdown().await.unwrap();
+}

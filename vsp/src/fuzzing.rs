@@ -17,8 +17,13 @@ use crate::protocol::{
 
 /// Polls a future whose every wait is already satisfied (a reader over bytes at hand).
 fn ready<F: Future>(future: F) -> F::Output {
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: std::sync::Arc<Self>) {}
+    }
+    let waker = Waker::from(std::sync::Arc::new(Noop));
     let mut future = pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
+    let mut cx = Context::from_waker(&waker);
     match future.as_mut().poll(&mut cx) {
         Poll::Ready(output) => output,
         Poll::Pending => panic!("a read of bytes already at hand waited"),

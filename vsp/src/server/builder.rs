@@ -139,8 +139,10 @@ impl VspManagerBuilder {
     /// 512 MiB). A request above 16 KiB that would take the total past it is answered
     /// `overloaded` at once (its caller tries another instance), unless it is the only large
     /// request in flight. Smaller requests are bounded by
-    /// [`max_concurrent_requests`](Self::max_concurrent_requests) instead, so a server's request
-    /// memory stays under about this budget plus 16 KiB per request in flight.
+    /// [`max_concurrent_requests`](Self::max_concurrent_requests) instead: a small request in flight
+    /// holds the read buffer it arrived in (64 KiB, shared with the requests read along with it)
+    /// until it is answered, so a server's request memory stays under about this budget plus
+    /// 64 KiB per request in flight.
     pub fn max_request_bytes(mut self, bytes: usize) -> Self {
         self.config.max_request_bytes = bytes;
         self

@@ -62,8 +62,15 @@ pub(crate) async fn serve_connection(
     let queue = Arc::new(WriteQueue::new());
     manager.stats.connection_opened();
     manager.drain.connection_opened();
+    // Open until both its reader (this task) and its writer have let go of their halves: only
+    // then is the socket closed, and only then does it leave the counts and its peer's slot.
+    let open = Arc::new(OpenConnection {
+        manager: manager.clone(),
+        _admitted: admitted,
+    });
 
     let writer = {
+        let open = open.clone();
         let queue = queue.clone();
         let manager = manager.clone();
         let peer = peer.clone();
@@ -80,7 +87,7 @@ pub(crate) async fn serve_connection(
                 _ = async {
                     let _ = lifecycle.wait_for(|state| *state == Lifecycle::Closed).await;
                     tokio::time::sleep(CLOSE_FLUSH_TIMEOUT).await;
-                } => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "peer did not read the last replies")),
+                } => Err(std::io::Error::other("the peer did not read the last replies before the server closed")),
             };
             match result {
                 Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {
@@ -91,8 +98,7 @@ pub(crate) async fn serve_connection(
                 Ok(()) => {}
             }
             queue.close();
-            drop(admitted);
-            manager.drain.connection_closed();
+            drop(open);
         })
     };
 
@@ -115,6 +121,11 @@ pub(crate) async fn serve_connection(
         idle_since: &idle_since,
     };
     let mut lifecycle = manager.lifecycle();
+    // The writer gave up on the peer (the write-progress deadline): stop reading at once too,
+    // so the socket closes, rather than wait for a request or the idle timeout.
+    let queue = conn.queue.clone();
+    let queue_closed = queue.closed();
+    tokio::pin!(queue_closed);
     let mut announced = false;
     // Requests dispatched since the queue was last flushed (see below).
     let mut batch = 0;
@@ -133,6 +144,7 @@ pub(crate) async fn serve_connection(
                 Ok(()) => continue,
                 Err(_) => break,
             },
+            () = &mut queue_closed => break,
             // A peer that sends requests but does not read the answers is no longer read.
             next = async {
                 if conn.queue.backlog() >= MAX_WRITE_BACKLOG {
@@ -202,8 +214,23 @@ pub(crate) async fn serve_connection(
     conn.gone.set();
     conn.controls.clear();
     drop(conn);
+    drop(frames); // the read half
+    drop(open);
     // The writer ends once the in-flight handlers have replied; nothing needs to wait for it here.
     drop(writer);
+}
+
+/// A connection accepted and not yet closed: its place in the counts and under the caps.
+struct OpenConnection {
+    manager: Arc<ManagerInner>,
+    /// Its slot under `max_connections` and `max_connections_per_peer`.
+    _admitted: Admitted,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.manager.drain.connection_closed();
+    }
 }
 
 /// Handles one request frame. An `Err` means the frame cannot be answered and the connection
@@ -383,8 +410,12 @@ fn dispatch(
     );
     if let (Some(hook), false) = (&manager.auth, **name == *HEALTH_ENDPOINT) {
         let span = reply.span().clone();
-        let mut check = hook.check(&context);
-        match span.in_scope(|| check.as_mut().poll(cx)) {
+        // The hook runs in its call's context, as handlers do: `Context::current()` works there.
+        let mut check = context.clone().sync_scoped(|| hook.check(&context));
+        let first = context
+            .clone()
+            .sync_scoped(|| span.in_scope(|| check.as_mut().poll(cx)));
+        match first {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(rejection)) => {
                 reject(reply, &rejection);
@@ -408,7 +439,7 @@ fn dispatch(
                                 None => (None, None),
                             };
                             tokio::select! {
-                                checked = check => Checked::Answered(checked),
+                                checked = context.clone().scoped(check) => Checked::Answered(checked),
                                 _ = async {
                                     match deadline {
                                         Some(deadline) => tokio::time::sleep_until(deadline).await,

@@ -261,7 +261,8 @@ pub type IdentityRule = Arc<dyn Fn(&str, Option<&Identity>) -> bool + Send + Syn
 #[derive(Clone)]
 #[non_exhaustive]
 pub enum ExpectedIdentity {
-    /// `spiffe://<trust_domain>/<service>`: the SPIFFE ID's last path segment is the service.
+    /// `spiffe://<trust_domain>/<service>`: the SPIFFE ID's whole path is the service name (a
+    /// longer path, `spiffe://<trust_domain>/ns/prod/<service>`, does not match).
     Spiffe {
         /// The trust domain the fleet's CA issues for.
         trust_domain: String,

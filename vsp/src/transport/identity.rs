@@ -47,10 +47,35 @@ impl Identity {
 
     /// The service this identity names: a SPIFFE ID's last path segment, a DNS name's first
     /// label.
+    ///
+    /// **It ignores the trust domain and the rest of the name**: `spiffe://other.example/x/orders`
+    /// and `orders.attacker.example` both say `orders`. Deciding who may call from it is only
+    /// sound when one CA issues for one trust domain; otherwise check with
+    /// [`service_in`](Identity::service_in).
     pub fn service(&self) -> &str {
         match self {
             Identity::Spiffe { path, .. } => path.rsplit('/').next().unwrap_or(path),
             Identity::Dns(name) => name.split('.').next().unwrap_or(name),
+        }
+    }
+
+    /// The service this identity names when it is the SPIFFE ID
+    /// `spiffe://<trust_domain>/<service>` (the whole path, one segment); `None` for any other
+    /// trust domain, a longer path, or a DNS name. What an auth hook should decide on.
+    ///
+    /// ```
+    /// let id: vsp::transport::Identity = "spiffe://prod.example/orders".parse()?;
+    /// assert_eq!(id.service_in("prod.example"), Some("orders"));
+    /// assert_eq!(id.service_in("dev.example"), None);
+    /// # Ok::<_, vsp::transport::IdentityError>(())
+    /// ```
+    pub fn service_in(&self, trust_domain: &str) -> Option<&str> {
+        match self {
+            Identity::Spiffe {
+                trust_domain: domain,
+                path,
+            } if domain.eq_ignore_ascii_case(trust_domain) && !path.contains('/') => Some(path),
+            _ => None,
         }
     }
 }

@@ -38,6 +38,8 @@ pub(crate) struct WriteQueue {
     backlog: AtomicUsize,
     /// Woken each time a write finishes, for readers waiting on the backlog.
     written: Notify,
+    /// Woken once, when the queue closes.
+    closing: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -238,6 +240,21 @@ impl WriteQueue {
         self.lock().closed = true;
         self.wake_writer.notify_one();
         self.written.notify_waiters();
+        self.closing.notify_waiters();
+    }
+
+    /// Returns once the queue is closed (the writer gave up on the peer, or the connection
+    /// ended). Pinned once and polled across many waits, it registers once.
+    pub(crate) async fn closed(&self) {
+        loop {
+            let closing = self.closing.notified();
+            tokio::pin!(closing);
+            closing.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            closing.await;
+        }
     }
 
     /// Bytes queued or being written.
