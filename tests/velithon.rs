@@ -496,7 +496,11 @@ async fn the_gateway_calls_a_velithon_service_and_says_it_is_not_described() {
         return;
     };
     let server = PythonServer::start(python).await;
-    let router = vsp::gateway::router(server.client(), ["py-users"]);
+    // An operator's gateway: a service that does not describe itself still shows its instances.
+    let router = vsp::gateway::Gateway::new(server.client())
+        .service("py-users")
+        .expose_internals(true)
+        .into_router();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });
@@ -504,6 +508,7 @@ async fn the_gateway_calls_a_velithon_service_and_says_it_is_not_described() {
 
     let user = http
         .post(format!("{base}/py-users/get_user"))
+        .header("content-type", "application/json")
         .body(r#"{"user_id":"123"}"#)
         .send()
         .await
@@ -529,6 +534,7 @@ async fn the_gateway_calls_a_velithon_service_and_says_it_is_not_described() {
     // Velithon's unknown endpoint, said in words only, is still a 404.
     let missing = http
         .post(format!("{base}/py-users/nope"))
+        .header("content-type", "application/json")
         .body("{}")
         .send()
         .await
