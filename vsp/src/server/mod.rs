@@ -954,3 +954,22 @@ mod peer_log_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that sends response frames to a server in a loop is logged at `warn` once a
+    /// minute, not once a frame; another peer still gets its own line.
+    #[test]
+    fn stray_responses_are_logged_once_a_minute_per_peer() {
+        let log = PeerLog::default();
+        let peer = Address::tcp("10.0.0.7", 4000);
+        assert!(log.stray_response("s", &peer, "1"));
+        for id in 0..1000 {
+            assert!(!log.stray_response("s", &peer, &id.to_string()));
+        }
+        let other = Address::tcp("10.0.0.8", 4000);
+        assert!(log.stray_response("s", &other, "1"));
+    }
+}
