@@ -141,7 +141,7 @@ impl ServerTlsConfig {
     }
 
     /// Asks every client for a certificate signed by one of the CAs in `ca_pem`, but lets in a
-    /// client that has none (its calls have no [`Identity`](super::Identity)); a client that
+    /// client that has none (its calls have no [`Identity`](crate::transport::Identity)); a client that
     /// presents a bad certificate still fails its handshake. What a sidecar with optional client
     /// authentication does.
     ///
