@@ -36,6 +36,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use vsp::{Address, ServiceInfo, ServiceMesh, VspClient, VspManager, WorkerType};
 
+/// The window a caller gets when it asks `stream: true` without a number (the wire reference).
+const DEFAULT_STREAM_WINDOW: u32 = 1024;
+
 // ---------------------------------------------------------------------------------------------
 // Counting allocations, for the "allocations per call" figure (one relaxed add per allocation,
 // paid by every contender alike).
@@ -1004,9 +1007,7 @@ async fn bench(settings: Settings) {
         mesh.register(ServiceInfo::new("bench", "127.0.0.1", addr.port()))
             .unwrap();
         let vsp = VspClient::builder(mesh).max_transports(1).build();
-        let window = profile
-            .parse()
-            .unwrap_or(vsp::protocol::DEFAULT_STREAM_WINDOW);
+        let window = profile.parse().unwrap_or(DEFAULT_STREAM_WINDOW);
         let rate = per_second(settings.run, || read_vsp_stream(&vsp, window)).await;
         return println!("VSP stream, window {window}: {rate:.0} items/s");
     }
@@ -1541,7 +1542,7 @@ async fn streams_section(settings: &Settings) {
     for _ in 0..settings.rounds {
         rates[0].push(
             per_second(settings.run, || {
-                read_vsp_stream(&vsp, vsp::protocol::DEFAULT_STREAM_WINDOW)
+                read_vsp_stream(&vsp, DEFAULT_STREAM_WINDOW)
             })
             .await,
         );

@@ -35,10 +35,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use users::{UserError, UserServiceClient};
-use vsp::{
-    CallError, ConsulConfig, ConsulDiscovery, MdnsDiscovery, ServiceInfo, ServiceMesh, VspClient,
-    VspError,
-};
+use vsp::discovery::{ConsulConfig, ConsulDiscovery, MdnsDiscovery};
+use vsp::{CallError, ServiceInfo, ServiceMesh, VspClient, VspError};
 
 const USAGE: &str = "usage: gateway [--listen HOST:PORT] [--static NAME=HOST:PORT ... | --mdns | --consul AGENT_URL]
                [--service NAME ...]   (default --listen 127.0.0.1:8080)";

@@ -13,7 +13,8 @@ mod users;
 use std::time::Duration;
 
 use users::UserServiceClient;
-use vsp::{MdnsDiscovery, ServiceMesh, VspClient};
+use vsp::discovery::MdnsDiscovery;
+use vsp::{ServiceMesh, VspClient};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,7 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for instance in mesh.instances(UserServiceClient::SERVICE_NAME) {
         println!(
             "found {} (weight {}, {:?})",
-            instance.info.endpoint(),
+            instance.info.address(),
             instance.info.weight(),
             instance.info.status()
         );

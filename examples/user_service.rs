@@ -24,11 +24,12 @@
 mod users;
 
 use users::{UserServiceClient, UserServiceServer, Users};
+use vsp::discovery::{ConsulConfig, ConsulDiscovery, MdnsDiscovery};
 use vsp::discovery::{EtcdConfig, EtcdDiscovery};
 use vsp::server::BearerToken;
 use vsp::tls::{ServerTls, ServerTlsConfig, TlsListener};
-use vsp::transport::Address;
-use vsp::{ConsulConfig, ConsulDiscovery, MdnsDiscovery, ServiceMesh, VspManager};
+use vsp::Address;
+use vsp::{ServiceMesh, VspManager};
 
 const USAGE: &str = "usage: user_service [--addr HOST:PORT | --addr unix:/PATH] [--mdns | --consul AGENT_URL | --etcd URL...] [--weight W]
                     [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]] [--auth-token TOKEN]   (default 127.0.0.1:9090)";
@@ -83,7 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some((first, more)) = etcd.split_first() {
         let mut config = EtcdConfig::new(first);
         for endpoint in more {
-            config = config.endpoint(endpoint);
+            config = config.member(endpoint);
         }
         builder = builder.mesh(
             ServiceMesh::builder()

@@ -4,9 +4,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use vsp::balancer::LoadBalancer;
 use vsp::{
-    LeastLoadedBalancer, LoadBalancer, RoundRobinBalancer, ServiceInfo, ServiceMesh, VspClient,
-    VspManager, WeightedBalancer,
+    LeastLoadedBalancer, RoundRobinBalancer, ServiceInfo, ServiceMesh, VspClient, VspManager,
+    WeightedBalancer,
 };
 
 fn mesh_with(balancer: impl LoadBalancer, weights: &[f64]) -> ServiceMesh {
@@ -23,7 +24,8 @@ fn picks(mesh: &ServiceMesh, service: &str, n: usize) -> Vec<u16> {
         .map(|_| {
             let instance = mesh.pick(service).unwrap();
             instance
-                .endpoint()
+                .address()
+                .to_string()
                 .rsplit_once(':')
                 .unwrap()
                 .1
@@ -167,7 +169,7 @@ impl LoadBalancer for LosesTheRaceOnce {
 }
 
 impl vsp::balancer::ServiceBalancer for LosingCursor {
-    fn pick(&self, instances: &[std::sync::Arc<vsp::instance::Instance>]) -> Option<usize> {
+    fn pick(&self, instances: &[std::sync::Arc<vsp::Instance>]) -> Option<usize> {
         if !self.raced.swap(true, std::sync::atomic::Ordering::Relaxed) {
             return instances.iter().position(|i| !i.is_eligible());
         }
@@ -187,5 +189,5 @@ fn a_pick_that_lost_a_race_with_an_ejection_picks_again_instead_of_failing() {
     mesh.register(ServiceInfo::new("svc", "10.0.0.1", 8001))
         .unwrap();
     let picked = mesh.pick("svc").expect("a healthy instance is left");
-    assert_eq!(picked.endpoint(), "10.0.0.1:8001");
+    assert_eq!(picked.address().to_string(), "10.0.0.1:8001");
 }

@@ -4,10 +4,8 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use vsp::{
-    ConsulCheck, ConsulConfig, ConsulDiscovery, ServiceMesh, VspClient, VspError, VspManager,
-    WeightedBalancer,
-};
+use vsp::discovery::{ConsulCheck, ConsulConfig, ConsulDiscovery};
+use vsp::{ServiceMesh, VspClient, VspError, VspManager, WeightedBalancer};
 use vsp_test_support::fake_consul::{CheckStatus, FakeConsul};
 
 const SERVICE: &str = "echo-service";

@@ -305,7 +305,7 @@ async fn with_credentials_a_member_that_is_down_is_passed_over_for_the_next() {
     let mesh = ServiceMesh::builder()
         .discovery(EtcdDiscovery::new(
             EtcdConfig::new(down_member())
-                .endpoint(etcd.url())
+                .member(etcd.url())
                 .credentials("root", "s3cret"),
         ))
         .build();
@@ -332,7 +332,7 @@ async fn a_blackholed_member_is_left_for_the_next_and_changes_keep_arriving() {
     .await;
     let mesh = ServiceMesh::builder()
         .discovery(EtcdDiscovery::new(
-            EtcdConfig::new(format!("http://{}", proxy.addr())).endpoint(etcd.url()),
+            EtcdConfig::new(format!("http://{}", proxy.addr())).member(etcd.url()),
         ))
         .build();
     let _ = mesh.pick("users");

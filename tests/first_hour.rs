@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use common::{register_test_endpoints, SERVICE};
 use serde_json::json;
-use vsp::prelude::*;
+use vsp::{HealthStatus, ServiceInfo, ServiceMesh, VspClient, VspError, VspManager};
 
 #[tokio::test]
 async fn an_instance_is_healthy_once_a_call_to_it_succeeds() {
@@ -66,19 +66,6 @@ async fn a_server_started_from_a_socket_addr_tells_its_local_addr() {
         Some(bound),
         "forgotten after shutdown"
     );
-}
-
-#[test]
-fn the_prelude_has_the_error_types_and_the_balancers() {
-    let _balancers = (
-        RoundRobinBalancer::new(),
-        WeightedBalancer::new(),
-        LeastLoadedBalancer::new(),
-    );
-    let error: CallError<String> = CallError::Service("no".to_owned());
-    assert!(matches!(error, CallError::Service(_)));
-    let _options = CallOptions::default();
-    let _address: Address = "127.0.0.1:9090".parse().unwrap();
 }
 
 #[tokio::test]

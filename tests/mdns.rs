@@ -11,7 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use vsp::{MdnsDiscovery, ServiceMesh, VspClient, VspManager};
+use vsp::discovery::MdnsDiscovery;
+use vsp::{ServiceMesh, VspClient, VspManager};
 
 const INSIDE: &str = "VSP_MDNS_NETNS";
 
@@ -378,7 +379,7 @@ fn an_ipv6_instance_is_found_and_called() {
                 .await
                 .unwrap();
             assert_eq!(
-                mesh.instances("echo-service")[0].info.endpoint(),
+                mesh.instances("echo-service")[0].info.address().to_string(),
                 format!("[fd00::1]:{}", addr.port())
             );
         },

@@ -442,15 +442,15 @@ async fn a_tls_server_announces_tls_to_discovery() {
     let ca = Ca::new("ca-announce");
     let consul = vsp_test_support::fake_consul::FakeConsul::start().await;
     let consul_config = || {
-        vsp::ConsulConfig::new(consul.url())
-            .check(vsp::ConsulCheck::Tcp {
+        vsp::discovery::ConsulConfig::new(consul.url())
+            .check(vsp::discovery::ConsulCheck::Tcp {
                 interval: Duration::from_millis(50),
                 timeout: Duration::from_millis(200),
             })
             .wait(Duration::from_secs(2))
     };
     let mesh = ServiceMesh::builder()
-        .discovery(vsp::ConsulDiscovery::new(consul_config()))
+        .discovery(vsp::discovery::ConsulDiscovery::new(consul_config()))
         .build();
     let (manager, _addr) = tls_server(
         server_tls(&ca.issue(SERVICE)),
@@ -470,7 +470,7 @@ async fn a_tls_server_announces_tls_to_discovery() {
     );
     // A client reading Consul learns it, and dials it with TLS.
     let reader = ServiceMesh::builder()
-        .discovery(vsp::ConsulDiscovery::new(consul_config()))
+        .discovery(vsp::discovery::ConsulDiscovery::new(consul_config()))
         .build();
     let client = VspClient::builder(reader.clone())
         .timeout(Duration::from_secs(10))

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vsp::transport::{Address, MemoryListener, UnixListener};
+use vsp::transport::{MemoryListener, UnixListener};
+use vsp::Address;
 use vsp::{ServiceInfo, ServiceMesh, VspClient, VspError, VspManager};
 
 /// Adds numbers, and says which server answered.

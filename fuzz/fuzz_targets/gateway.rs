@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{Method, Request};
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
-use vsp::transport::Address;
+use vsp::Address;
 use vsp::{ServiceInfo, ServiceMesh, VspClient, VspManager};
 
 struct Fixture {

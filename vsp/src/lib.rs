@@ -47,14 +47,17 @@
 //! Most users write a trait and let [`service`] generate the server adapter and a typed client;
 //! [`VspClient::call`] and [`VspManager::endpoint`] are the same wire without a trait.
 //!
-//! Modules, from the bottom up (each depends only on those before it): [`protocol`] (the wire),
-//! [`transport`] (addresses, the [`Connector`](transport::Connector) and
-//! [`Listener`](transport::Listener) seam: TCP, Unix domain sockets, in-memory), [`instance`]
-//! (what is registered about an instance and its live health), [`balancer`] (round robin,
-//! smooth weighted, least loaded) and [`discovery`] (static; mDNS with feature `mdns`; Consul with
-//! feature `consul`), [`mesh`] (routing by service name), then [`client`] (pooled multiplexed
-//! connections, failover, retry budget) and [`server`] (endpoints, worker types, shutdown), and
-//! on top, with feature `gateway`, `gateway` (an HTTP gateway, OpenAPI and a service explorer).
+//! Every public item has one path. The types a service or a caller uses every day are at the
+//! root: [`VspManager`], [`VspClient`], [`ServiceMesh`], [`ServiceInfo`], [`StaticDiscovery`],
+//! the balancers, the errors, [`Context`], [`Metadata`], [`Streaming`], [`Address`]. A public
+//! module holds what its subsystem adds: [`protocol`] (the wire's reserved names and limits),
+//! [`transport`] (the [`Connector`](transport::Connector) and [`Listener`](transport::Listener)
+//! seam: TCP, Unix domain sockets, in-memory), [`balancer`] (the
+//! [`LoadBalancer`](balancer::LoadBalancer) trait for your own), [`discovery`] (the
+//! [`Discovery`](discovery::Discovery) trait, mDNS, Consul, etcd, DNS SRV), [`server`] (auth
+//! hooks and the [`Ledger`](server::Ledger)), [`trace`], `tls` and, with feature `gateway`,
+//! `gateway` (an HTTP gateway, OpenAPI and a service explorer). `ARCHITECTURE.md` in the
+//! repository shows the layers and the path of a call.
 //! Logging goes through `tracing`.
 //! Feature `cli` builds the `vsp` command line.
 
@@ -66,7 +69,7 @@
 #[path = "private.rs"]
 pub mod __private;
 pub mod balancer;
-pub mod client;
+mod client;
 mod context;
 mod deadline;
 pub mod discovery;
@@ -74,8 +77,8 @@ mod error;
 #[cfg(feature = "gateway")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
 pub mod gateway;
-pub mod instance;
-pub mod mesh;
+mod instance;
+mod mesh;
 pub mod protocol;
 pub mod server;
 mod stats;
@@ -95,7 +98,7 @@ pub mod transport;
 mod layering;
 
 /// A boxed, sendable future: what the async methods of VSP's plug-in traits
-/// ([`Discovery`], [`Connector`](transport::Connector), [`Listener`](transport::Listener))
+/// ([`Discovery`](discovery::Discovery), [`Connector`](transport::Connector), [`Listener`](transport::Listener))
 /// return.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
@@ -229,27 +232,30 @@ pub use vsp_macros::service;
 /// ```
 pub use vsp_macros::call;
 
-pub use balancer::{LeastLoadedBalancer, LoadBalancer, RoundRobinBalancer, WeightedBalancer};
+// One path per public item: the types every service and every caller uses are here, at the
+// root; a public module holds only what its subsystem adds (plug-in traits, feature-gated
+// backends, advanced settings), never a second path to a root item.
+pub use balancer::least_loaded::LeastLoadedBalancer;
+pub use balancer::round_robin::RoundRobinBalancer;
+pub use balancer::weighted::WeightedBalancer;
 pub use client::{
     CallInfo, CallOptions, CallStats, CallStream, ClientMetrics, InstanceMetrics, Interceptor,
     PoolStats, VspClient, VspClientBuilder,
 };
 pub use context::Context;
-#[cfg(feature = "mdns")]
-#[cfg_attr(docsrs, doc(cfg(feature = "mdns")))]
-pub use discovery::MdnsDiscovery;
-#[cfg(feature = "consul")]
-#[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
-pub use discovery::{ConsulCheck, ConsulConfig, ConsulDiscovery};
-pub use discovery::{Discovery, StaticDiscovery};
+pub use discovery::static_list::StaticDiscovery;
 pub use error::{CallError, ErrorCode, ProtocolError, VspError};
-pub use instance::{HealthPolicy, HealthStatus, InstanceState, ServiceInfo};
+pub use instance::{HealthPolicy, HealthStatus, Instance, InstanceState, ServiceInfo};
 pub use mesh::{ServiceMesh, ServiceMeshBuilder};
-pub use protocol::{EndpointDescription, Metadata, ServiceDescription};
-pub use server::{EndpointInfo, Service, VspManager, VspManagerBuilder, WorkerType};
+pub use protocol::describe::{EndpointDescription, ServiceDescription};
+pub use protocol::message::VspMessage;
+pub use protocol::metadata::Metadata;
+pub use server::builder::VspManagerBuilder;
+pub use server::manager::{EndpointInfo, Service, VspManager};
+pub use server::worker::WorkerType;
 pub use stats::{EndpointStats, PerformanceStats};
 pub use stream::Streaming;
-pub use transport::Address;
+pub use transport::address::{Address, AddressError};
 
 // The README's examples compile as doc tests, so they cannot drift from the API (with `tls`, `etcd`
 // and `dns`, which its Security and discovery sections use; `cargo test --workspace` turns them
@@ -257,12 +263,3 @@ pub use transport::Address;
 #[cfg(all(doctest, feature = "tls", feature = "etcd", feature = "dns"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeExamples;
-
-/// The common imports: `use vsp::prelude::*;`.
-pub mod prelude {
-    pub use crate::{
-        Address, CallError, CallOptions, ErrorCode, HealthStatus, LeastLoadedBalancer,
-        RoundRobinBalancer, ServiceInfo, ServiceMesh, StaticDiscovery, VspClient, VspError,
-        VspManager, WeightedBalancer,
-    };
-}

@@ -6,7 +6,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use vsp::{ConsulCheck, ConsulConfig, ConsulDiscovery, ServiceMesh, VspManager};
+use vsp::discovery::{ConsulCheck, ConsulConfig, ConsulDiscovery};
+use vsp::{ServiceMesh, VspManager};
 
 async fn server() -> (VspManager, SocketAddr) {
     let manager = VspManager::builder("echo-service").build();

@@ -6,15 +6,13 @@
 //! [`ServiceBalancer`], keeps that next to the service's instances, and calls only `pick` per
 //! call.
 
-mod least_loaded;
-mod round_robin;
-mod weighted;
+pub(crate) mod least_loaded;
+pub(crate) mod round_robin;
+pub(crate) mod weighted;
 
 use std::sync::Arc;
 
-pub use least_loaded::LeastLoadedBalancer;
-pub use round_robin::RoundRobinBalancer;
-pub use weighted::WeightedBalancer;
+pub(crate) use round_robin::RoundRobinBalancer;
 
 use crate::instance::Instance;
 
@@ -24,7 +22,7 @@ use crate::instance::Instance;
 /// ```
 /// use std::sync::Arc;
 /// use vsp::balancer::{LoadBalancer, ServiceBalancer};
-/// use vsp::instance::Instance;
+/// use vsp::Instance;
 ///
 /// /// Always the first eligible instance: a primary with standbys.
 /// struct FirstEligible;

@@ -67,13 +67,13 @@ impl ServiceBalancer for SmoothWeighted {
                     scores
                         .endpoints
                         .iter()
-                        .position(|e| **e == *instance.endpoint())
+                        .position(|e| **e == *instance.key())
                         .map_or(0.0, |old| scores.current[old])
                 })
                 .collect();
             scores.list = list;
             scores.current = carried;
-            scores.endpoints = instances.iter().map(|i| i.endpoint_arc().clone()).collect();
+            scores.endpoints = instances.iter().map(|i| i.key_arc().clone()).collect();
         }
         let mut total = 0.0;
         let mut best: Option<usize> = None;

@@ -13,17 +13,17 @@ use crate::protocol::{Metadata, DEFAULT_MAX_FRAME_SIZE};
 use crate::transport::{Connector, DefaultConnector};
 
 /// The default deadline of a call: 30 s, as Velithon's.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default bound on opening a connection.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default number of connections per instance.
-pub const DEFAULT_MAX_TRANSPORTS: usize = 5;
+pub(crate) const DEFAULT_MAX_TRANSPORTS: usize = 5;
 /// The default limit of calls in flight on one connection.
-pub const DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
+pub(crate) const DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
 /// The default time after which a connection without calls is closed.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// The default number of attempts of one call, the first included.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+pub(crate) const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, Clone)]
 pub(super) struct ClientConfig {
@@ -54,7 +54,7 @@ pub struct CallOptions {
     /// Inside a handler, end this call no later than the call being served (default on).
     pub inherit_deadline: bool,
     /// For [`VspClient::call_stream_with`]: the items granted to the server ahead of what has
-    /// been read (default [`DEFAULT_STREAM_WINDOW`](crate::protocol::DEFAULT_STREAM_WINDOW)).
+    /// been read (default: the server's default, 1,024 items).
     pub stream_window: Option<u32>,
     /// For [`VspClient::call_stream_with`]: end the stream when no item arrives for this long;
     /// the deadline then bounds only the opening, not the whole stream.
@@ -110,7 +110,8 @@ impl CallOptions {
         self
     }
 
-    /// A stream's credit window: how many items the server may send ahead of what was read.
+    /// A stream's credit window: how many items the server may send ahead of what was read
+    /// (default 1,024; the server caps it at its `max_stream_window`).
     pub fn stream_window(mut self, items: u32) -> Self {
         self.stream_window = Some(items.max(1));
         self

@@ -128,7 +128,7 @@ impl Attempt<'_> {
                 VspError::ConnectionClosed {
                     service: self.service.to_owned(),
                     endpoint: self.endpoint.to_owned(),
-                    instance: self.instance.endpoint().to_owned(),
+                    instance: self.instance.key().to_owned(),
                     reason,
                 }
             }
@@ -438,7 +438,7 @@ impl VspClient {
             Err(PoolError::Saturated { limit }) => {
                 return Err(AttemptFailure::unsent(VspError::TooManyInFlight {
                     service: attempt.service.to_owned(),
-                    instance: instance.endpoint().to_owned(),
+                    instance: instance.key().to_owned(),
                     limit,
                 }))
             }
@@ -451,7 +451,7 @@ impl VspClient {
                 // instance stays healthy for the clients that can dial it.
                 return Err(AttemptFailure::unsent(VspError::Connect {
                     service: attempt.service.to_owned(),
-                    instance: instance.endpoint().to_owned(),
+                    instance: instance.key().to_owned(),
                     source,
                 }));
             }
@@ -459,12 +459,12 @@ impl VspClient {
                 let error = match err {
                     PoolError::Connect(source) => VspError::Connect {
                         service: attempt.service.to_owned(),
-                        instance: instance.endpoint().to_owned(),
+                        instance: instance.key().to_owned(),
                         source,
                     },
                     _ => VspError::ConnectTimeout {
                         service: attempt.service.to_owned(),
-                        instance: instance.endpoint().to_owned(),
+                        instance: instance.key().to_owned(),
                         after: connect_timeout,
                     },
                 };

@@ -34,11 +34,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use builder::{
-    CallInfo, CallOptions, Interceptor, VspClientBuilder, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION,
-    DEFAULT_MAX_TRANSPORTS, DEFAULT_TIMEOUT,
-};
+pub use builder::{CallInfo, CallOptions, Interceptor, VspClientBuilder};
 pub use metrics::{CallStats, ClientMetrics, InstanceMetrics};
 pub use pool::PoolStats;
 pub use stream::CallStream;

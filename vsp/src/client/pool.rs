@@ -99,7 +99,7 @@ impl InstancePool {
         counters: Arc<PoolCounters>,
     ) -> Self {
         InstancePool {
-            endpoint: instance.endpoint_arc().clone(),
+            endpoint: instance.key_arc().clone(),
             service: instance.service().into(),
             address: instance.address().clone(),
             tls: instance.is_tls(),
@@ -256,14 +256,14 @@ impl Pools {
         if let Some(pool) = self
             .map
             .load()
-            .get(instance.endpoint_arc())
+            .get(instance.key_arc())
             .and_then(|p| find(p))
         {
             return pool;
         }
         let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
         let mut map = HashMap::clone(&self.map.load());
-        let pools = map.entry(instance.endpoint_arc().clone()).or_default();
+        let pools = map.entry(instance.key_arc().clone()).or_default();
         if let Some(pool) = find(pools) {
             return pool;
         }

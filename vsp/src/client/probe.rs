@@ -142,7 +142,7 @@ async fn sweep_idle(client: Weak<ClientInner>, idle: Duration, every: Duration) 
                 .services()
                 .iter()
                 .flat_map(|service| client.mesh.instance_handles(service))
-                .map(|instance| instance.endpoint_arc().clone())
+                .map(|instance| instance.key_arc().clone())
                 .collect()
         });
     }
@@ -195,7 +195,7 @@ impl ClientProber {
         };
         let connection = Arc::new(Connection::start(
             io,
-            instance.endpoint_arc().clone(),
+            instance.key_arc().clone(),
             self.max_frame_size,
         ));
         let Ok(mut call) = connection.send(

@@ -23,7 +23,7 @@ use crate::instance::ServiceInfo;
 use crate::protocol::PROTOCOL_VERSION;
 
 /// The default agent address.
-pub const DEFAULT_CONSUL_ADDRESS: &str = "http://127.0.0.1:8500";
+pub(crate) const DEFAULT_CONSUL_ADDRESS: &str = "http://127.0.0.1:8500";
 
 /// How an announced server's health is checked by Consul.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,7 +138,7 @@ impl ConsulConfig {
         self
     }
 
-    /// Sets the blocking query wait.
+    /// Sets the blocking query wait (default 60 s).
     pub fn wait(mut self, wait: Duration) -> Self {
         self.wait = wait;
         self
@@ -150,19 +150,19 @@ impl ConsulConfig {
         self
     }
 
-    /// Sets how long a first call waits for the first answer.
+    /// Sets how long a first call waits for the first answer (default 5 s).
     pub fn first_resolution_wait(mut self, wait: Duration) -> Self {
         self.first_resolution_wait = wait;
         self
     }
 
-    /// Sets the most services watched at once.
+    /// Sets the most services watched at once (default 256).
     pub fn max_watches(mut self, watches: usize) -> Self {
         self.max_watches = watches;
         self
     }
 
-    /// Sets how long an unused watch runs before it stops.
+    /// Sets how long an unused watch runs before it stops (default 10 minutes).
     pub fn unused_watch_timeout(mut self, timeout: Duration) -> Self {
         self.unused_watch_timeout = timeout;
         self
@@ -409,9 +409,9 @@ impl Discovery for ConsulDiscovery {
             let dial = if unspecified {
                 format!("127.0.0.1:{}", info.port())
             } else {
-                info.endpoint()
+                info.address().to_string()
             };
-            let id = format!("{}-{}", info.name(), info.endpoint());
+            let id = format!("{}-{}", info.name(), info.address());
             let mut tags = config.tags.clone();
             if !tags.iter().any(|t| t == "vsp") {
                 tags.push("vsp".to_owned());
@@ -466,14 +466,15 @@ impl Discovery for ConsulDiscovery {
                 ConsulCheck::Tcp { .. } => None,
             };
             tracing::info!(%id, agent = %config.address, "registered with Consul");
-            lock(&shared.announced).insert(info.endpoint(), (id, heartbeat));
+            lock(&shared.announced).insert(info.address().to_string(), (id, heartbeat));
             Ok(())
         })
     }
 
     fn withdraw<'a>(&'a self, info: &'a ServiceInfo) -> BoxFuture<'a, Result<(), VspError>> {
         Box::pin(async move {
-            let Some((id, heartbeat)) = lock(&self.shared.announced).remove(&info.endpoint())
+            let Some((id, heartbeat)) =
+                lock(&self.shared.announced).remove(&info.address().to_string())
             else {
                 return Ok(());
             };
@@ -735,11 +736,11 @@ mod tests {
         let instances = parse_health(SAMPLE.as_bytes()).unwrap();
         assert_eq!(instances.len(), 2, "the version-2 instance is skipped");
         assert_eq!(
-            (instances[0].endpoint(), instances[0].weight()),
+            (instances[0].address().to_string(), instances[0].weight()),
             ("127.0.0.1:7001".into(), 10.0)
         );
         assert_eq!(
-            (instances[1].endpoint(), instances[1].weight()),
+            (instances[1].address().to_string(), instances[1].weight()),
             ("10.0.0.9:7002".into(), 1.0)
         );
     }

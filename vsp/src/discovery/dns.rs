@@ -22,10 +22,10 @@ use crate::error::VspError;
 use crate::instance::ServiceInfo;
 
 /// The default SRV name: the `vsp` port of `service` in `domain`.
-pub const DEFAULT_SRV_TEMPLATE: &str = "_vsp._tcp.{service}.{domain}";
+pub(crate) const DEFAULT_SRV_TEMPLATE: &str = "_vsp._tcp.{service}.{domain}";
 
 /// The default least time between two resolutions of one service, whatever the TTL.
-pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How [`DnsDiscovery`] finds instances. Built with [`DnsConfig::srv`] or [`DnsConfig::host`].
 #[derive(Debug, Clone)]

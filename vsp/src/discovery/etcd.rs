@@ -27,10 +27,10 @@ use crate::protocol::PROTOCOL_VERSION;
 use crate::transport::Address;
 
 /// The default key prefix: instances live at `/vsp/services/<service>/<host:port>`.
-pub const DEFAULT_PREFIX: &str = "/vsp/services/";
+pub(crate) const DEFAULT_PREFIX: &str = "/vsp/services/";
 
 /// The default lease TTL of a registration.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(10);
 
 /// Where etcd is and how to use it; see [`EtcdDiscovery`].
 #[derive(Debug, Clone)]
@@ -43,10 +43,10 @@ pub struct EtcdConfig {
 }
 
 impl EtcdConfig {
-    /// etcd at `endpoint` (`http://127.0.0.1:2379`; `https://` with feature `etcd-rustls`).
-    pub fn new(endpoint: impl Into<String>) -> Self {
+    /// etcd at `url` (`http://127.0.0.1:2379`; `https://` with feature `etcd-rustls`).
+    pub fn new(url: impl Into<String>) -> Self {
         EtcdConfig {
-            endpoints: vec![endpoint.into()],
+            endpoints: vec![url.into()],
             prefix: DEFAULT_PREFIX.to_owned(),
             ttl: DEFAULT_TTL,
             credentials: None,
@@ -54,9 +54,9 @@ impl EtcdConfig {
         }
     }
 
-    /// Another endpoint of the same cluster, tried when the ones before it fail.
-    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
-        self.endpoints.push(endpoint.into());
+    /// Another member of the same cluster (its URL), tried when the ones before it fail.
+    pub fn member(mut self, url: impl Into<String>) -> Self {
+        self.endpoints.push(url.into());
         self
     }
 
@@ -191,7 +191,7 @@ impl Discovery for EtcdDiscovery {
             if !info.address().is_tcp() {
                 return Err(etcd_error(format!(
                     "cannot register {} of `{}`: etcd registration publishes TCP addresses only",
-                    info.endpoint(),
+                    info.address(),
                     info.name()
                 )));
             }
@@ -262,7 +262,7 @@ fn one() -> f64 {
 
 impl Shared {
     fn key_of(&self, info: &ServiceInfo) -> String {
-        format!("{}{}/{}", self.config.prefix, info.name(), info.endpoint())
+        format!("{}{}/{}", self.config.prefix, info.name(), info.address())
     }
 
     /// POSTs `body` to `path` on the first endpoint that answers; the JSON answer.

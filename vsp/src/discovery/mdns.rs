@@ -27,7 +27,7 @@ use crate::instance::ServiceInfo;
 use crate::protocol::PROTOCOL_VERSION;
 
 /// The default DNS-SD service type.
-pub const DEFAULT_SERVICE_TYPE: &str = "_vsp._tcp.local.";
+pub(crate) const DEFAULT_SERVICE_TYPE: &str = "_vsp._tcp.local.";
 
 /// Discovery over multicast DNS on the local network segment.
 ///
@@ -94,7 +94,7 @@ impl MdnsDiscovery {
         }
     }
 
-    /// The DNS-SD service type to announce and browse, like `_vsp._tcp.local.`.
+    /// The DNS-SD service type to announce and browse (default `_vsp._tcp.local.`).
     pub fn service_type(mut self, service_type: impl Into<String>) -> Self {
         self.service_type = service_type.into();
         self
@@ -228,7 +228,7 @@ impl Discovery for MdnsDiscovery {
             self.announced
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(info.endpoint(), fullname);
+                .insert(info.address().to_string(), fullname);
             Ok(())
         })
     }
@@ -239,7 +239,7 @@ impl Discovery for MdnsDiscovery {
                 .announced
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .remove(&info.endpoint());
+                .remove(&info.address().to_string());
             let Some(fullname) = fullname else {
                 return Ok(());
             };
@@ -320,13 +320,15 @@ impl Browser {
 
     fn upsert(&mut self, fullname: String, info: ServiceInfo) {
         if let Some(previous) = self.known.get(&fullname) {
-            if previous.endpoint() != info.endpoint() || previous.name() != info.name() {
+            if previous.address().to_string() != info.address().to_string()
+                || previous.name() != info.name()
+            {
                 self.registry.remove_at(previous.name(), previous.address());
             }
         }
         match self.registry.upsert(info.clone()) {
             Ok(()) => {
-                tracing::debug!(%fullname, endpoint = %info.endpoint(), "mDNS instance resolved");
+                tracing::debug!(%fullname, endpoint = %info.address().to_string(), "mDNS instance resolved");
                 self.known.insert(fullname, info);
             }
             Err(err) => tracing::warn!(%fullname, "ignoring an mDNS instance: {err}"),
@@ -461,7 +463,10 @@ mod tests {
             |addrs: &[IpAddr]| instance_from_txt("x", Some("s".into()), None, None, addrs, 1);
         assert_eq!(pick(&[global, v4]).unwrap().host(), "10.0.0.1");
         assert_eq!(pick(&[link_local, global]).unwrap().host(), "2001:db8::1");
-        assert_eq!(pick(&[global]).unwrap().endpoint(), "[2001:db8::1]:1");
+        assert_eq!(
+            pick(&[global]).unwrap().address().to_string(),
+            "[2001:db8::1]:1"
+        );
         assert!(pick(&[link_local]).is_err());
     }
 

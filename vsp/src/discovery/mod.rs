@@ -13,7 +13,7 @@ mod etcd;
 #[cfg(feature = "mdns")]
 mod mdns;
 mod registry;
-mod static_list;
+pub(crate) mod static_list;
 
 use std::time::Duration;
 
@@ -22,20 +22,20 @@ use std::time::Duration;
 pub use consul::{ConsulCheck, ConsulConfig, ConsulDiscovery};
 #[cfg(feature = "dns")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
-pub use dns::{DnsConfig, DnsDiscovery, DEFAULT_MIN_INTERVAL, DEFAULT_SRV_TEMPLATE};
+pub use dns::{DnsConfig, DnsDiscovery};
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
-pub use etcd::{EtcdConfig, EtcdDiscovery, DEFAULT_PREFIX, DEFAULT_TTL};
+pub use etcd::{EtcdConfig, EtcdDiscovery};
 #[cfg(feature = "mdns")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mdns")))]
 pub use mdns::MdnsDiscovery;
 pub(crate) use registry::Membership;
 pub use registry::MeshRegistry;
-pub use static_list::StaticDiscovery;
+pub(crate) use static_list::StaticDiscovery;
 
 use crate::error::VspError;
 use crate::instance::ServiceInfo;
-pub use crate::BoxFuture;
+use crate::BoxFuture;
 
 /// A source of service instances; pass one to
 /// [`ServiceMeshBuilder::discovery`](crate::ServiceMeshBuilder::discovery).
@@ -126,7 +126,7 @@ fn require_tcp(backend: &'static str, info: &ServiceInfo) -> Result<(), VspError
         backend,
         reason: format!(
             "cannot announce {} of `{}`: {backend} announces TCP addresses only",
-            info.endpoint(),
+            info.address(),
             info.name()
         ),
     })

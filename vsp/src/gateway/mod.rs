@@ -94,10 +94,10 @@ use crate::protocol::{ServiceDescription, DESCRIBE_ENDPOINT};
 struct EmptyObject {}
 
 /// The largest request body the gateway reads by default (1 MiB); larger is `413`.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The HTTP headers forwarded as call metadata by default.
-pub const DEFAULT_FORWARDED_HEADERS: [&str; 4] =
+pub(crate) const DEFAULT_FORWARDED_HEADERS: [&str; 4] =
     ["authorization", "traceparent", "tracestate", "x-request-id"];
 
 /// How long a `503` asks the caller to wait before trying again, in seconds.
@@ -208,14 +208,14 @@ impl Gateway {
         services.into_iter().fold(self, Gateway::service)
     }
 
-    /// The largest request body read; a larger one is answered `413` unread.
+    /// The largest request body read (default 1 MiB); a larger one is answered `413` unread.
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
         self.max_body_bytes = bytes;
         self
     }
 
-    /// The HTTP headers forwarded as call metadata (replacing the defaults,
-    /// [`DEFAULT_FORWARDED_HEADERS`]).
+    /// The HTTP headers forwarded as call metadata (replacing the defaults: `authorization`,
+    /// `traceparent`, `tracestate` and `x-request-id`).
     pub fn forward_headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
         self.forward_headers = headers.into_iter().collect();
         self

@@ -250,7 +250,7 @@ impl HealthPolicy {
             record.ejections.fetch_add(1, Ordering::Relaxed);
             record.ejected_total.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                instance = instance.endpoint(),
+                instance = instance.key(),
                 service = instance.service(),
                 "instance ejected"
             );
@@ -312,7 +312,7 @@ impl HealthPolicy {
         if was == HealthStatus::Unhealthy {
             record.readmitted_total.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
-                instance = instance.endpoint(),
+                instance = instance.key(),
                 service = instance.service(),
                 "instance re-admitted"
             );

@@ -148,12 +148,6 @@ impl ServiceInfo {
         self.status != HealthStatus::Unhealthy
     }
 
-    /// The address as text: `host:port` (an IPv6 host in brackets), `unix:/path` or
-    /// `memory:name`. It identifies the instance within its service.
-    pub fn endpoint(&self) -> String {
-        self.address.to_string()
-    }
-
     pub(crate) fn validate(&self) -> Result<(), VspError> {
         let reason = if self.name.is_empty() {
             "the service name is empty".to_owned()
@@ -166,7 +160,7 @@ impl ServiceInfo {
         };
         Err(VspError::InvalidInstance {
             service: self.name.clone(),
-            instance: self.endpoint(),
+            instance: self.address().to_string(),
             reason,
         })
     }

@@ -40,7 +40,7 @@ impl Instance {
             health.set_by_user(info.status());
         }
         Instance {
-            endpoint: Arc::from(info.endpoint()),
+            endpoint: Arc::from(info.address().to_string()),
             health,
             in_flight: AtomicUsize::new(0),
             info,
@@ -79,12 +79,12 @@ impl Instance {
         self.info.name()
     }
 
-    /// The address as text (`host:port`, `unix:/path`): the instance's key.
-    pub fn endpoint(&self) -> &str {
+    /// The address as text (`host:port`, `unix:/path`): the instance's key in its service.
+    pub(crate) fn key(&self) -> &str {
         &self.endpoint
     }
 
-    pub(crate) fn endpoint_arc(&self) -> &Arc<str> {
+    pub(crate) fn key_arc(&self) -> &Arc<str> {
         &self.endpoint
     }
 

@@ -14,8 +14,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 // Where these lived before the plug-in types moved below the mesh; still found here.
-pub use crate::discovery::MeshRegistry;
-pub use crate::instance::{HealthPolicy, HealthStatus, Instance, InstanceState, ServiceInfo};
+pub(crate) use crate::discovery::MeshRegistry;
+pub(crate) use crate::instance::{
+    HealthPolicy, HealthStatus, Instance, InstanceState, ServiceInfo,
+};
 
 use crate::balancer::{LoadBalancer, RoundRobinBalancer, ServiceBalancer};
 use crate::discovery::{Discovery, Membership, StaticDiscovery};
@@ -66,7 +68,7 @@ struct MeshInner {
 /// mesh.register(ServiceInfo::new("user-service", "127.0.0.1", 9091))?;
 /// let first = mesh.pick("user-service")?;
 /// let second = mesh.pick("user-service")?;
-/// assert_ne!(first.endpoint(), second.endpoint());
+/// assert_ne!(first.address(), second.address());
 /// # Ok::<(), vsp::VspError>(())
 /// ```
 #[derive(Clone)]
@@ -397,10 +399,10 @@ impl MeshInner {
             }
         };
         let mut instances = Vec::clone(&entry.instances.load());
-        let endpoint = info.endpoint();
+        let endpoint = info.address().to_string();
         match instances
             .iter_mut()
-            .find(|existing| *existing.endpoint() == *endpoint)
+            .find(|existing| *existing.key() == *endpoint)
         {
             // The same address again: a new registration, the same health record.
             Some(existing) => {
@@ -461,7 +463,7 @@ impl MeshInner {
         for instance in instances.iter().filter(|i| !i.is_eligible()) {
             if let Some(verdict) = self.health.reclaim_orphan(instance) {
                 tracing::debug!(
-                    instance = instance.endpoint(),
+                    instance = instance.key(),
                     "re-probing an ejected instance whose probe ended"
                 );
                 self.follow_up(instance, verdict);
@@ -486,7 +488,7 @@ impl MeshInner {
         };
         let mesh = Arc::downgrade(self);
         let service = instance.service().to_owned();
-        let endpoint = instance.endpoint_arc().clone();
+        let endpoint = instance.key_arc().clone();
         let policy = self.health;
         runtime.spawn(async move {
             struct EndProbe(Arc<HealthRecord>, ProbeTicket, HealthPolicy);
@@ -503,7 +505,7 @@ impl MeshInner {
                     return;
                 };
                 // Looked up each time: a re-registration replaces the instance, not its record.
-                let Some(instance) = mesh.find_endpoint(&service, &endpoint) else {
+                let Some(instance) = mesh.find_instance(&service, &endpoint) else {
                     return; // it left the mesh
                 };
                 if !Arc::ptr_eq(instance.health(), &record) || record.is_pinned_out() {
@@ -522,10 +524,10 @@ impl MeshInner {
         });
     }
 
-    fn find_endpoint(&self, service: &str, endpoint: &str) -> Option<Arc<Instance>> {
+    fn find_instance(&self, service: &str, endpoint: &str) -> Option<Arc<Instance>> {
         let services = self.services.load();
         let instances = services.get(service)?.instances.load();
-        instances.iter().find(|i| i.endpoint() == endpoint).cloned()
+        instances.iter().find(|i| i.key() == endpoint).cloned()
     }
 }
 

@@ -19,13 +19,13 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// server streams (`stream`, `seq`, `credit`) and cancel frames (`cancel`). A client sends
 /// `credit` and `cancel` frames only to a peer that answered with `vsp` 2 or more, so Velithon
 /// (which sends no `vsp`) never receives one.
-pub const PROTOCOL_REVISION: u32 = 2;
+pub(crate) const PROTOCOL_REVISION: u32 = 2;
 
 /// The items a caller grants a stream up front unless it says otherwise. Measured (`cargo bench
 /// --bench rpc`, streams section): items per second grow with the window up to 1024 on
 /// loopback and no further. What a slow reader can make the server hold is this many items:
 /// set a smaller window for large items.
-pub const DEFAULT_STREAM_WINDOW: u32 = 1024;
+pub(crate) const DEFAULT_STREAM_WINDOW: u32 = 1024;
 
 /// The endpoint every server answers itself, as Velithon's do: `{"status":"healthy",...}`.
 pub const HEALTH_ENDPOINT: &str = "health";
@@ -43,7 +43,7 @@ pub const HEALTH_ENDPOINT: &str = "health";
 /// assert_eq!(envelope.body().get(), r#"{"user_id":"42"}"#);
 /// ```
 #[derive(Debug, Deserialize)]
-pub struct Envelope<'a> {
+pub(crate) struct Envelope<'a> {
     #[serde(borrow)]
     header: Header<'a>,
     #[serde(borrow)]
@@ -230,26 +230,6 @@ impl<'a> Envelope<'a> {
     /// Whether this is a response; a missing key means a request.
     pub fn is_response(&self) -> bool {
         self.header.is_response
-    }
-
-    /// The `error_code` header extension, if the peer sent one.
-    pub fn error_code(&self) -> Option<ErrorCode> {
-        self.header.error_code.as_deref().map(ErrorCode::parse)
-    }
-
-    /// The protocol version header extension; `None` from peers that do not send it (Velithon).
-    pub fn version(&self) -> Option<u32> {
-        self.header.version
-    }
-
-    /// The `timeout_ms` header extension: how long the caller still waits for the answer.
-    pub fn timeout_ms(&self) -> Option<u64> {
-        self.header.timeout_ms
-    }
-
-    /// The `meta` header extension (per-call metadata), as raw JSON, if the caller sent it.
-    pub fn metadata_json(&self) -> Option<&'a RawValue> {
-        self.header.meta
     }
 
     /// The body, as raw JSON.
@@ -733,6 +713,26 @@ pub(crate) fn is_json_object(json: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The request captured from Velithon's Python VSP.
+    const CAPTURED_REQUEST: &str = r#"{"header":{"request_id":"046ec970-f55c-404e-8467-72f328b1a792","service":"user-service","endpoint":"get_user","is_response":false},"body":{"user_id":"42"}}"#;
+
+    #[test]
+    fn decoding_borrows_header_and_keeps_the_body_raw() {
+        let envelope = Envelope::parse(CAPTURED_REQUEST.as_bytes()).unwrap();
+        assert_eq!(
+            envelope.request_id().get(),
+            r#""046ec970-f55c-404e-8467-72f328b1a792""#
+        );
+        assert_eq!(envelope.service(), "user-service");
+        assert_eq!(envelope.endpoint(), "get_user");
+        assert!(!envelope.is_response());
+        // The body is a slice of the frame itself, not a re-encoding.
+        let body = envelope.body().get();
+        let frame_range = CAPTURED_REQUEST.as_bytes().as_ptr_range();
+        assert!(frame_range.contains(&body.as_ptr()));
+        assert_eq!(body, r#"{"user_id":"42"}"#);
+    }
+
     /// Found by the `envelope` fuzz target: a canonical frame whose object goes on after the
     /// body. serde ignores the extra key; the header-only fast path hands the endpoint a body
     /// that is not one JSON value, which its decoder refuses (a bad request), never other
@@ -913,9 +913,9 @@ mod tests {
         assert_eq!(envelope.request_id().get(), "7");
         assert_eq!(envelope.endpoint(), "e\"p");
         assert!(envelope.is_response());
-        assert_eq!(envelope.timeout_ms(), Some(250));
-        assert_eq!(envelope.error_code(), Some(ErrorCode::Timeout));
-        assert_eq!(envelope.version(), Some(PROTOCOL_REVISION));
+        assert_eq!(envelope.header.timeout_ms, Some(250));
+        assert_eq!(envelope.header.error_code.as_deref(), Some("timeout"));
+        assert_eq!(envelope.header.version, Some(PROTOCOL_REVISION));
         assert_eq!(envelope.body().get(), r#"{"error":"late"}"#);
     }
 

@@ -13,10 +13,10 @@ use crate::deadline;
 use crate::error::ProtocolError;
 
 /// The largest frame accepted by default: 16 MiB.
-pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
 
 /// Bytes of the length prefix.
-pub const LENGTH_PREFIX_LEN: usize = 4;
+pub(crate) const LENGTH_PREFIX_LEN: usize = 4;
 
 /// How much the read buffer grows at a time. A peer that announces a large frame and then stalls
 /// costs at most this much more, not the size it announced.

@@ -16,7 +16,7 @@ use crate::error::ProtocolError;
 /// setter drops the cache, so the cached bytes always match the message.
 ///
 /// ```
-/// use vsp::protocol::VspMessage;
+/// use vsp::VspMessage;
 ///
 /// let mut msg = VspMessage::request("req-1", "user-service", "get_user", &serde_json::json!({"user_id": "42"}))?;
 /// assert_eq!(

@@ -16,14 +16,15 @@
 //! Reserved endpoint names, answered by every server itself: [`HEALTH_ENDPOINT`] and
 //! [`DESCRIBE_ENDPOINT`] (its answer a [`ServiceDescription`]).
 
-mod describe;
+pub(crate) mod describe;
 mod envelope;
 pub(crate) mod frame;
-mod message;
-mod metadata;
+pub(crate) mod message;
+pub(crate) mod metadata;
 
 pub(crate) use describe::open_schema;
-pub use describe::{is_open_schema, EndpointDescription, ServiceDescription, DESCRIBE_ENDPOINT};
+pub use describe::{is_open_schema, DESCRIBE_ENDPOINT};
+pub(crate) use describe::{EndpointDescription, ServiceDescription};
 #[cfg(feature = "fuzzing")]
 pub(crate) use envelope::check_envelope_readers_agree;
 pub(crate) use envelope::{
@@ -31,9 +32,8 @@ pub(crate) use envelope::{
     write_envelope, write_error_body, write_service_error_body, Extensions, FrameView, HeaderOut,
     RequestIdOut, StreamFrame,
 };
-pub use envelope::{
-    Envelope, DEFAULT_STREAM_WINDOW, HEALTH_ENDPOINT, PROTOCOL_REVISION, PROTOCOL_VERSION,
-};
-pub use frame::{DEFAULT_MAX_FRAME_SIZE, LENGTH_PREFIX_LEN};
-pub use message::VspMessage;
-pub use metadata::{Metadata, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES};
+pub(crate) use envelope::{Envelope, DEFAULT_STREAM_WINDOW, PROTOCOL_REVISION};
+pub use envelope::{HEALTH_ENDPOINT, PROTOCOL_VERSION};
+pub(crate) use frame::DEFAULT_MAX_FRAME_SIZE;
+pub(crate) use metadata::Metadata;
+pub use metadata::{MAX_METADATA_BYTES, MAX_METADATA_ENTRIES};

@@ -28,8 +28,6 @@ use crate::error::ErrorCode;
 use crate::protocol::StreamFrame;
 use crate::stream::Streaming;
 
-pub use crate::protocol::DEFAULT_STREAM_WINDOW;
-
 /// The most items one write of a stream carries.
 const MAX_BATCH: usize = 128;
 

@@ -12,7 +12,7 @@ use std::str::FromStr;
 /// and `memory:<name>` for the in-process transport.
 ///
 /// ```
-/// use vsp::transport::Address;
+/// use vsp::Address;
 ///
 /// let tcp: Address = "127.0.0.1:9090".parse()?;
 /// assert_eq!(tcp, Address::tcp("127.0.0.1", 9090));

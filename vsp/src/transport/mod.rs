@@ -14,7 +14,7 @@
 //! with one call in flight, the frame leaves at once. Nothing is copied into a channel and no
 //! frame allocates.
 
-mod address;
+pub(crate) mod address;
 mod connector;
 mod identity;
 mod io;
@@ -25,7 +25,7 @@ mod tcp;
 mod unix;
 mod write_queue;
 
-pub use address::{Address, AddressError};
+pub(crate) use address::Address;
 pub use connector::{Connector, DefaultConnector, Target};
 pub use identity::{Identity, IdentityError};
 pub use io::{BoxRead, BoxWrite, Io};

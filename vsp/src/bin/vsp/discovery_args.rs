@@ -4,11 +4,9 @@
 use std::time::Duration;
 
 use clap::Args;
-use vsp::transport::Address;
-use vsp::{
-    ConsulConfig, ConsulDiscovery, InstanceState, MdnsDiscovery, ServiceInfo, ServiceMesh,
-    VspClient,
-};
+use vsp::discovery::{ConsulConfig, ConsulDiscovery, MdnsDiscovery};
+use vsp::Address;
+use vsp::{InstanceState, ServiceInfo, ServiceMesh, VspClient};
 
 use crate::{parse_duration, Failure};
 
@@ -129,7 +127,7 @@ impl DiscoveryArgs {
         if let Some((first, more)) = self.etcd.split_first() {
             let mut config = vsp::discovery::EtcdConfig::new(first).first_resolution_wait(timeout);
             for endpoint in more {
-                config = config.endpoint(endpoint);
+                config = config.member(endpoint);
             }
             return Ok(ServiceMesh::builder()
                 .discovery(vsp::discovery::EtcdDiscovery::new(config))

@@ -2,7 +2,8 @@
 
 use clap::Args;
 use serde_json::Value;
-use vsp::protocol::{is_open_schema, ServiceDescription, DESCRIBE_ENDPOINT};
+use vsp::protocol::{is_open_schema, DESCRIBE_ENDPOINT};
+use vsp::ServiceDescription;
 use vsp::{ErrorCode, VspError};
 
 use crate::discovery_args::TargetArgs;

@@ -38,7 +38,7 @@ pub(crate) async fn run(args: DiscoverArgs) -> Result<(), Failure> {
         for instance in instances {
             println!(
                 "{}\tweight {}\t{:?}{}",
-                instance.info.endpoint(),
+                instance.info.address(),
                 instance.info.weight(),
                 instance.info.status(),
                 if instance.info.is_tls() { "\ttls" } else { "" }
@@ -69,22 +69,19 @@ pub(crate) async fn run(args: DiscoverArgs) -> Result<(), Failure> {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
         let now = resolved.mesh.instances(&resolved.service);
-        let key = |i: &vsp::InstanceState| (i.info.endpoint(), i.info.weight().to_bits());
+        let key =
+            |i: &vsp::InstanceState| (i.info.address().to_string(), i.info.weight().to_bits());
         for gone in seen
             .iter()
             .filter(|old| !now.iter().any(|new| key(new) == key(old)))
         {
-            println!("- {}\tweight {}", gone.info.endpoint(), gone.info.weight());
+            println!("- {}\tweight {}", gone.info.address(), gone.info.weight());
         }
         for added in now
             .iter()
             .filter(|new| !seen.iter().any(|old| key(new) == key(old)))
         {
-            println!(
-                "+ {}\tweight {}",
-                added.info.endpoint(),
-                added.info.weight()
-            );
+            println!("+ {}\tweight {}", added.info.address(), added.info.weight());
         }
         seen = now;
     }

@@ -22,7 +22,7 @@ pub(crate) async fn run(args: HealthArgs) -> Result<(), Failure> {
     let mut failed = 0;
     let total = instances.len();
     for instance in instances {
-        let endpoint = instance.info.endpoint();
+        let endpoint = instance.info.address().to_string();
         let client = direct_client(
             &resolved.service,
             instance.info.address(),
