@@ -4,6 +4,7 @@
 //! Its own test binary: it lowers the whole process's descriptor limit for a moment.
 #![cfg(target_os = "linux")]
 
+#[path = "e2e/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};

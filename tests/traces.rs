@@ -4,6 +4,7 @@
 //! Every test of this binary shares one recorder (the global subscriber), so each uses service
 //! names of its own and looks only at their spans.
 
+#[path = "e2e/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;

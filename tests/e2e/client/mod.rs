@@ -1,0 +1,7 @@
+//! The client: failover, retries, faults, pooling and its metrics.
+
+mod client_metrics;
+mod failover;
+mod failures;
+mod faults;
+mod pool;

@@ -1,0 +1,4 @@
+//! The HTTP gateway, its OpenAPI document and the explorer page in headless Chromium.
+
+mod explorer;
+mod http;

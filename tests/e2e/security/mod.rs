@@ -1,0 +1,4 @@
+//! TLS, identities, metadata and auth hooks.
+
+mod metadata_auth;
+mod tls;

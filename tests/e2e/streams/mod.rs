@@ -1,0 +1,3 @@
+//! Server streams: credit, cancel, deadlines.
+
+mod server_streams;

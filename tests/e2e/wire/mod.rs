@@ -1,0 +1,4 @@
+//! The wire: byte-exact vectors and interop with the real Velithon from PyPI.
+
+mod velithon;
+mod wire_vectors;
