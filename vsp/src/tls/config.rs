@@ -23,6 +23,11 @@ impl TlsError {
     }
 }
 
+/// ring's provider: X25519, P-256 and P-384 key exchange, no post-quantum hybrid. rustls 0.23.48
+/// deprecates it for that reason and points to aws-lc-rs; VSP keeps ring because it builds with
+/// a C compiler alone on every platform users asked for, and a post-quantum key exchange is
+/// worth a provider choice of its own (not a silent switch) when it comes.
+#[allow(deprecated)]
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
