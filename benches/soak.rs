@@ -96,7 +96,7 @@ async fn soak(server: &ServerProcess, total: u64, step: u64) -> Vec<Checkpoint> 
                     .expect("a soak call failed");
                 std::hint::black_box(user);
                 let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if finished % step == 0 {
+                if finished.is_multiple_of(step) {
                     let _ = reached.send(finished);
                 }
             }

@@ -21,6 +21,10 @@
 //! With the cargo feature `opentelemetry` and a `tracing-opentelemetry` layer installed, the ids
 //! are the layer's own (so the fields, the wire and the exported spans agree), and a server span
 //! is exported with its remote parent set.
+#![cfg_attr(
+    any(not(doctest), feature = "opentelemetry"),
+    doc = include_str!("docs/observability.md")
+)]
 
 use std::cell::Cell;
 use std::fmt;

@@ -5,6 +5,7 @@
 //! So a [`LoadBalancer`] is a factory: the mesh asks it once per service for a
 //! [`ServiceBalancer`], keeps that next to the service's instances, and calls only `pick` per
 //! call.
+#![doc = include_str!("../docs/balancing.md")]
 
 pub(crate) mod least_loaded;
 pub(crate) mod round_robin;

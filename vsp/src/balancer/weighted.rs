@@ -18,7 +18,7 @@ use crate::instance::Instance;
 /// let mesh = ServiceMesh::builder().load_balancer(WeightedBalancer::new()).build();
 /// mesh.register(ServiceInfo::new("svc", "10.0.0.1", 80).with_weight(5.0))?;
 /// mesh.register(ServiceInfo::new("svc", "10.0.0.2", 80).with_weight(1.0))?;
-/// let picks: Vec<String> = (0..6).map(|_| mesh.pick("svc").unwrap().endpoint().to_owned()).collect();
+/// let picks: Vec<String> = (0..6).map(|_| mesh.pick("svc").unwrap().address().to_string()).collect();
 /// assert_eq!(picks.iter().filter(|p| *p == "10.0.0.1:80").count(), 5);
 /// # Ok::<(), vsp::VspError>(())
 /// ```

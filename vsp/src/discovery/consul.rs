@@ -172,7 +172,8 @@ impl ConsulConfig {
 /// Discovery and registration through a Consul agent.
 ///
 /// ```no_run
-/// use vsp::{ConsulConfig, ConsulDiscovery, ServiceMesh, VspClient, VspManager};
+/// use vsp::{ServiceMesh, VspClient, VspManager};
+/// use vsp::discovery::{ConsulConfig, ConsulDiscovery};
 ///
 /// # async fn example() -> Result<(), vsp::VspError> {
 /// let consul = || ConsulDiscovery::new(ConsulConfig::new("http://127.0.0.1:8500").token("secret"));

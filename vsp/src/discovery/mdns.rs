@@ -33,7 +33,8 @@ pub(crate) const DEFAULT_SERVICE_TYPE: &str = "_vsp._tcp.local.";
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use vsp::{MdnsDiscovery, ServiceMesh, VspClient, VspManager};
+/// use vsp::{ServiceMesh, VspClient, VspManager};
+/// use vsp::discovery::{MdnsDiscovery};
 ///
 /// # async fn example() -> Result<(), vsp::VspError> {
 /// // A server that announces itself...

@@ -3,6 +3,14 @@
 //! Why discovery pushes: a discovery source (a static list, an mDNS browser, a Consul watch)
 //! learns of changes on its own schedule, so it writes them into the mesh through a
 //! [`MeshRegistry`] as they happen, and a call never waits on discovery.
+// Its examples use every backend: doctests only when all four are built.
+#![cfg_attr(
+    any(
+        not(doctest),
+        all(feature = "mdns", feature = "consul", feature = "etcd", feature = "dns")
+    ),
+    doc = include_str!("../docs/discovery.md")
+)]
 
 #[cfg(feature = "consul")]
 mod consul;

@@ -65,6 +65,7 @@
 //! # Ok(())
 //! # }
 //! ```
+#![doc = include_str!("../docs/gateway.md")]
 
 mod explorer;
 mod openapi;

@@ -43,13 +43,13 @@ impl HealthStatus {
 /// use vsp::{HealthStatus, ServiceInfo};
 ///
 /// let info = ServiceInfo::new("user-service", "127.0.0.1", 9090).with_weight(3.0);
-/// assert_eq!(info.endpoint(), "127.0.0.1:9090");
+/// assert_eq!(info.address().to_string(), "127.0.0.1:9090");
 /// assert_eq!(info.status(), HealthStatus::Unknown);
 /// assert!(info.is_eligible() && !info.is_healthy());
 ///
 /// let local = ServiceInfo::at("user-service", "unix:/run/vsp/user.sock".parse()?);
-/// assert_eq!(local.endpoint(), "unix:/run/vsp/user.sock");
-/// # Ok::<(), vsp::transport::AddressError>(())
+/// assert_eq!(local.address().to_string(), "unix:/run/vsp/user.sock");
+/// # Ok::<(), vsp::AddressError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServiceInfo {

@@ -31,17 +31,6 @@ pub(crate) const DEFAULT_STREAM_WINDOW: u32 = 1024;
 pub const HEALTH_ENDPOINT: &str = "health";
 
 /// A decoded envelope that borrows from its frame.
-///
-/// ```
-/// use vsp::protocol::Envelope;
-///
-/// let frame = br#"{"header":{"request_id":7,"service":"user-service","endpoint":"get_user"},"body":{"user_id":"42"}}"#;
-/// let envelope = Envelope::parse(frame).unwrap();
-/// assert_eq!(envelope.endpoint(), "get_user");
-/// assert_eq!(envelope.request_id().get(), "7");
-/// assert!(!envelope.is_response()); // a missing `is_response` means false
-/// assert_eq!(envelope.body().get(), r#"{"user_id":"42"}"#);
-/// ```
 #[derive(Debug, Deserialize)]
 pub(crate) struct Envelope<'a> {
     #[serde(borrow)]

@@ -15,6 +15,8 @@
 //!
 //! Reserved endpoint names, answered by every server itself: [`HEALTH_ENDPOINT`] and
 //! [`DESCRIBE_ENDPOINT`] (its answer a [`ServiceDescription`]).
+#![doc = include_str!("../docs/wire.md")]
+#![doc = include_str!("../docs/velithon.md")]
 
 pub(crate) mod describe;
 mod envelope;

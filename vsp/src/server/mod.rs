@@ -7,6 +7,7 @@
 //! Why shutdown has two phases: first the server stops accepting and answers new requests on
 //! open connections with `shutting_down` (so a client learns at once to go elsewhere) while the
 //! calls already running finish; then, drained or out of time, it closes every connection.
+#![doc = include_str!("../docs/hostile-peers.md")]
 
 mod accept;
 mod admission;

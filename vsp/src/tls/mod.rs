@@ -38,6 +38,7 @@
 //! at the server's handshake timeout (10 s by default). Why handles ([`ServerTls`],
 //! [`ClientTls`]) and not configs: a reload swaps what the handle holds, so new connections use
 //! the new certificates while open ones carry on with theirs.
+#![doc = include_str!("../docs/security.md")]
 
 mod config;
 mod connector;

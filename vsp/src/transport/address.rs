@@ -20,7 +20,7 @@ use std::str::FromStr;
 /// assert_eq!(unix.to_string(), "unix:/run/vsp/user.sock");
 /// assert_eq!("[::1]:80".parse::<Address>()?.to_string(), "[::1]:80");
 /// assert!("no-port".parse::<Address>().is_err());
-/// # Ok::<(), vsp::transport::AddressError>(())
+/// # Ok::<(), vsp::AddressError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -12,7 +12,8 @@ use crate::BoxFuture;
 /// The client bounds every dial with its connect timeout, so a connector need not.
 ///
 /// ```
-/// use vsp::transport::{Address, Connector, DefaultConnector, Io};
+/// use vsp::Address;
+/// use vsp::transport::{Connector, DefaultConnector, Io};
 /// use vsp::BoxFuture;
 ///
 /// /// Logs every dial, then dials as usual.

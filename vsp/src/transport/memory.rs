@@ -53,7 +53,8 @@ pub(crate) fn connect(name: &str) -> io::Result<Io> {
 /// services that call each other in one process without a socket.
 ///
 /// ```
-/// use vsp::transport::{Address, MemoryListener};
+/// use vsp::Address;
+/// use vsp::transport::{MemoryListener};
 /// use vsp::{ServiceInfo, ServiceMesh, VspClient, VspManager};
 ///
 /// # #[tokio::main(flavor = "current_thread")]

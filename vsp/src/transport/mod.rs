@@ -13,6 +13,7 @@
 //! sends whatever accumulated in one syscall. Under load, dozens of frames leave in one write;
 //! with one call in flight, the frame leaves at once. Nothing is copied into a channel and no
 //! frame allocates.
+#![doc = include_str!("../docs/transports.md")]
 
 pub(crate) mod address;
 mod connector;
