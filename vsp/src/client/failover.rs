@@ -8,10 +8,12 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tracing::{Instrument, Span};
 
+use super::connection::Connection;
 use super::connection::{CallFailure, RawResponse};
 use super::metrics::Finished;
 use super::pool::PoolError;
 use super::response::remote_error;
+use super::retry::{self, Decision};
 use super::{CallInfo, CallOptions, VspClient};
 use crate::context::Context;
 use crate::error::{ErrorCode, ProtocolError, VspError};
@@ -118,6 +120,10 @@ struct Attempt<'a> {
     timeout: Duration,
     /// A stream call: its window, and whether an idle timeout (not the deadline) bounds it.
     stream: Option<(u32, bool)>,
+    metadata: Option<&'a Metadata>,
+    /// When this attempt started, and the deadline it runs to.
+    started: Instant,
+    deadline: Instant,
 }
 
 impl Attempt<'_> {
@@ -219,7 +225,8 @@ impl VspClient {
         outcome
     }
 
-    /// The attempts of one call.
+    /// The attempts of one call: another instance after each failure, as long as
+    /// [`retry::decide`] allows it.
     async fn attempts(
         &self,
         call: &Call<'_>,
@@ -228,30 +235,17 @@ impl VspClient {
         began: Instant,
         progress: &mut Progress,
     ) -> Result<RawResponse, VspError> {
-        let Call {
-            service, endpoint, ..
-        } = *call;
-        let mut timeout = options.timeout.unwrap_or(self.timeout);
-        let mut started = began;
-        let mut deadline = crate::deadline::after(started, timeout);
-        if options.inherit_deadline {
-            if let Some(served) = Context::current_deadline() {
-                if served < deadline {
-                    deadline = served;
-                    timeout = served.saturating_duration_since(started);
-                }
-            }
-        }
+        let (deadline, timeout) = self.call_deadline(&options, began);
         let config = &self.inner.config;
-        let health = self.inner.mesh.health();
         self.inner.budget.deposit();
         let mut tried: Vec<Arc<Instance>> = Vec::new();
         let mut last_error: Option<VspError> = None;
+        let mut started = began;
         loop {
             let picked = if tried.is_empty() {
-                self.inner.mesh.pick_or_wait(service, deadline).await
+                self.inner.mesh.pick_or_wait(call.service, deadline).await
             } else {
-                self.pick(service, &tried)
+                self.pick(call.service, &tried)
             };
             let instance = match picked {
                 Ok(instance) => instance,
@@ -259,8 +253,8 @@ impl VspClient {
                 Err(err) => return Err(last_error.unwrap_or(err)),
             };
             let attempt = Attempt {
-                service,
-                endpoint,
+                service: call.service,
+                endpoint: call.endpoint,
                 instance: &instance,
                 timeout,
                 stream: options.stream.then(|| {
@@ -269,111 +263,120 @@ impl VspClient {
                         options.idle_timeout.is_some(),
                     )
                 }),
-            };
-            let attempt_deadline = match config.attempt_timeout {
-                Some(per_attempt) => deadline.min(crate::deadline::after(started, per_attempt)),
-                None => deadline,
-            };
-            let span = if call.span.is_disabled() {
-                Span::none()
-            } else {
-                trace::attempt_span(
-                    call.span,
-                    service,
-                    endpoint,
-                    trace::Endpoint {
-                        host: instance.address().host(),
-                        port: instance.address().port(),
-                        text: instance.address(),
-                    },
-                    tried.len() + 1,
-                )
+                metadata: call.metadata,
+                started,
+                deadline: match config.attempt_timeout {
+                    Some(per_attempt) => deadline.min(crate::deadline::after(started, per_attempt)),
+                    None => deadline,
+                },
             };
             progress.attempts = tried.len() + 1;
-            let own_trace = match call.trace {
-                Some(parent) if !span.is_disabled() => {
-                    Some(trace::open(&span, Some(parent), false))
+            let failure = match self
+                .try_instance(call, body, &attempt, tried.len() + 1)
+                .await
+            {
+                Ok((response, answered)) => {
+                    self.inner.mesh.health().record_success(&instance);
+                    progress.answered = Some(answered);
+                    progress.failed_over = tried.iter().any(|t| !Arc::ptr_eq(t, &instance));
+                    return Ok(response);
                 }
-                inherited => inherited.cloned(),
-            };
-            let sent = if span.is_disabled() {
-                self.attempt(
-                    &attempt,
-                    body,
-                    call.metadata,
-                    own_trace.as_ref(),
-                    &span,
-                    started,
-                    attempt_deadline,
-                )
-                .await
-            } else {
-                self.attempt(
-                    &attempt,
-                    body,
-                    call.metadata,
-                    own_trace.as_ref(),
-                    &span,
-                    started,
-                    attempt_deadline,
-                )
-                .instrument(span.clone())
-                .await
-            };
-            if !span.is_disabled() {
-                record_outcome(
-                    &span,
-                    service,
-                    endpoint,
-                    &sent
-                        .as_ref()
-                        .map(|(response, _)| response)
-                        .map_err(|f| &f.error),
-                );
-            }
-            let failure = match sent {
-                Ok((response, answered)) => match &response.error_code {
-                    // Refused before running: safe to send elsewhere.
-                    Some(code @ ErrorCode::ShuttingDown) => {
-                        let error = remote_error(service, endpoint, code, &response);
-                        self.inner.mesh.eject(&instance, &error);
-                        AttemptFailure::unsent(error)
-                    }
-                    // Refused before running too (the server's limits are checked before the
-                    // handler starts): another instance may take it, idempotent or not.
-                    Some(code @ ErrorCode::Overloaded) => {
-                        AttemptFailure::unsent(remote_error(service, endpoint, code, &response))
-                    }
-                    _ => {
-                        health.record_success(&instance);
-                        progress.answered = Some(answered);
-                        progress.failed_over = tried.iter().any(|t| !Arc::ptr_eq(t, &instance));
-                        return Ok(response);
-                    }
-                },
                 Err(failure) => failure,
             };
             tried.push(instance);
-            let may_resend = !failure.written
-                || ((options.idempotent || config.retry_written_calls)
-                    && self.inner.budget.withdraw());
             started = Instant::now();
-            let out_of_time = started >= deadline;
-            if failure.fatal
-                || !may_resend
-                || out_of_time
-                || tried.len() >= config.max_attempts as usize
-            {
-                return Err(failure.error);
-            }
-            tracing::debug!(
-                service,
-                endpoint,
-                attempt = tried.len(),
-                "retrying: {}",
-                failure.error
+            let standing = retry::Standing {
+                repeatable: options.idempotent || config.retry_written_calls,
+                attempts: tried.len(),
+                max_attempts: config.max_attempts as usize,
+                out_of_time: started >= deadline,
+            };
+            let decision = retry::decide(
+                retry::Failure {
+                    written: failure.written,
+                    fatal: failure.fatal,
+                },
+                standing,
             );
+            match decision {
+                Decision::Retry { from_budget } if !from_budget || self.inner.budget.withdraw() => {
+                }
+                _ => return Err(failure.error),
+            }
+            let attempt = tried.len();
+            let (service, endpoint) = (call.service, call.endpoint);
+            tracing::debug!(service, endpoint, attempt, "retrying: {}", failure.error);
             last_error = Some(failure.error);
+        }
+    }
+
+    /// The call's deadline and its length: the client's or the call's timeout, or the served
+    /// call's deadline when it is sooner and the call inherits it.
+    fn call_deadline(&self, options: &CallOptions, began: Instant) -> (Instant, Duration) {
+        let timeout = options.timeout.unwrap_or(self.timeout);
+        let deadline = crate::deadline::after(began, timeout);
+        match Context::current_deadline() {
+            Some(served) if options.inherit_deadline && served < deadline => {
+                (served, served.saturating_duration_since(began))
+            }
+            _ => (deadline, timeout),
+        }
+    }
+
+    /// Attempt number `number` of `call`, in its own `vsp.attempt` span: the answer, or why it
+    /// failed. An answer refused before running (`shutting_down`, `overloaded`) is a failure
+    /// that never reached a handler.
+    async fn try_instance(
+        &self,
+        call: &Call<'_>,
+        body: &(impl Serialize + ?Sized),
+        attempt: &Attempt<'_>,
+        number: usize,
+    ) -> Result<(RawResponse, Instant), AttemptFailure> {
+        let Call {
+            service, endpoint, ..
+        } = *call;
+        let instance = attempt.instance;
+        let span = if call.span.is_disabled() {
+            Span::none()
+        } else {
+            let address = instance.address();
+            let peer = trace::Endpoint {
+                host: address.host(),
+                port: address.port(),
+                text: address,
+            };
+            trace::attempt_span(call.span, service, endpoint, peer, number)
+        };
+        let own_trace = match call.trace {
+            Some(parent) if !span.is_disabled() => Some(trace::open(&span, Some(parent), false)),
+            inherited => inherited.cloned(),
+        };
+        let sent = if span.is_disabled() {
+            self.attempt(attempt, body, own_trace.as_ref(), &span).await
+        } else {
+            self.attempt(attempt, body, own_trace.as_ref(), &span)
+                .instrument(span.clone())
+                .await
+        };
+        if !span.is_disabled() {
+            let outcome = sent.as_ref().map(|(response, _)| response);
+            record_outcome(&span, service, endpoint, &outcome.map_err(|f| &f.error));
+        }
+        let (response, answered) = sent?;
+        match &response.error_code {
+            // Refused before running: safe to send elsewhere.
+            Some(code @ ErrorCode::ShuttingDown) => {
+                let error = remote_error(service, endpoint, code, &response);
+                self.inner.mesh.eject(instance, &error);
+                Err(AttemptFailure::unsent(error))
+            }
+            // Refused before running too (the server's limits are checked before the handler
+            // starts): another instance may take it, idempotent or not.
+            Some(code @ ErrorCode::Overloaded) => Err(AttemptFailure::unsent(remote_error(
+                service, endpoint, code, &response,
+            ))),
+            _ => Ok((response, answered)),
         }
     }
 
@@ -416,69 +419,23 @@ impl VspClient {
     }
 
     /// One attempt on one instance, reporting its outcome to the mesh's health tracking.
-    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         attempt: &Attempt<'_>,
         body: &(impl Serialize + ?Sized),
-        metadata: Option<&Metadata>,
         trace: Option<&TraceContext>,
         span: &Span,
-        started: Instant,
-        deadline: Instant,
     ) -> Result<(RawResponse, Instant), AttemptFailure> {
-        let config = &self.inner.config;
         let instance = attempt.instance;
         let _in_flight = instance.track_call();
-        let pool = self.inner.pools.of(instance);
-        let remaining = deadline.saturating_duration_since(started);
-        let connect_timeout = config.connect_timeout.min(remaining);
-        let connection = match pool.get(connect_timeout).await {
-            Ok(connection) => connection,
-            Err(PoolError::Saturated { limit }) => {
-                return Err(AttemptFailure::unsent(VspError::TooManyInFlight {
-                    service: attempt.service.to_owned(),
-                    instance: instance.key().to_owned(),
-                    limit,
-                }))
-            }
-            Err(PoolError::TimedOut(after)) if after < config.connect_timeout => {
-                // The call's deadline, not the connect timeout, cut the connect short.
-                return Err(AttemptFailure::unsent(attempt.timed_out()));
-            }
-            Err(PoolError::Unsupported(source)) => {
-                // Not this client's kind of instance: another one may take the call, and the
-                // instance stays healthy for the clients that can dial it.
-                return Err(AttemptFailure::unsent(VspError::Connect {
-                    service: attempt.service.to_owned(),
-                    instance: instance.key().to_owned(),
-                    source,
-                }));
-            }
-            Err(err) => {
-                let error = match err {
-                    PoolError::Connect(source) => VspError::Connect {
-                        service: attempt.service.to_owned(),
-                        instance: instance.key().to_owned(),
-                        source,
-                    },
-                    _ => VspError::ConnectTimeout {
-                        service: attempt.service.to_owned(),
-                        instance: instance.key().to_owned(),
-                        after: connect_timeout,
-                    },
-                };
-                self.inner.mesh.report_failure(instance, true, &error);
-                return Err(AttemptFailure::unsent(error));
-            }
-        };
+        let connection = self.connect(attempt).await?;
         let sent = connection.send(
             attempt.service,
             attempt.endpoint,
             body,
-            metadata,
+            attempt.metadata,
             trace,
-            deadline,
+            attempt.deadline,
             attempt.stream,
         );
         let mut call = match sent {
@@ -512,13 +469,14 @@ impl VspClient {
             Ok(response) if response.error_code == Some(ErrorCode::Timeout) => attempt.timed_out(),
             Ok(response) => {
                 let answered = Instant::now();
-                instance.record_latency(answered.saturating_duration_since(started));
+                instance.record_latency(answered.saturating_duration_since(attempt.started));
                 return Ok((response, answered));
             }
             Err(failure @ CallFailure::TimedOut { silent }) => {
                 if silent {
                     // Nothing at all came back since the call was sent: find out whether the
                     // connection still answers, without holding this caller past its deadline.
+                    let remaining = attempt.deadline.saturating_duration_since(attempt.started);
                     self.inner
                         .check_connection(&connection, instance, remaining);
                 }
@@ -535,5 +493,53 @@ impl VspClient {
             written: true,
             fatal: false,
         })
+    }
+
+    /// A connection to the attempt's instance from its pool, opened within the connect timeout
+    /// (or what is left of the deadline); a failure to connect counts against the instance.
+    async fn connect(&self, attempt: &Attempt<'_>) -> Result<Arc<Connection>, AttemptFailure> {
+        let config = &self.inner.config;
+        let instance = attempt.instance;
+        let remaining = attempt.deadline.saturating_duration_since(attempt.started);
+        let connect_timeout = config.connect_timeout.min(remaining);
+        let service = attempt.service.to_owned();
+        let key = || instance.key().to_owned();
+        let error = match self.inner.pools.of(instance).get(connect_timeout).await {
+            Ok(connection) => return Ok(connection),
+            Err(PoolError::Saturated { limit }) => {
+                let error = VspError::TooManyInFlight {
+                    service,
+                    instance: key(),
+                    limit,
+                };
+                return Err(AttemptFailure::unsent(error));
+            }
+            Err(PoolError::TimedOut(after)) if after < config.connect_timeout => {
+                // The call's deadline, not the connect timeout, cut the connect short.
+                return Err(AttemptFailure::unsent(attempt.timed_out()));
+            }
+            Err(PoolError::Unsupported(source)) => {
+                // Not this client's kind of instance: another one may take the call, and the
+                // instance stays healthy for the clients that can dial it.
+                let error = VspError::Connect {
+                    service,
+                    instance: key(),
+                    source,
+                };
+                return Err(AttemptFailure::unsent(error));
+            }
+            Err(PoolError::Connect(source)) => VspError::Connect {
+                service,
+                instance: key(),
+                source,
+            },
+            Err(_) => VspError::ConnectTimeout {
+                service,
+                instance: key(),
+                after: connect_timeout,
+            },
+        };
+        self.inner.mesh.report_failure(instance, true, &error);
+        Err(AttemptFailure::unsent(error))
     }
 }
