@@ -82,6 +82,7 @@ mod error;
 pub mod gateway;
 mod instance;
 mod mesh;
+mod prometheus;
 pub mod protocol;
 pub mod server;
 mod stats;

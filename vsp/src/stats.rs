@@ -4,6 +4,7 @@
 //! adds and never a lock. A snapshot reads each counter once; the figures of one snapshot may be
 //! a few calls apart, which no dashboard can tell.
 
+use crate::prometheus::{self, Exposition, COUNTER, GAUGE, SUMMARY};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -73,145 +74,59 @@ impl PerformanceStats {
     /// assert!(text.contains("vsp_messages_processed_total{service=\"user-service\"} 0"));
     /// ```
     pub fn to_prometheus(&self) -> String {
-        let service = prometheus_label(&self.service);
-        let mut out = String::with_capacity(2048);
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
-            let samples: Vec<(String, String)> = samples
-                .iter()
-                .map(|(labels, value)| (format!("service=\"{service}\"{labels}"), value.clone()))
-                .collect();
-            write_metric(&mut out, name, kind, help, &samples);
-        };
-        let one = |value: String| [(String::new(), value)];
-        metric(
-            "vsp_messages_processed_total",
-            "counter",
-            "Requests answered.",
-            &one(self.messages_processed.to_string()),
-        );
-        metric(
-            "vsp_processing_seconds_avg",
-            "gauge",
-            "Mean time from receiving a request to queueing its response.",
-            &one(self.avg_processing_time.as_secs_f64().to_string()),
-        );
-        metric(
-            "vsp_active_workers",
-            "gauge",
-            "Handlers running.",
-            &one(self.active_workers.to_string()),
-        );
-        metric(
-            "vsp_in_flight",
-            "gauge",
-            "Requests received and not answered yet.",
-            &one(self.in_flight.to_string()),
-        );
-        metric(
-            "vsp_connections_active",
-            "gauge",
-            "Client connections open.",
-            &one(self.connections_active.to_string()),
-        );
-        metric(
-            "vsp_connections_total",
-            "counter",
-            "Client connections accepted.",
-            &one(self.connections_total.to_string()),
-        );
-        metric(
-            "vsp_write_timeouts_total",
-            "counter",
-            "Connections closed because their peer stopped reading.",
-            &one(self.write_timeouts.to_string()),
-        );
-        let errors: Vec<(String, String)> = self
-            .errors
-            .iter()
-            .map(|(code, count)| {
-                (
-                    format!(",code=\"{}\"", prometheus_label(code)),
-                    count.to_string(),
-                )
-            })
-            .collect();
-        metric(
-            "vsp_errors_total",
-            "counter",
-            "Error responses sent, by code.",
-            &errors,
-        );
-        let label = |endpoint: &str| format!(",endpoint=\"{}\"", prometheus_label(endpoint));
-        let calls: Vec<(String, String)> = self
-            .endpoints
-            .iter()
-            .map(|(endpoint, stats)| (label(endpoint), stats.calls.to_string()))
-            .collect();
-        metric(
-            "vsp_endpoint_calls_total",
-            "counter",
-            "Calls answered, by endpoint.",
-            &calls,
-        );
-        let failed: Vec<(String, String)> = self
-            .endpoints
-            .iter()
-            .map(|(endpoint, stats)| (label(endpoint), stats.errors.to_string()))
-            .collect();
-        metric(
-            "vsp_endpoint_errors_total",
-            "counter",
-            "Calls answered with an error, by endpoint.",
-            &failed,
-        );
-        let quantiles: Vec<(String, String)> = self
-            .endpoints
-            .iter()
-            .flat_map(|(endpoint, stats)| {
-                [("0.5", stats.p50), ("0.99", stats.p99)].map(|(q, value)| {
-                    (
-                        format!("{},quantile=\"{q}\"", label(endpoint)),
-                        value.as_secs_f64().to_string(),
-                    )
-                })
-            })
-            .collect();
-        metric(
-            "vsp_endpoint_processing_seconds",
-            "summary",
-            "Processing time quantiles, by endpoint.",
-            &quantiles,
-        );
-        out
-    }
-}
-
-/// Writes one metric family in the Prometheus text format: its `HELP` and `TYPE` lines, then a
-/// sample per `(labels, value)`, `labels` being what goes between the braces.
-pub(crate) fn write_metric(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    samples: &[(String, String)],
-) {
-    use std::fmt::Write as _;
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {value}");
-        } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        let service = format!("service=\"{}\"", prometheus::label(&self.service));
+        let own = |value: f64| [(service.as_str(), value)];
+        let mut page = Exposition::new();
+        #[rustfmt::skip]
+        let figures = [
+            ("vsp_messages_processed_total", COUNTER, "Requests answered.", self.messages_processed as f64),
+            ("vsp_processing_seconds_avg", GAUGE, "Mean time from receiving a request to queueing its response.", self.avg_processing_time.as_secs_f64()),
+            ("vsp_active_workers", GAUGE, "Handlers running.", self.active_workers as f64),
+            ("vsp_in_flight", GAUGE, "Requests received and not answered yet.", self.in_flight as f64),
+            ("vsp_connections_active", GAUGE, "Client connections open.", self.connections_active as f64),
+            ("vsp_connections_total", COUNTER, "Client connections accepted.", self.connections_total as f64),
+            ("vsp_write_timeouts_total", COUNTER, "Connections closed because their peer stopped reading.", self.write_timeouts as f64),
+        ];
+        for (name, kind, help, value) in figures {
+            page.family(name, kind, help, own(value));
         }
+        let errors = self.errors.iter().map(|(code, count)| {
+            (
+                format!("{service},code=\"{}\"", prometheus::label(code)),
+                count,
+            )
+        });
+        page.family(
+            "vsp_errors_total",
+            COUNTER,
+            "Error responses sent, by code.",
+            errors,
+        );
+        let endpoint = |name: &str| format!("{service},endpoint=\"{}\"", prometheus::label(name));
+        let each = || {
+            self.endpoints
+                .iter()
+                .map(|(name, stats)| (endpoint(name), stats))
+        };
+        let help = "Calls answered, by endpoint.";
+        page.family(
+            "vsp_endpoint_calls_total",
+            COUNTER,
+            help,
+            each().map(|(l, s)| (l, s.calls)),
+        );
+        let help = "Calls answered with an error, by endpoint.";
+        page.family(
+            "vsp_endpoint_errors_total",
+            COUNTER,
+            help,
+            each().map(|(l, s)| (l, s.errors)),
+        );
+        let help = "Processing time quantiles, by endpoint.";
+        let times = each().flat_map(|(l, s)| prometheus::quantiles(&l, s.p50, s.p99));
+        page.family("vsp_endpoint_processing_seconds", SUMMARY, help, times);
+        page.finish()
     }
-}
-
-/// A label value, escaped.
-pub(crate) fn prometheus_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// Processing times in logarithmic buckets: 16 per power of two, so a percentile read from it is
@@ -462,10 +377,5 @@ mod tests {
             LatencyHistogram::default().quantiles([0.5]),
             [Duration::ZERO]
         );
-    }
-
-    #[test]
-    fn prometheus_labels_are_escaped() {
-        assert_eq!(prometheus_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

@@ -17,7 +17,8 @@ use serde::Serialize;
 
 use super::pool::PoolStats;
 use crate::instance::HealthStatus;
-use crate::stats::{prometheus_label, write_metric, LatencyHistogram};
+use crate::prometheus::{self, Exposition, COUNTER, GAUGE, SUMMARY};
+use crate::stats::LatencyHistogram;
 
 /// Endpoints tracked per client at most; calls to further ones are counted under the endpoint
 /// name `other`, so a caller making up names cannot grow the map without bound.
@@ -250,6 +251,9 @@ pub struct InstanceMetrics {
     pub in_flight: usize,
 }
 
+/// A metric family by instance: name, kind, help and the figure of one instance.
+type Family = (&'static str, &'static str, &'static str, fn(&InstanceMetrics) -> u64);
+
 impl ClientMetrics {
     pub(crate) fn new(
         counters: &ClientCounters,
@@ -267,152 +271,95 @@ impl ClientMetrics {
     /// [`PerformanceStats::to_prometheus`](crate::PerformanceStats::to_prometheus) renders a
     /// server's: serve both on one `/metrics` endpoint.
     pub fn to_prometheus(&self) -> String {
-        let mut out = String::with_capacity(2048);
-        let call = |service: &str, endpoint: &str| {
-            format!(
-                "service=\"{}\",endpoint=\"{}\"",
-                prometheus_label(service),
-                prometheus_label(endpoint)
-            )
-        };
-        let each_call = || {
-            self.calls.iter().flat_map(|(service, by)| {
-                by.iter()
-                    .map(move |(endpoint, stats)| (service.as_str(), endpoint.as_str(), stats))
-            })
-        };
-        let per_call = |value: fn(&CallStats) -> String| -> Vec<(String, String)> {
-            each_call()
-                .map(|(service, endpoint, stats)| (call(service, endpoint), value(stats)))
-                .collect()
-        };
-        write_metric(
-            &mut out,
-            "vsp_client_calls_total",
-            "counter",
-            "Calls made, by service and endpoint.",
-            &per_call(|stats| stats.calls.to_string()),
-        );
-        let errors: Vec<(String, String)> = each_call()
-            .flat_map(|(service, endpoint, stats)| {
-                stats.errors.iter().map(move |(code, count)| {
-                    (
-                        format!(
-                            "{},code=\"{}\"",
-                            call(service, endpoint),
-                            prometheus_label(code)
-                        ),
-                        count.to_string(),
-                    )
-                })
-            })
-            .collect();
-        write_metric(
-            &mut out,
-            "vsp_client_errors_total",
-            "counter",
-            "Failed calls, by service, endpoint and error code.",
-            &errors,
-        );
-        write_metric(
-            &mut out,
-            "vsp_client_retries_total",
-            "counter",
-            "Attempts beyond each call's first.",
-            &per_call(|stats| stats.retries.to_string()),
-        );
-        write_metric(
-            &mut out,
-            "vsp_client_failovers_total",
-            "counter",
-            "Calls answered by an instance other than the first one tried.",
-            &per_call(|stats| stats.failovers.to_string()),
-        );
-        let quantiles: Vec<(String, String)> = each_call()
-            .flat_map(|(service, endpoint, stats)| {
-                [("0.5", stats.p50), ("0.99", stats.p99)].map(|(q, value)| {
-                    (
-                        format!("{},quantile=\"{q}\"", call(service, endpoint)),
-                        value.as_secs_f64().to_string(),
-                    )
-                })
-            })
-            .collect();
-        write_metric(
-            &mut out,
-            "vsp_client_call_seconds",
-            "summary",
-            "Call time quantiles (retries included), by service and endpoint.",
-            &quantiles,
-        );
-        let per_instance = |value: fn(&InstanceMetrics) -> String| -> Vec<(String, String)> {
-            self.instances
-                .iter()
-                .map(|instance| {
-                    (
-                        format!(
-                            "service=\"{}\",instance=\"{}\"",
-                            prometheus_label(&instance.service),
-                            prometheus_label(&instance.instance)
-                        ),
-                        value(instance),
-                    )
-                })
-                .collect()
-        };
-        write_metric(
-            &mut out,
-            "vsp_client_instance_ejections_total",
-            "counter",
-            "Times an instance was taken out of rotation.",
-            &per_instance(|instance| instance.ejections.to_string()),
-        );
-        write_metric(
-            &mut out,
-            "vsp_client_instance_readmissions_total",
-            "counter",
-            "Times an instance was brought back after an ejection.",
-            &per_instance(|instance| instance.readmissions.to_string()),
-        );
-        write_metric(
-            &mut out,
-            "vsp_client_instance_up",
-            "gauge",
-            "1 if an instance is in rotation (healthy or not known to be unhealthy), else 0.",
-            &per_instance(|instance| {
-                u8::from(instance.status != HealthStatus::Unhealthy).to_string()
-            }),
-        );
-        write_metric(
-            &mut out,
-            "vsp_client_pool_connections",
-            "gauge",
-            "This client's connections open to an instance.",
-            &per_instance(|instance| instance.connections.to_string()),
-        );
-        write_metric(
-            &mut out,
-            "vsp_client_in_flight",
-            "gauge",
-            "Calls in flight to an instance.",
-            &per_instance(|instance| instance.in_flight.to_string()),
-        );
-        let pool = |value: u64| [(String::new(), value.to_string())];
-        write_metric(
-            &mut out,
+        let mut page = Exposition::new();
+        self.write_calls(&mut page);
+        self.write_instances(&mut page);
+        let help = "Connections this client opened.";
+        page.family(
             "vsp_client_connections_opened_total",
-            "counter",
-            "Connections this client opened.",
-            &pool(self.pool.created),
+            COUNTER,
+            help,
+            [("", self.pool.created)],
         );
-        write_metric(
-            &mut out,
+        let help = "Connections this client closed (broken, retired, idle).";
+        page.family(
             "vsp_client_connections_closed_total",
-            "counter",
-            "Connections this client closed (broken, retired, idle).",
-            &pool(self.pool.closed),
+            COUNTER,
+            help,
+            [("", self.pool.closed)],
         );
-        out
+        page.finish()
+    }
+
+    /// The families by service and endpoint.
+    fn write_calls(&self, page: &mut Exposition) {
+        let each = || {
+            self.calls.iter().flat_map(|(service, by)| {
+                by.iter().map(move |(endpoint, stats)| {
+                    let labels = format!(
+                        "service=\"{}\",endpoint=\"{}\"",
+                        prometheus::label(service),
+                        prometheus::label(endpoint)
+                    );
+                    (labels, stats)
+                })
+            })
+        };
+        let help = "Calls made, by service and endpoint.";
+        page.family(
+            "vsp_client_calls_total",
+            COUNTER,
+            help,
+            each().map(|(l, s)| (l, s.calls)),
+        );
+        let errors = each().flat_map(|(labels, stats)| {
+            stats.errors.iter().map(move |(code, count)| {
+                (
+                    format!("{labels},code=\"{}\"", prometheus::label(code)),
+                    count,
+                )
+            })
+        });
+        let help = "Failed calls, by service, endpoint and error code.";
+        page.family("vsp_client_errors_total", COUNTER, help, errors);
+        let help = "Attempts beyond each call's first.";
+        page.family(
+            "vsp_client_retries_total",
+            COUNTER,
+            help,
+            each().map(|(l, s)| (l, s.retries)),
+        );
+        let help = "Calls answered by an instance other than the first one tried.";
+        let failovers = each().map(|(l, s)| (l, s.failovers));
+        page.family("vsp_client_failovers_total", COUNTER, help, failovers);
+        let help = "Call time quantiles (retries included), by service and endpoint.";
+        let times = each().flat_map(|(l, s)| prometheus::quantiles(&l, s.p50, s.p99));
+        page.family("vsp_client_call_seconds", SUMMARY, help, times);
+    }
+
+    /// The families by instance.
+    fn write_instances(&self, page: &mut Exposition) {
+        let each = |value: fn(&InstanceMetrics) -> u64| {
+            self.instances.iter().map(move |instance| {
+                let labels = format!(
+                    "service=\"{}\",instance=\"{}\"",
+                    prometheus::label(&instance.service),
+                    prometheus::label(&instance.instance)
+                );
+                (labels, value(instance))
+            })
+        };
+        #[rustfmt::skip]
+        let families: [Family; 5] = [
+            ("vsp_client_instance_ejections_total", COUNTER, "Times an instance was taken out of rotation.", |i| i.ejections),
+            ("vsp_client_instance_readmissions_total", COUNTER, "Times an instance was brought back after an ejection.", |i| i.readmissions),
+            ("vsp_client_instance_up", GAUGE, "1 if an instance is in rotation (healthy or not known to be unhealthy), else 0.", |i| u64::from(i.status != HealthStatus::Unhealthy)),
+            ("vsp_client_pool_connections", GAUGE, "This client's connections open to an instance.", |i| i.connections as u64),
+            ("vsp_client_in_flight", GAUGE, "Calls in flight to an instance.", |i| i.in_flight as u64),
+        ];
+        for (name, kind, help, value) in families {
+            page.family(name, kind, help, each(value));
+        }
     }
 }
 
