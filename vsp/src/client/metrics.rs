@@ -252,7 +252,12 @@ pub struct InstanceMetrics {
 }
 
 /// A metric family by instance: name, kind, help and the figure of one instance.
-type Family = (&'static str, &'static str, &'static str, fn(&InstanceMetrics) -> u64);
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&InstanceMetrics) -> u64,
+);
 
 impl ClientMetrics {
     pub(crate) fn new(

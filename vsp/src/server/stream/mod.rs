@@ -6,30 +6,30 @@
 //! of items in the server's write buffer, and one slow stream never fills the connection for
 //! the others.
 
+mod drive;
+
+use drive::drive;
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::task::Context;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{oneshot, Notify, Semaphore, TryAcquireError};
+use tokio::sync::{oneshot, Notify, Semaphore};
 
 use super::endpoint::Endpoint;
 use super::ledger::{Gauge, Held};
-use super::reply::{Reply, ServerConnection, MAX_WRITE_BACKLOG};
-use super::Lifecycle;
+use super::reply::{Reply, ServerConnection};
 use crate::context::Context as CallContext;
 use crate::error::ErrorCode;
-use crate::protocol::StreamFrame;
 use crate::stream::Streaming;
 
 /// The most items one write of a stream carries.
-const MAX_BATCH: usize = 128;
+pub(super) const MAX_BATCH: usize = 128;
 
 /// What a caller can still do to one of its calls on this connection.
 pub(crate) enum Control {
@@ -208,11 +208,11 @@ impl PeerGone {
 
 /// One stream's credit and cancel.
 pub(crate) struct StreamControl {
-    credit: Semaphore,
+    pub(super) credit: Semaphore,
     /// The most items a caller may have granted and not yet received (the server's
     /// `max_stream_window`): neither the window nor any credit takes the grant past it.
     max_window: usize,
-    cancelled: AtomicBool,
+    pub(super) cancelled: AtomicBool,
     wake: Notify,
 }
 
@@ -240,7 +240,7 @@ impl StreamControl {
         self.wake.notify_one();
     }
 
-    async fn cancelled(&self) {
+    pub(super) async fn cancelled(&self) {
         while !self.cancelled.load(Ordering::Acquire) {
             self.wake.notified().await;
         }
@@ -382,175 +382,6 @@ where
         let open = Held::new(conn.manager.clone(), Gauge::StreamsOpen);
         let opening = call.clone().sync_scoped(|| (self.handler)(args));
         tokio::spawn(drive(call.scoped(opening), reply, control, (forget, open)));
-    }
-}
-
-/// How a stream's wait ended, when not with what it waited for.
-enum Stop {
-    Cancelled,
-    PastDeadline,
-    ShuttingDown,
-}
-
-/// Runs one stream: the handler's opening, then items under the caller's credit, until the end,
-/// an error, a cancel, the deadline or the server's shutdown.
-async fn drive<Fut>(
-    opening: Fut,
-    reply: Reply,
-    control: Arc<StreamControl>,
-    _held: (Option<Forget>, Held),
-) where
-    Fut: Future,
-    Fut::Output: Opening,
-{
-    let conn: Arc<ServerConnection> = reply.conn.clone();
-    let deadline = reply
-        .timeout_ms
-        .map(|ms| crate::deadline::after(tokio::time::Instant::now(), Duration::from_millis(ms)));
-    let mut lifecycle = conn.manager().lifecycle();
-    // Whatever ends a wait other than what it waits for.
-    macro_rules! or_stop {
-        ($wait:expr) => {
-            tokio::select! {
-                outcome = $wait => Ok(outcome),
-                _ = control.cancelled() => Err(Stop::Cancelled),
-                // The peer left: nobody reads, and no credit or cancel can come.
-                _ = conn.gone.wait() => Err(Stop::Cancelled),
-                _ = async {
-                    match deadline {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => Err(Stop::PastDeadline),
-                _ = lifecycle.wait_for(|state| *state != Lifecycle::Running) => Err(Stop::ShuttingDown),
-            }
-        };
-    }
-    let ended = |reply: Reply, stop: Stop| match stop {
-        // The caller is gone: nothing is sent; the reply settles as it drops.
-        Stop::Cancelled => drop(reply),
-        Stop::PastDeadline => {
-            let message = format!(
-                "the stream of `{}` was stopped: the caller's deadline passed",
-                reply.endpoint()
-            );
-            reply.stream_end(Some((ErrorCode::Timeout, &message)));
-        }
-        Stop::ShuttingDown => {
-            let message = format!("service `{}` is shutting down", &reply.conn.manager().name);
-            reply.stream_end(Some((ErrorCode::ShuttingDown, &message)));
-        }
-    };
-    let (mut items, reply) = match or_stop!(opening) {
-        Ok(opened) => match opened.open(reply) {
-            Some(opened) => opened,
-            None => return,
-        },
-        Err(stop) => {
-            // Not opened yet: an ordinary error answer (or none, for a cancel).
-            match stop {
-                Stop::Cancelled => {}
-                Stop::PastDeadline => reply.error(
-                    ErrorCode::Timeout,
-                    "the caller's deadline passed before the stream opened",
-                ),
-                Stop::ShuttingDown => {
-                    let message =
-                        format!("service `{}` is shutting down", &reply.conn.manager().name);
-                    reply.error(ErrorCode::ShuttingDown, &message);
-                }
-            }
-            return;
-        }
-    };
-    if reply.stream_frame(StreamFrame::Open, &()).is_err() {
-        return;
-    }
-    let mut seq = 0u64;
-    let manager = conn.manager.clone();
-    // The items of one write, kept between writes so a stream allocates it once.
-    let mut ready = Vec::new();
-    loop {
-        // The fast path, per item: a permit at hand and an item ready cost no timer, no
-        // notification and no lifecycle watch; the full wait is for when one is missing.
-        if control.cancelled.load(Ordering::Acquire) || conn.gone.is_set() {
-            return ended(reply, Stop::Cancelled);
-        }
-        if manager.state() != Lifecycle::Running {
-            return ended(reply, Stop::ShuttingDown);
-        }
-        if deadline.is_some_and(|at| tokio::time::Instant::now() >= at) {
-            return ended(reply, Stop::PastDeadline);
-        }
-        match control.credit.try_acquire() {
-            Ok(permit) => permit.forget(),
-            Err(TryAcquireError::Closed) => return,
-            Err(TryAcquireError::NoPermits) => match or_stop!(control.credit.acquire()) {
-                Ok(Ok(permit)) => permit.forget(),
-                Ok(Err(_closed)) => return,
-                Err(stop) => return ended(reply, stop),
-            },
-        }
-        let polled = std::future::poll_fn(|cx| Poll::Ready(items.poll_item(cx))).await;
-        let next = match polled {
-            Poll::Ready(next) => next,
-            Poll::Pending => match or_stop!(std::future::poll_fn(|cx| items.poll_item(cx))) {
-                Ok(next) => next,
-                Err(stop) => return ended(reply, stop),
-            },
-        };
-        let mut last = match next {
-            Some(Ok(item)) => {
-                ready.push(item);
-                None
-            }
-            other => Some(other),
-        };
-        // More items at hand under the credit left join this one in a single write.
-        while last.is_none() && ready.len() < MAX_BATCH {
-            let Ok(permit) = control.credit.try_acquire() else {
-                break;
-            };
-            match std::future::poll_fn(|cx| Poll::Ready(items.poll_item(cx))).await {
-                Poll::Ready(Some(Ok(item))) => {
-                    permit.forget();
-                    ready.push(item);
-                }
-                Poll::Ready(other) => {
-                    permit.forget();
-                    last = Some(other);
-                }
-                // Not ready: the permit stays unused, for the next turn.
-                Poll::Pending => break,
-            }
-        }
-        // Items wait while the connection's write backlog is at its bound, as the reader does:
-        // a reader that is slow or gone costs the bound, whatever window it asked for.
-        while !ready.is_empty() {
-            match reply.stream_items(seq, &ready, MAX_WRITE_BACKLOG) {
-                Ok(0) => {
-                    if let Err(stop) =
-                        or_stop!(conn.queue().wait_for_backlog_below(MAX_WRITE_BACKLOG))
-                    {
-                        return ended(reply, stop);
-                    }
-                }
-                Ok(sent) => {
-                    seq += sent as u64;
-                    ready.drain(..sent);
-                }
-                Err((code, message)) => return reply.stream_end(Some((code, &message))),
-            }
-        }
-        match last {
-            None | Some(Some(Ok(_))) => {}
-            Some(Some(Err(message))) => {
-                return reply.stream_end(Some((ErrorCode::Handler, &message)));
-            }
-            Some(None) => return reply.stream_end(None),
-        }
-        // A stream whose items are always ready must still let the runtime's other tasks run.
-        tokio::task::consume_budget().await;
     }
 }
 
