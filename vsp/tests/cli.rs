@@ -57,6 +57,12 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// The command exited with `code`, and its standard error says `why`.
+fn assert_failed(output: &Output, code: i32, why: &str) {
+    assert_eq!(output.status.code(), Some(code), "{}", stderr(output));
+    assert!(stderr(output).contains(why), "{}", stderr(output));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_prints_the_response_as_pretty_or_compact_json() {
     let (_server, addr) = server().await;
@@ -517,21 +523,11 @@ async fn tls_and_metadata_flags_reach_a_secure_server_and_failures_exit_3_or_1()
 
     // The token missing: the server's refusal, exit 1.
     let output = vsp(with(&tls), None).await;
-    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-    assert!(
-        stderr(&output).contains("unauthenticated"),
-        "{}",
-        stderr(&output)
-    );
+    assert_failed(&output, 1, "unauthenticated");
 
     // Plaintext against TLS, a CA that did not sign, no client certificate: exit 3, saying why.
     let output = vsp(with(&[]), None).await;
-    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
-    assert!(
-        stderr(&output).contains("requires TLS"),
-        "{}",
-        stderr(&output)
-    );
+    assert_failed(&output, 3, "requires TLS");
     let other = vsp_test_support::pki::Ca::new("cli-other");
     let other_ca = other.cert_file.to_string_lossy().into_owned();
     let output = vsp(
@@ -546,31 +542,16 @@ async fn tls_and_metadata_flags_reach_a_secure_server_and_failures_exit_3_or_1()
         None,
     )
     .await;
-    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
-    assert!(
-        stderr(&output).contains("unknown issuer"),
-        "{}",
-        stderr(&output)
-    );
+    assert_failed(&output, 3, "unknown issuer");
     let output = vsp(with(&["--tls-ca", &ca_file]), None).await;
-    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
-    assert!(
-        stderr(&output).contains("requires a client certificate"),
-        "{}",
-        stderr(&output)
-    );
+    assert_failed(&output, 3, "requires a client certificate");
     // A wrong server name.
     let output = vsp(
         with(&[&tls[..], &["--tls-server-name", "elsewhere.example"]].concat()),
         None,
     )
     .await;
-    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
-    assert!(
-        stderr(&output).contains("not valid for the name"),
-        "{}",
-        stderr(&output)
-    );
+    assert_failed(&output, 3, "not valid for the name");
     // A key without its certificate is a usage error.
     let output = vsp(with(&["--tls-ca", &ca_file, "--tls-key", &key]), None).await;
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));

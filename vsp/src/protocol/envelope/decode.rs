@@ -377,4 +377,3 @@ pub(crate) fn salvage_request_id(json: &[u8]) -> Option<&RawValue> {
         .ok()
         .map(|frame| frame.header.request_id)
 }
-

@@ -1,7 +1,6 @@
 //! Writing an envelope in place, into the frame's buffer: no intermediate value, no copy of
 //! the body.
 
-
 use serde_json::value::RawValue;
 
 use super::*;
@@ -254,4 +253,3 @@ pub(super) fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
         }
     }
 }
-

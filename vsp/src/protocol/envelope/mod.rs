@@ -18,8 +18,7 @@ mod tests;
 pub(crate) use decode::check_envelope_readers_agree;
 pub(crate) use decode::{salvage_request_id, Envelope, FrameView};
 pub(crate) use encode::{
-    write_envelope, write_error_body, write_service_error_body, Extensions, HeaderOut,
-    RequestIdOut,
+    write_envelope, write_error_body, write_service_error_body, Extensions, HeaderOut, RequestIdOut,
 };
 
 /// The protocol version this crate speaks, sent in the `vsp` header key of every response.
@@ -91,4 +90,3 @@ pub(crate) fn short_text(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 pub(crate) fn is_json_object(json: &str) -> bool {
     json.trim_start().starts_with('{')
 }
-

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 use vsp::VspError;
 
-use crate::discovery_args::TargetArgs;
+use crate::discovery_args::{Resolved, TargetArgs};
 use crate::{parse_duration, read_body, Failure};
 
 #[derive(Args)]
@@ -106,12 +106,27 @@ fn error_kind(err: &VspError) -> String {
     }
 }
 
+/// What every caller task of one run shares.
+struct Run {
+    resolved: Resolved,
+    endpoint: String,
+    body: Value,
+    streaming: bool,
+    started: Instant,
+    until: Option<Instant>,
+    budget: u64,
+    issued: AtomicU64,
+    done: AtomicU64,
+    items_read: AtomicU64,
+    first_error: Mutex<Option<VspError>>,
+}
+
 pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
-    let body = Arc::new(read_body(args.body.as_deref())?);
+    let body = read_body(args.body.as_deref())?;
     if args.concurrency == 0 {
         return Err(Failure::usage("-c must be at least 1"));
     }
-    let resolved = Arc::new(args.target.resolve()?);
+    let resolved = args.target.resolve()?;
     let streaming = args.stream
         || match resolved.client.describe(&resolved.service).await {
             Ok(description) => description
@@ -119,81 +134,25 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
                 .is_some_and(|endpoint| endpoint.streaming),
             Err(_) => false,
         };
-    let items_read = Arc::new(AtomicU64::new(0));
-    let endpoint = Arc::new(args.endpoint);
     let started = Instant::now();
-    let until = args.duration.map(|d| started + d);
-    let budget = args.calls.unwrap_or(u64::MAX);
-    let issued = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
-    let first_error: Arc<Mutex<Option<VspError>>> = Arc::new(Mutex::new(None));
-
-    let callers: Vec<_> = (0..args.concurrency)
-        .map(|_| {
-            let (resolved, endpoint, body) = (resolved.clone(), endpoint.clone(), body.clone());
-            let (issued, done, first_error) = (issued.clone(), done.clone(), first_error.clone());
-            let items_read = items_read.clone();
-            tokio::spawn(async move {
-                let mut tally = Tally::default();
-                loop {
-                    if until.is_some_and(|until| Instant::now() >= until)
-                        || issued.fetch_add(1, Ordering::Relaxed) >= budget
-                    {
-                        return tally;
-                    }
-                    let t0 = Instant::now();
-                    let outcome: Result<u64, VspError> = if streaming {
-                        read_stream(&resolved.client, &resolved.service, &endpoint, &body).await
-                    } else {
-                        resolved
-                            .client
-                            .call(&resolved.service, &endpoint, &*body)
-                            .await
-                            .map(|_| 0)
-                    };
-                    if let Ok(items) = &outcome {
-                        items_read.fetch_add(*items, Ordering::Relaxed);
-                    }
-                    match outcome {
-                        Ok(_) => tally.latencies.push(t0.elapsed().as_nanos() as u64),
-                        Err(err) => {
-                            *tally.errors.entry(error_kind(&err)).or_default() += 1;
-                            first_error
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .get_or_insert(err);
-                        }
-                    }
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-
-    let progress = (!args.json && std::io::stderr().is_terminal()).then(|| {
-        let done = done.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let elapsed = started.elapsed();
-                let calls = done.load(Ordering::Relaxed);
-                let fraction = match (until, budget) {
-                    (Some(until), _) => elapsed.as_secs_f64() / (until - started).as_secs_f64(),
-                    (None, budget) => calls as f64 / budget as f64,
-                }
-                .min(1.0);
-                let filled = (fraction * 30.0) as usize;
-                eprint!(
-                    "\r[{}{}] {calls} calls, {:.0}/s ",
-                    "#".repeat(filled),
-                    ".".repeat(30 - filled),
-                    calls as f64 / elapsed.as_secs_f64().max(1e-9)
-                );
-                let _ = std::io::stderr().flush();
-            }
-        })
+    let run = Arc::new(Run {
+        resolved,
+        endpoint: args.endpoint,
+        body,
+        streaming,
+        started,
+        until: args.duration.map(|d| started + d),
+        budget: args.calls.unwrap_or(u64::MAX),
+        issued: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        items_read: AtomicU64::new(0),
+        first_error: Mutex::new(None),
     });
-
+    let callers: Vec<_> = (0..args.concurrency)
+        .map(|_| tokio::spawn(call_until_done(run.clone())))
+        .collect();
+    let progress =
+        (!args.json && std::io::stderr().is_terminal()).then(|| spawn_progress(run.clone()));
     let mut tally = Tally::default();
     for caller in callers {
         let one = caller
@@ -209,65 +168,145 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         progress.abort();
         eprintln!();
     }
-
-    tally.latencies.sort_unstable();
-    let at = |q: f64| {
-        if tally.latencies.is_empty() {
-            return 0.0;
-        }
-        let index = ((tally.latencies.len() - 1) as f64 * q).round() as usize;
-        tally.latencies[index] as f64 / 1e6
-    };
-    let ok = tally.latencies.len() as u64;
-    let failed: u64 = tally.errors.values().sum();
-    let report = Report {
-        calls: ok + failed,
-        ok,
+    let report = Report::of(
+        tally,
         seconds,
-        calls_per_sec: (ok + failed) as f64 / seconds.max(1e-9),
-        latency_ms: Latency {
-            p50: at(0.50),
-            p90: at(0.90),
-            p99: at(0.99),
-            max: at(1.0),
-        },
-        errors: tally.errors,
-        items: streaming.then(|| items_read.load(Ordering::Relaxed)),
-        items_per_sec: streaming
-            .then(|| items_read.load(Ordering::Relaxed) as f64 / seconds.max(1e-9)),
-    };
+        streaming.then(|| run.items_read.load(Ordering::Relaxed)),
+    );
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     } else {
+        report.print();
+    }
+    // A run in which nothing succeeded exits like the failure it met.
+    let first_error = run
+        .first_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    match (report.ok, first_error) {
+        (0, Some(err)) => Err(err.into()),
+        _ => Ok(()),
+    }
+}
+
+/// One caller: calls one after another until the run's duration or call count is reached.
+async fn call_until_done(run: Arc<Run>) -> Tally {
+    let mut tally = Tally::default();
+    let client = &run.resolved.client;
+    let service = &run.resolved.service;
+    loop {
+        if run.until.is_some_and(|until| Instant::now() >= until)
+            || run.issued.fetch_add(1, Ordering::Relaxed) >= run.budget
+        {
+            return tally;
+        }
+        let t0 = Instant::now();
+        let outcome: Result<u64, VspError> = if run.streaming {
+            read_stream(client, service, &run.endpoint, &run.body).await
+        } else {
+            client
+                .call(service, &run.endpoint, &run.body)
+                .await
+                .map(|_| 0)
+        };
+        match outcome {
+            Ok(items) => {
+                run.items_read.fetch_add(items, Ordering::Relaxed);
+                tally.latencies.push(t0.elapsed().as_nanos() as u64);
+            }
+            Err(err) => {
+                *tally.errors.entry(error_kind(&err)).or_default() += 1;
+                run.first_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(err);
+            }
+        }
+        run.done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A progress bar on a terminal's standard error, redrawn every 200 ms.
+fn spawn_progress(run: Arc<Run>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let elapsed = run.started.elapsed();
+            let calls = run.done.load(Ordering::Relaxed);
+            let fraction = match (run.until, run.budget) {
+                (Some(until), _) => elapsed.as_secs_f64() / (until - run.started).as_secs_f64(),
+                (None, budget) => calls as f64 / budget as f64,
+            }
+            .min(1.0);
+            let filled = (fraction * 30.0) as usize;
+            eprint!(
+                "\r[{}{}] {calls} calls, {:.0}/s ",
+                "#".repeat(filled),
+                ".".repeat(30 - filled),
+                calls as f64 / elapsed.as_secs_f64().max(1e-9)
+            );
+            let _ = std::io::stderr().flush();
+        }
+    })
+}
+
+impl Report {
+    /// The figures of a finished run.
+    fn of(mut tally: Tally, seconds: f64, items: Option<u64>) -> Report {
+        tally.latencies.sort_unstable();
+        let at = |q: f64| {
+            if tally.latencies.is_empty() {
+                return 0.0;
+            }
+            let index = ((tally.latencies.len() - 1) as f64 * q).round() as usize;
+            tally.latencies[index] as f64 / 1e6
+        };
+        let ok = tally.latencies.len() as u64;
+        let failed: u64 = tally.errors.values().sum();
+        Report {
+            calls: ok + failed,
+            ok,
+            seconds,
+            calls_per_sec: (ok + failed) as f64 / seconds.max(1e-9),
+            latency_ms: Latency {
+                p50: at(0.50),
+                p90: at(0.90),
+                p99: at(0.99),
+                max: at(1.0),
+            },
+            errors: tally.errors,
+            items,
+            items_per_sec: items.map(|items| items as f64 / seconds.max(1e-9)),
+        }
+    }
+
+    /// The report for a person, on standard output.
+    fn print(&self) {
         println!("Summary:");
+        let failed = self.calls - self.ok;
         println!(
-            "  Calls:     {} ({} ok, {} failed)",
-            report.calls, report.ok, failed
+            "  Calls:     {} ({} ok, {failed} failed)",
+            self.calls, self.ok
         );
-        println!("  Duration:  {:.2} s", report.seconds);
-        println!("  Calls/s:   {:.1}", report.calls_per_sec);
-        if let (Some(items), Some(per_sec)) = (report.items, report.items_per_sec) {
+        println!("  Duration:  {:.2} s", self.seconds);
+        println!("  Calls/s:   {:.1}", self.calls_per_sec);
+        if let (Some(items), Some(per_sec)) = (self.items, self.items_per_sec) {
             println!("  Items:     {items} ({per_sec:.1}/s)");
         }
         println!("Latency (ok calls):");
-        println!("  p50  {:>10.3} ms", report.latency_ms.p50);
-        println!("  p90  {:>10.3} ms", report.latency_ms.p90);
-        println!("  p99  {:>10.3} ms", report.latency_ms.p99);
-        println!("  max  {:>10.3} ms", report.latency_ms.max);
-        if !report.errors.is_empty() {
+        println!("  p50  {:>10.3} ms", self.latency_ms.p50);
+        println!("  p90  {:>10.3} ms", self.latency_ms.p90);
+        println!("  p99  {:>10.3} ms", self.latency_ms.p99);
+        println!("  max  {:>10.3} ms", self.latency_ms.max);
+        if !self.errors.is_empty() {
             println!("Errors:");
-            for (kind, count) in &report.errors {
+            for (kind, count) in &self.errors {
                 println!("  {count:>8}  {kind}");
             }
         }
-    }
-    // A run in which nothing succeeded exits like the failure it met.
-    let first_error = first_error.lock().unwrap_or_else(|e| e.into_inner()).take();
-    match (ok, first_error) {
-        (0, Some(err)) => Err(err.into()),
-        _ => Ok(()),
     }
 }

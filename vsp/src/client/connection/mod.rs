@@ -1,5 +1,7 @@
 //! One multiplexed client connection: many calls in flight, matched to responses by request id.
 
+mod deliver;
+
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -16,8 +18,7 @@ use crate::protocol::frame::{
     encode_frame, encode_frame_within, EncodeError, FrameReader, ReadError,
 };
 use crate::protocol::{
-    parse_int_request_id, salvage_request_id, write_envelope, Envelope, Extensions, HeaderOut,
-    Metadata, RequestIdOut, StreamFrame, PROTOCOL_REVISION,
+    write_envelope, Extensions, HeaderOut, Metadata, RequestIdOut, PROTOCOL_REVISION,
 };
 use crate::trace::TraceContext;
 use crate::transport::{run_writer, Io, WriteQueue};
@@ -151,93 +152,6 @@ impl ConnectionState {
         for (_, slot) in calls {
             let _ = slot.send(Err(CallFailure::Closed(reason.clone())));
         }
-    }
-
-    fn deliver(&self, frame: Bytes, routes: &mut Routes) {
-        let envelope = match Envelope::parse_view(&frame) {
-            Ok(envelope) => envelope,
-            Err(err) => {
-                let id = salvage_request_id(&frame).and_then(parse_int_request_id);
-                let slot = id.and_then(|id| self.pending().calls.remove(&id));
-                match slot {
-                    Some(slot) => {
-                        let _ = slot.send(Err(CallFailure::Protocol(err.to_string())));
-                    }
-                    None => {
-                        tracing::warn!(instance = %self.instance, "dropped an unreadable response: {err}")
-                    }
-                }
-                return;
-            }
-        };
-        if !envelope.is_response() {
-            tracing::warn!(instance = %self.instance, "dropped a request sent to a client");
-            return;
-        }
-        let Some(id) = parse_int_request_id(envelope.request_id()) else {
-            if envelope.error_code() == Some(ErrorCode::ShuttingDown) {
-                // The server's notice that it drains: no new calls on this connection.
-                tracing::debug!(instance = %self.instance, "the server is shutting down");
-                self.draining.store(true, Ordering::Release);
-            } else if envelope.error_code() == Some(ErrorCode::Protocol) {
-                // The server could not tie the error to a request: it is about to close on us.
-                let message = serde_json::from_slice::<ErrorBody<'_>>(envelope.body())
-                    .map(|body| body.error.into_owned())
-                    .unwrap_or_else(|_| String::from_utf8_lossy(envelope.body()).into_owned());
-                self.close(format!("the server reported a protocol error: {message}"));
-            } else {
-                tracing::warn!(instance = %self.instance, request_id = envelope.request_id().get(), "dropped a response with a foreign request id");
-            }
-            return;
-        };
-        if let Some(revision) = envelope.version() {
-            if revision > self.peer_revision.load(Ordering::Relaxed) {
-                self.peer_revision.store(revision, Ordering::Relaxed);
-            }
-        }
-        let stream_frame = envelope.stream_frame();
-        let body = envelope.body();
-        // The body borrows from `frame`: its offset turns it into a range of the shared bytes.
-        let start = body.as_ptr() as usize - frame.as_ptr() as usize;
-        let response = RawResponse {
-            error_code: envelope.error_code(),
-            from_vsp_peer: envelope.version().is_some(),
-            body: start..start + body.len(),
-            frame: frame.clone(),
-            stream_end: stream_frame.map(|frame| frame == StreamFrame::End),
-            stream: None,
-        };
-        if let Some(StreamFrame::Item(_) | StreamFrame::End) = stream_frame {
-            let end = response.stream_end == Some(true);
-            if end {
-                routes.map.remove(&id);
-                let slot = self.pending().streams.remove(&id);
-                if let Some(slot) = slot {
-                    let _ = slot.send(Ok(response));
-                }
-                return;
-            }
-            let slot = match routes.map.get(&id) {
-                Some(slot) => slot,
-                None => {
-                    let Some(slot) = self.pending().streams.get(&id).cloned() else {
-                        tracing::debug!(instance = %self.instance, id, "dropped an item of a stream its caller dropped");
-                        return;
-                    };
-                    routes.insert(id, slot)
-                }
-            };
-            if slot.send(Ok(response)).is_err() {
-                // The caller dropped the stream (and cancelled it): forget its route.
-                routes.map.remove(&id);
-            }
-            return;
-        }
-        let Some(slot) = self.pending().calls.remove(&id) else {
-            tracing::debug!(instance = %self.instance, id, "dropped a late response (its call gave up)");
-            return;
-        };
-        let _ = slot.send(Ok(response));
     }
 
     /// Sends a control frame for call `id` (more items, or a cancel), to a server that knows
