@@ -9,13 +9,14 @@ use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
-use syn::{
-    Attribute, FnArg, GenericArgument, Ident, ItemTrait, LitStr, Pat, PathArguments, ReturnType,
-    Token, TraitItem, TraitItemFn, Type, Visibility,
-};
+use syn::{Attribute, Ident, ItemTrait, LitStr, Token, TraitItem, Type, Visibility};
 
 use crate::attr::Once;
 use crate::naming::{const_name, kebab_case, suffixed};
+
+mod parse;
+
+use parse::{is_option, parse_method, Errors, Method, Output};
 
 pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let args: ServiceArgs = syn::parse2(attr)?;
@@ -68,33 +69,6 @@ impl Parse for ServiceArgs {
             strict_schema: strict_option.into_value().is_some(),
         })
     }
-}
-
-/// One trait method, checked.
-struct Method {
-    /// Attributes other than `#[vsp(...)]` (docs, cfgs, lints).
-    attrs: Vec<Attribute>,
-    ident: Ident,
-    /// The endpoint's wire name.
-    wire_name: String,
-    /// Its `///` comment, for its description.
-    doc: Option<String>,
-    idempotent: bool,
-    args: Vec<(Ident, Type)>,
-    /// The return type as written (`()` when there is none).
-    ret: Type,
-    output: Output,
-}
-
-enum Output {
-    /// `-> Result<T, E>`: `E` travels typed.
-    Fallible { ok: Box<Type>, err: Box<Type> },
-    /// `-> T`, or nothing.
-    Value,
-    /// `-> Streaming<T>`: a server stream of `T`.
-    Stream { item: Box<Type> },
-    /// `-> Result<Streaming<T>, E>`: a stream, or `E` (typed) instead of it.
-    FallibleStream { item: Box<Type>, err: Box<Type> },
 }
 
 /// Everything needed to write the expansion.
@@ -436,55 +410,7 @@ impl ServiceGenerator {
                 ::vsp::EndpointInfo { name: #wire_name, method: #method_name, idempotent: #idempotent }
             }
         });
-        let methods = self.methods.iter().map(|method| {
-            let Method {
-                attrs,
-                ident,
-                args,
-                ret,
-                output,
-                wire_name,
-                idempotent,
-                ..
-            } = method;
-            let args_ident = self.args_ident(method);
-            let names: Vec<&Ident> = args.iter().map(|(name, _)| name).collect();
-            let types = args.iter().map(|(_, ty)| ty);
-            let (ret, call) = match output {
-                Output::Fallible { ok, err } => (
-                    quote!(::core::result::Result<#ok, ::vsp::CallError<#err>>),
-                    quote!(call_fallible),
-                ),
-                Output::Value => (
-                    quote!(::core::result::Result<#ret, ::vsp::VspError>),
-                    quote!(call_infallible),
-                ),
-                Output::FallibleStream { item, err } => (
-                    quote!(::core::result::Result<::vsp::CallStream<#item>, ::vsp::CallError<#err>>),
-                    quote!(call_fallible_stream),
-                ),
-                Output::Stream { item } => (
-                    quote!(::core::result::Result<::vsp::CallStream<#item>, ::vsp::VspError>),
-                    quote!(call_infallible_stream),
-                ),
-            };
-            // Spanned at the return type: an unmet bound on it is reported there.
-            let call_expr = quote_spanned! {method.ret.span()=>
-                ::vsp::__private::#call(
-                    &self.client,
-                    #service_name,
-                    #wire_name,
-                    #idempotent,
-                    &#args_ident { #(#names),* },
-                )
-            };
-            quote! {
-                #(#attrs)*
-                pub async fn #ident(&self, #(#names: #types),*) -> #ret {
-                    #call_expr.await
-                }
-            }
-        });
+        let methods = self.methods.iter().map(|method| self.client_method(method));
         // A trait method named `new` takes the constructor's name; `From<VspClient>` remains.
         let constructor = (!self.methods.iter().any(|m| m.ident == "new")).then(|| {
             quote! {
@@ -519,6 +445,57 @@ impl ServiceGenerator {
                 #constructor
 
                 #(#methods)*
+            }
+        }
+    }
+    /// One method of the client: the call of its endpoint, typed as the trait method returns.
+    fn client_method(&self, method: &Method) -> TokenStream {
+        let service_name = &self.service_name;
+        let Method {
+            attrs,
+            ident,
+            args,
+            ret,
+            output,
+            wire_name,
+            idempotent,
+            ..
+        } = method;
+        let args_ident = self.args_ident(method);
+        let names: Vec<&Ident> = args.iter().map(|(name, _)| name).collect();
+        let types = args.iter().map(|(_, ty)| ty);
+        let (ret, call) = match output {
+            Output::Fallible { ok, err } => (
+                quote!(::core::result::Result<#ok, ::vsp::CallError<#err>>),
+                quote!(call_fallible),
+            ),
+            Output::Value => (
+                quote!(::core::result::Result<#ret, ::vsp::VspError>),
+                quote!(call_infallible),
+            ),
+            Output::FallibleStream { item, err } => (
+                quote!(::core::result::Result<::vsp::CallStream<#item>, ::vsp::CallError<#err>>),
+                quote!(call_fallible_stream),
+            ),
+            Output::Stream { item } => (
+                quote!(::core::result::Result<::vsp::CallStream<#item>, ::vsp::VspError>),
+                quote!(call_infallible_stream),
+            ),
+        };
+        // Spanned at the return type: an unmet bound on it is reported there.
+        let call_expr = quote_spanned! {method.ret.span()=>
+            ::vsp::__private::#call(
+                &self.client,
+                #service_name,
+                #wire_name,
+                #idempotent,
+                &#args_ident { #(#names),* },
+            )
+        };
+        quote! {
+            #(#attrs)*
+            pub async fn #ident(&self, #(#names: #types),*) -> #ret {
+                #call_expr.await
             }
         }
     }
@@ -557,264 +534,4 @@ fn camel(ident: &Ident) -> String {
                 .unwrap_or_default()
         })
         .collect()
-}
-
-fn parse_method(method: TraitItemFn, errors: &mut Errors) -> Option<Method> {
-    let TraitItemFn {
-        attrs,
-        sig,
-        default,
-        ..
-    } = method;
-    let before = errors.len();
-    if let Some(body) = &default {
-        errors.push(body.span(), "a service method cannot have a default body");
-    }
-    if sig.asyncness.is_none() {
-        errors.push(sig.fn_token.span(), "service methods must be `async fn`");
-    }
-    if let Some(constness) = sig.constness {
-        errors.push(constness.span(), "service methods cannot be `const`");
-    }
-    if let Some(unsafety) = sig.unsafety {
-        errors.push(unsafety.span(), "service methods cannot be `unsafe`");
-    }
-    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        errors.push(
-            sig.generics.span(),
-            "generic methods are not supported: an endpoint needs one concrete wire type per argument",
-        );
-    }
-    if let Some(variadic) = &sig.variadic {
-        errors.push(variadic.span(), "variadic methods are not supported");
-    }
-
-    let mut inputs = sig.inputs.iter();
-    match inputs.next() {
-        Some(FnArg::Receiver(receiver))
-            if receiver.reference.is_some() && receiver.mutability.is_none() => {}
-        Some(FnArg::Receiver(receiver)) => errors.push(
-            receiver.span(),
-            "service methods take `&self`: a service is shared by every connection",
-        ),
-        _ => errors.push(
-            sig.ident.span(),
-            "service methods take `&self` as their first parameter",
-        ),
-    }
-    let mut args = Vec::new();
-    for input in inputs {
-        let FnArg::Typed(arg) = input else { continue };
-        match &*arg.pat {
-            Pat::Ident(pat) if pat.by_ref.is_none() && pat.mutability.is_none() && pat.subpat.is_none() => {
-                if let Type::ImplTrait(ty) = &*arg.ty {
-                    errors.push(ty.span(), "`impl Trait` arguments are generic, which endpoints do not support: use a concrete type");
-                } else if let Type::Reference(reference) = &*arg.ty {
-                    errors.push_error(syn::Error::new_spanned(
-                        reference,
-                        format!(
-                            "arguments are owned (each call's arguments are deserialized anew): use `{}`",
-                            owned_type(reference)
-                        ),
-                    ));
-                } else {
-                    args.push((pat.ident.clone(), (*arg.ty).clone()));
-                }
-            }
-            other => errors.push(
-                other.span(),
-                "service method arguments must be plain names: each name is a key of the request's JSON object",
-            ),
-        }
-    }
-
-    let mut name_option = Once::new("name");
-    let mut idempotent_option = Once::new("idempotent");
-    let mut kept_attrs = Vec::new();
-    for attr in attrs {
-        if !attr.path().is_ident("vsp") {
-            kept_attrs.push(attr);
-            continue;
-        }
-        let parsed = attr.parse_nested_meta(|meta| {
-            if meta.path.is_ident("name") {
-                let name: LitStr = meta.value()?.parse()?;
-                if name.value().is_empty() {
-                    return Err(syn::Error::new(
-                        name.span(),
-                        "an endpoint name cannot be empty",
-                    ));
-                }
-                name_option.set(meta.path.span(), name.value())
-            } else if meta.path.is_ident("idempotent") {
-                idempotent_option.set(meta.path.span(), ())
-            } else {
-                Err(meta.error("unknown `vsp` option; expected `name = \"...\"` or `idempotent`"))
-            }
-        });
-        if let Err(err) = parsed {
-            errors.push_error(err);
-        }
-    }
-    let wire_name = name_option
-        .into_value()
-        .unwrap_or_else(|| sig.ident.to_string().trim_start_matches("r#").to_owned());
-    let idempotent = idempotent_option.into_value().is_some();
-    if RESERVED_ENDPOINTS.contains(&wire_name.as_str()) {
-        errors.push(
-            sig.ident.span(),
-            format!(
-                "`{wire_name}` is an endpoint every VSP server answers itself: rename the method, or give it another wire name with `#[vsp(name = \"...\")]`"
-            ),
-        );
-    }
-    let doc = doc_comment(&kept_attrs);
-
-    let ret: Type = match &sig.output {
-        ReturnType::Default => syn::parse_quote!(()),
-        ReturnType::Type(_, ty) => (**ty).clone(),
-    };
-    let output = match result_types(&ret) {
-        Some((ok, err)) => match streaming_item(&ok) {
-            Some(item) => Output::FallibleStream {
-                item: Box::new(item),
-                err: Box::new(err),
-            },
-            None => Output::Fallible {
-                ok: Box::new(ok),
-                err: Box::new(err),
-            },
-        },
-        None => match streaming_item(&ret) {
-            Some(item) => Output::Stream {
-                item: Box::new(item),
-            },
-            None => Output::Value,
-        },
-    };
-    (errors.len() == before).then_some(Method {
-        attrs: kept_attrs,
-        ident: sig.ident,
-        wire_name,
-        doc,
-        idempotent,
-        args,
-        ret,
-        output,
-    })
-}
-
-/// Whether `ty` is spelled `Option<...>` (any path ending in `Option` with one type argument).
-fn is_option(ty: &Type) -> bool {
-    let Type::Path(path) = ty else { return false };
-    path.path.segments.last().is_some_and(|last| {
-        last.ident == "Option"
-            && matches!(&last.arguments, PathArguments::AngleBracketed(args) if args.args.len() == 1)
-    })
-}
-
-/// The wire names every server answers itself (`vsp::protocol::HEALTH_ENDPOINT` and
-/// `DESCRIBE_ENDPOINT`).
-const RESERVED_ENDPOINTS: [&str; 2] = ["health", "vsp.describe"];
-
-/// The text of `///` comments (`#[doc = "..."]`), one leading space per line removed, as rustdoc
-/// does; `None` when there is none.
-fn doc_comment(attrs: &[Attribute]) -> Option<String> {
-    let lines: Vec<String> = attrs
-        .iter()
-        .filter(|attr| attr.path().is_ident("doc"))
-        .filter_map(|attr| match &attr.meta {
-            syn::Meta::NameValue(syn::MetaNameValue {
-                value:
-                    syn::Expr::Lit(syn::ExprLit {
-                        lit: syn::Lit::Str(text),
-                        ..
-                    }),
-                ..
-            }) => Some(text.value()),
-            _ => None,
-        })
-        .flat_map(|text| {
-            text.split('\n')
-                .map(|line| line.strip_prefix(' ').unwrap_or(line).trim_end().to_owned())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let text = lines.join("\n").trim().to_owned();
-    (!text.is_empty()).then_some(text)
-}
-
-/// What to write instead of a borrowed argument type: `String` for `&str`, `Vec<T>` for `&[T]`,
-/// `T` for `&T`.
-fn owned_type(reference: &syn::TypeReference) -> String {
-    match &*reference.elem {
-        Type::Path(path) if path.path.is_ident("str") => "String".to_owned(),
-        Type::Path(path) if path.path.is_ident("Path") => "PathBuf".to_owned(),
-        Type::Slice(slice) => {
-            let elem = &slice.elem;
-            format!("Vec<{}>", quote::quote!(#elem)).replace(' ', "")
-        }
-        elem => quote::quote!(#elem).to_string().replace(' ', ""),
-    }
-}
-
-/// `T` and `E` of a return type spelled `Result<T, E>` (any path ending in `Result` with two
-/// type arguments).
-fn result_types(ty: &Type) -> Option<(Type, Type)> {
-    let Type::Path(path) = ty else { return None };
-    let last = path.path.segments.last()?;
-    if last.ident != "Result" {
-        return None;
-    }
-    let PathArguments::AngleBracketed(generics) = &last.arguments else {
-        return None;
-    };
-    let mut types = generics.args.iter().filter_map(|arg| match arg {
-        GenericArgument::Type(ty) => Some(ty.clone()),
-        _ => None,
-    });
-    let (ok, err) = (types.next()?, types.next()?);
-    (types.next().is_none() && generics.args.len() == 2).then_some((ok, err))
-}
-
-/// `T` of a type spelled `Streaming<T>` (any path ending in `Streaming` with one type argument:
-/// `vsp::Streaming<T>`, or `Streaming<T>` imported).
-fn streaming_item(ty: &Type) -> Option<Type> {
-    let Type::Path(path) = ty else { return None };
-    let last = path.path.segments.last()?;
-    if last.ident != "Streaming" {
-        return None;
-    }
-    let PathArguments::AngleBracketed(generics) = &last.arguments else {
-        return None;
-    };
-    match generics.args.iter().collect::<Vec<_>>().as_slice() {
-        [GenericArgument::Type(item)] => Some(item.clone()),
-        _ => None,
-    }
-}
-
-/// Collects every error so the user sees them all at once.
-#[derive(Default)]
-struct Errors(Option<syn::Error>);
-
-impl Errors {
-    fn push(&mut self, span: Span, message: impl std::fmt::Display) {
-        self.push_error(syn::Error::new(span, message));
-    }
-
-    fn push_error(&mut self, error: syn::Error) {
-        match &mut self.0 {
-            Some(all) => all.combine(error),
-            None => self.0 = Some(error),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |all| all.into_iter().count())
-    }
-
-    fn finish(self) -> syn::Result<()> {
-        self.0.map_or(Ok(()), Err)
-    }
 }

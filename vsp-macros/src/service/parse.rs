@@ -1,0 +1,320 @@
+//! Reading one trait method: everything a user can get wrong is reported at its tokens, and
+//! what is left is a [`Method`] the generator only writes code from.
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{
+    Attribute, FnArg, GenericArgument, Ident, LitStr, Pat, PathArguments, ReturnType, TraitItemFn,
+    Type,
+};
+
+use crate::attr::Once;
+
+/// One trait method, checked.
+pub(super) struct Method {
+    /// Attributes other than `#[vsp(...)]` (docs, cfgs, lints).
+    pub(super) attrs: Vec<Attribute>,
+    pub(super) ident: Ident,
+    /// The endpoint's wire name.
+    pub(super) wire_name: String,
+    /// Its `///` comment, for its description.
+    pub(super) doc: Option<String>,
+    pub(super) idempotent: bool,
+    pub(super) args: Vec<(Ident, Type)>,
+    /// The return type as written (`()` when there is none).
+    pub(super) ret: Type,
+    pub(super) output: Output,
+}
+
+pub(super) enum Output {
+    /// `-> Result<T, E>`: `E` travels typed.
+    Fallible { ok: Box<Type>, err: Box<Type> },
+    /// `-> T`, or nothing.
+    Value,
+    /// `-> Streaming<T>`: a server stream of `T`.
+    Stream { item: Box<Type> },
+    /// `-> Result<Streaming<T>, E>`: a stream, or `E` (typed) instead of it.
+    FallibleStream { item: Box<Type>, err: Box<Type> },
+}
+
+/// Checks one trait method: `None` (with every problem in `errors`) if it cannot be an endpoint.
+pub(super) fn parse_method(method: TraitItemFn, errors: &mut Errors) -> Option<Method> {
+    let TraitItemFn {
+        attrs,
+        sig,
+        default,
+        ..
+    } = method;
+    let before = errors.len();
+    if let Some(body) = &default {
+        errors.push(body.span(), "a service method cannot have a default body");
+    }
+    check_signature(&sig, errors);
+    let args = parse_args(&sig, errors);
+    let (kept_attrs, name, idempotent) = parse_options(attrs, errors);
+    let wire_name =
+        name.unwrap_or_else(|| sig.ident.to_string().trim_start_matches("r#").to_owned());
+    if RESERVED_ENDPOINTS.contains(&wire_name.as_str()) {
+        errors.push(
+            sig.ident.span(),
+            format!(
+                "`{wire_name}` is an endpoint every VSP server answers itself: rename the method, or give it another wire name with `#[vsp(name = \"...\")]`"
+            ),
+        );
+    }
+    let doc = doc_comment(&kept_attrs);
+    let ret: Type = match &sig.output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, ty) => (**ty).clone(),
+    };
+    let output = output_of(&ret);
+    (errors.len() == before).then_some(Method {
+        attrs: kept_attrs,
+        ident: sig.ident,
+        wire_name,
+        doc,
+        idempotent,
+        args,
+        ret,
+        output,
+    })
+}
+
+/// What the signature itself must be: `async fn(&self, ...)`, not const, unsafe, generic or
+/// variadic.
+fn check_signature(sig: &syn::Signature, errors: &mut Errors) {
+    if sig.asyncness.is_none() {
+        errors.push(sig.fn_token.span(), "service methods must be `async fn`");
+    }
+    if let Some(constness) = sig.constness {
+        errors.push(constness.span(), "service methods cannot be `const`");
+    }
+    if let Some(unsafety) = sig.unsafety {
+        errors.push(unsafety.span(), "service methods cannot be `unsafe`");
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        errors.push(
+            sig.generics.span(),
+            "generic methods are not supported: an endpoint needs one concrete wire type per argument",
+        );
+    }
+    if let Some(variadic) = &sig.variadic {
+        errors.push(variadic.span(), "variadic methods are not supported");
+    }
+    match sig.inputs.first() {
+        Some(FnArg::Receiver(receiver))
+            if receiver.reference.is_some() && receiver.mutability.is_none() => {}
+        Some(FnArg::Receiver(receiver)) => errors.push(
+            receiver.span(),
+            "service methods take `&self`: a service is shared by every connection",
+        ),
+        _ => errors.push(
+            sig.ident.span(),
+            "service methods take `&self` as their first parameter",
+        ),
+    }
+}
+
+/// The arguments after `&self`: plain names of owned, concrete types.
+fn parse_args(sig: &syn::Signature, errors: &mut Errors) -> Vec<(Ident, Type)> {
+    let mut args = Vec::new();
+    for input in sig.inputs.iter().skip(1) {
+        let FnArg::Typed(arg) = input else { continue };
+        match &*arg.pat {
+            Pat::Ident(pat) if pat.by_ref.is_none() && pat.mutability.is_none() && pat.subpat.is_none() => {
+                if let Type::ImplTrait(ty) = &*arg.ty {
+                    errors.push(ty.span(), "`impl Trait` arguments are generic, which endpoints do not support: use a concrete type");
+                } else if let Type::Reference(reference) = &*arg.ty {
+                    errors.push_error(syn::Error::new_spanned(
+                        reference,
+                        format!(
+                            "arguments are owned (each call's arguments are deserialized anew): use `{}`",
+                            owned_type(reference)
+                        ),
+                    ));
+                } else {
+                    args.push((pat.ident.clone(), (*arg.ty).clone()));
+                }
+            }
+            other => errors.push(
+                other.span(),
+                "service method arguments must be plain names: each name is a key of the request's JSON object",
+            ),
+        }
+    }
+    args
+}
+
+/// The method's `#[vsp(name = "...", idempotent)]` options, and its other attributes (kept).
+fn parse_options(
+    attrs: Vec<Attribute>,
+    errors: &mut Errors,
+) -> (Vec<Attribute>, Option<String>, bool) {
+    let mut name_option = Once::new("name");
+    let mut idempotent_option = Once::new("idempotent");
+    let mut kept_attrs = Vec::new();
+    for attr in attrs {
+        if !attr.path().is_ident("vsp") {
+            kept_attrs.push(attr);
+            continue;
+        }
+        let parsed = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("name") {
+                let name: LitStr = meta.value()?.parse()?;
+                if name.value().is_empty() {
+                    return Err(syn::Error::new(
+                        name.span(),
+                        "an endpoint name cannot be empty",
+                    ));
+                }
+                name_option.set(meta.path.span(), name.value())
+            } else if meta.path.is_ident("idempotent") {
+                idempotent_option.set(meta.path.span(), ())
+            } else {
+                Err(meta.error("unknown `vsp` option; expected `name = \"...\"` or `idempotent`"))
+            }
+        });
+        if let Err(err) = parsed {
+            errors.push_error(err);
+        }
+    }
+    let idempotent = idempotent_option.into_value().is_some();
+    (kept_attrs, name_option.into_value(), idempotent)
+}
+
+/// What the return type makes of the endpoint: a value, a typed error, a stream, or both.
+fn output_of(ret: &Type) -> Output {
+    match result_types(ret) {
+        Some((ok, err)) => match streaming_item(&ok) {
+            Some(item) => Output::FallibleStream {
+                item: Box::new(item),
+                err: Box::new(err),
+            },
+            None => Output::Fallible {
+                ok: Box::new(ok),
+                err: Box::new(err),
+            },
+        },
+        None => match streaming_item(ret) {
+            Some(item) => Output::Stream {
+                item: Box::new(item),
+            },
+            None => Output::Value,
+        },
+    }
+}
+
+/// Whether `ty` is spelled `Option<...>` (any path ending in `Option` with one type argument).
+pub(super) fn is_option(ty: &Type) -> bool {
+    let Type::Path(path) = ty else { return false };
+    path.path.segments.last().is_some_and(|last| {
+        last.ident == "Option"
+            && matches!(&last.arguments, PathArguments::AngleBracketed(args) if args.args.len() == 1)
+    })
+}
+
+/// The wire names every server answers itself (`vsp::protocol::HEALTH_ENDPOINT` and
+/// `DESCRIBE_ENDPOINT`).
+const RESERVED_ENDPOINTS: [&str; 2] = ["health", "vsp.describe"];
+
+/// The text of `///` comments (`#[doc = "..."]`), one leading space per line removed, as rustdoc
+/// does; `None` when there is none.
+fn doc_comment(attrs: &[Attribute]) -> Option<String> {
+    let lines: Vec<String> = attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("doc"))
+        .filter_map(|attr| match &attr.meta {
+            syn::Meta::NameValue(syn::MetaNameValue {
+                value:
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(text),
+                        ..
+                    }),
+                ..
+            }) => Some(text.value()),
+            _ => None,
+        })
+        .flat_map(|text| {
+            text.split('\n')
+                .map(|line| line.strip_prefix(' ').unwrap_or(line).trim_end().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let text = lines.join("\n").trim().to_owned();
+    (!text.is_empty()).then_some(text)
+}
+
+/// What to write instead of a borrowed argument type: `String` for `&str`, `Vec<T>` for `&[T]`,
+/// `T` for `&T`.
+fn owned_type(reference: &syn::TypeReference) -> String {
+    match &*reference.elem {
+        Type::Path(path) if path.path.is_ident("str") => "String".to_owned(),
+        Type::Path(path) if path.path.is_ident("Path") => "PathBuf".to_owned(),
+        Type::Slice(slice) => {
+            let elem = &slice.elem;
+            format!("Vec<{}>", quote::quote!(#elem)).replace(' ', "")
+        }
+        elem => quote::quote!(#elem).to_string().replace(' ', ""),
+    }
+}
+
+/// `T` and `E` of a return type spelled `Result<T, E>` (any path ending in `Result` with two
+/// type arguments).
+fn result_types(ty: &Type) -> Option<(Type, Type)> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(generics) = &last.arguments else {
+        return None;
+    };
+    let mut types = generics.args.iter().filter_map(|arg| match arg {
+        GenericArgument::Type(ty) => Some(ty.clone()),
+        _ => None,
+    });
+    let (ok, err) = (types.next()?, types.next()?);
+    (types.next().is_none() && generics.args.len() == 2).then_some((ok, err))
+}
+
+/// `T` of a type spelled `Streaming<T>` (any path ending in `Streaming` with one type argument:
+/// `vsp::Streaming<T>`, or `Streaming<T>` imported).
+fn streaming_item(ty: &Type) -> Option<Type> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    if last.ident != "Streaming" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(generics) = &last.arguments else {
+        return None;
+    };
+    match generics.args.iter().collect::<Vec<_>>().as_slice() {
+        [GenericArgument::Type(item)] => Some(item.clone()),
+        _ => None,
+    }
+}
+
+/// Collects every error so the user sees them all at once.
+#[derive(Default)]
+pub(super) struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub(super) fn push(&mut self, span: Span, message: impl std::fmt::Display) {
+        self.push_error(syn::Error::new(span, message));
+    }
+
+    pub(super) fn push_error(&mut self, error: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |all| all.into_iter().count())
+    }
+
+    pub(super) fn finish(self) -> syn::Result<()> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
