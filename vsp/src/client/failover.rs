@@ -341,7 +341,7 @@ impl VspClient {
             Span::none()
         } else {
             let address = instance.address();
-            let peer = trace::Endpoint {
+            let peer = trace::Peer {
                 host: address.host(),
                 port: address.port(),
                 text: address,

@@ -229,7 +229,7 @@ fn server_span(conn: &ServerConnection, envelope: &FrameView<'_>) -> tracing::Sp
         &manager.name,
         envelope.endpoint(),
         envelope.request_id().get(),
-        manager.bound.get().map(|bound| trace::Endpoint {
+        manager.bound.get().map(|bound| trace::Peer {
             host: bound.host(),
             port: bound.port(),
             text: bound,
