@@ -1,4 +1,5 @@
-//! A test of the crate's shape: no cycle among the top-level modules of `vsp/src`.
+//! Tests of the crate's shape: no cycle among the top-level modules of `vsp/src`, and no
+//! source file over 600 lines.
 //!
 //! Why a test and not a convention: a plug-in trait that starts to import its host (a balancer
 //! reaching into the mesh) compiles fine, and every later capability then has to work around the
@@ -141,4 +142,30 @@ fn the_scan_sees_groups_and_paths() {
     graph.insert("a".to_owned(), BTreeSet::from(["b".to_owned()]));
     graph.insert("b".to_owned(), BTreeSet::from(["a".to_owned()]));
     assert_eq!(find_cycle(&graph).unwrap(), ["a", "b", "a"]);
+}
+
+/// The longest a source file of the library or its macros may grow: past it, a file holds more
+/// than one job and is split by job (as `server/`, `client/connection/` and `trace/` are).
+const MAX_FILE_LINES: usize = 600;
+
+#[test]
+fn no_source_file_is_over_600_lines() {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut too_long = Vec::new();
+    // The macros' sources are beside the library in the repository (not in its package).
+    for dir in [crate_dir.join("src"), crate_dir.join("../vsp-macros/src")] {
+        if !dir.exists() {
+            continue;
+        }
+        for file in rust_files(&dir) {
+            let lines = std::fs::read_to_string(&file).unwrap().lines().count();
+            if lines > MAX_FILE_LINES {
+                too_long.push(format!("{} ({lines} lines)", file.display()));
+            }
+        }
+    }
+    assert!(
+        too_long.is_empty(),
+        "split by job, each file at most {MAX_FILE_LINES} lines: {too_long:?}"
+    );
 }
