@@ -14,8 +14,8 @@ use crate::client::CallStream;
 use crate::error::{CallError, VspError};
 use crate::protocol::EndpointDescription;
 use crate::server::{
-    FnEndpoint, ServiceResult, ServiceStreamResult, ServiceStreamValue, ServiceValue,
-    StreamEndpoint,
+    FnEndpoint, Opening, Outcome, ServiceResult, ServiceStreamResult, ServiceStreamValue,
+    ServiceValue, StreamEndpoint,
 };
 use crate::stream::Streaming;
 use crate::{VspClient, VspManager};
@@ -239,12 +239,9 @@ where
     T: Serialize + Send + 'static,
     E: Serialize + Send + 'static,
 {
-    let endpoint_impl = FnEndpoint::new(move |args: A| {
-        let running = handler(args);
-        async move { ServiceResult(running.await, text) }
-    });
-    let name = description.name.clone();
-    manager.register(name, description, Box::new(endpoint_impl))
+    register_unary(manager, description, handler, move |out| {
+        ServiceResult(out, text)
+    })
 }
 
 /// Registers a service method returning a plain `T`.
@@ -259,12 +256,7 @@ where
     Fut: Future<Output = T> + Send + 'static,
     T: Serialize + Send + 'static,
 {
-    let endpoint_impl = FnEndpoint::new(move |args: A| {
-        let running = handler(args);
-        async move { ServiceValue(running.await) }
-    });
-    let name = description.name.clone();
-    manager.register(name, description, Box::new(endpoint_impl))
+    register_unary(manager, description, handler, ServiceValue)
 }
 
 /// Registers a service method returning `Result<Streaming<T>, E>`; `E` travels typed.
@@ -281,12 +273,9 @@ where
     T: Serialize + Send + 'static,
     E: Serialize + Send + 'static,
 {
-    let endpoint_impl = StreamEndpoint::new(move |args: A| {
-        let running = handler(args);
-        async move { ServiceStreamResult(running.await, text) }
-    });
-    let name = description.name.clone();
-    manager.register_stream(name, description, Box::new(endpoint_impl))
+    register_stream(manager, description, handler, move |out| {
+        ServiceStreamResult(out, text)
+    })
 }
 
 /// Registers a service method returning `Streaming<T>`.
@@ -301,12 +290,54 @@ where
     Fut: Future<Output = Streaming<T>> + Send + 'static,
     T: Serialize + Send + 'static,
 {
-    let endpoint_impl = StreamEndpoint::new(move |args: A| {
+    register_stream(manager, description, handler, ServiceStreamValue)
+}
+
+// The four entry points above exist for the macro's diagnostics (each names the bounds of its
+// shape in the user's terms); the work is done once per shape, here.
+
+/// A unary endpoint whose handler's output becomes its answer through `answer`.
+fn register_unary<F, A, Fut, W, R>(
+    manager: &VspManager,
+    description: EndpointDescription,
+    handler: F,
+    answer: W,
+) -> Result<(), VspError>
+where
+    F: Fn(A) -> Fut + Send + Sync + 'static,
+    A: DeserializeOwned + Send + 'static,
+    Fut: Future + Send + 'static,
+    W: Fn(Fut::Output) -> R + Copy + Send + Sync + 'static,
+    R: Outcome,
+{
+    let endpoint = FnEndpoint::new(move |args: A| {
         let running = handler(args);
-        async move { ServiceStreamValue(running.await) }
+        async move { answer(running.await) }
     });
     let name = description.name.clone();
-    manager.register_stream(name, description, Box::new(endpoint_impl))
+    manager.register(name, description, Box::new(endpoint))
+}
+
+/// A streaming endpoint whose handler's output opens its stream through `opening`.
+fn register_stream<F, A, Fut, W, R>(
+    manager: &VspManager,
+    description: EndpointDescription,
+    handler: F,
+    opening: W,
+) -> Result<(), VspError>
+where
+    F: Fn(A) -> Fut + Send + Sync + 'static,
+    A: DeserializeOwned + Send + 'static,
+    Fut: Future + Send + 'static,
+    W: Fn(Fut::Output) -> R + Copy + Send + Sync + 'static,
+    R: Opening,
+{
+    let endpoint = StreamEndpoint::new(move |args: A| {
+        let running = handler(args);
+        async move { opening(running.await) }
+    });
+    let name = description.name.clone();
+    manager.register_stream(name, description, Box::new(endpoint))
 }
 
 /// Calls a method returning `Result<Streaming<T>, E>`: an error before the stream opens is the
