@@ -135,9 +135,7 @@ impl VspManager {
         T: Serialize + Send + 'static,
         E: Display + Send + 'static,
     {
-        let name = name.into();
-        let description = EndpointDescription::new(name.clone());
-        self.register(name, description, Box::new(FnEndpoint::new(handler)))
+        self.endpoint_described(EndpointDescription::new(name), handler)
     }
 
     /// As [`endpoint`](VspManager::endpoint), registered under `description.name` with what
