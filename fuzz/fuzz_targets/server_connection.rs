@@ -14,7 +14,8 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use vsp::transport::{Address, Connector, DefaultConnector};
+use vsp::transport::{Connector, DefaultConnector};
+use vsp::Address;
 use vsp::{Streaming, VspManager};
 
 const ADDRESS: &str = "fuzz-server";
