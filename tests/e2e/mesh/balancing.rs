@@ -43,6 +43,33 @@ fn counts(picks: &[u16]) -> HashMap<u16, usize> {
     counts
 }
 
+/// Weights registered (or announced by discovery) take effect in a mesh built with no balancer
+/// named: 3:1 of the calls, not half and half (issue 30).
+#[test]
+fn a_default_mesh_honours_weights() {
+    let mesh = ServiceMesh::new();
+    for (port, weight) in [(8000, 3.0), (8001, 1.0)] {
+        mesh.register(ServiceInfo::new("svc", "10.0.0.1", port).with_weight(weight))
+            .unwrap();
+    }
+    let counts = counts(&picks(&mesh, "svc", 400));
+    assert_eq!((counts[&8000], counts[&8001]), (300, 100), "{counts:?}");
+}
+
+/// With equal weights the default is plain round robin: every instance in turn.
+#[test]
+fn a_default_mesh_with_equal_weights_takes_turns() {
+    let mesh = ServiceMesh::new();
+    for port in [8000, 8001, 8002] {
+        mesh.register(ServiceInfo::new("svc", "10.0.0.1", port)).unwrap();
+    }
+    let picked = picks(&mesh, "svc", 6);
+    assert_eq!(picked[..3], picked[3..], "one full turn repeats: {picked:?}");
+    let mut turn = picked[..3].to_vec();
+    turn.sort_unstable();
+    assert_eq!(turn, [8000, 8001, 8002], "{picked:?}");
+}
+
 #[test]
 fn weighted_5_1_1_gives_exactly_5000_1000_1000_of_7000_interleaved() {
     let mesh = mesh_with(WeightedBalancer::new(), &[5.0, 1.0, 1.0]);

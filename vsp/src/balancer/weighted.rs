@@ -1,5 +1,6 @@
 //! Smooth weighted round robin, as nginx does it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{LoadBalancer, ServiceBalancer};
@@ -43,6 +44,9 @@ impl LoadBalancer for WeightedBalancer {
 #[derive(Debug, Default)]
 struct SmoothWeighted {
     scores: Mutex<Scores>,
+    /// The turn while every weight is equal: smooth weighted round robin is then plain round
+    /// robin, picked without the lock (the common case, and the default mesh's per-call path).
+    turn: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +62,14 @@ struct Scores {
 
 impl ServiceBalancer for SmoothWeighted {
     fn pick(&self, instances: &[Arc<Instance>]) -> Option<usize> {
+        let first = instances.first()?.weight();
+        if instances.iter().all(|instance| instance.weight() == first) {
+            let len = instances.len();
+            let start = self.turn.fetch_add(1, Ordering::Relaxed) % len;
+            return (0..len)
+                .map(|offset| (start + offset) % len)
+                .find(|&index| instances[index].is_eligible());
+        }
         let mut scores = self.scores.lock().unwrap_or_else(PoisonError::into_inner);
         let list = (instances.as_ptr() as usize, instances.len());
         if scores.list != list {

@@ -19,7 +19,8 @@ pub(crate) use crate::instance::{
     HealthPolicy, HealthStatus, Instance, InstanceState, ServiceInfo,
 };
 
-use crate::balancer::{LoadBalancer, RoundRobinBalancer, ServiceBalancer};
+use crate::balancer::{LoadBalancer, ServiceBalancer};
+use crate::WeightedBalancer;
 use crate::discovery::{Discovery, Membership, StaticDiscovery};
 use crate::error::VspError;
 use crate::instance::{HealthRecord, ProbeTicket, Verdict};
@@ -107,7 +108,9 @@ impl ServiceMeshBuilder {
         self
     }
 
-    /// How a call picks among eligible instances (default: [`RoundRobinBalancer`]).
+    /// How a call picks among eligible instances (default: [`WeightedBalancer`], which is round
+    /// robin while every weight is equal; [`RoundRobinBalancer`](crate::RoundRobinBalancer)
+    /// ignores weights).
     pub fn load_balancer(mut self, balancer: impl LoadBalancer) -> Self {
         self.balancer = Some(Box::new(balancer));
         self
@@ -128,7 +131,7 @@ impl ServiceMeshBuilder {
             changing: Mutex::new(()),
             balancer: self
                 .balancer
-                .unwrap_or_else(|| Box::new(RoundRobinBalancer::new())),
+                .unwrap_or_else(|| Box::new(WeightedBalancer::new())),
             health: self.health.sanitized(),
             changed: tokio::sync::Notify::new(),
             prober: arc_swap::ArcSwapOption::empty(),
