@@ -61,10 +61,15 @@ fn a_default_mesh_honours_weights() {
 fn a_default_mesh_with_equal_weights_takes_turns() {
     let mesh = ServiceMesh::new();
     for port in [8000, 8001, 8002] {
-        mesh.register(ServiceInfo::new("svc", "10.0.0.1", port)).unwrap();
+        mesh.register(ServiceInfo::new("svc", "10.0.0.1", port))
+            .unwrap();
     }
     let picked = picks(&mesh, "svc", 6);
-    assert_eq!(picked[..3], picked[3..], "one full turn repeats: {picked:?}");
+    assert_eq!(
+        picked[..3],
+        picked[3..],
+        "one full turn repeats: {picked:?}"
+    );
     let mut turn = picked[..3].to_vec();
     turn.sort_unstable();
     assert_eq!(turn, [8000, 8001, 8002], "{picked:?}");

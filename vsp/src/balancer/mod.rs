@@ -13,8 +13,6 @@ pub(crate) mod weighted;
 
 use std::sync::Arc;
 
-pub(crate) use round_robin::RoundRobinBalancer;
-
 use crate::instance::Instance;
 
 /// A load-balancing policy; pass one to

@@ -20,11 +20,11 @@ pub(crate) use crate::instance::{
 };
 
 use crate::balancer::{LoadBalancer, ServiceBalancer};
-use crate::WeightedBalancer;
 use crate::discovery::{Discovery, Membership, StaticDiscovery};
 use crate::error::VspError;
 use crate::instance::{HealthRecord, ProbeTicket, Verdict};
 use crate::transport::Address;
+use crate::WeightedBalancer;
 
 /// One service's instances and its balancer state.
 struct ServiceEntry {
