@@ -315,10 +315,13 @@ impl VspClient {
     fn call_deadline(&self, options: &CallOptions, began: Instant) -> (Instant, Duration) {
         let timeout = options.timeout.unwrap_or(self.timeout);
         let deadline = crate::deadline::after(began, timeout);
-        match Context::current_deadline() {
-            Some(served) if options.inherit_deadline && served < deadline => {
-                (served, served.saturating_duration_since(began))
-            }
+        // The task-local is read only when the call inherits (the default).
+        let served = options
+            .inherit_deadline
+            .then(Context::current_deadline)
+            .flatten();
+        match served {
+            Some(served) if served < deadline => (served, served.saturating_duration_since(began)),
             _ => (deadline, timeout),
         }
     }

@@ -52,8 +52,6 @@ impl PeerLog {
         log
     }
 
-    /// Logs a request whose `traceparent` was not taken (it starts a new trace); true if at
-    /// `warn`.
     /// Logs a response frame sent to this server (a peer that is confused or probing); true if
     /// at `warn`.
     pub(crate) fn stray_response(&self, service: &str, peer: &Address, request_id: &str) -> bool {
@@ -67,6 +65,8 @@ impl PeerLog {
         log
     }
 
+    /// Logs a request whose `traceparent` was not taken (it starts a new trace); true if at
+    /// `warn`.
     pub(crate) fn bad_traceparent(
         &self,
         service: &str,
