@@ -120,4 +120,17 @@ mod tests {
         let other = Address::tcp("10.0.0.8", 4000);
         assert!(log.stray_response("s", &other, "1"));
     }
+
+    /// Peers from ever new addresses (an IPv6 /64 has plenty) cannot grow the table: it holds
+    /// at most `HOSTS` hosts, and beyond them a new host is simply not logged at `warn`.
+    #[test]
+    fn the_table_of_logged_hosts_is_bounded() {
+        let log = PeerLog::default();
+        for n in 0..(PeerLog::HOSTS as u32 + 1000) {
+            let host = std::net::Ipv6Addr::from(0x2001_0db8_u128 << 96 | u128::from(n));
+            log.stray_response("s", &Address::tcp(host.to_string(), 1), "1");
+        }
+        let held = log.last.lock().unwrap().len();
+        assert_eq!(held, PeerLog::HOSTS, "hosts remembered");
+    }
 }
