@@ -37,6 +37,15 @@ impl std::fmt::Display for UserError {
     }
 }
 
+/// The status the HTTP gateway answers with (without it, a typed error is `422`).
+impl vsp::HttpStatus for UserError {
+    fn http_status(&self) -> u16 {
+        match self {
+            UserError::NotFound { .. } => 404,
+        }
+    }
+}
+
 /// The users of the system.
 #[vsp::service(name = "user-service")]
 pub trait UserService {

@@ -435,3 +435,45 @@ impl<E> CallError<E> {
         }
     }
 }
+
+/// The HTTP status the gateway answers a service's typed error with, as axum's `IntoResponse`
+/// gives a handler's error its status.
+///
+/// A typed error (the `E` of a `#[vsp::service]` method returning `Result<T, E>`) is the caller's
+/// outcome, not a server fault: through the HTTP gateway (`vsp::gateway`) it is answered `422
+/// Unprocessable Content` unless its type implements this trait. The status travels with the
+/// error (an optional `http_status` header key, which Velithon ignores) and must be a 4xx one:
+/// anything else is answered 422 too. A handler's panic, or a failure of the server, stays 500.
+///
+/// ```
+/// #[derive(Debug, serde::Serialize, serde::Deserialize)]
+/// enum OrderError {
+///     OutOfStock { sku: String },
+///     UnknownCustomer,
+///     Rejected { reason: String },
+/// }
+///
+/// impl vsp::HttpStatus for OrderError {
+///     fn http_status(&self) -> u16 {
+///         match self {
+///             OrderError::OutOfStock { .. } => 409,
+///             OrderError::UnknownCustomer => 404,
+///             OrderError::Rejected { .. } => 422,
+///         }
+///     }
+/// }
+/// # use vsp::HttpStatus as _;
+/// assert_eq!(OrderError::UnknownCustomer.http_status(), 404);
+/// ```
+pub trait HttpStatus {
+    /// This error's HTTP status, from 400 to 499.
+    fn http_status(&self) -> u16;
+}
+
+/// The status of a typed error without [`HttpStatus`], or with one outside the 4xx range.
+pub(crate) const DEFAULT_SERVICE_ERROR_STATUS: u16 = 422;
+
+/// `status` if it is a 4xx one, the statuses a typed error may have.
+pub(crate) fn client_error_status(status: u16) -> Option<u16> {
+    (400..=499).contains(&status).then_some(status)
+}

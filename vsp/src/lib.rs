@@ -248,7 +248,7 @@ pub use client::{
 };
 pub use context::Context;
 pub use discovery::static_list::StaticDiscovery;
-pub use error::{CallError, ErrorCode, ProtocolError, VspError};
+pub use error::{CallError, ErrorCode, HttpStatus, ProtocolError, VspError};
 pub use instance::{HealthPolicy, HealthStatus, Instance, InstanceState, ServiceInfo};
 pub use mesh::{ServiceMesh, ServiceMeshBuilder};
 pub use protocol::describe::{EndpointDescription, ServiceDescription};

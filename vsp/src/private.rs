@@ -67,6 +67,74 @@ impl<E> ByJson<E> for ErrorText<E> {
     }
 }
 
+/// Picks a service error's HTTP status by autoref specialization, like [`ErrorText`]:
+/// `(&&ErrorStatus::<E>::new()).status_fn()` is `Some` when `E` implements
+/// [`HttpStatus`](crate::HttpStatus).
+pub struct ErrorStatus<E>(std::marker::PhantomData<fn(&E)>);
+
+impl<E> ErrorStatus<E> {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        ErrorStatus(std::marker::PhantomData)
+    }
+}
+
+/// The [`HttpStatus`](crate::HttpStatus) case of [`ErrorStatus`].
+pub trait ByHttpStatus<E> {
+    fn status_fn(&self) -> Option<fn(&E) -> u16>;
+}
+
+impl<E: crate::HttpStatus> ByHttpStatus<E> for &ErrorStatus<E> {
+    fn status_fn(&self) -> Option<fn(&E) -> u16> {
+        Some(|err| err.http_status())
+    }
+}
+
+/// The fallback of [`ErrorStatus`]: the gateway's default.
+pub trait ByDefaultStatus<E> {
+    fn status_fn(&self) -> Option<fn(&E) -> u16>;
+}
+
+impl<E> ByDefaultStatus<E> for ErrorStatus<E> {
+    fn status_fn(&self) -> Option<fn(&E) -> u16> {
+        None
+    }
+}
+
+/// How a service method's typed error is written besides its JSON: its text (its `Display`,
+/// else its JSON) and its HTTP status (its [`HttpStatus`](crate::HttpStatus), else none).
+pub struct ErrorWays<E> {
+    pub(crate) text: Option<fn(&E) -> String>,
+    pub(crate) status: Option<fn(&E) -> u16>,
+}
+
+// Two function pointers: copied, whatever `E` is.
+impl<E> Clone for ErrorWays<E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<E> Copy for ErrorWays<E> {}
+
+impl<E> ErrorWays<E> {
+    pub fn new(text: Option<fn(&E) -> String>, status: Option<fn(&E) -> u16>) -> Self {
+        ErrorWays { text, status }
+    }
+
+    /// The text and status of `err`; a status outside 4xx is not sent (the gateway's default).
+    pub(crate) fn of(&self, err: &E) -> (Option<String>, Option<u16>) {
+        let status = self.status.map(|status| status(err)).and_then(|status| {
+            let valid = crate::error::client_error_status(status);
+            if valid.is_none() {
+                tracing::warn!("the HTTP status {status} of a typed error is not 4xx: not sent");
+            }
+            valid
+        });
+        (self.text.map(|text| text(err)), status)
+    }
+}
+
 /// Where a service's schemas are made: schemars' generator with feature `schema`, nothing
 /// without.
 pub struct SchemaGen {
@@ -224,12 +292,12 @@ pub fn describe(
     description
 }
 
-/// Registers a service method returning `Result<T, E>`; `E` travels typed, and as text (`text`,
-/// its `Display` when it has one).
+/// Registers a service method returning `Result<T, E>`; `E` travels typed, as text and with
+/// its HTTP status (`ways`).
 pub fn register_fallible<F, A, Fut, T, E>(
     manager: &VspManager,
     description: EndpointDescription,
-    text: Option<fn(&E) -> String>,
+    ways: ErrorWays<E>,
     handler: F,
 ) -> Result<(), VspError>
 where
@@ -240,7 +308,7 @@ where
     E: Serialize + Send + 'static,
 {
     register_unary(manager, description, handler, move |out| {
-        ServiceResult(out, text)
+        ServiceResult(out, ways)
     })
 }
 
@@ -263,7 +331,7 @@ where
 pub fn register_fallible_stream<F, A, Fut, T, E>(
     manager: &VspManager,
     description: EndpointDescription,
-    text: Option<fn(&E) -> String>,
+    ways: ErrorWays<E>,
     handler: F,
 ) -> Result<(), VspError>
 where
@@ -274,7 +342,7 @@ where
     E: Serialize + Send + 'static,
 {
     register_stream(manager, description, handler, move |out| {
-        ServiceStreamResult(out, text)
+        ServiceStreamResult(out, ways)
     })
 }
 

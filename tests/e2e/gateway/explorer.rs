@@ -197,13 +197,13 @@ async fn the_explorer_calls_get_user_from_its_form_and_shows_john_doe() {
         .click()
         .await
         .unwrap();
-    // The outcome's status line saying `500 handler`, once the page has it.
+    // The outcome's status line saying `404 service_error`, once the page has it.
     let status = text_of(
         &browser,
         "form[data-endpoint='get_user'] + .outcome .meta .bad",
     )
     .await;
-    assert_eq!(status, "500 handler");
+    assert_eq!(status, "404 service_error");
     let error = text_of(
         &browser,
         "form[data-endpoint='get_user'] + .outcome pre.result",

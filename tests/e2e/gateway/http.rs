@@ -128,11 +128,12 @@ async fn a_call_returns_the_result_as_json_and_typed_errors_keep_their_data() {
         json!({"id": "123", "name": "John Doe", "email": "john@example.com"})
     );
 
-    // `handler` is 500, and the service's typed error travels in `data`.
+    // The service's typed error has the status its type gives (`UserError::NotFound` is 404),
+    // and travels in `data`.
     let missing = fixture
         .post("/user-service/get_user", r#"{"user_id":"9"}"#)
         .await;
-    assert_error(&missing, StatusCode::INTERNAL_SERVER_ERROR, "handler");
+    assert_error(&missing, StatusCode::NOT_FOUND, "service_error");
     assert_eq!(missing.2["error"]["message"], "no user with id 9");
     assert_eq!(
         missing.2["error"]["data"],

@@ -2,3 +2,4 @@
 
 mod explorer;
 mod http;
+mod statuses;

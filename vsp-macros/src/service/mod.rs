@@ -259,12 +259,18 @@ impl ServiceGenerator {
             let ident = &method.ident;
             let description = self.description(method);
             let names: Vec<&Ident> = method.args.iter().map(|(name, _)| name).collect();
-            // The error's text: its `Display` if it has one (picked where `E` is concrete).
+            // The error's text (its `Display` if it has one) and HTTP status (its `HttpStatus`
+            // if it has one), picked where `E` is concrete.
             let text_of = |err: &Type| {
                 quote! {{
                     #[allow(unused_imports)]
-                    use ::vsp::__private::{ByDisplay as _, ByJson as _};
-                    (&&::vsp::__private::ErrorText::<#err>::new()).text_fn()
+                    use ::vsp::__private::{
+                        ByDefaultStatus as _, ByDisplay as _, ByHttpStatus as _, ByJson as _,
+                    };
+                    ::vsp::__private::ErrorWays::<#err>::new(
+                        (&&::vsp::__private::ErrorText::<#err>::new()).text_fn(),
+                        (&&::vsp::__private::ErrorStatus::<#err>::new()).status_fn(),
+                    )
                 },}
             };
             let (register, text) = match &method.output {

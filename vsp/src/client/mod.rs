@@ -210,7 +210,7 @@ impl VspClient {
     }
 
     /// A call with a JSON body in and out, as the HTTP gateway makes it: the result's raw JSON,
-    /// or the error with the typed error's JSON (`data` of a `handler` error), if it has one.
+    /// or the error with the service's typed error, if it has one.
     #[cfg(feature = "gateway")]
     pub(crate) async fn call_json(
         &self,
@@ -218,19 +218,19 @@ impl VspClient {
         endpoint: &str,
         body: &serde_json::value::RawValue,
         options: CallOptions,
-    ) -> Result<
-        Box<serde_json::value::RawValue>,
-        (VspError, Option<Box<serde_json::value::RawValue>>),
-    > {
+    ) -> Result<Box<serde_json::value::RawValue>, (VspError, Option<TypedError>)> {
         let response = self
             .exchange(service, endpoint, body, options)
             .await
             .map_err(|err| (err, None))?;
-        let data = match response.error_code {
-            Some(ErrorCode::Handler) => response::service_error(&response),
+        let typed = match response.error_code {
+            Some(ErrorCode::Handler) => response::service_error(&response).map(|data| TypedError {
+                data,
+                http_status: response.http_status,
+            }),
             _ => None,
         };
-        response::decode(service, endpoint, &response).map_err(|err| (err, data))
+        response::decode(service, endpoint, &response).map_err(|err| (err, typed))
     }
 
     /// What `service` says of itself: its endpoints with their docs and JSON Schemas (the
@@ -295,4 +295,13 @@ impl VspClient {
     pub fn open_connections(&self, endpoint: &str) -> usize {
         self.inner.pools.open_connections(endpoint)
     }
+}
+
+/// A service's typed error as the gateway answers it: its JSON (`data` of a `handler` error) and
+/// the HTTP status it declared, if any.
+#[cfg(feature = "gateway")]
+#[derive(Debug)]
+pub(crate) struct TypedError {
+    pub(crate) data: Box<serde_json::value::RawValue>,
+    pub(crate) http_status: Option<u16>,
 }

@@ -2,6 +2,8 @@
 //! (and, for a bad argument, which field).
 
 use super::*;
+use crate::client::TypedError;
+use crate::error::{client_error_status, DEFAULT_SERVICE_ERROR_STATUS};
 
 /// An error answer: a status and `{"error": {"code", "message", "field"?, "data"?}}`.
 #[derive(Debug)]
@@ -51,7 +53,7 @@ impl GatewayError {
     /// The HTTP status of a VSP failure (the module's table). Unless `internals`, a failure of
     /// the gateway's own (no instance, a connection that failed) is described without the
     /// addresses and states it names, which go to the log instead.
-    pub(super) fn from_vsp(err: &VspError, data: Option<Box<RawValue>>, internals: bool) -> Self {
+    pub(super) fn from_vsp(err: &VspError, typed: Option<TypedError>, internals: bool) -> Self {
         let unavailable = (StatusCode::SERVICE_UNAVAILABLE, true);
         let bad_gateway = (StatusCode::BAD_GATEWAY, false);
         let (code, message) = match err {
@@ -81,6 +83,17 @@ impl GatewayError {
             (ErrorCode::Overloaded, _) => (unavailable, "overloaded"),
             (ErrorCode::ShuttingDown, _) => (unavailable, "shutting_down"),
             (ErrorCode::Timeout, _) => ((StatusCode::GATEWAY_TIMEOUT, false), "timeout"),
+            // The service's typed error: the caller's outcome, with the status it declared.
+            (ErrorCode::Handler, _) if typed.is_some() => {
+                let status = typed
+                    .as_ref()
+                    .and_then(|typed| typed.http_status)
+                    .and_then(client_error_status)
+                    .unwrap_or(DEFAULT_SERVICE_ERROR_STATUS);
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+                ((status, false), "service_error")
+            }
             (ErrorCode::Handler, _) => ((StatusCode::INTERNAL_SERVER_ERROR, false), "handler"),
             // A streaming endpoint: the gateway answers once, so it cannot call it.
             (ErrorCode::NotSupported, _) => ((StatusCode::NOT_IMPLEMENTED, false), "not_supported"),
@@ -119,7 +132,7 @@ impl GatewayError {
             code: Cow::Owned(code_text.to_owned()),
             message,
             field,
-            data,
+            data: typed.map(|typed| typed.data),
             retry_after,
             instances: None,
         }

@@ -21,7 +21,8 @@
 //! | `overloaded`, `shutting_down`, no (healthy) instance, too many calls in flight | 503 with `Retry-After` |
 //! | a deadline passed (`timeout`) | 504 |
 //! | connection refused, reset or timed out, an answer that breaks the protocol | 502 |
-//! | `handler` (a typed service error keeps its JSON in `error.data`) | 500 |
+//! | a service's typed error: `service_error`, its JSON in `error.data` | its type's status ([`HttpStatus`](crate::HttpStatus), 4xx), else 422 |
+//! | `handler` (the handler panicked or failed without a typed error) | 500 |
 //! | `not_supported` (a streaming endpoint: the gateway answers once) | 501 |
 //! | a body above [`Gateway::max_body_bytes`] | 413 |
 //!
@@ -549,8 +550,8 @@ async fn call(
     let elapsed = started.elapsed();
     let mut response = match answer {
         Ok(result) => raw_json_response(StatusCode::OK, result.get().to_owned()),
-        Err((err, data)) => {
-            GatewayError::from_vsp(&err, data, gateway.expose_internals).into_response()
+        Err((err, typed)) => {
+            GatewayError::from_vsp(&err, typed, gateway.expose_internals).into_response()
         }
     };
     // The time the call took through the mesh, for the explorer (and any caller curious).

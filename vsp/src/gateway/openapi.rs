@@ -117,13 +117,27 @@ fn operation(
         &endpoint.result_schema,
         components,
     );
-    let mut failure = error_response("An error (see the gateway's status mapping).");
+    let mut responses = json!({
+        "200": {
+            "description": "The endpoint's result.",
+            "content": { "application/json": { "schema": result } }
+        },
+        "400": error_response("The arguments do not fit the endpoint (`bad_request`, naming the `field`)."),
+        "500": error_response("The handler failed: a panic or an untyped error (`handler`)."),
+        "503": error_response("No instance can take the call now (`no_instances`, `overloaded`, ...; `Retry-After`)."),
+        "504": error_response("The call's deadline passed (`timeout`)."),
+        "default": error_response("Another failure (see the gateway's status mapping)."),
+    });
     if let Some(error) = &endpoint.error_schema {
         let data = hoist(service, &endpoint.name, "error", error, components);
-        failure["content"]["application/json"]["schema"] = json!({
+        let mut typed = error_response(
+            "The service's typed error (`service_error`, its JSON in `error.data`): 422 unless its type gives another 4xx status (`vsp::HttpStatus`).",
+        );
+        typed["content"]["application/json"]["schema"] = json!({
             "allOf": [{ "$ref": "#/components/schemas/Error" }],
             "properties": { "error": { "properties": { "data": data } } }
         });
+        responses["4XX"] = typed;
     }
     let mut operation = json!({
         "operationId": format!("{service}.{}", endpoint.name),
@@ -132,13 +146,7 @@ fn operation(
             "required": true,
             "content": { "application/json": { "schema": args } }
         },
-        "responses": {
-            "200": {
-                "description": "The endpoint's result.",
-                "content": { "application/json": { "schema": result } }
-            },
-            "default": failure,
-        },
+        "responses": responses,
         "x-vsp-idempotent": endpoint.idempotent,
     });
     if let Some(doc) = &endpoint.doc {

@@ -13,6 +13,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::Instrument;
 
+use crate::__private::ErrorWays;
+
 use super::reply::Reply;
 use super::stream::Forget;
 use super::worker::Limited;
@@ -104,13 +106,9 @@ where
     }
 }
 
-/// How a service error's text is written: its `Display` when the macro found one, else `None`
-/// (the text is then its JSON).
-pub(crate) type ErrorTextFn<E> = Option<fn(&E) -> String>;
-
 /// A service method's `Result<T, E>`: the error travels typed, for the generated client, and as
 /// text, for Velithon's clients and for logs.
-pub(crate) struct ServiceResult<T, E>(pub(crate) Result<T, E>, pub(crate) ErrorTextFn<E>);
+pub(crate) struct ServiceResult<T, E>(pub(crate) Result<T, E>, pub(crate) ErrorWays<E>);
 
 impl<T, E> Outcome for ServiceResult<T, E>
 where
@@ -121,8 +119,8 @@ where
         match self.0 {
             Ok(value) => reply.ok(&value),
             Err(err) => {
-                let text = self.1.map(|text| text(&err));
-                reply.service_error(&err, text);
+                let (text, status) = self.1.of(&err);
+                reply.service_error(&err, text, status);
             }
         }
     }

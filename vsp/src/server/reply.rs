@@ -431,8 +431,14 @@ impl Reply {
     }
 
     /// Answers with a service method's typed error: code `handler`, the error as JSON under
-    /// `data` for our clients, and as text under `error` for Velithon's.
-    pub(crate) fn service_error<E: Serialize + ?Sized>(mut self, err: &E, text: Option<String>) {
+    /// `data` for our clients, and as text under `error` for Velithon's; its HTTP status (4xx,
+    /// see [`ErrorWays`](crate::__private::ErrorWays)) under the header's `http_status`.
+    pub(crate) fn service_error<E: Serialize + ?Sized>(
+        mut self,
+        err: &E,
+        text: Option<String>,
+        status: Option<u16>,
+    ) {
         let data = match serde_json::value::to_raw_value(err) {
             Ok(data) => data,
             Err(ser) => {
@@ -448,7 +454,7 @@ impl Reply {
         self.conn.manager().stats.error_sent(&ErrorCode::Handler);
         trace::record_error(&self.span, ErrorCode::Handler.as_str(), &message);
         self.settle(true);
-        let pushed = self.push_error(&ErrorCode::Handler, |out| {
+        let pushed = self.push_error(&ErrorCode::Handler, status, |out| {
             write_service_error_body(out, &message, &data)
         });
         if pushed.is_err() {
@@ -464,7 +470,7 @@ impl Reply {
         self.conn.manager().stats.error_sent(&code);
         trace::record_error(&self.span, code.as_str(), &message);
         self.settle(true);
-        let pushed = self.push_error(&code, |out| write_error_body(out, message));
+        let pushed = self.push_error(&code, None, |out| write_error_body(out, message));
         if pushed.is_err() {
             tracing::debug!(
                 endpoint = self.endpoint(),
@@ -479,13 +485,18 @@ impl Reply {
     fn push_error(
         &self,
         code: &ErrorCode,
+        http_status: Option<u16>,
         write_body: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), QueueClosed> {
         let header = self.head.header();
         let max = self.conn.manager().config.max_frame_size;
         let pushed = self.conn.queue().push(|out| {
             let encoded = encode_frame_within(out, max, |out| {
-                write_envelope(out, &header, &Extensions::response(Some(code)), |out| {
+                let extensions = Extensions {
+                    http_status,
+                    ..Extensions::response(Some(code))
+                };
+                write_envelope(out, &header, &extensions, |out| {
                     write_body(out);
                     Ok::<_, std::convert::Infallible>(())
                 })

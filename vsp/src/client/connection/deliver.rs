@@ -33,6 +33,7 @@ impl ConnectionState {
         let start = body.as_ptr() as usize - frame.as_ptr() as usize;
         let response = RawResponse {
             error_code: envelope.error_code(),
+            http_status: envelope.http_status(),
             from_vsp_peer: envelope.version().is_some(),
             body: start..start + body.len(),
             frame: frame.clone(),

@@ -29,6 +29,9 @@ pub(super) struct Header<'a> {
     pub(super) is_response: bool,
     #[serde(borrow, default)]
     pub(super) error_code: Option<Cow<'a, str>>,
+    /// The HTTP status of a service's typed error.
+    #[serde(default)]
+    pub(super) http_status: Option<u16>,
     #[serde(default, rename = "vsp")]
     pub(super) version: Option<u32>,
     #[serde(default)]
@@ -124,6 +127,7 @@ impl<'a> Envelope<'a> {
             endpoint: Cow::Borrowed(endpoint),
             is_response,
             error_code: None,
+            http_status: None,
             version: None,
             timeout_ms: None,
             meta: None,
@@ -137,6 +141,9 @@ impl<'a> Envelope<'a> {
         }
         if c.eat(b",\"error_code\":") {
             header.error_code = Some(Cow::Borrowed(c.plain_str()?));
+        }
+        if c.eat(b",\"http_status\":") {
+            header.http_status = Some(u16::try_from(c.uint()?).ok()?);
         }
         if c.eat(b",\"vsp\":") {
             header.version = Some(u32::try_from(c.uint()?).ok()?);
@@ -236,6 +243,11 @@ impl<'a> FrameView<'a> {
 
     pub(crate) fn stream_frame(&self) -> Option<StreamFrame> {
         self.header.stream_frame()
+    }
+
+    /// The HTTP status of a service's typed error (responses).
+    pub(crate) fn http_status(&self) -> Option<u16> {
+        self.header.http_status
     }
 
     pub(crate) fn credit(&self) -> Option<u32> {

@@ -36,6 +36,8 @@ pub(crate) struct Extensions<'a> {
     pub(crate) timeout_ms: Option<u64>,
     /// `error_code`: a typed error (responses).
     pub(crate) error_code: Option<&'a ErrorCode>,
+    /// `http_status`: the HTTP status of a service's typed error (responses).
+    pub(crate) http_status: Option<u16>,
     /// `vsp`: the sender's protocol version; on every response we send, which tells our client
     /// that the header, not the body, marks an error.
     pub(crate) version: Option<u32>,
@@ -103,6 +105,10 @@ impl<'a> Extensions<'a> {
         if let Some(code) = self.error_code {
             out.extend_from_slice(b",\"error_code\":");
             write_json_str(out, code.as_str());
+        }
+        if let Some(status) = self.http_status {
+            out.extend_from_slice(b",\"http_status\":");
+            out.extend_from_slice(itoa_u64(u64::from(status), &mut [0; 20]));
         }
         if let Some(version) = self.version {
             out.extend_from_slice(b",\"vsp\":");

@@ -294,7 +294,7 @@ where
 /// A service method's `Result<Streaming<T>, E>`: the error travels typed, as unary ones do.
 pub(crate) struct ServiceStreamResult<T, E>(
     pub(crate) Result<Streaming<T>, E>,
-    pub(crate) super::endpoint::ErrorTextFn<E>,
+    pub(crate) crate::__private::ErrorWays<E>,
 );
 
 impl<T, E> Opening for ServiceStreamResult<T, E>
@@ -308,8 +308,8 @@ where
         match self.0 {
             Ok(items) => Some((items, reply)),
             Err(err) => {
-                let text = self.1.map(|text| text(&err));
-                reply.service_error(&err, text);
+                let (text, status) = self.1.of(&err);
+                reply.service_error(&err, text, status);
                 None
             }
         }
