@@ -5,6 +5,7 @@ mod deadlines_and_caps;
 mod describe;
 mod hostile_peers;
 mod limits;
+mod local;
 mod round_trip;
 mod shutdown;
 mod start;

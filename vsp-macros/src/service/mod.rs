@@ -426,6 +426,27 @@ impl ServiceGenerator {
                 }
             }
         });
+        // Likewise `local`: a trait method of that name keeps it.
+        let server = self.server_ident();
+        let local = (!self.methods.iter().any(|m| m.ident == "local")).then(|| {
+            let doc = format!(
+                "Serves `service` in this process on a free in-memory name and returns a client of it: the one-line setup of a test, with the real implementation or a fake one (any type implementing [`{trait_ident}`]). See [`VspManager::serve_local`](::vsp::VspManager::serve_local)."
+            );
+            quote! {
+                #[doc = #doc]
+                ///
+                /// # Errors
+                /// [`VspError`](::vsp::VspError) if the service cannot be registered or served.
+                pub async fn local<S>(service: S) -> ::core::result::Result<Self, ::vsp::VspError>
+                where
+                    S: #trait_ident + ::core::marker::Send + ::core::marker::Sync + 'static,
+                {
+                    let manager = ::vsp::VspManager::builder(Self::SERVICE_NAME).build();
+                    manager.serve(#server::new(service))?;
+                    ::core::result::Result::Ok(#client { client: manager.serve_local().await? })
+                }
+            }
+        });
         quote! {
             #[doc = #doc]
             #[derive(::core::clone::Clone, ::core::fmt::Debug)]
@@ -449,6 +470,8 @@ impl ServiceGenerator {
                 #(#consts)*
 
                 #constructor
+
+                #local
 
                 #(#methods)*
             }

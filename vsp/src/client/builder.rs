@@ -177,6 +177,7 @@ pub struct VspClientBuilder {
     connector: Arc<dyn Connector>,
     interceptor: Option<Arc<dyn Interceptor>>,
     metadata: Metadata,
+    keep_alive: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for VspClientBuilder {
@@ -210,7 +211,14 @@ impl VspClientBuilder {
             connector: Arc::new(DefaultConnector::new()),
             interceptor: None,
             metadata: Metadata::new(),
+            keep_alive: None,
         }
+    }
+
+    /// Keeps `value` alive as long as the client (a local server).
+    pub(crate) fn keep_alive(mut self, value: impl std::any::Any + Send + Sync) -> Self {
+        self.keep_alive = Some(Box::new(value));
+        self
     }
 
     /// Sends `key: value` with every call of this client (and of its handles).
@@ -327,6 +335,7 @@ impl VspClientBuilder {
                 budget: RetryBudget::new(config.retry_ratio, config.retry_reserve),
                 counters: Default::default(),
                 background: AtomicBool::new(false),
+                _keep_alive: self.keep_alive,
                 config,
             }),
         };

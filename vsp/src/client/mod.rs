@@ -57,6 +57,8 @@ struct ClientInner {
     counters: metrics::ClientCounters,
     /// The idle sweeper (and the active health checker) run once the first call is made.
     background: AtomicBool,
+    /// What lives as long as the client: the server of [`VspManager::serve_local`](crate::VspManager::serve_local).
+    _keep_alive: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 /// Calls VSP services by name.

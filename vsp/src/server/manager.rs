@@ -21,9 +21,11 @@ use super::endpoint::Endpoint;
 use super::worker::{PollLimiter, WorkerPool};
 use super::*;
 use crate::error::VspError;
+use crate::mesh::ServiceMesh;
 use crate::protocol::{EndpointDescription, ServiceDescription};
 use crate::stats::{EndpointCounters, LiveCounts, PerformanceStats};
-use crate::transport::{Address, Listener, TcpListener};
+use crate::transport::{Address, Listener, MemoryListener, TcpListener};
+use crate::{ServiceInfo, VspClient};
 
 /// One endpoint of a `#[vsp::service]` trait, as its generated client lists it in `ENDPOINTS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -414,6 +416,37 @@ impl VspManager {
             }
         }
         Ok(addr)
+    }
+
+    /// Serves in this process, on a free in-memory name (no socket, no port), and returns a
+    /// client whose mesh routes this service's name there: the one-line setup of a test, and
+    /// of a service that calls another one in the same process. Calls go through the same
+    /// server and client code as over TCP (JSON both ways, typed errors, deadlines, auth hooks,
+    /// limits). The server runs until [`shutdown`](VspManager::shutdown), or until the last
+    /// handle of this manager and the last clone of the client are dropped.
+    ///
+    /// A generated client does the same in one call: `XxxClient::local(impl)`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), vsp::VspError> {
+    /// let manager = vsp::VspManager::builder("echo").build();
+    /// manager.endpoint("echo", |v: serde_json::Value| async move { Ok::<_, vsp::VspError>(v) })?;
+    /// let client = manager.serve_local().await?;
+    /// let answer = client.call("echo", "echo", serde_json::json!({"n": 7})).await?;
+    /// assert_eq!(answer["n"], 7);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`start_server_on`](VspManager::start_server_on).
+    pub async fn serve_local(&self) -> Result<VspClient, VspError> {
+        let listener = MemoryListener::bind_unique(&self.inner.name);
+        let address = self.start_server_on(listener).await?;
+        let mesh = ServiceMesh::new();
+        mesh.register(ServiceInfo::at(self.inner.name.as_str(), address))?;
+        Ok(VspClient::builder(mesh).keep_alive(self.clone()).build())
     }
 
     /// The address the server listens on (with the real port when port 0 was asked for), once

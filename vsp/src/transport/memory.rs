@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use tokio::sync::mpsc;
@@ -93,9 +94,36 @@ impl MemoryListener {
                 format!("`memory:{name}` is already bound"),
             ));
         }
+        Ok(Self::insert(&mut table, name))
+    }
+
+    /// Binds a name no listener of this process holds, `<prefix>-<n>`: the in-memory port 0.
+    /// Tests that run in parallel in one process each get their own.
+    ///
+    /// ```
+    /// use vsp::transport::{Listener, MemoryListener};
+    ///
+    /// let first = MemoryListener::bind_unique("inventory");
+    /// let second = MemoryListener::bind_unique("inventory");
+    /// assert_ne!(first.local_addr(), second.local_addr());
+    /// assert!(first.local_addr().to_string().starts_with("memory:inventory-"));
+    /// ```
+    pub fn bind_unique(prefix: &str) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let mut table = table();
+        loop {
+            // A name bound by hand may already hold the number: take the next.
+            let name = format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+            if table.get(&name).is_none_or(|open| open.is_closed()) {
+                return Self::insert(&mut table, name);
+            }
+        }
+    }
+
+    fn insert(table: &mut Table, name: String) -> Self {
         let (sender, incoming) = mpsc::channel(BACKLOG);
         table.insert(name.clone(), sender);
-        Ok(MemoryListener { name, incoming })
+        MemoryListener { name, incoming }
     }
 }
 
