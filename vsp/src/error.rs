@@ -471,6 +471,7 @@ pub trait HttpStatus {
 }
 
 /// The status of a typed error without [`HttpStatus`], or with one outside the 4xx range.
+#[cfg(feature = "gateway")]
 pub(crate) const DEFAULT_SERVICE_ERROR_STATUS: u16 = 422;
 
 /// `status` if it is a 4xx one, the statuses a typed error may have.

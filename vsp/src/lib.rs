@@ -69,7 +69,7 @@
 #![forbid(unsafe_code)]
 
 #[doc(hidden)]
-#[path = "private.rs"]
+#[path = "private/mod.rs"]
 pub mod __private;
 pub mod balancer;
 mod client;

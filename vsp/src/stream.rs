@@ -84,6 +84,18 @@ impl<T: Send + 'static> Streaming<T> {
     }
 }
 
+impl<T: Send + 'static> Streaming<T> {
+    /// The same items, each turned into a `U` by `f`.
+    pub(crate) fn map_items<U: Send + 'static>(self, f: fn(T) -> U) -> Streaming<U> {
+        Streaming {
+            items: Box::pin(MapItems {
+                inner: self.items,
+                f,
+            }),
+        }
+    }
+}
+
 impl<T> Streaming<T> {
     /// The next item: `Some(Ok)`, `Some(Err)` (the last), or `None` at the end.
     pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, String>>> {
@@ -103,6 +115,23 @@ impl<S: Stream> Stream for Map<S> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.project().inner.poll_next(cx).map(|item| item.map(Ok))
+    }
+}
+
+struct MapItems<T, U> {
+    inner: Pin<Box<dyn Stream<Item = Result<T, String>> + Send>>,
+    f: fn(T) -> U,
+}
+
+impl<T, U> Stream for MapItems<T, U> {
+    type Item = Result<U, String>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let f = self.f;
+        self.inner
+            .as_mut()
+            .poll_next(cx)
+            .map(|item| item.map(|result| result.map(f)))
     }
 }
 

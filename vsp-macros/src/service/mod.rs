@@ -12,10 +12,12 @@ use syn::spanned::Spanned;
 use syn::{Attribute, Ident, ItemTrait, LitStr, Token, TraitItem, Type, Visibility};
 
 use crate::attr::Once;
-use crate::naming::{const_name, kebab_case, suffixed};
+use crate::naming::{kebab_case, suffixed};
 
+mod client;
 mod parse;
 
+use client::codecs;
 use parse::{is_option, parse_method, Errors, Method, Output};
 
 pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
@@ -178,8 +180,26 @@ impl ServiceGenerator {
                     -> impl ::core::future::Future<Output = #ret> + ::core::marker::Send;
             }
         });
+        // Unless the user gave the trait one: what a server of a type that does not implement
+        // it is told, `Arc<S>` first among them.
+        let on_unimplemented = (!attrs.iter().any(|attr| {
+            attr.path()
+                .segments
+                .last()
+                .is_some_and(|last| last.ident == "on_unimplemented")
+        }))
+        .then(|| {
+            let server = self.server_ident();
+            let note = format!(
+                "to serve an implementation shared behind an `Arc`, use `{server}::from_arc(arc)`"
+            );
+            quote! {
+                #[diagnostic::on_unimplemented(note = #note)]
+            }
+        });
         quote! {
             #(#attrs)*
+            #on_unimplemented
             #vis trait #trait_ident {
                 #(#methods)*
             }
@@ -192,7 +212,7 @@ impl ServiceGenerator {
             .iter()
             .map(|method| {
                 let ident = self.args_ident(method);
-                // Each field goes through `WireType`-bound functions, so a type that is not serde
+                // Each field goes through `WireSer`/`WireDe`-bound functions, so a type that is not serde
                 // is reported in VSP's words (at the type), not by every serde impl using it.
                 let fields = method.args.iter().map(|(name, ty)| {
                     let ser = syn::LitStr::new("::vsp::__private::ser_arg", ty.span());
@@ -233,7 +253,11 @@ impl ServiceGenerator {
             .into_iter()
             .map(|ty| {
                 quote_spanned! {ty.span()=>
-                    const _: () = ::vsp::__private::assert_wire_type::<#ty>();
+                    const _: fn() = || {
+                        #[allow(unused_imports)]
+                        use ::vsp::__private::{SerializeKnown as _, SerializeMissing as _};
+                        (&&::vsp::__private::TravelCheck::<#ty>::new()).next_check().assert();
+                    };
                 }
             })
             .collect()
@@ -259,28 +283,7 @@ impl ServiceGenerator {
             let ident = &method.ident;
             let description = self.description(method);
             let names: Vec<&Ident> = method.args.iter().map(|(name, _)| name).collect();
-            // The error's text (its `Display` if it has one) and HTTP status (its `HttpStatus`
-            // if it has one), picked where `E` is concrete.
-            let text_of = |err: &Type| {
-                quote! {{
-                    #[allow(unused_imports)]
-                    use ::vsp::__private::{
-                        ByDefaultStatus as _, ByDisplay as _, ByHttpStatus as _, ByJson as _,
-                    };
-                    ::vsp::__private::ErrorWays::<#err>::new(
-                        (&&::vsp::__private::ErrorText::<#err>::new()).text_fn(),
-                        (&&::vsp::__private::ErrorStatus::<#err>::new()).status_fn(),
-                    )
-                },}
-            };
-            let (register, text) = match &method.output {
-                Output::Fallible { err, .. } => (quote!(register_fallible), text_of(err)),
-                Output::Value => (quote!(register_infallible), quote!()),
-                Output::FallibleStream { err, .. } => {
-                    (quote!(register_fallible_stream), text_of(err))
-                }
-                Output::Stream { .. } => (quote!(register_infallible_stream), quote!()),
-            };
+            let (register, text) = register_fn(method);
             // A local of the generated code, invisible to (and not shadowed by) a parameter the
             // user named `service`.
             let shared = Ident::new("service", Span::mixed_site());
@@ -305,7 +308,8 @@ impl ServiceGenerator {
             }
 
             impl<S> #server<S> {
-                /// Wraps the implementation to be served.
+                /// Wraps the implementation to be served (for one already in an `Arc`, see
+                /// `from_arc`).
                 pub fn new(service: S) -> Self {
                     #server { service: ::std::sync::Arc::new(service) }
                 }
@@ -386,148 +390,6 @@ impl ServiceGenerator {
             ::vsp::__private::describe(#wire_name, #doc, #idempotent, &[#(#params),*], #result, #error)
         }
     }
-
-    /// `XxxClient`: one async method per trait method.
-    fn client(&self) -> TokenStream {
-        let ServiceGenerator {
-            vis,
-            trait_ident,
-            service_name,
-            ..
-        } = self;
-        let client = self.client_ident();
-        let doc = format!(
-            "Calls `{service_name}` ([`{trait_ident}`]) through a [`VspClient`](::vsp::VspClient): the mesh picks the instance, the pool the connection."
-        );
-        let consts = self.methods.iter().map(|method| {
-            let name = const_name(&method.ident);
-            let wire_name = &method.wire_name;
-            let doc = format!("The wire name of [`{trait_ident}::{}`].", method.ident);
-            quote! {
-                #[doc = #doc]
-                pub const #name: &'static str = #wire_name;
-            }
-        });
-        let infos = self.methods.iter().map(|method| {
-            let wire_name = &method.wire_name;
-            let method_name = method.ident.to_string();
-            let idempotent = method.idempotent;
-            quote! {
-                ::vsp::EndpointInfo { name: #wire_name, method: #method_name, idempotent: #idempotent }
-            }
-        });
-        let methods = self.methods.iter().map(|method| self.client_method(method));
-        // A trait method named `new` takes the constructor's name; `From<VspClient>` remains.
-        let constructor = (!self.methods.iter().any(|m| m.ident == "new")).then(|| {
-            quote! {
-                /// A client that calls through `client`.
-                pub fn new(client: ::vsp::VspClient) -> Self {
-                    #client { client }
-                }
-            }
-        });
-        // Likewise `local`: a trait method of that name keeps it.
-        let server = self.server_ident();
-        let local = (!self.methods.iter().any(|m| m.ident == "local")).then(|| {
-            let doc = format!(
-                "Serves `service` in this process on a free in-memory name and returns a client of it: the one-line setup of a test, with the real implementation or a fake one (any type implementing [`{trait_ident}`]). See [`VspManager::serve_local`](::vsp::VspManager::serve_local)."
-            );
-            quote! {
-                #[doc = #doc]
-                ///
-                /// # Errors
-                /// [`VspError`](::vsp::VspError) if the service cannot be registered or served.
-                pub async fn local<S>(service: S) -> ::core::result::Result<Self, ::vsp::VspError>
-                where
-                    S: #trait_ident + ::core::marker::Send + ::core::marker::Sync + 'static,
-                {
-                    let manager = ::vsp::VspManager::builder(Self::SERVICE_NAME).build();
-                    manager.serve(#server::new(service))?;
-                    ::core::result::Result::Ok(#client { client: manager.serve_local().await? })
-                }
-            }
-        });
-        quote! {
-            #[doc = #doc]
-            #[derive(::core::clone::Clone, ::core::fmt::Debug)]
-            #vis struct #client {
-                client: ::vsp::VspClient,
-            }
-
-            impl ::core::convert::From<::vsp::VspClient> for #client {
-                fn from(client: ::vsp::VspClient) -> Self {
-                    #client { client }
-                }
-            }
-
-            impl #client {
-                /// The service name on the wire.
-                pub const SERVICE_NAME: &'static str = #service_name;
-
-                /// Every endpoint of the service.
-                pub const ENDPOINTS: &'static [::vsp::EndpointInfo] = &[#(#infos),*];
-
-                #(#consts)*
-
-                #constructor
-
-                #local
-
-                #(#methods)*
-            }
-        }
-    }
-    /// One method of the client: the call of its endpoint, typed as the trait method returns.
-    fn client_method(&self, method: &Method) -> TokenStream {
-        let service_name = &self.service_name;
-        let Method {
-            attrs,
-            ident,
-            args,
-            ret,
-            output,
-            wire_name,
-            idempotent,
-            ..
-        } = method;
-        let args_ident = self.args_ident(method);
-        let names: Vec<&Ident> = args.iter().map(|(name, _)| name).collect();
-        let types = args.iter().map(|(_, ty)| ty);
-        let (ret, call) = match output {
-            Output::Fallible { ok, err } => (
-                quote!(::core::result::Result<#ok, ::vsp::CallError<#err>>),
-                quote!(call_fallible),
-            ),
-            Output::Value => (
-                quote!(::core::result::Result<#ret, ::vsp::VspError>),
-                quote!(call_infallible),
-            ),
-            Output::FallibleStream { item, err } => (
-                quote!(::core::result::Result<::vsp::CallStream<#item>, ::vsp::CallError<#err>>),
-                quote!(call_fallible_stream),
-            ),
-            Output::Stream { item } => (
-                quote!(::core::result::Result<::vsp::CallStream<#item>, ::vsp::VspError>),
-                quote!(call_infallible_stream),
-            ),
-        };
-        // Spanned at the return type: an unmet bound on it is reported there.
-        let call_expr = quote_spanned! {method.ret.span()=>
-            ::vsp::__private::#call(
-                &self.client,
-                #service_name,
-                #wire_name,
-                #idempotent,
-                &#args_ident { #(#names),* },
-            )
-        };
-        quote! {
-            #(#attrs)*
-            pub async fn #ident(&self, #(#names: #types),*) -> #ret {
-                #call_expr.await
-            }
-        }
-    }
 }
 
 impl ToTokens for ServiceGenerator {
@@ -545,6 +407,39 @@ impl ToTokens for ServiceGenerator {
             #client
             #args_structs
         });
+    }
+}
+
+/// The `vsp::__private` function that registers `method`, and its arguments before the handler:
+/// the typed error's text and HTTP status, and the codecs of its types.
+fn register_fn(method: &Method) -> (TokenStream, TokenStream) {
+    // The error's text (its `Display` if it has one) and HTTP status (its `HttpStatus` if it
+    // has one), picked where `E` is concrete.
+    let text_of = |err: &Type| {
+        quote! {{
+            #[allow(unused_imports)]
+            use ::vsp::__private::{
+                ByDefaultStatus as _, ByDisplay as _, ByHttpStatus as _, ByJson as _,
+            };
+            ::vsp::__private::ErrorWays::<#err>::new(
+                (&&::vsp::__private::ErrorText::<#err>::new()).text_fn(),
+                (&&::vsp::__private::ErrorStatus::<#err>::new()).status_fn(),
+            )
+        },}
+    };
+    match &method.output {
+        Output::Fallible { ok, err } => {
+            let codecs = codecs(&[ok, err]);
+            let text = text_of(err);
+            (quote!(register_fallible), quote!(#text #codecs))
+        }
+        Output::Value => (quote!(register_infallible), codecs(&[&method.ret])),
+        Output::FallibleStream { item, err } => {
+            let codecs = codecs(&[item, err]);
+            let text = text_of(err);
+            (quote!(register_fallible_stream), quote!(#text #codecs))
+        }
+        Output::Stream { item } => (quote!(register_infallible_stream), codecs(&[item])),
     }
 }
 

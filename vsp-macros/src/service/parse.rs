@@ -67,6 +67,14 @@ pub(super) fn parse_method(method: TraitItemFn, errors: &mut Errors) -> Option<M
         ReturnType::Default => syn::parse_quote!(()),
         ReturnType::Type(_, ty) => (**ty).clone(),
     };
+    if let Some(opaque) = impl_trait_in(&ret) {
+        errors.push_error(syn::Error::new_spanned(
+            opaque,
+            "a service method cannot return `impl Trait`: the generated client and server must name the type. \
+             For a stream, return `vsp::Streaming<T>` (`vsp::Streaming::new(stream)` wraps any `Stream`); \
+             otherwise, a concrete type",
+        ));
+    }
     let output = output_of(&ret);
     (errors.len() == before).then_some(Method {
         attrs: kept_attrs,
@@ -180,6 +188,29 @@ fn parse_options(
     }
     let idempotent = idempotent_option.into_value().is_some();
     (kept_attrs, name_option.into_value(), idempotent)
+}
+
+/// The first `impl Trait` in `ty`, wherever it sits (`Result<impl Stream<..>, E>` too).
+fn impl_trait_in(ty: &Type) -> Option<&Type> {
+    match ty {
+        Type::ImplTrait(_) => Some(ty),
+        Type::Path(path) => path.path.segments.iter().find_map(|segment| {
+            let syn::PathArguments::AngleBracketed(generics) = &segment.arguments else {
+                return None;
+            };
+            generics.args.iter().find_map(|arg| match arg {
+                syn::GenericArgument::Type(ty) => impl_trait_in(ty),
+                _ => None,
+            })
+        }),
+        Type::Reference(reference) => impl_trait_in(&reference.elem),
+        Type::Paren(paren) => impl_trait_in(&paren.elem),
+        Type::Group(group) => impl_trait_in(&group.elem),
+        Type::Array(array) => impl_trait_in(&array.elem),
+        Type::Slice(slice) => impl_trait_in(&slice.elem),
+        Type::Tuple(tuple) => tuple.elems.iter().find_map(impl_trait_in),
+        _ => None,
+    }
 }
 
 /// What the return type makes of the endpoint: a value, a typed error, a stream, or both.

@@ -46,6 +46,21 @@ impl<T> std::fmt::Debug for CallStream<T> {
     }
 }
 
+impl<T> CallStream<T> {
+    /// The same stream, read as items of `U` (the generated client's codec wrapper, undone).
+    pub(crate) fn retype<U>(self) -> CallStream<U> {
+        CallStream {
+            handle: self.handle,
+            service: self.service,
+            endpoint: self.endpoint,
+            deadline: self.deadline,
+            idle: self.idle,
+            done: self.done,
+            _items: PhantomData,
+        }
+    }
+}
+
 impl<T: DeserializeOwned> Stream for CallStream<T> {
     type Item = Result<T, VspError>;
 

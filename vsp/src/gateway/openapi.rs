@@ -253,6 +253,7 @@ mod tests {
         let description = ServiceDescription {
             service: "user service".into(),
             protocol_version: 1,
+            revision: 2,
             endpoints: vec![
                 endpoint(
                     "get",

@@ -22,6 +22,10 @@ pub struct ServiceDescription {
     pub service: String,
     /// The VSP protocol version the server speaks ([`PROTOCOL_VERSION`](super::PROTOCOL_VERSION)).
     pub protocol_version: u32,
+    /// The protocol revision it answers with (the `vsp` header key: 2 adds streams and cancel);
+    /// 0 from a server that does not say.
+    #[serde(default)]
+    pub revision: u32,
     /// Its endpoints, by name (the built-in `health` and `vsp.describe` are not listed).
     pub endpoints: Vec<EndpointDescription>,
 }
@@ -89,11 +93,22 @@ pub(crate) fn open_schema() -> Value {
     Value::Object(Default::default())
 }
 
-/// Whether `schema` says nothing: `{}` or `true`.
+/// The key a `#[vsp::service]` puts in the (open) schema of a type that has none, so
+/// `vsp describe` can say why it shows `any`: the type does not implement schemars 1's
+/// `JsonSchema` (a schemars 0.8 derive is not read), or vsp's `schema` feature is off.
+pub const NO_SCHEMA_KEY: &str = "x-vsp-no-schema";
+
+/// The open schema of a type that has no JSON Schema (see [`NO_SCHEMA_KEY`]).
+pub(crate) fn missing_schema() -> Value {
+    serde_json::json!({ NO_SCHEMA_KEY: true })
+}
+
+/// Whether `schema` says nothing: `{}`, `true`, or the schema of a type without one
+/// ([`NO_SCHEMA_KEY`]).
 pub fn is_open_schema(schema: &Value) -> bool {
     match schema {
         Value::Bool(true) => true,
-        Value::Object(map) => map.is_empty(),
+        Value::Object(map) => map.keys().all(|key| key == NO_SCHEMA_KEY),
         _ => false,
     }
 }
@@ -171,6 +186,7 @@ mod tests {
         let description = ServiceDescription {
             service: "users".into(),
             protocol_version: 1,
+            revision: 2,
             endpoints: vec![EndpointDescription::new("get")
                 .params(["id"])
                 .doc("Gets one.")
@@ -183,6 +199,7 @@ mod tests {
         assert_eq!(sparse, EndpointDescription::new("x"));
         assert!(!sparse.has_args_schema());
         assert!(is_open_schema(&json!(true)));
+        assert!(is_open_schema(&missing_schema()));
         assert!(!is_open_schema(&json!({"type": "object"})));
     }
 }

@@ -24,8 +24,7 @@ pub(crate) mod frame;
 pub(crate) mod message;
 pub(crate) mod metadata;
 
-pub(crate) use describe::open_schema;
-pub use describe::{is_open_schema, DESCRIBE_ENDPOINT};
+pub use describe::{is_open_schema, DESCRIBE_ENDPOINT, NO_SCHEMA_KEY};
 pub(crate) use describe::{EndpointDescription, ServiceDescription};
 #[cfg(feature = "fuzzing")]
 pub(crate) use envelope::check_envelope_readers_agree;

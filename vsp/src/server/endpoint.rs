@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::__private::ErrorWays;
+use crate::__private::{Codec, ErrorWays, Wire};
 
 use super::reply::Reply;
 use super::stream::Forget;
@@ -106,20 +106,21 @@ where
     }
 }
 
-/// A service method's `Result<T, E>`: the error travels typed, for the generated client, and as
-/// text, for Velithon's clients and for logs.
-pub(crate) struct ServiceResult<T, E>(pub(crate) Result<T, E>, pub(crate) ErrorWays<E>);
+/// A service method's `Result<T, E>`: the error travels typed (through its codec `C`), for the
+/// generated client, and as text, for Velithon's clients and for logs.
+pub(crate) struct ServiceResult<T, E, C>(pub(crate) Result<T, Wire<E, C>>, pub(crate) ErrorWays<E>);
 
-impl<T, E> Outcome for ServiceResult<T, E>
+impl<T, E, C> Outcome for ServiceResult<T, E, C>
 where
     T: Serialize + Send + 'static,
-    E: Serialize + Send + 'static,
+    E: Send + 'static,
+    C: Codec<E>,
 {
     fn send(self, reply: Reply) {
         match self.0 {
             Ok(value) => reply.ok(&value),
             Err(err) => {
-                let (text, status) = self.1.of(&err);
+                let (text, status) = self.1.of(&err.0);
                 reply.service_error(&err, text, status);
             }
         }

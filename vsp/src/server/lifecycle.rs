@@ -121,6 +121,7 @@ impl ManagerInner {
         ServiceDescription {
             service: self.name.clone(),
             protocol_version: PROTOCOL_VERSION,
+            revision: crate::protocol::PROTOCOL_REVISION,
             endpoints,
         }
     }

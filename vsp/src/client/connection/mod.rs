@@ -30,7 +30,8 @@ pub(crate) struct RawResponse {
     body: Range<usize>,
     /// The header's `error_code`, if any.
     pub(crate) error_code: Option<ErrorCode>,
-    /// The header's `http_status` (a typed error's), if any.
+    /// The header's `http_status` (a typed error's), if any; only the gateway reads it.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     pub(crate) http_status: Option<u16>,
     /// Whether the peer sent the `vsp` version key, i.e. marks errors in the header.
     pub(crate) from_vsp_peer: bool,

@@ -24,6 +24,7 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 use super::endpoint::Endpoint;
 use super::ledger::{Gauge, Held};
 use super::reply::{Reply, ServerConnection};
+use crate::__private::{Codec, ErrorWays, Wire};
 use crate::context::Context as CallContext;
 use crate::error::ErrorCode;
 use crate::stream::Streaming;
@@ -292,15 +293,16 @@ where
 }
 
 /// A service method's `Result<Streaming<T>, E>`: the error travels typed, as unary ones do.
-pub(crate) struct ServiceStreamResult<T, E>(
-    pub(crate) Result<Streaming<T>, E>,
-    pub(crate) crate::__private::ErrorWays<E>,
+pub(crate) struct ServiceStreamResult<T, E, C>(
+    pub(crate) Result<Streaming<T>, Wire<E, C>>,
+    pub(crate) ErrorWays<E>,
 );
 
-impl<T, E> Opening for ServiceStreamResult<T, E>
+impl<T, E, C> Opening for ServiceStreamResult<T, E, C>
 where
     T: Serialize + Send + 'static,
-    E: Serialize + Send + 'static,
+    E: Send + 'static,
+    C: Codec<E>,
 {
     type Item = T;
 
@@ -308,7 +310,7 @@ where
         match self.0 {
             Ok(items) => Some((items, reply)),
             Err(err) => {
-                let (text, status) = self.1.of(&err);
+                let (text, status) = self.1.of(&err.0);
                 reply.service_error(&err, text, status);
                 None
             }

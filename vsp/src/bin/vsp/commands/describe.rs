@@ -2,7 +2,7 @@
 
 use clap::Args;
 use serde_json::Value;
-use vsp::protocol::{is_open_schema, DESCRIBE_ENDPOINT};
+use vsp::protocol::{is_open_schema, DESCRIBE_ENDPOINT, NO_SCHEMA_KEY};
 use vsp::ServiceDescription;
 use vsp::{ErrorCode, VspError};
 
@@ -13,7 +13,7 @@ use crate::{explain, Failure};
 #[derive(Args)]
 pub(crate) struct DescribeArgs {
     #[command(flatten)]
-    target: TargetArgs,
+    pub(crate) target: TargetArgs,
     /// Prints the description as JSON, schemas and all.
     #[arg(long)]
     json: bool,
@@ -65,8 +65,12 @@ pub(crate) fn does_not_describe(err: &VspError) -> bool {
 
 /// One block per endpoint: its signature, flags, doc.
 fn readable(description: &ServiceDescription) -> String {
+    let revision = match description.revision {
+        0 => String::new(),
+        revision => format!(" revision {revision}"),
+    };
     let mut out = format!(
-        "{} (VSP protocol {}), {} endpoint{}\n",
+        "{} (VSP/{}{revision}), {} endpoint{}\n",
         description.service,
         description.protocol_version,
         description.endpoints.len(),
@@ -122,12 +126,23 @@ fn readable(description: &ServiceDescription) -> String {
             out.push_str(&format!("    fails with: {}\n", type_name(error)));
         }
     }
+    if out.contains(UNSCHEMATIZED) {
+        out.push_str(&format!(
+            "\n{UNSCHEMATIZED}: no JSON Schema: the server was built without vsp's `schema` feature, or the type does not implement `schemars::JsonSchema` of schemars 1 (a schemars 0.8 derive is not read)\n"
+        ));
+    }
     out
 }
+
+/// What `describe` shows for a type without a schema, explained once at the end.
+const UNSCHEMATIZED: &str = "any*";
 
 /// A short name for what `schema` allows (`string`, `User`, `[integer]`, `string?`, `any`); a
 /// `$ref` is named by its definition's name.
 fn type_name(schema: &Value) -> String {
+    if schema.get(NO_SCHEMA_KEY).is_some() {
+        return UNSCHEMATIZED.to_owned();
+    }
     if is_open_schema(schema) {
         return "any".to_owned();
     }
