@@ -23,11 +23,30 @@ async fn server() -> (VspManager, SocketAddr) {
     (manager, addr)
 }
 
-/// Runs `vsp` with `args` (and `stdin`), off the runtime's threads.
+/// Runs `vsp` with `args` (and `stdin`), off the runtime's threads, in an environment of its
+/// own: no `VSP_*` variable and no config file from the machine.
 async fn vsp(args: Vec<String>, stdin: Option<&str>) -> Output {
+    vsp_with_env(args, stdin, &[]).await
+}
+
+/// [`vsp`] with `env` set.
+async fn vsp_with_env(args: Vec<String>, stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
     let stdin = stdin.map(str::to_owned);
+    let no_config = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-no-config");
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect();
     tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vsp"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vsp"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("VSP_") {
+                command.env_remove(key);
+            }
+        }
+        let mut child = command
+            .env("XDG_CONFIG_HOME", &no_config)
+            .envs(env)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -759,7 +778,7 @@ async fn describe_prints_endpoints_readably_or_as_json() {
     assert!(output.status.success(), "{}", stderr(&output));
     let text = stdout(&output);
     assert!(
-        text.starts_with("greeter (VSP protocol 1), 1 endpoint\n"),
+        text.starts_with("greeter (VSP/1 revision 2), 1 endpoint\n"),
         "{text}"
     );
     assert!(
@@ -772,6 +791,41 @@ async fn describe_prints_endpoints_readably_or_as_json() {
     let output = vsp(args(&["describe", &target, "--json"]), None).await;
     let description: vsp::ServiceDescription = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(description, manager.description());
+    manager.shutdown().await.unwrap();
+}
+
+/// A type without a JSON Schema (as one deriving schemars 0.8's `JsonSchema` is to vsp).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Receipt {
+    id: u64,
+}
+
+#[vsp::service(name = "till")]
+trait Till {
+    async fn pay(&self, amount: u64) -> Receipt;
+}
+
+struct Cash;
+
+impl Till for Cash {
+    async fn pay(&self, amount: u64) -> Receipt {
+        Receipt { id: amount }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_says_which_types_have_no_schema_and_why() {
+    let manager = VspManager::builder("till").build();
+    manager.serve(TillServer::new(Cash)).unwrap();
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    let output = vsp(args(&["describe", &addr.to_string()]), None).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("pay(amount: integer) -> any*\n"), "{text}");
+    assert!(
+        text.contains("any*: no JSON Schema") && text.contains("schemars 0.8 derive is not read"),
+        "{text}"
+    );
     manager.shutdown().await.unwrap();
 }
 
@@ -972,4 +1026,111 @@ async fn a_stream_printed_into_a_closed_pipe_stops_and_cancels() {
     )
     .await;
     manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_metadata_come_from_the_environment_or_a_named_target_flags_winning() {
+    let ca = vsp_test_support::pki::Ca::new("cli-env-ca");
+    let (server, addr) = secure_server(&ca).await;
+    let client = ca.issue("cli");
+    let target = addr.to_string();
+    let path = |file: &std::path::Path| file.to_string_lossy().into_owned();
+    let (ca_file, cert, key) = (
+        path(&ca.cert_file),
+        path(&client.cert_file),
+        path(&client.key_file),
+    );
+    let whoami = |target: &str, extra: &[&str]| {
+        let mut all = vec!["call", target, "whoami", "--compact"];
+        all.extend_from_slice(extra);
+        args(&all)
+    };
+    let expected = r#"{"identity":"spiffe://vsp.test/cli"}"#;
+
+    // Everything from the environment.
+    let env = [
+        ("VSP_TLS_CA", ca_file.as_str()),
+        ("VSP_TLS_CERT", cert.as_str()),
+        ("VSP_TLS_KEY", key.as_str()),
+        ("VSP_META", "authorization=Bearer t0ken; x-team=orders"),
+    ];
+    let output = vsp_with_env(whoami(&target, &[]), None, &env).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), expected);
+    // A flag wins over the environment, key by key.
+    let output = vsp_with_env(
+        whoami(&target, &["--meta", "authorization=Bearer wrong"]),
+        None,
+        &env,
+    )
+    .await;
+    assert_failed(&output, 1, "unauthenticated");
+
+    // A named target in a config file: TLS files relative to it, its metadata and service.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-config");
+    std::fs::create_dir_all(dir.join("certs")).unwrap();
+    for (from, to) in [
+        (&ca.cert_file, "ca.pem"),
+        (&client.cert_file, "cli.pem"),
+        (&client.key_file, "cli.key"),
+    ] {
+        std::fs::copy(from, dir.join("certs").join(to)).unwrap();
+    }
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[targets.echo]
+address = "{target}"
+service = "echo-service"
+tls-ca = "certs/ca.pem"
+tls-cert = "certs/cli.pem"
+tls-key = "certs/cli.key"
+meta = {{ authorization = "Bearer t0ken" }}
+timeout = "5s"
+"#
+        ),
+    )
+    .unwrap();
+    let config = path(&config);
+    let with_file = [("VSP_CONFIG", config.as_str())];
+    let output = vsp_with_env(whoami("echo", &[]), None, &with_file).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), expected);
+    // The other commands read it too.
+    let output = vsp_with_env(args(&["health", "echo"]), None, &with_file).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    // The environment wins over the file, and a flag over both.
+    let wrong = [
+        ("VSP_CONFIG", config.as_str()),
+        ("VSP_META", "authorization=Bearer wrong"),
+    ];
+    let output = vsp_with_env(whoami("echo", &[]), None, &wrong).await;
+    assert_failed(&output, 1, "unauthenticated");
+    let output = vsp_with_env(
+        whoami("echo", &["--meta", "authorization=Bearer t0ken"]),
+        None,
+        &wrong,
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+
+    // A named config file that is missing, or a key misspelt: usage errors saying so.
+    let missing = [("VSP_CONFIG", "/nonexistent/vsp.toml")];
+    let output = vsp_with_env(whoami("echo", &[]), None, &missing).await;
+    assert_failed(&output, 2, "cannot read the config file");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[targets.echo]\ntls_ca = \"x\"\n").unwrap();
+    let bad = path(&bad);
+    let output = vsp_with_env(whoami("echo", &[]), None, &[("VSP_CONFIG", &bad)]).await;
+    assert_failed(&output, 2, "tls_ca");
+
+    // Once the server is gone, the failure names the target, never the address as a service.
+    server.close().await;
+    let output = vsp_with_env(whoami("echo", &[]), None, &with_file).await;
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(!err.contains("service `127.0.0.1"), "{err}");
+    assert!(!err.contains(&format!("`{target}.")), "{err}");
 }

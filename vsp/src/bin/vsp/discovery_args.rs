@@ -14,18 +14,33 @@ use crate::{parse_duration, Failure};
 #[derive(Args, Clone, Default)]
 pub(crate) struct SecurityArgs {
     /// Dial with TLS, trusting the CA certificates in this PEM file.
-    #[arg(long = "tls-ca", value_name = "FILE")]
+    #[arg(long = "tls-ca", value_name = "FILE", env = "VSP_TLS_CA")]
     pub(crate) tls_ca: Option<std::path::PathBuf>,
     /// The client certificate (PEM) for servers that require one (mutual TLS); with --tls-key.
-    #[arg(long = "tls-cert", value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long = "tls-cert",
+        value_name = "FILE",
+        requires = "tls_key",
+        env = "VSP_TLS_CERT"
+    )]
     pub(crate) tls_cert: Option<std::path::PathBuf>,
     /// The client certificate's private key (PEM).
-    #[arg(long = "tls-key", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long = "tls-key",
+        value_name = "FILE",
+        requires = "tls_cert",
+        env = "VSP_TLS_KEY"
+    )]
     pub(crate) tls_key: Option<std::path::PathBuf>,
     /// The name to verify the server's certificate against (default: the instance's host).
-    #[arg(long = "tls-server-name", value_name = "NAME")]
+    #[arg(
+        long = "tls-server-name",
+        value_name = "NAME",
+        env = "VSP_TLS_SERVER_NAME"
+    )]
     pub(crate) tls_server_name: Option<String>,
     /// Metadata sent with every call, `key=value` (repeatable): `--meta "authorization=Bearer T"`.
+    /// Also from `VSP_META` (`key=value` entries separated by `;`), a flag winning per key.
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
     pub(crate) meta: Vec<(String, String)>,
 }
@@ -77,7 +92,7 @@ impl SecurityArgs {
 }
 
 /// Where instances come from: one struct for every subcommand, which builds the mesh.
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub(crate) struct DiscoveryArgs {
     /// Instances of the service, as `host:port` or `unix:/path`, comma separated.
     #[arg(long = "static", value_name = "ADDR", value_delimiter = ',')]
@@ -186,15 +201,20 @@ pub(crate) fn parse_address(text: &str) -> Result<Address, String> {
 }
 
 /// `<target>` and how to reach it.
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub(crate) struct TargetArgs {
-    /// `host:port` or `unix:/path`, or a service name resolved with --static, --mdns, --consul, --etcd or
-    /// --dns-domain.
+    /// `host:port` or `unix:/path`, a service name resolved with --static, --mdns, --consul,
+    /// --etcd or --dns-domain, or a target named in the config file ($VSP_CONFIG, else
+    /// ~/.config/vsp/config.toml).
     pub(crate) target: String,
     #[command(flatten)]
     pub(crate) discovery: DiscoveryArgs,
     /// The deadline of each call, discovery included (default 10s).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long = "timeout", value_parser = parse_duration, env = "VSP_TIMEOUT")]
+    timeout_arg: Option<Duration>,
+    /// The deadline in effect: the flag's, the environment's, the config file's, or 10s (set by
+    /// `with_config`).
+    #[arg(skip = crate::config::DEFAULT_TIMEOUT)]
     pub(crate) timeout: Duration,
     /// The service name written in requests to an address target (default: the target).
     #[arg(long)]
@@ -221,7 +241,63 @@ pub(crate) fn direct_client(
     Ok(security.client_builder(mesh)?.timeout(timeout).build())
 }
 
+impl SecurityArgs {
+    /// Adds `VSP_META`'s entries (`key=value;key=value`) whose keys no flag gave.
+    pub(crate) fn with_env_meta(mut self) -> Result<Self, Failure> {
+        let Ok(entries) = std::env::var("VSP_META") else {
+            return Ok(self);
+        };
+        for entry in entries.split(';').filter(|entry| !entry.trim().is_empty()) {
+            let (key, value) =
+                parse_meta(entry).map_err(|err| Failure::usage(format!("VSP_META: {err}")))?;
+            if !self.meta.iter().any(|(given, _)| *given == key) {
+                self.meta.push((key, value));
+            }
+        }
+        Ok(self)
+    }
+}
+
 impl TargetArgs {
+    /// The target with what the environment and the config file add: flags win over the
+    /// environment, which wins over the file's target of this name (see `config`).
+    pub(crate) fn with_config(mut self) -> Result<Self, Failure> {
+        self.discovery.security = self.discovery.security.with_env_meta()?;
+        let config = crate::config::target(&self.target)?;
+        let file_timeout = match &config {
+            Some(config) => config.timeout()?,
+            None => None,
+        };
+        self.timeout = self
+            .timeout_arg
+            .or(file_timeout)
+            .unwrap_or(crate::config::DEFAULT_TIMEOUT);
+        let Some(config) = config else {
+            return Ok(self);
+        };
+        config.fill(&mut self.discovery);
+        // The target's name is the service's unless the file says otherwise.
+        let service = self
+            .service
+            .clone()
+            .or_else(|| config.service.clone())
+            .unwrap_or_else(|| self.target.clone());
+        match (&config.address, self.discovery.given()) {
+            (Some(address), false) => {
+                self.target.clone_from(address);
+                self.service = Some(service);
+            }
+            (Some(_), true) if config.has_discovery() => {
+                return Err(Failure::usage(format!(
+                    "config target `{}`: give `address` or a discovery, not both",
+                    self.target
+                )))
+            }
+            _ => self.target = service,
+        }
+        Ok(self)
+    }
+
     pub(crate) fn resolve(&self) -> Result<Resolved, Failure> {
         if !self.discovery.given() {
             let address = parse_address(&self.target).map_err(|reason| {

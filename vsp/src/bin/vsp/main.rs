@@ -5,6 +5,7 @@
 //! bad JSON, a body that does not match the endpoint's schema), 3 connection or discovery failure.
 
 mod commands;
+mod config;
 mod discovery_args;
 
 use std::io::Read;
@@ -36,13 +37,14 @@ enum Command {
     Describe(describe::DescribeArgs),
     /// Calls the built-in `health` endpoint of every instance, with its round-trip time.
     Health(health::HealthArgs),
-    /// Lists the instances of a service found by mDNS or Consul.
+    /// Lists the instances of a service found by mDNS, Consul, etcd or DNS SRV.
     Discover(discover::DiscoverArgs),
     /// Load-tests an endpoint: calls/s, latency percentiles, errors by code.
     Bench(bench::BenchArgs),
 }
 
 /// A failure, with the exit code it maps to.
+#[derive(Debug)]
 pub(crate) struct Failure {
     pub(crate) code: u8,
     pub(crate) message: String,
@@ -110,6 +112,12 @@ pub(crate) fn explain(err: VspError, target: &str, endpoint: &str) -> Failure {
                 VspError::Decode { source, .. } => {
                     Some(format!("cannot decode the response: {source}"))
                 }
+                // Said without the service's name: for an address target, that is the address.
+                VspError::NoInstances { .. } => Some("no instance is known".to_owned()),
+                VspError::NoHealthyInstances { last_failure, .. } => Some(match last_failure {
+                    Some(cause) => format!("no instance is reachable: {cause}"),
+                    None => "no instance is reachable".to_owned(),
+                }),
                 _ => None,
             };
             let failure = Failure::from(other);
@@ -187,10 +195,22 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Call(args) => call::run(args).await,
-        Command::Describe(args) => describe::run(args).await,
-        Command::Health(args) => health::run(args).await,
+        Command::Call(mut args) => {
+            args.target = args.target.with_config()?;
+            call::run(args).await
+        }
+        Command::Describe(mut args) => {
+            args.target = args.target.with_config()?;
+            describe::run(args).await
+        }
+        Command::Health(mut args) => {
+            args.target = args.target.with_config()?;
+            health::run(args).await
+        }
         Command::Discover(args) => discover::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
+        Command::Bench(mut args) => {
+            args.target = args.target.with_config()?;
+            bench::run(args).await
+        }
     }
 }

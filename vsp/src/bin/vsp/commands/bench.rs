@@ -19,7 +19,7 @@ use crate::{parse_duration, read_body, Failure};
 /// Load-tests an endpoint: calls/s, latency percentiles, errors by code.
 pub(crate) struct BenchArgs {
     #[command(flatten)]
-    target: TargetArgs,
+    pub(crate) target: TargetArgs,
     /// The endpoint to call.
     endpoint: String,
     /// The request body: JSON, `@file.json`, or `-` for stdin (default `{}`).

@@ -14,7 +14,7 @@ use crate::{explain, read_body, Failure};
 #[derive(Args)]
 pub(crate) struct CallArgs {
     #[command(flatten)]
-    target: TargetArgs,
+    pub(crate) target: TargetArgs,
     /// The endpoint to call.
     endpoint: String,
     /// The request body: JSON, `@file.json`, or `-` for stdin (default `{}`).

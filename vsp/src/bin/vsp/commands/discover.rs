@@ -1,4 +1,4 @@
-//! `vsp discover`: lists the instances of a service found by mDNS or Consul.
+//! `vsp discover`: lists the instances of a service found by mDNS, Consul, etcd or DNS SRV.
 
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use clap::Args;
 use crate::discovery_args::{DiscoveryArgs, Resolved};
 use crate::{parse_duration, Failure};
 
-/// Lists the instances of a service found by mDNS or Consul.
+/// Lists the instances of a service found by mDNS, Consul, etcd or DNS SRV.
 #[derive(Args)]
 pub(crate) struct DiscoverArgs {
     /// The service name.
@@ -32,7 +32,7 @@ pub(crate) async fn run(args: DiscoverArgs) -> Result<(), Failure> {
         &args.service,
         args.discovery.mesh(&args.service, args.timeout)?,
         args.timeout,
-        &args.discovery.security,
+        &args.discovery.security.clone().with_env_meta()?,
     )?;
     let print = |instances: &[vsp::InstanceState]| {
         for instance in instances {

@@ -11,7 +11,7 @@ use crate::Failure;
 #[derive(Args)]
 pub(crate) struct HealthArgs {
     #[command(flatten)]
-    target: TargetArgs,
+    pub(crate) target: TargetArgs,
 }
 
 pub(crate) async fn run(args: HealthArgs) -> Result<(), Failure> {
