@@ -28,10 +28,12 @@ use vsp::{ServiceInfo, ServiceMesh, VspClient, VspError, VspManager};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let spans = Spans::default();
+    // At `DEBUG`, VSP's spans carry their ids and OpenTelemetry names (at `INFO`, only what an
+    // operator reads in a log line), which the tree below is drawn from.
     let subscriber = tracing_subscriber::registry().with(
         spans
             .clone()
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+            .with_filter(tracing_subscriber::filter::LevelFilter::DEBUG),
     );
     tracing::subscriber::set_global_default(subscriber)?;
 

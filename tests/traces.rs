@@ -470,6 +470,7 @@ async fn a_malformed_traceparent_starts_a_new_trace_and_is_logged_once() {
         .filter(|e| {
             e.fields.get("service").map(String::as_str) == Some("malformed-trace")
                 && e.message.contains("invalid traceparent")
+                && e.level == tracing::Level::WARN
         })
         .collect();
     assert_eq!(
@@ -503,4 +504,79 @@ async fn a_traceparent_in_a_calls_metadata_becomes_the_parent_of_its_span() {
     assert_eq!(field(call, "trace_id"), "0af7651916cd43dd8448eb211c80319c");
     assert_eq!(field(call, "parent_span_id"), "b7ad6b7169203331");
     manager.shutdown().await.unwrap();
+}
+
+/// A `fmt` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn at_info_a_log_line_carries_what_an_operator_reads_of_its_spans() {
+    // Make sure the global recorder is installed first: `detailed` must answer for the
+    // thread's own subscriber, not the process's.
+    let _ = Recorder::global();
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(subscriber, || {
+        runtime.block_on(async {
+            let manager = VspManager::builder("compact-logs").build();
+            manager
+                .endpoint("note", |_: Value| async move {
+                    tracing::info!("handled the note");
+                    Ok::<_, VspError>(json!("ok"))
+                })
+                .unwrap();
+            let addr = serve(&manager).await;
+            let client = client_of(&[("compact-logs", addr)]);
+            client
+                .call("compact-logs", "note", json!({}))
+                .await
+                .unwrap();
+            manager.shutdown().await.unwrap();
+        });
+    });
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.contains("handled the note"))
+        .unwrap_or_else(|| panic!("no line of the handler's log:\n{text}"));
+    for wanted in [
+        "vsp.server{",
+        "rpc.method=compact-logs/note",
+        "trace_id=",
+        "client.address=",
+    ] {
+        assert!(line.contains(wanted), "`{wanted}` missing: {line}");
+    }
+    for noise in [
+        "otel.kind",
+        "otel.name",
+        "rpc.system.name",
+        "vsp.service",
+        "span_id",
+        "vsp.request_id",
+    ] {
+        assert!(!line.contains(noise), "`{noise}` at INFO: {line}");
+    }
+    assert!(line.len() < 250, "{} characters: {line}", line.len());
 }

@@ -77,8 +77,8 @@ impl Visit for Fields<'_> {
 }
 
 impl Recorder {
-    /// The process's recorder, installed as the global default subscriber (at `INFO`) on first
-    /// use. Tests of one binary share it: each looks only at its own services' spans.
+    /// The process's recorder, installed as the global default subscriber (at `DEBUG`, where
+    /// VSP's spans carry every field) on first use. Tests of one binary share it: each looks only at its own services' spans.
     pub fn global() -> Recorder {
         static GLOBAL: OnceLock<Recorder> = OnceLock::new();
         GLOBAL
@@ -87,7 +87,7 @@ impl Recorder {
                 let subscriber = tracing_subscriber::registry().with(
                     recorder
                         .clone()
-                        .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+                        .with_filter(tracing_subscriber::filter::LevelFilter::DEBUG),
                 );
                 tracing::subscriber::set_global_default(subscriber)
                     .expect("no other global subscriber in this test binary");

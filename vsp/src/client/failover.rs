@@ -454,7 +454,7 @@ impl VspClient {
                 });
             }
         };
-        if !span.is_disabled() {
+        if crate::trace::detailed(span) {
             span.record("vsp.request_id", call.id());
         }
         let outcome = call.wait().await;

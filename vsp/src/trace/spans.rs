@@ -48,11 +48,41 @@ pub(crate) fn open(span: &Span, parent: Option<&TraceContext>, remote: bool) -> 
         None => TraceContext::new_root(),
     });
     span.record("trace_id", display(own.trace_id));
-    span.record("span_id", display(own.span_id));
-    if let Some(parent) = parent {
-        span.record("parent_span_id", display(parent.span_id));
+    if detailed(span) {
+        span.record("span_id", display(own.span_id));
+        if let Some(parent) = parent {
+            span.record("parent_span_id", display(parent.span_id));
+        }
     }
     own
+}
+
+/// Whether `span` gets its every field: when an OpenTelemetry layer records it (feature
+/// `opentelemetry`; they are its attributes), or when `DEBUG` is on for VSP. At `INFO` a log
+/// line carries what an operator reads: `rpc.method`, `trace_id`, the peer, the attempt and
+/// the error (the ids of spans, `otel.*`, `rpc.system.name`, `vsp.service`, `vsp.endpoint` and
+/// the wire's request id are left out).
+pub(crate) fn detailed(span: &Span) -> bool {
+    if span.is_disabled() {
+        return false;
+    }
+    #[cfg(feature = "opentelemetry")]
+    if otel::context_of(span).is_some() {
+        return true;
+    }
+    tracing::enabled!(tracing::Level::DEBUG)
+}
+
+/// Records the fields [`detailed`] spans carry beyond the operator's.
+fn record_detail(span: &Span, kind: &'static str, service: &str, endpoint: &str) {
+    if !detailed(span) {
+        return;
+    }
+    span.record("otel.kind", kind);
+    span.record("otel.name", display(format_args!("{service}/{endpoint}")));
+    span.record("rpc.system.name", "vsp");
+    span.record("vsp.service", service);
+    span.record("vsp.endpoint", endpoint);
 }
 
 /// Whether any subscriber was ever installed: until one is, VSP opens no spans at all (not even
@@ -85,15 +115,15 @@ pub(crate) fn client_span(service: &str, endpoint: &str) -> Span {
 
 #[inline(never)]
 fn open_client_span(service: &str, endpoint: &str) -> Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "vsp.client",
-        otel.kind = "client",
-        otel.name = %format_args!("{service}/{endpoint}"),
-        rpc.system.name = "vsp",
         rpc.method = %format_args!("{service}/{endpoint}"),
-        vsp.service = service,
-        vsp.endpoint = endpoint,
         vsp.attempts = Empty,
+        otel.kind = Empty,
+        otel.name = Empty,
+        rpc.system.name = Empty,
+        vsp.service = Empty,
+        vsp.endpoint = Empty,
         trace_id = Empty,
         span_id = Empty,
         parent_span_id = Empty,
@@ -101,7 +131,9 @@ fn open_client_span(service: &str, endpoint: &str) -> Span {
         otel.status_description = Empty,
         error.type = Empty,
         rpc.response.status_code = Empty,
-    )
+    );
+    record_detail(&span, "client", service, endpoint);
+    span
 }
 
 /// The span of one attempt of a call, a child of `call`.
@@ -118,16 +150,16 @@ pub(crate) fn attempt_span(
     let span = tracing::info_span!(
         parent: call,
         "vsp.attempt",
-        otel.kind = "client",
-        otel.name = %format_args!("{service}/{endpoint}"),
-        rpc.system.name = "vsp",
         rpc.method = %format_args!("{service}/{endpoint}"),
-        vsp.service = service,
-        vsp.endpoint = endpoint,
         vsp.attempt = attempt,
-        vsp.request_id = Empty,
         server.address = %ServerAddress(instance),
         server.port = instance.port,
+        vsp.request_id = Empty,
+        otel.kind = Empty,
+        otel.name = Empty,
+        rpc.system.name = Empty,
+        vsp.service = Empty,
+        vsp.endpoint = Empty,
         trace_id = Empty,
         span_id = Empty,
         parent_span_id = Empty,
@@ -136,6 +168,7 @@ pub(crate) fn attempt_span(
         error.type = Empty,
         rpc.response.status_code = Empty,
     );
+    record_detail(&span, "client", service, endpoint);
     span
 }
 
@@ -172,19 +205,19 @@ pub(crate) fn server_span(
     if !observed() {
         return Span::none();
     }
-    tracing::info_span!(
+    let span = tracing::info_span!(
         parent: None,
         "vsp.server",
-        otel.kind = "server",
-        otel.name = %format_args!("{service}/{endpoint}"),
-        rpc.system.name = "vsp",
         rpc.method = %format_args!("{service}/{endpoint}"),
-        vsp.service = service,
-        vsp.endpoint = endpoint,
-        vsp.request_id = request_id,
         server.address = local.map(|local| display(ServerAddress(local))),
         server.port = local.and_then(|local| local.port),
         client.address = %peer,
+        vsp.request_id = Empty,
+        otel.kind = Empty,
+        otel.name = Empty,
+        rpc.system.name = Empty,
+        vsp.service = Empty,
+        vsp.endpoint = Empty,
         trace_id = Empty,
         span_id = Empty,
         parent_span_id = Empty,
@@ -192,5 +225,10 @@ pub(crate) fn server_span(
         otel.status_description = Empty,
         error.type = Empty,
         rpc.response.status_code = Empty,
-    )
+    );
+    record_detail(&span, "server", service, endpoint);
+    if detailed(&span) {
+        span.record("vsp.request_id", request_id);
+    }
+    span
 }
