@@ -1028,25 +1028,31 @@ async fn a_stream_printed_into_a_closed_pipe_stops_and_cancels() {
     manager.shutdown().await.unwrap();
 }
 
+fn path_text(file: &std::path::Path) -> String {
+    file.to_string_lossy().into_owned()
+}
+
+/// `vsp call <target> whoami --compact <extra>`.
+fn whoami(target: &str, extra: &[&str]) -> Vec<String> {
+    let mut all = vec!["call", target, "whoami", "--compact"];
+    all.extend_from_slice(extra);
+    args(&all)
+}
+
+const CLI_IDENTITY: &str = r#"{"identity":"spiffe://vsp.test/cli"}"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_and_metadata_come_from_the_environment_or_a_named_target_flags_winning() {
+async fn tls_and_metadata_come_from_the_environment_flags_winning() {
     let ca = vsp_test_support::pki::Ca::new("cli-env-ca");
     let (server, addr) = secure_server(&ca).await;
     let client = ca.issue("cli");
     let target = addr.to_string();
-    let path = |file: &std::path::Path| file.to_string_lossy().into_owned();
     let (ca_file, cert, key) = (
-        path(&ca.cert_file),
-        path(&client.cert_file),
-        path(&client.key_file),
+        path_text(&ca.cert_file),
+        path_text(&client.cert_file),
+        path_text(&client.key_file),
     );
-    let whoami = |target: &str, extra: &[&str]| {
-        let mut all = vec!["call", target, "whoami", "--compact"];
-        all.extend_from_slice(extra);
-        args(&all)
-    };
-    let expected = r#"{"identity":"spiffe://vsp.test/cli"}"#;
-
+    let expected = CLI_IDENTITY;
     // Everything from the environment.
     let env = [
         ("VSP_TLS_CA", ca_file.as_str()),
@@ -1065,7 +1071,17 @@ async fn tls_and_metadata_come_from_the_environment_or_a_named_target_flags_winn
     )
     .await;
     assert_failed(&output, 1, "unauthenticated");
+    server.close().await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_target_of_the_config_file_gives_what_flags_and_the_environment_do_not() {
+    let ca = vsp_test_support::pki::Ca::new("cli-config-ca");
+    let (server, addr) = secure_server(&ca).await;
+    let client = ca.issue("cli");
+    let target = addr.to_string();
+    let path = path_text;
+    let expected = CLI_IDENTITY;
     // A named target in a config file: TLS files relative to it, its metadata and service.
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-config");
     std::fs::create_dir_all(dir.join("certs")).unwrap();
