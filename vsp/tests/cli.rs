@@ -742,6 +742,28 @@ async fn etcd_finds_a_registered_service() {
         "{}",
         stdout(&output)
     );
+    // The same through a named target of a config file: `call` and `discover` read it.
+    let config = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-etcd.toml");
+    std::fs::write(
+        &config,
+        format!("[targets.echoes]\nservice = \"etcd-echo\"\netcd = [\"{url}\"]\n"),
+    )
+    .unwrap();
+    let config = config.to_string_lossy().into_owned();
+    let env = [("VSP_CONFIG", config.as_str())];
+    let output = vsp_with_env(
+        args(&["call", "echoes", "echo", r#"{"z":3}"#, "--compact"]),
+        None,
+        &env,
+    )
+    .await;
+    assert_eq!(stdout(&output).trim(), r#"{"z":3}"#, "{}", stderr(&output));
+    let output = vsp_with_env(args(&["discover", "echoes", "--timeout", "1s"]), None, &env).await;
+    assert!(
+        stdout(&output).contains("127.0.0.1:"),
+        "{}",
+        stderr(&output)
+    );
     manager.shutdown().await.unwrap();
 }
 

@@ -22,7 +22,15 @@ pub(crate) struct DiscoverArgs {
     watch: bool,
 }
 
-pub(crate) async fn run(args: DiscoverArgs) -> Result<(), Failure> {
+pub(crate) async fn run(mut args: DiscoverArgs) -> Result<(), Failure> {
+    args.discovery.security = args.discovery.security.with_env_meta()?;
+    // A target of the config file gives its discovery and service name.
+    if let Some(config) = crate::config::target(&args.service)? {
+        config.fill(&mut args.discovery);
+        if let Some(service) = config.service {
+            args.service = service;
+        }
+    }
     if !args.discovery.given() || !args.discovery.static_instances.is_empty() {
         return Err(Failure::usage(
             "give --mdns, --consul, --etcd or --dns-domain",
@@ -32,7 +40,7 @@ pub(crate) async fn run(args: DiscoverArgs) -> Result<(), Failure> {
         &args.service,
         args.discovery.mesh(&args.service, args.timeout)?,
         args.timeout,
-        &args.discovery.security.clone().with_env_meta()?,
+        &args.discovery.security,
     )?;
     let print = |instances: &[vsp::InstanceState]| {
         for instance in instances {
