@@ -60,8 +60,8 @@ pub(crate) fn open(span: &Span, parent: Option<&TraceContext>, remote: bool) -> 
 /// Whether `span` gets its every field: when an OpenTelemetry layer records it (feature
 /// `opentelemetry`; they are its attributes), or when `DEBUG` is on for VSP. At `INFO` a log
 /// line carries what an operator reads: `rpc.method`, `trace_id`, the peer, the attempt and
-/// the error (the ids of spans, `otel.*`, `rpc.system.name`, `vsp.service`, `vsp.endpoint` and
-/// the wire's request id are left out).
+/// the error (the ids of spans and the wire's request id are left out, and, without feature
+/// `opentelemetry`, `otel.*`, `rpc.system.name`, `vsp.service` and `vsp.endpoint`).
 pub(crate) fn detailed(span: &Span) -> bool {
     if span.is_disabled() {
         return false;
@@ -73,9 +73,15 @@ pub(crate) fn detailed(span: &Span) -> bool {
     tracing::enabled!(tracing::Level::DEBUG)
 }
 
-/// Records the fields [`detailed`] spans carry beyond the operator's.
+/// Records the fields [`detailed`] spans carry beyond the operator's. With feature
+/// `opentelemetry` they are recorded on every span (they are its attributes), before anything
+/// asks for its OpenTelemetry context: the layer names the span from `otel.name` when it starts
+/// it, and a remote parent must be set before that, so nothing here may start it.
 fn record_detail(span: &Span, kind: &'static str, service: &str, endpoint: &str) {
-    if !detailed(span) {
+    if span.is_disabled() {
+        return;
+    }
+    if !cfg!(feature = "opentelemetry") && !detailed(span) {
         return;
     }
     span.record("otel.kind", kind);
@@ -227,7 +233,8 @@ pub(crate) fn server_span(
         rpc.response.status_code = Empty,
     );
     record_detail(&span, "server", service, endpoint);
-    if detailed(&span) {
+    // Not `detailed`, which would start the OpenTelemetry span before its remote parent is set.
+    if cfg!(feature = "opentelemetry") || tracing::enabled!(tracing::Level::DEBUG) {
         span.record("vsp.request_id", request_id);
     }
     span
