@@ -575,3 +575,46 @@ fn at_info_a_log_line_carries_what_an_operator_reads_of_its_spans() {
     }
     assert!(line.len() < 400, "{} characters: {line}", line.len());
 }
+
+/// A typed error whose declared HTTP status is not a 4xx one.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Misdeclared;
+
+impl vsp::HttpStatus for Misdeclared {
+    fn http_status(&self) -> u16 {
+        503
+    }
+}
+
+#[vsp::service(name = "misdeclared-status")]
+pub trait Refuser {
+    async fn refuse(&self) -> Result<(), Misdeclared>;
+}
+
+struct AlwaysRefuses;
+
+impl Refuser for AlwaysRefuses {
+    async fn refuse(&self) -> Result<(), Misdeclared> {
+        Err(Misdeclared)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misdeclared_status_is_logged_once_however_often_a_peer_triggers_it() {
+    let recorder = Recorder::global();
+    let manager = VspManager::builder("misdeclared-status").build();
+    manager.serve(RefuserServer::new(AlwaysRefuses)).unwrap();
+    let addr = serve(&manager).await;
+    let client = RefuserClient::new(client_of(&[("misdeclared-status", addr)]));
+    for _ in 0..20 {
+        let refused = client.refuse().await.unwrap_err();
+        assert!(matches!(refused, vsp::CallError::Service(Misdeclared)));
+    }
+    manager.shutdown().await.unwrap();
+    let warnings = recorder
+        .events()
+        .into_iter()
+        .filter(|e| e.level == tracing::Level::WARN && e.message.contains("is not 4xx"))
+        .count();
+    assert_eq!(warnings, 1, "one warning for 20 errors, not one per error");
+}

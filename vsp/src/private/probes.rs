@@ -94,8 +94,14 @@ impl<E> ErrorWays<E> {
     pub(crate) fn of(&self, err: &E) -> (Option<String>, Option<u16>) {
         let status = self.status.map(|status| status(err)).and_then(|status| {
             let valid = crate::error::client_error_status(status);
-            if valid.is_none() {
-                tracing::warn!("the HTTP status {status} of a typed error is not 4xx: not sent");
+            // A peer may trigger the error on every call: said once per process, not per call.
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if valid.is_none() && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    "the HTTP status {status} of a typed error is not 4xx: not sent, the gateway \
+                     answers 422 (logged once)"
+                );
             }
             valid
         });
