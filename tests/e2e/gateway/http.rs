@@ -16,13 +16,7 @@ use vsp::gateway::Gateway;
 use vsp::server::Rejection;
 use vsp::{Context, ServiceInfo, ServiceMesh, VspClient, VspError, VspManager};
 
-/// A gateway serving `router` on a free port; its base URL.
-async fn serve_http(router: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    format!("http://{addr}")
-}
+use super::serve_http;
 
 async fn start(manager: &VspManager) -> SocketAddr {
     manager.start_server("127.0.0.1", 0).await.unwrap()

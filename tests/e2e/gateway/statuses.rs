@@ -84,10 +84,7 @@ async fn setup() -> Setup {
         .timeout(Duration::from_secs(5))
         .max_attempts(1)
         .build();
-    let router = Gateway::new(client).service("orders").into_router();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let base = super::serve_http(Gateway::new(client).service("orders").into_router()).await;
     Setup {
         manager,
         base,

@@ -126,8 +126,8 @@ where
     })
 }
 
-// The four entry points above exist for the macro's diagnostics (each names the bounds of its
-// shape in the user's terms); the work is done once per shape, here.
+// The four entry points above are one per shape of method, as the macro names them; the work
+// is done once per kind (unary, stream), here.
 
 /// A unary endpoint whose handler's output becomes its answer through `answer`.
 fn register_unary<F, A, Fut, W, R>(

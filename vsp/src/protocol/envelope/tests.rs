@@ -91,6 +91,10 @@ fn the_fast_path_reads_what_serde_reads() {
             ..Extensions::request(Some(5), None, None)
         },
         Extensions::request(Some(5), Some(&meta), None),
+        Extensions {
+            http_status: Some(409),
+            ..Extensions::response(Some(&code))
+        },
     ];
     for extensions in &written {
         for (id, service, body) in [
@@ -142,6 +146,8 @@ fn the_fast_path_declines_the_rest_and_serde_reads_it_alike() {
         r#"{"header":{"request_id":1,"service":"s","endpoint":"e","is_response":false},"body":{},"x":1}"#,
         r#"{"header":{"request_id":1,"service":"s","endpoint":"e","is_response":false},"body":{"a":}}"#,
         r#"{"header":{"request_id":1,"service":"s","endpoint":"e","is_response":false,"vsp":99999999999},"body":{}}"#,
+        r#"{"header":{"request_id":1,"service":"s","endpoint":"e","is_response":true,"error_code":"handler","http_status":70000},"body":{}}"#,
+        r#"{"header":{"request_id":1,"service":"s","endpoint":"e","is_response":true,"http_status":"409"},"body":{}}"#,
         r#"{"header":{"request_id":1,"service":"s","endpoint":"e","is_response":false,"cancel":false},"body":{}}"#,
         r#"{"header":{"request_id":1,"service":"s","endpoint":"e","is_response":false,"timeout_ms":1.5},"body":{}}"#,
         r#"{"header":{"request_id":1,"service":"s","endpoint":"e","is_response":false,"service":"t"},"body":{}}"#,
