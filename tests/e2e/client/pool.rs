@@ -84,3 +84,44 @@ async fn the_mesh_shows_each_instances_calls_in_flight() {
     assert!(state.latency >= Duration::from_millis(250), "{state:?}");
     assert_eq!(state.info.weight(), 1.0);
 }
+
+/// `concurrency` callers of a 20 ms `sleep` at once; the client's pool stats after.
+async fn sleep_calls_at_once(client: &vsp::VspClient, concurrency: usize) -> vsp::PoolStats {
+    let callers: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .call(SERVICE, "sleep", json!({"ms": 20, "tag": i.to_string()}))
+                    .await
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.unwrap().unwrap();
+    }
+    client.pool_stats()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_opens_only_when_the_first_is_saturated() {
+    let (_manager, addr) = common::start_test_server().await;
+    // 64 calls at once fit one connection: a second would only split its batches.
+    let client = client_builder_for(addr).build();
+    let stats = sleep_calls_at_once(&client, 64).await;
+    assert_eq!(
+        stats.created, 1,
+        "64 calls in flight opened more than one connection: {stats:?}"
+    );
+    // With room for 8 calls per connection, 40 at once saturate one: more open, up to the limit,
+    // and no call is refused.
+    let client = client_builder_for(addr)
+        .max_in_flight_per_connection(8)
+        .max_transports(5)
+        .build();
+    let stats = sleep_calls_at_once(&client, 40).await;
+    assert!(
+        (2..=5).contains(&stats.created),
+        "a saturated connection did not open another (or opened too many): {stats:?}"
+    );
+}

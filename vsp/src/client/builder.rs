@@ -233,8 +233,11 @@ impl VspClientBuilder {
         self
     }
 
-    /// The most connections per instance (default 5). New connections open only when every
-    /// open one has calls in flight; calls go to the least-loaded one.
+    /// The most connections per instance (default 5). Another connection opens only when
+    /// every open one is saturated: half its [in-flight limit](Self::max_in_flight_per_connection)
+    /// used, or 256 KiB of requests waiting for a socket that does not take them (one
+    /// multiplexed connection is faster than several until then). Calls go to the least-loaded
+    /// connection.
     pub fn max_transports(mut self, connections: usize) -> Self {
         self.config.limits.max_transports = connections.max(1);
         self

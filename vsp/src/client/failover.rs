@@ -438,7 +438,8 @@ impl VspClient {
             body,
             attempt.metadata,
             trace,
-            attempt.deadline,
+            // The attempt's start is the last clock reading: no other one for the header.
+            (attempt.started, attempt.deadline),
             attempt.stream,
         );
         let mut call = match sent {
@@ -505,13 +506,13 @@ impl VspClient {
         let instance = attempt.instance;
         let remaining = attempt.deadline.saturating_duration_since(attempt.started);
         let connect_timeout = config.connect_timeout.min(remaining);
-        let service = attempt.service.to_owned();
+        let service = || attempt.service.to_owned();
         let key = || instance.key().to_owned();
         let error = match self.inner.pools.of(instance).get(connect_timeout).await {
             Ok(connection) => return Ok(connection),
             Err(PoolError::Saturated { limit }) => {
                 let error = VspError::TooManyInFlight {
-                    service,
+                    service: service(),
                     instance: key(),
                     limit,
                 };
@@ -525,19 +526,19 @@ impl VspClient {
                 // Not this client's kind of instance: another one may take the call, and the
                 // instance stays healthy for the clients that can dial it.
                 let error = VspError::Connect {
-                    service,
+                    service: service(),
                     instance: key(),
                     source,
                 };
                 return Err(AttemptFailure::unsent(error));
             }
             Err(PoolError::Connect(source)) => VspError::Connect {
-                service,
+                service: service(),
                 instance: key(),
                 source,
             },
             Err(_) => VspError::ConnectTimeout {
-                service,
+                service: service(),
                 instance: key(),
                 after: connect_timeout,
             },

@@ -72,14 +72,14 @@ impl ClientInner {
             }) else {
                 return;
             };
-            let deadline = Instant::now() + timeout;
+            let now = Instant::now();
             let answered = match connection.send(
                 instance.service(),
                 HEALTH_ENDPOINT,
                 &EmptyBody {},
                 None,
                 None,
-                deadline,
+                (now, now + timeout),
                 None,
             ) {
                 Ok(mut call) => call.wait().await.is_ok(),
@@ -204,7 +204,7 @@ impl ClientProber {
             &EmptyBody {},
             None,
             None,
-            deadline,
+            (Instant::now(), deadline),
             None,
         ) else {
             return false;

@@ -316,8 +316,14 @@ impl Connection {
         self.state.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Queues a request and returns the slot its response will arrive in. `timeout_ms` goes in
-    /// the header, so the server stops the work when the caller has given up. `stream`: the
+    /// Bytes queued on this connection that the socket has not taken yet.
+    pub(crate) fn write_backlog(&self) -> usize {
+        self.state.queue.backlog()
+    }
+
+    /// Queues a request and returns the slot its response will arrive in. `timeout_ms` (from
+    /// `now`, the caller's last clock reading, to `deadline`) goes in the header, so the server
+    /// stops the work when the caller has given up. `stream`: the
     /// call asks for a stream with this window (and, `true`, no server-side deadline: the
     /// caller's idle timeout bounds it instead).
     #[allow(clippy::too_many_arguments)]
@@ -328,7 +334,7 @@ impl Connection {
         body: &(impl Serialize + ?Sized),
         meta: Option<&Metadata>,
         trace: Option<&TraceContext>,
-        deadline: Instant,
+        (now, deadline): (Instant, Instant),
         stream: Option<(u32, bool)>,
     ) -> Result<PendingCall, CallFailure> {
         let id = self.state.next_id.fetch_add(1, Ordering::Relaxed);
@@ -345,7 +351,6 @@ impl Connection {
             }
         }
         let frames_at_send = self.state.frames_received.load(Ordering::Relaxed);
-        let now = Instant::now();
         let timeout_ms = deadline.saturating_duration_since(now).as_millis().max(1) as u64;
         // The only call in flight here: nothing to batch it with, so it is written at once on
         // this task (one wake-up of the writer task fewer on the round trip).
