@@ -17,6 +17,8 @@
 //! machines switch between two speed modes and only same-run ratios mean anything.
 
 mod common;
+#[path = "procs/mod.rs"]
+mod procs;
 #[path = "tonic_stream/mod.rs"]
 mod tonic_stream;
 
@@ -957,9 +959,15 @@ struct Figures {
 
 impl Figures {
     fn add(&mut self, mut sample: Sample) {
-        self.calls_per_sec.push(sample.calls_per_sec());
-        self.p50.push(sample.percentile(0.50));
-        self.p99.push(sample.percentile(0.99));
+        let (p50, p99) = (sample.percentile(0.50), sample.percentile(0.99));
+        self.push(sample.calls_per_sec(), p50, p99);
+    }
+
+    /// One round's figures, measured elsewhere (a child process).
+    fn push(&mut self, calls_per_sec: f64, p50: Duration, p99: Duration) {
+        self.calls_per_sec.push(calls_per_sec);
+        self.p50.push(p50);
+        self.p99.push(p99);
     }
 
     fn median<T: Copy + PartialOrd>(values: &[T]) -> T {
@@ -989,16 +997,31 @@ fn main() {
     if let Ok(spec) = std::env::var(TRACED_CHILD) {
         return traced_child(&spec);
     }
-    common::runtime().block_on(bench(Settings::from_env()));
+    if let Ok(role) = std::env::var(procs::ROLE) {
+        return procs::child(&role);
+    }
+    let settings = Settings::from_env();
+    let section = std::env::var("VSP_BENCH_SECTION");
+    if section.as_deref() != Ok("procs") {
+        common::runtime().block_on(bench(&settings));
+    }
+    // Outside the in-process runtime: this section's processes get the cores to themselves.
+    let whole_run = section.is_err()
+        && settings.only.is_none()
+        && std::env::var("VSP_BENCH_CONTENDER").is_err()
+        && std::env::var("VSP_BENCH_PROFILE_STREAM").is_err();
+    if whole_run || section.as_deref() == Ok("procs") {
+        procs::section(&settings);
+    }
 }
 
-async fn bench(settings: Settings) {
+async fn bench(settings: &Settings) {
     if std::env::var("VSP_BENCH_SECTION").as_deref() == Ok("streams") {
-        return streams_section(&settings).await;
+        return streams_section(settings).await;
     }
     if std::env::var("VSP_BENCH_SECTION").as_deref() == Ok("large") {
         let (_server, addr) = start_vsp(VspManager::builder("bench")).await;
-        return large_bodies_section(&settings, start_raw_server().await, addr).await;
+        return large_bodies_section(settings, start_raw_server().await, addr).await;
     }
     if let Ok(profile) = std::env::var("VSP_BENCH_PROFILE_STREAM") {
         // Only VSP streams, for a profiler: `VSP_BENCH_PROFILE_STREAM=<window>`.
@@ -1235,7 +1258,7 @@ async fn bench(settings: Settings) {
         return;
     }
 
-    large_bodies_section(&settings, raw_addr, vsp_addr).await;
+    large_bodies_section(settings, raw_addr, vsp_addr).await;
 
     // Allocations per call: one call at a time, client and server both in this process.
     println!("\n## Allocations per call (get_user, one in flight, client and server together)\n");
@@ -1397,7 +1420,7 @@ async fn bench(settings: Settings) {
         server.shutdown().await.unwrap();
     }
 
-    streams_section(&settings).await;
+    streams_section(settings).await;
 
     // Memory: idle connections.
     println!("\n## Memory: 1,000 idle client connections to one server\n");

@@ -223,6 +223,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// A whole frame (or a length prefix above the limit) is already buffered: the next read
     /// returns without waiting on the socket.
+    /// The next frame if it is already read whole (no I/O, no wait): a reader takes every frame
+    /// of one read this way, without going back to the event loop between them.
+    pub(crate) fn buffered_frame(&mut self) -> Result<Option<Bytes>, ReadError> {
+        let frame = self.try_split_frame()?;
+        if frame.is_some() {
+            self.partial_since = None;
+        }
+        Ok(frame)
+    }
+
     pub(crate) fn has_buffered_frame(&self) -> bool {
         if self.buf.len() < LENGTH_PREFIX_LEN {
             return false;

@@ -169,10 +169,7 @@ async fn read_loop(conn: &Arc<ServerConnection>, frames: &mut FrameReader<BoxRea
             next = next_frame(conn, frames, &patience) => next,
         };
         let carry_on = match next {
-            Some(Ok(Some(frame))) => {
-                let more = frames.has_buffered_frame();
-                on_frame(conn, &frame, more, &mut batch).await
-            }
+            Some(Ok(Some(frame))) => on_frames(conn, frames, frame, &mut batch).await,
             Some(Ok(None)) | None => false,
             Some(Err(err)) => on_read_error(conn, err),
         };
@@ -201,34 +198,53 @@ async fn next_frame(
     Some(frames.next_frame_within(patience).await)
 }
 
-/// Dispatches one frame (`more_buffered`: another is already read); false if the connection
+/// Dispatches `first` and every frame read whole with it, in one poll; false if the connection
 /// must close.
-async fn on_frame(
+///
+/// Why in one poll: the frames of one read arrived together, so they share one clock reading
+/// for their arrival, and the reader does not go back through its `select!` (the lifecycle
+/// watch, the queue's close, the backlog bound) between them. A batch ends early when the write
+/// backlog reaches its bound, so the next frame waits for room as usual.
+async fn on_frames(
     conn: &Arc<ServerConnection>,
-    frame: &Bytes,
-    more_buffered: bool,
+    frames: &mut FrameReader<BoxRead>,
+    first: Bytes,
     batch: &mut usize,
 ) -> bool {
-    // The replies of requests answered inline leave together, written by this task once no
-    // further request is already read (or the batch grew large): one write per batch and no
-    // wake-up of the writer task, as a hand-written loop would.
-    if *batch == 0 {
-        conn.queue.hold();
-    }
-    *batch += 1;
-    let dispatched = std::future::poll_fn(|cx| Poll::Ready(dispatch(conn, frame, cx))).await;
-    if *batch >= MAX_BATCH || !more_buffered || conn.queue.backlog() >= MAX_WRITE_BACKLOG {
-        conn.queue.flush();
-        *batch = 0;
-    }
-    match dispatched {
-        Ok(()) => true,
-        Err(reason) => {
-            tracing::warn!(peer = %conn.peer.address, "closing connection: {reason}");
-            conn.reply_without_id(ErrorCode::Protocol, &reason);
-            false
-        }
-    }
+    let received = std::time::Instant::now();
+    let mut frame = first;
+    std::future::poll_fn(|cx| {
+        Poll::Ready(loop {
+            // The replies of requests answered inline leave together, written by this task once
+            // no further request is already read (or the batch grew large): one write per batch
+            // and no wake-up of the writer task, as a hand-written loop would.
+            if *batch == 0 {
+                conn.queue.hold();
+            }
+            *batch += 1;
+            let dispatched = dispatch(conn, &frame, received, cx);
+            let more = frames.has_buffered_frame();
+            let backlogged = conn.queue.backlog() >= MAX_WRITE_BACKLOG;
+            if *batch >= MAX_BATCH || !more || backlogged {
+                conn.queue.flush();
+                *batch = 0;
+            }
+            if let Err(reason) = dispatched {
+                tracing::warn!(peer = %conn.peer.address, "closing connection: {reason}");
+                conn.reply_without_id(ErrorCode::Protocol, &reason);
+                break false;
+            }
+            if !more || backlogged || conn.queue.is_closed() {
+                break true;
+            }
+            frame = match frames.buffered_frame() {
+                Ok(Some(next)) => next,
+                Ok(None) => break true,
+                Err(err) => break on_read_error(conn, err),
+            };
+        })
+    })
+    .await
 }
 
 /// Logs why reading stopped and tells the peer when it broke the protocol; always false (the
@@ -294,6 +310,7 @@ impl ServerConnection {
             self.clone(),
             response_head("null", &self.manager.name, ""),
             None,
+            std::time::Instant::now(),
         )
         .error(code, message);
     }

@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::Instrument;
@@ -33,16 +33,25 @@ use crate::trace::{self, TraceContext};
 pub(super) fn dispatch(
     conn: &Arc<ServerConnection>,
     frame: &Bytes,
+    received: Instant,
     cx: &mut Context<'_>,
 ) -> Result<(), String> {
-    let Some((envelope, body)) = decode(conn, frame)? else {
+    let Some((envelope, body)) = decode(conn, frame, received)? else {
         return Ok(());
     };
     let registry = conn.manager().registry.load();
-    if let Some(call) = admit(conn, frame, &envelope, body, &registry) {
+    let arrived = Arrived { frame, received };
+    if let Some(call) = admit(conn, arrived, &envelope, body, &registry) {
         run(conn, call, cx);
     }
     Ok(())
+}
+
+/// A request frame and when it was read.
+#[derive(Clone, Copy)]
+struct Arrived<'f> {
+    frame: &'f Bytes,
+    received: Instant,
 }
 
 /// A request admitted: everything running it needs.
@@ -58,6 +67,7 @@ struct Call<'f, 'r> {
 fn decode<'f>(
     conn: &Arc<ServerConnection>,
     frame: &'f Bytes,
+    received: Instant,
 ) -> Result<Option<(FrameView<'f>, &'f str)>, String> {
     // The body is left to the endpoint's decoder, which checks it as JSON in its one pass.
     let envelope = match Envelope::parse_view(frame) {
@@ -69,14 +79,15 @@ fn decode<'f>(
             let Some(request_id) = salvage_request_id(frame) else {
                 return Err(format!("unreadable frame without a request id: {detail}"));
             };
-            let reply = Reply::new(conn.clone(), response_head(request_id.get(), "", ""), None);
+            let head = response_head(request_id.get(), "", "");
+            let reply = Reply::new(conn.clone(), head, None, received);
             reply.error(ErrorCode::Protocol, &format!("malformed request: {detail}"));
             return Ok(None);
         }
     };
     let Ok(body) = std::str::from_utf8(envelope.body()) else {
         let head = response_head(envelope.request_id().get(), "", "");
-        let reply = Reply::new(conn.clone(), head, None);
+        let reply = Reply::new(conn.clone(), head, None, received);
         reply.error(
             ErrorCode::Protocol,
             "malformed request: the body is not UTF-8",
@@ -107,7 +118,7 @@ fn decode<'f>(
 /// (and answered).
 fn admit<'f, 'r>(
     conn: &Arc<ServerConnection>,
-    frame: &Bytes,
+    Arrived { frame, received }: Arrived<'_>,
     envelope: &FrameView<'_>,
     body: &'f str,
     registry: &'r Registry,
@@ -133,14 +144,14 @@ fn admit<'f, 'r>(
     let entry = match lookup(conn, frame, envelope, registry, known_length) {
         Ok(entry) => entry,
         Err((code, message)) => {
-            Reply::new(conn.clone(), head, None)
+            Reply::new(conn.clone(), head, None, received)
                 .with_span(span)
                 .error(code, &message);
             return None;
         }
     };
     let timeout_ms = envelope.timeout_ms();
-    let mut reply = Reply::new(conn.clone(), head, Some(entry.clone()))
+    let mut reply = Reply::new(conn.clone(), head, Some(entry.clone()), received)
         .with_timeout(timeout_ms)
         .with_stream_window(
             envelope
@@ -168,8 +179,9 @@ fn admit<'f, 'r>(
             return None;
         }
     };
-    let deadline = timeout_ms
-        .map(|ms| crate::deadline::after(tokio::time::Instant::now(), Duration::from_millis(ms)));
+    // From the request's arrival: no clock reading of its own.
+    let deadline =
+        timeout_ms.map(|ms| crate::deadline::after(received.into(), Duration::from_millis(ms)));
     let context = CallContext::new(
         manager.service.clone(),
         name.clone(),

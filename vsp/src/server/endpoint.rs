@@ -274,13 +274,10 @@ async fn finish_handler<F, O>(
     };
     let ended = {
         let mut lifecycle = reply.conn.manager().lifecycle();
-        // Counted from the request's arrival; the clock is read only for handlers that wait.
+        // Counted from the request's arrival.
         let deadline = reply.timeout_ms.map(|ms| {
-            let arrived = reply
-                .received
-                .map_or_else(tokio::time::Instant::now, Into::into);
             (
-                crate::deadline::after(arrived, std::time::Duration::from_millis(ms)),
+                crate::deadline::after(reply.received.into(), std::time::Duration::from_millis(ms)),
                 ms,
             )
         });

@@ -180,8 +180,9 @@ pub(crate) struct Reply {
     head: ResponseHead,
     /// The endpoint called; `None` for requests no endpoint took (unknown, malformed, refused).
     pub(super) entry: Option<Arc<EndpointEntry>>,
-    /// When the request arrived; `None` when stats are off.
-    pub(super) received: Option<Instant>,
+    /// When the request arrived: when the read that brought its frame returned (one clock
+    /// reading for every frame of that read). Its deadline counts from here.
+    pub(super) received: Instant,
     /// The accounting is done (see `settle`).
     settled: bool,
     /// The caller's remaining wait (`timeout_ms`), past which the handler is stopped.
@@ -199,11 +200,11 @@ impl Reply {
         conn: Arc<ServerConnection>,
         head: ResponseHead,
         entry: Option<Arc<EndpointEntry>>,
+        received: Instant,
     ) -> Self {
         let manager = conn.manager();
         manager.drain.request_started();
         conn.in_flight.fetch_add(1, Ordering::Relaxed);
-        let received = manager.stats_enabled().then(Instant::now);
         Reply {
             conn,
             head,
@@ -536,8 +537,8 @@ impl Reply {
             let idle_ms = u64::try_from(idle_ms).unwrap_or(u64::MAX);
             self.conn.idle_since_ms.store(idle_ms, Ordering::Relaxed);
         }
-        let elapsed = self.received.map(|received| received.elapsed());
         let manager = self.conn.manager();
+        let elapsed = manager.stats_enabled().then(|| self.received.elapsed());
         if self.large_bytes > 0 {
             self.conn
                 .large_bytes
