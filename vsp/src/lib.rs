@@ -77,6 +77,7 @@ mod context;
 mod deadline;
 pub mod discovery;
 mod error;
+mod fast_map;
 #[cfg(feature = "gateway")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
 pub mod gateway;
@@ -85,6 +86,7 @@ mod mesh;
 mod prometheus;
 pub mod protocol;
 pub mod server;
+mod shard;
 mod stats;
 mod stream;
 mod sync;

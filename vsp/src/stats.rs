@@ -6,12 +6,14 @@
 
 use crate::prometheus::{self, Exposition, COUNTER, GAUGE, SUMMARY};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::error::ErrorCode;
+use crate::shard::{shard, Padded, ShardedCount, SHARDS};
 
 /// A snapshot of a server's performance figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -224,17 +226,40 @@ impl LatencyHistogram {
     }
 }
 
-/// The live counters of one endpoint.
+/// A latency histogram in per-thread shares (see [`crate::shard`]), each allocated when its
+/// thread first records: an endpoint called from one thread holds one histogram (5 KiB), not
+/// `SHARDS`.
+#[derive(Debug, Default)]
+pub(crate) struct ShardedHistogram {
+    shares: [OnceLock<LatencyHistogram>; SHARDS],
+}
+
+impl ShardedHistogram {
+    pub(crate) fn record(&self, elapsed: Duration) {
+        self.shares[shard()]
+            .get_or_init(LatencyHistogram::default)
+            .record(elapsed);
+    }
+
+    /// The shares added up.
+    pub(crate) fn merged(&self) -> LatencyHistogram {
+        let merged = LatencyHistogram::default();
+        for share in self.shares.iter().filter_map(OnceLock::get) {
+            merged.add(share);
+        }
+        merged
+    }
+}
+
+/// The live counters of one endpoint. Calls are counted by the histogram alone.
 #[derive(Debug, Default)]
 pub(crate) struct EndpointCounters {
-    calls: AtomicU64,
     errors: AtomicU64,
-    histogram: LatencyHistogram,
+    histogram: ShardedHistogram,
 }
 
 impl EndpointCounters {
     pub(crate) fn record(&self, elapsed: Duration, failed: bool) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
         if failed {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -247,9 +272,10 @@ impl EndpointCounters {
     }
 
     pub(crate) fn snapshot(&self) -> EndpointStats {
-        let [p50, p99] = self.histogram.quantiles([0.50, 0.99]);
+        let merged = self.histogram.merged();
+        let [p50, p99] = merged.quantiles([0.50, 0.99]);
         EndpointStats {
-            calls: self.calls.load(Ordering::Relaxed),
+            calls: merged.count(),
             errors: self.errors.load(Ordering::Relaxed),
             p50,
             p99,
@@ -263,12 +289,19 @@ fn as_seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Resul
 
 #[derive(Debug, Default)]
 pub(crate) struct ServerStats {
-    messages_processed: AtomicU64,
-    processing_nanos: AtomicU64,
-    pub(crate) active_workers: AtomicUsize,
+    /// Per-thread shares of the requests answered and their processing nanoseconds (see
+    /// [`crate::shard`]).
+    processed: [Padded<Processed>; SHARDS],
+    pub(crate) active_workers: ShardedCount,
     errors: [AtomicU64; ErrorCode::KNOWN.len()],
     connections_total: AtomicU64,
     write_timeouts: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Processed {
+    messages: AtomicU64,
+    nanos: AtomicU64,
 }
 
 /// What the server's drain tracking counts, for a snapshot.
@@ -283,8 +316,10 @@ pub(crate) struct LiveCounts {
 impl ServerStats {
     /// Counts a finished request's processing time (when stats are on).
     pub(crate) fn request_finished(&self, elapsed: Duration) {
-        self.messages_processed.fetch_add(1, Ordering::Relaxed);
-        self.processing_nanos
+        let share = &self.processed[shard()].0;
+        share.messages.fetch_add(1, Ordering::Relaxed);
+        share
+            .nanos
             .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
     }
 
@@ -308,14 +343,20 @@ impl ServerStats {
         endpoints: BTreeMap<String, EndpointStats>,
         live: LiveCounts,
     ) -> PerformanceStats {
-        let processed = self.messages_processed.load(Ordering::Relaxed);
-        let nanos = self.processing_nanos.load(Ordering::Relaxed);
+        let sum = |field: fn(&Processed) -> &AtomicU64| -> u64 {
+            self.processed
+                .iter()
+                .map(|share| field(&share.0).load(Ordering::Relaxed))
+                .sum()
+        };
+        let processed = sum(|p| &p.messages);
+        let nanos = sum(|p| &p.nanos);
         PerformanceStats {
             service: service.to_owned(),
             endpoints,
             messages_processed: processed,
             avg_processing_time: Duration::from_nanos(nanos.checked_div(processed).unwrap_or(0)),
-            active_workers: self.active_workers.load(Ordering::Relaxed),
+            active_workers: self.active_workers.get(),
             in_flight: live.in_flight,
             errors: ErrorCode::KNOWN
                 .iter()
@@ -339,8 +380,9 @@ mod tests {
     #[test]
     fn counters_on_the_metrics_page_are_exact() {
         let stats = ServerStats::default();
-        stats
-            .messages_processed
+        stats.processed[1]
+            .0
+            .messages
             .store((1 << 53) + 1, Ordering::Relaxed);
         let page = stats
             .snapshot("svc", BTreeMap::new(), LiveCounts::default())

@@ -151,9 +151,11 @@ async fn killing_one_of_three_under_load_loses_no_idempotent_call_and_it_returns
     load.until_more_calls(300).await;
     let served_after = managers[1].get_performance_stats().messages_processed
         + managers[2].get_performance_stats().messages_processed;
+    // A server counts a call before its answer reaches the client: up to the load's 8 calls in
+    // flight were counted in `served_before` and not yet in the client's 300.
     assert!(
-        served_after >= served_before + 300,
-        "the survivors took over"
+        served_after + 8 >= served_before + 300,
+        "the survivors took over: {served_before} calls served, then {served_after}"
     );
 
     // Back on the same port: a probe re-admits it and it gets calls again.

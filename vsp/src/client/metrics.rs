@@ -6,9 +6,8 @@
 //! load of the map, two lookups by `&str` and a few relaxed atomic adds; only the first call to a
 //! new endpoint (and an error, for its code) takes a lock.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -16,42 +15,18 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use super::pool::PoolStats;
+use crate::fast_map::FastMap;
 use crate::instance::HealthStatus;
 use crate::prometheus::{self, Exposition, COUNTER, GAUGE, SUMMARY};
-use crate::stats::LatencyHistogram;
+use crate::stats::ShardedHistogram;
 
 /// Endpoints tracked per client at most; calls to further ones are counted under the endpoint
 /// name `other`, so a caller making up names cannot grow the map without bound.
 const MAX_ENDPOINTS: usize = 256;
 const OTHER: &str = "other";
 
-type Endpoints = FnvMap<Box<str>, FnvMap<Box<str>, Arc<CallCounters>>>;
-
-type FnvMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
-
-/// FNV-1a, for the two lookups every call makes: the keys are a few short names in a map bounded
-/// at `MAX_ENDPOINTS`, where SipHash's flood resistance buys nothing and costs on every call.
-#[derive(Default)]
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut hash = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for byte in bytes {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = hash;
-    }
-}
+/// Looked up twice by every call: a fast hash (see [`FastMap`]).
+type Endpoints = FastMap<Box<str>, FastMap<Box<str>, Arc<CallCounters>>>;
 
 /// The live counters of one client.
 #[derive(Default)]
@@ -68,20 +43,8 @@ pub(crate) struct ClientCounters {
 struct CallCounters {
     retries: AtomicU64,
     failovers: AtomicU64,
-    latency: [LatencyHistogram; SHARDS],
+    latency: ShardedHistogram,
     errors: Mutex<BTreeMap<String, u64>>,
-}
-
-/// Histogram shares per endpoint; threads take them in turn.
-const SHARDS: usize = 4;
-
-/// This thread's share.
-fn shard() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-    }
-    SHARD.with(|shard| *shard)
 }
 
 /// How one call ended, for the counters.
@@ -164,7 +127,7 @@ fn count_error(errors: &mut BTreeMap<String, u64>, code: &str) {
 
 impl CallCounters {
     fn record(&self, finished: &Finished<'_>) {
-        self.latency[shard()].record(finished.elapsed);
+        self.latency.record(finished.elapsed);
         if finished.attempts > 1 {
             self.retries
                 .fetch_add(finished.attempts as u64 - 1, Ordering::Relaxed);
@@ -179,10 +142,7 @@ impl CallCounters {
     }
 
     fn snapshot(&self) -> CallStats {
-        let merged = LatencyHistogram::default();
-        for share in &self.latency {
-            merged.add(share);
-        }
+        let merged = self.latency.merged();
         let [p50, p99] = merged.quantiles([0.5, 0.99]);
         CallStats {
             calls: merged.count(),

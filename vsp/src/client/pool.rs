@@ -2,7 +2,7 @@
 //! [`Connector`] when the open ones are saturated, least loaded first, closed when idle, never
 //! more than the limits allow.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use super::connection::Connection;
+use crate::fast_map::FastMap;
 use crate::instance::Instance;
 use crate::transport::{Address, Connector, Target};
 
@@ -253,7 +254,7 @@ impl InstancePool {
 /// instance, a swept one) under a lock.
 pub(crate) struct Pools {
     /// By address, then by service (almost always one).
-    map: ArcSwap<HashMap<Arc<str>, Vec<Arc<InstancePool>>>>,
+    map: ArcSwap<FastMap<Arc<str>, Vec<Arc<InstancePool>>>>,
     changing: Mutex<()>,
     limits: PoolLimits,
     connector: Arc<dyn Connector>,
@@ -263,7 +264,7 @@ pub(crate) struct Pools {
 impl Pools {
     pub(crate) fn new(limits: PoolLimits, connector: Arc<dyn Connector>) -> Self {
         Pools {
-            map: ArcSwap::from_pointee(HashMap::new()),
+            map: ArcSwap::from_pointee(FastMap::default()),
             changing: Mutex::new(()),
             limits,
             connector,
@@ -288,7 +289,7 @@ impl Pools {
             return pool;
         }
         let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut map = HashMap::clone(&self.map.load());
+        let mut map = FastMap::clone(&self.map.load());
         let pools = map.entry(instance.key_arc().clone()).or_default();
         if let Some(pool) = find(pools) {
             return pool;
@@ -339,7 +340,7 @@ impl Pools {
         }
         let known = is_known();
         let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut map = HashMap::clone(&self.map.load());
+        let mut map = FastMap::clone(&self.map.load());
         for endpoint in empty.iter().filter(|e| !known.contains(*e)) {
             // Only an address with every pool empty is forgotten.
             if map

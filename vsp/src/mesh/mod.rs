@@ -6,7 +6,7 @@
 //! picks happen on every call, so a pick reads a snapshot without taking any lock, and a change
 //! publishes a new one.
 
-use std::collections::HashMap;
+use crate::fast_map::FastMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -34,7 +34,7 @@ struct ServiceEntry {
     picked: AtomicBool,
 }
 
-type Services = HashMap<String, Arc<ServiceEntry>>;
+type Services = FastMap<String, Arc<ServiceEntry>>;
 
 /// How the mesh asks an ejected instance whether it is back: a `health` call on a fresh
 /// connection. Implemented by the client layer (which knows how to dial); the mesh keeps the
@@ -127,7 +127,7 @@ impl ServiceMeshBuilder {
     /// Builds the mesh and starts its discovery.
     pub fn build(self) -> ServiceMesh {
         let inner = Arc::new(MeshInner {
-            services: ArcSwap::from_pointee(Services::new()),
+            services: ArcSwap::from_pointee(Services::default()),
             changing: Mutex::new(()),
             balancer: self
                 .balancer

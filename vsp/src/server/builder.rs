@@ -224,9 +224,14 @@ impl VspManagerBuilder {
     /// Builds the manager. It serves nothing until [`VspManager::start_server`].
     pub fn build(self) -> VspManager {
         let (lifecycle, _) = watch::channel(Lifecycle::Idle);
+        let service: Arc<str> = Arc::from(self.name.as_str());
         let built_in = |name: &str, endpoint: Box<dyn Endpoint>| {
             let name: Arc<str> = Arc::from(name);
             let entry = EndpointEntry {
+                site: Arc::new(crate::context::CallSite {
+                    service: service.clone(),
+                    endpoint: name.clone(),
+                }),
                 name: name.clone(),
                 endpoint,
                 counters: EndpointCounters::default(),
@@ -240,7 +245,7 @@ impl VspManagerBuilder {
             built_in(DESCRIBE_ENDPOINT, Box::new(DescribeEndpoint)),
         ]);
         let inner = Arc::new(ManagerInner {
-            service: Arc::from(self.name.as_str()),
+            service,
             name: self.name,
             auth: self.auth,
             handshake_log: PeerLog::default(),

@@ -183,8 +183,7 @@ fn admit<'f, 'r>(
     let deadline =
         timeout_ms.map(|ms| crate::deadline::after(received.into(), Duration::from_millis(ms)));
     let context = CallContext::new(
-        manager.service.clone(),
-        name.clone(),
+        entry.site.clone(),
         conn.peer.clone(),
         metadata,
         deadline,

@@ -2,6 +2,8 @@
 //! to reach zero.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::shard::ShardedCount;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -9,7 +11,8 @@ use tokio::sync::Notify;
 /// Counts what a graceful shutdown waits for.
 #[derive(Debug, Default)]
 pub(crate) struct Drain {
-    in_flight: AtomicUsize,
+    /// Every request adds and removes itself: per-thread shares (see [`crate::shard`]).
+    in_flight: ShardedCount,
     connections_active: AtomicUsize,
     /// Set while a shutdown waits; only then do the counters wake it when they reach zero.
     draining: AtomicBool,
@@ -18,12 +21,14 @@ pub(crate) struct Drain {
 
 impl Drain {
     pub(crate) fn request_started(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.increment();
     }
 
     pub(crate) fn request_finished(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.wake();
+        self.in_flight.decrement();
+        // Only while a shutdown waits is the sum read (the shares of other threads).
+        if self.draining.load(Ordering::SeqCst) && self.in_flight.get() == 0 {
+            self.drained.notify_waiters();
         }
     }
 
@@ -38,7 +43,7 @@ impl Drain {
     }
 
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight.get()
     }
 
     pub(crate) fn connections_active(&self) -> usize {
@@ -46,7 +51,7 @@ impl Drain {
     }
 
     pub(crate) fn start(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.draining.store(true, Ordering::SeqCst);
     }
 
     fn wake(&self) {

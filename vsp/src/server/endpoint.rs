@@ -6,7 +6,6 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use serde::de::DeserializeOwned;
@@ -214,7 +213,7 @@ where
 {
     let conn = reply.conn.clone();
     let manager = conn.manager();
-    manager.stats.active_workers.fetch_add(1, Ordering::Relaxed);
+    manager.stats.active_workers.increment();
     let limiter = reply.entry.as_ref().and_then(|entry| entry.limiter.clone());
     let running = CatchUnwind {
         inner: Limited::new(handler, limiter),
@@ -227,7 +226,7 @@ where
     let mut running = Box::pin(running);
     match running.as_mut().poll(cx) {
         Poll::Ready(outcome) => {
-            manager.stats.active_workers.fetch_sub(1, Ordering::Relaxed);
+            manager.stats.active_workers.decrement();
             answer(outcome, reply);
         }
         Poll::Pending => {
@@ -300,12 +299,7 @@ async fn finish_handler<F, O>(
             } => Ended::PastDeadline(deadline.map_or(0, |(_, ms)| ms)),
         }
     };
-    reply
-        .conn
-        .manager()
-        .stats
-        .active_workers
-        .fetch_sub(1, Ordering::Relaxed);
+    reply.conn.manager().stats.active_workers.decrement();
     match ended {
         Ended::Finished(outcome) => answer(outcome, reply),
         Ended::PastDeadline(ms) => {

@@ -21,6 +21,8 @@ use crate::transport::Address;
 /// A registered endpoint with what every call to it touches.
 pub(crate) struct EndpointEntry {
     pub(crate) name: Arc<str>,
+    /// The service's name and this one, for each call's [`Context`](crate::Context).
+    pub(crate) site: Arc<crate::context::CallSite>,
     pub(crate) endpoint: Box<dyn Endpoint>,
     pub(crate) counters: EndpointCounters,
     /// Its share of the worker pool (`Multicore` only).

@@ -309,6 +309,10 @@ impl VspManager {
         next.insert(
             name.clone(),
             Arc::new(EndpointEntry {
+                site: Arc::new(crate::context::CallSite {
+                    service: self.inner.service.clone(),
+                    endpoint: name.clone(),
+                }),
                 name,
                 endpoint,
                 counters: EndpointCounters::default(),

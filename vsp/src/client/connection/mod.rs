@@ -1,8 +1,10 @@
 //! One multiplexed client connection: many calls in flight, matched to responses by request id.
 
 mod deliver;
+mod stream_handle;
 
-use std::collections::HashMap;
+pub(crate) use stream_handle::StreamHandle;
+
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -14,6 +16,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::error::ErrorCode;
+use crate::fast_map::FastMap;
 use crate::protocol::frame::{
     encode_frame, encode_frame_within, EncodeError, FrameReader, ReadError,
 };
@@ -73,10 +76,10 @@ type StreamSlot = mpsc::UnboundedSender<Result<RawResponse, CallFailure>>;
 #[derive(Default)]
 struct PendingCalls {
     /// Each call's response slot.
-    calls: HashMap<u64, Slot>,
+    calls: FastMap<u64, Slot>,
     /// Each open (or opening) stream's item channel. Unbounded, but never holding more than the
     /// stream's window: the server sends no further than the credit granted.
-    streams: HashMap<u64, StreamSlot>,
+    streams: FastMap<u64, StreamSlot>,
     /// Set once the connection is closed; no call may be added after.
     closed: Option<String>,
 }
@@ -112,7 +115,7 @@ struct ConnectionState {
 /// routes of dropped streams are removed. It holds at most about twice the open streams.
 #[derive(Default)]
 struct Routes {
-    map: HashMap<u64, StreamSlot>,
+    map: FastMap<u64, StreamSlot>,
     prune_at: usize,
 }
 
@@ -482,89 +485,6 @@ impl Drop for PendingCall {
         if !self.answered {
             state.pending().calls.remove(&self.id);
             // The caller gave up (dropped, timed out): the server may stop the work now.
-            state.control(self.id, None, true);
-        }
-    }
-}
-
-/// The receiving end of an open stream: its items in order, and the credit it grants back as
-/// they are read. Dropping it before the end cancels the stream on the server.
-pub(crate) struct StreamHandle {
-    connection: Arc<Connection>,
-    id: u64,
-    items: mpsc::UnboundedReceiver<Result<RawResponse, CallFailure>>,
-    window: u32,
-    /// Items read since the last grant.
-    read: u32,
-    ended: bool,
-}
-
-impl std::fmt::Debug for StreamHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamHandle")
-            .field("id", &self.id)
-            .field("window", &self.window)
-            .finish_non_exhaustive()
-    }
-}
-
-impl StreamHandle {
-    /// The instance the stream comes from.
-    pub(crate) fn instance(&self) -> &str {
-        &self.connection.state.instance
-    }
-
-    fn new(
-        connection: Arc<Connection>,
-        id: u64,
-        items: mpsc::UnboundedReceiver<Result<RawResponse, CallFailure>>,
-        window: u32,
-    ) -> Self {
-        connection.state.in_flight.fetch_add(1, Ordering::Relaxed);
-        StreamHandle {
-            connection,
-            id,
-            items,
-            window,
-            read: 0,
-            ended: false,
-        }
-    }
-
-    /// The next frame of the stream: an item, or its end (`stream_end == Some(true)`); `None`
-    /// once the end was read.
-    pub(crate) fn poll_frame(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<RawResponse, CallFailure>>> {
-        if self.ended {
-            return std::task::Poll::Ready(None);
-        }
-        let frame = std::task::ready!(self.items.poll_recv(cx));
-        match &frame {
-            Some(Ok(response)) if response.stream_end == Some(false) => {
-                // Half the window read: grant it back, so the server never waits on a reader
-                // that keeps up.
-                self.read += 1;
-                if self.read >= (self.window / 2).max(1) {
-                    self.connection
-                        .state
-                        .control(self.id, Some(self.read), false);
-                    self.read = 0;
-                }
-            }
-            _ => self.ended = true,
-        }
-        std::task::Poll::Ready(frame)
-    }
-}
-
-impl Drop for StreamHandle {
-    fn drop(&mut self) {
-        let state = &self.connection.state;
-        state.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if !self.ended {
-            state.pending().streams.remove(&self.id);
             state.control(self.id, None, true);
         }
     }
