@@ -1201,18 +1201,19 @@ async fn bench(settings: &Settings) {
     let mut goals = Vec::new();
     for (s, label) in [(1, "64"), (2, "256")] {
         if let (Some(one), Some(raw)) = (figures(s, "VSP 1 conn"), figures(s, "raw TCP")) {
-            let goal = if s == 1 { 0.8 } else { 0.9 };
             goals.push((
                 format!("VSP 1 conn / raw TCP, {label} concurrent"),
                 one.calls() / raw.calls(),
-                goal,
+                0.9,
                 true,
             ));
         }
-        if let (Some(vsp), Some(raw)) = (figures(s, "VSP"), figures(s, "raw TCP")) {
+        // The pool opens connections only when saturated: never slower than one connection
+        // (within this machine's run-to-run noise, which the target does not forgive).
+        if let (Some(vsp), Some(one)) = (figures(s, "VSP"), figures(s, "VSP 1 conn")) {
             goals.push((
-                format!("VSP (pool of 5) / raw TCP, {label} concurrent"),
-                vsp.calls() / raw.calls(),
+                format!("VSP (default pool) / VSP 1 conn, {label} concurrent"),
+                vsp.calls() / one.calls(),
                 1.0,
                 true,
             ));

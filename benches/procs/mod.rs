@@ -285,9 +285,14 @@ pub fn section(settings: &Settings) {
         }
         table.push((concurrency, figures));
     }
+    print_ratios(&table);
+}
+
+/// The sweep's ratios, and the goals of issue 31 that the sweep measures.
+fn print_ratios(table: &[(usize, Vec<ProcFigures>)]) {
     println!("\n| in flight | VSP 1 conn / raw calls/s | VSP / VSP 1 conn calls/s | VSP 1 conn p50 / raw p50 | VSP server CPU / raw server CPU |");
     println!("|---:|---:|---:|---:|---:|");
-    for (concurrency, figures) in &table {
+    for (concurrency, figures) in table {
         let [raw, one, pool] = &figures[..] else {
             unreachable!("three contenders")
         };
@@ -298,6 +303,28 @@ pub fn section(settings: &Settings) {
             pool.calls.calls() / one.calls.calls(),
             one.calls.p50().as_secs_f64() / raw.calls.p50().as_secs_f64(),
             cpu(one) / cpu(raw),
+        );
+    }
+    let cpu = |f: &ProcFigures| Figures::median(&f.server_cpu_ns);
+    let worst_pool = table
+        .iter()
+        .map(|(c, f)| (f[2].calls.calls() / f[1].calls.calls(), *c))
+        .min_by(|a, b| a.0.total_cmp(&b.0));
+    let worst_cpu = table
+        .iter()
+        .map(|(c, f)| (cpu(&f[1]) / cpu(&f[0]), *c))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    if let (Some((pool, at)), Some((server, cpu_at))) = (worst_pool, worst_cpu) {
+        println!("\n| goal (separate processes) | worst ratio over the sweep | target | met |");
+        println!("|---|---:|---:|---|");
+        let met = |yes: bool| if yes { "yes" } else { "no" };
+        println!(
+            "| VSP (default pool) / VSP 1 conn, every concurrency | {pool:.2} (at {at}) | ≥ 1 | {} |",
+            met(pool >= 1.0)
+        );
+        println!(
+            "| VSP server CPU per call / raw TCP's | {server:.2} (at {cpu_at}) | ≤ 1.5 | {} |",
+            met(server <= 1.5)
         );
     }
 }
