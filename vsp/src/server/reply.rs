@@ -387,11 +387,16 @@ impl Reply {
 
     /// Answers with `value` as the body; a value that fails to serialize becomes a `handler`
     /// error.
+    ///
+    /// A reply from a handler that finished on its own task is written on that task when the
+    /// connection is free (nothing queued, nobody writing), without waking the writer task; one
+    /// answered inline by the connection's reader joins its held batch, which the reader
+    /// flushes (see [`WriteQueue::push_and_write`]).
     pub(crate) fn ok<T: Serialize + ?Sized>(mut self, value: &T) {
         self.settle(false);
         let header = self.head.header();
         let max = self.conn.manager().config.max_frame_size;
-        let pushed = self.conn.queue().push(|out| {
+        let pushed = self.conn.queue().push_and_write(|out| {
             encode_frame_within(out, max, |out| {
                 write_envelope(out, &header, &Extensions::response(None), |out| {
                     serde_json::to_writer(&mut *out, value)
@@ -491,7 +496,7 @@ impl Reply {
     ) -> Result<(), QueueClosed> {
         let header = self.head.header();
         let max = self.conn.manager().config.max_frame_size;
-        let pushed = self.conn.queue().push(|out| {
+        let pushed = self.conn.queue().push_and_write(|out| {
             let encoded = encode_frame_within(out, max, |out| {
                 let extensions = Extensions {
                     http_status,
