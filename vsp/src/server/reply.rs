@@ -386,12 +386,7 @@ impl Reply {
     }
 
     /// Answers with `value` as the body; a value that fails to serialize becomes a `handler`
-    /// error.
-    ///
-    /// A reply from a handler that finished on its own task is written on that task when the
-    /// connection is free (nothing queued, nobody writing), without waking the writer task; one
-    /// answered inline by the connection's reader joins its held batch, which the reader
-    /// flushes (see [`WriteQueue::push_and_write`]).
+    /// error. Written at once when the connection is free, else by whoever holds the write turn.
     pub(crate) fn ok<T: Serialize + ?Sized>(mut self, value: &T) {
         self.settle(false);
         let header = self.head.header();
