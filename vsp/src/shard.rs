@@ -57,37 +57,22 @@ impl ShardedCount {
 mod tests {
     use super::*;
 
+    /// Runs `each` `times` times on each of `threads` new threads, and waits for them.
+    fn on_threads(threads: usize, times: usize, each: impl Fn() + Sync) {
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| (0..times).for_each(|_| each()));
+            }
+        });
+    }
+
     #[test]
     fn a_count_moved_between_threads_sums_exactly() {
-        let count = std::sync::Arc::new(ShardedCount::default());
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let count = count.clone();
-                std::thread::spawn(move || {
-                    for _ in 0..1000 {
-                        count.increment();
-                    }
-                })
-            })
-            .collect();
-        for thread in threads {
-            thread.join().unwrap();
-        }
+        let count = ShardedCount::default();
+        on_threads(8, 1000, || count.increment());
         assert_eq!(count.get(), 8000);
         // Counted out on other threads than the ones that counted in.
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let count = count.clone();
-                std::thread::spawn(move || {
-                    for _ in 0..2000 {
-                        count.decrement();
-                    }
-                })
-            })
-            .collect();
-        for thread in threads {
-            thread.join().unwrap();
-        }
+        on_threads(4, 2000, || count.decrement());
         assert_eq!(count.get(), 0);
     }
 }

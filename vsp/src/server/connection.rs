@@ -148,8 +148,6 @@ async fn read_loop(conn: &Arc<ServerConnection>, frames: &mut FrameReader<BoxRea
     let queue_closed = conn.queue.closed();
     tokio::pin!(queue_closed);
     let mut announced = false;
-    // Requests dispatched since the queue was last flushed (see `on_frame`).
-    let mut batch = 0;
     loop {
         let state = *lifecycle.borrow_and_update();
         if state == Lifecycle::Closed {
@@ -169,7 +167,7 @@ async fn read_loop(conn: &Arc<ServerConnection>, frames: &mut FrameReader<BoxRea
             next = next_frame(conn, frames, &patience) => next,
         };
         let carry_on = match next {
-            Some(Ok(Some(frame))) => on_frames(conn, frames, frame, &mut batch).await,
+            Some(Ok(Some(frame))) => on_frames(conn, frames, frame).await,
             Some(Ok(None)) | None => false,
             Some(Err(err)) => on_read_error(conn, err),
         };
@@ -204,37 +202,39 @@ async fn next_frame(
 /// Why in one poll: the frames of one read arrived together, so they share one clock reading
 /// for their arrival, and the reader does not go back through its `select!` (the lifecycle
 /// watch, the queue's close, the backlog bound) between them. A batch ends early when the write
-/// backlog reaches its bound, so the next frame waits for room as usual.
+/// backlog reaches its bound, so the next frame waits for room as usual, and after `MAX_BATCH`
+/// frames: each frame then spends one unit of the task's cooperative budget (as the reader's
+/// `select!` did per frame before), so a peer's burst yields the worker to other connections
+/// every 128 frames instead of holding it for a whole read buffer.
 async fn on_frames(
     conn: &Arc<ServerConnection>,
     frames: &mut FrameReader<BoxRead>,
     first: Bytes,
-    batch: &mut usize,
 ) -> bool {
     let received = std::time::Instant::now();
     let mut frame = first;
-    std::future::poll_fn(|cx| {
+    let mut handled = 0;
+    // The replies of requests answered inline leave together, written by this task once no
+    // further request is already read (or the batch grew large): one write per batch and no
+    // wake-up of the writer task, as a hand-written loop would. (A batch cut short by an error
+    // is flushed when the connection closes.)
+    conn.queue.hold();
+    let carry_on = std::future::poll_fn(|cx| {
         Poll::Ready(loop {
-            // The replies of requests answered inline leave together, written by this task once
-            // no further request is already read (or the batch grew large): one write per batch
-            // and no wake-up of the writer task, as a hand-written loop would.
-            if *batch == 0 {
-                conn.queue.hold();
-            }
-            *batch += 1;
             let dispatched = dispatch(conn, &frame, received, cx);
+            handled += 1;
             let more = frames.has_buffered_frame();
             let backlogged = conn.queue.backlog() >= MAX_WRITE_BACKLOG;
-            if *batch >= MAX_BATCH || !more || backlogged {
+            let at_cap = handled == MAX_BATCH;
+            if !more || backlogged || at_cap {
                 conn.queue.flush();
-                *batch = 0;
             }
             if let Err(reason) = dispatched {
                 tracing::warn!(peer = %conn.peer.address, "closing connection: {reason}");
                 conn.reply_without_id(ErrorCode::Protocol, &reason);
                 break false;
             }
-            if !more || backlogged || conn.queue.is_closed() {
+            if !more || backlogged || at_cap || conn.queue.is_closed() {
                 break true;
             }
             frame = match frames.buffered_frame() {
@@ -244,7 +244,11 @@ async fn on_frames(
             };
         })
     })
-    .await
+    .await;
+    for _ in 0..handled {
+        tokio::task::coop::consume_budget().await;
+    }
+    carry_on
 }
 
 /// Logs why reading stopped and tells the peer when it broke the protocol; always false (the
