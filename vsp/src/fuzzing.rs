@@ -37,7 +37,7 @@ pub fn frames(bytes: &[u8], max_frame_size: usize) {
     let mut reader = FrameReader::new(bytes, max_frame_size);
     let mut consumed = 0;
     loop {
-        match ready(reader.next_frame()) {
+        match ready(std::future::poll_fn(|cx| reader.poll_frame(cx))) {
             Ok(Some(frame)) => {
                 assert!(frame.len() <= max_frame_size, "a frame above the limit");
                 consumed += 4 + frame.len();

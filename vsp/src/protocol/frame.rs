@@ -1,5 +1,6 @@
 //! Framing: a u32 big-endian length `N`, then `N` bytes of UTF-8 JSON.
 
+use std::future::Future;
 use std::io;
 
 use std::pin::Pin;
@@ -202,21 +203,32 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next frame's JSON, or `None` when the peer closed the stream between frames.
     ///
     /// Cancel safe: bytes read before a cancellation stay in the buffer.
+    #[cfg(test)]
     pub(crate) async fn next_frame(&mut self) -> Result<Option<Bytes>, ReadError> {
+        std::future::poll_fn(|cx| self.poll_frame(cx)).await
+    }
+
+    /// [`next_frame`](FrameReader::next_frame) as a poll: `Pending` registers `cx`'s waker with
+    /// the stream (a client connection polls with one waker whoever reads, see
+    /// `client::connection::read_turn`).
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<Option<Bytes>, ReadError>> {
         loop {
             if let Some(frame) = self.try_split_frame()? {
-                return Ok(Some(frame));
+                return std::task::Poll::Ready(Ok(Some(frame)));
             }
             if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
                 self.buf.reserve(READ_CHUNK);
             }
-            let read = self
-                .io
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(ReadError::Io)?;
+            let read = {
+                let read = self.io.read_buf(&mut self.buf);
+                std::pin::pin!(read).poll(cx)
+            };
+            let read = std::task::ready!(read).map_err(ReadError::Io)?;
             if read == 0 {
-                return self.end_of_stream();
+                return std::task::Poll::Ready(self.end_of_stream());
             }
         }
     }

@@ -10,17 +10,22 @@ use crate::error::ErrorCode;
 use crate::protocol::{parse_int_request_id, salvage_request_id, Envelope, FrameView, StreamFrame};
 
 impl ConnectionState {
-    pub(super) fn deliver(&self, frame: Bytes, routes: &mut Routes) {
+    /// Hands `frame` to its call or stream; returns the id of the unary call it answered, if any.
+    pub(super) fn deliver(&self, frame: Bytes, routes: &mut Routes) -> Option<u64> {
         let envelope = match Envelope::parse_view(&frame) {
             Ok(envelope) => envelope,
-            Err(err) => return self.unreadable(&frame, &err.to_string()),
+            Err(err) => {
+                self.unreadable(&frame, &err.to_string());
+                return None;
+            }
         };
         if !envelope.is_response() {
             tracing::warn!(instance = %self.instance, "dropped a request sent to a client");
-            return;
+            return None;
         }
         let Some(id) = parse_int_request_id(envelope.request_id()) else {
-            return self.without_id(&envelope);
+            self.without_id(&envelope);
+            return None;
         };
         if let Some(revision) = envelope.version() {
             if revision > self.peer_revision.load(Ordering::Relaxed) {
@@ -41,8 +46,14 @@ impl ConnectionState {
             stream: None,
         };
         match stream_frame {
-            Some(StreamFrame::Item(_) | StreamFrame::End) => self.to_stream(id, response, routes),
-            _ => self.to_call(id, response),
+            Some(StreamFrame::Item(_) | StreamFrame::End) => {
+                self.to_stream(id, response, routes);
+                None
+            }
+            _ => {
+                self.to_call(id, response);
+                Some(id)
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! One multiplexed client connection: many calls in flight, matched to responses by request id.
 
 mod deliver;
+mod read_turn;
 mod stream_handle;
 
 pub(crate) use stream_handle::StreamHandle;
@@ -17,9 +18,7 @@ use tokio::time::Instant;
 
 use crate::error::ErrorCode;
 use crate::fast_map::FastMap;
-use crate::protocol::frame::{
-    encode_frame, encode_frame_within, EncodeError, FrameReader, ReadError,
-};
+use crate::protocol::frame::{encode_frame, encode_frame_within, EncodeError};
 use crate::protocol::{
     write_envelope, Extensions, HeaderOut, Metadata, RequestIdOut, PROTOCOL_REVISION,
 };
@@ -106,6 +105,8 @@ struct ConnectionState {
     /// The highest `vsp` revision the server answered with: control frames (`credit`, `cancel`)
     /// go only to a server of revision 2 or more (never to Velithon, which sends none).
     peer_revision: AtomicU32,
+    /// The read side, and whether the reader task or a lone caller reads it.
+    read: read_turn::ReadTurn,
 }
 
 /// The reader's own copy of the open streams' slots, so an item takes no lock.
@@ -152,6 +153,8 @@ impl ConnectionState {
             std::mem::take(&mut pending.calls)
         };
         self.queue.close();
+        // A caller reading its own answer is woken by the socket, not by its slot.
+        self.read.wake_all();
         if !calls.is_empty() {
             tracing::debug!(instance = %self.instance, calls = calls.len(), "connection closed: {reason}");
         }
@@ -233,6 +236,7 @@ impl Connection {
             last_active_ms: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
             peer_revision: AtomicU32::new(0),
+            read: read_turn::ReadTurn::new(read, max_frame_size),
         });
         {
             let state = state.clone();
@@ -249,26 +253,7 @@ impl Connection {
             let state = state.clone();
             tokio::spawn(async move {
                 let _close = CloseOnDrop(state.clone());
-                let mut frames = FrameReader::new(read, max_frame_size);
-                // The reader's own copy of the open streams' slots, so an item takes no lock.
-                let mut routes = Routes::default();
-                let reason = loop {
-                    match frames.next_frame().await {
-                        Ok(Some(frame)) => {
-                            state.frames_received.fetch_add(1, Ordering::Relaxed);
-                            state.deliver(frame, &mut routes);
-                        }
-                        Ok(None) => break "the server closed the connection".to_owned(),
-                        Err(ReadError::Io(err)) => break format!("read failed: {err}"),
-                        Err(ReadError::Protocol(err)) => {
-                            break format!("bad frame from the server: {err}")
-                        }
-                        // Only guarded reads (the server's) give up on their own.
-                        Err(ReadError::Stalled { .. } | ReadError::Idle(_)) => {
-                            break "the read gave up".to_owned()
-                        }
-                    }
-                };
+                let reason = std::future::poll_fn(|cx| state.poll_reader(cx)).await;
                 state.close(reason);
             })
             .abort_handle()
@@ -358,6 +343,10 @@ impl Connection {
         // The only call in flight here: nothing to batch it with, so it is written at once on
         // this task (one wake-up of the writer task fewer on the round trip).
         let alone = self.state.in_flight.fetch_add(1, Ordering::Relaxed) == 0;
+        if !alone && self.state.read.is_routed() {
+            // A lone caller reads its own answer: the reader task takes over for both.
+            self.state.read.wake_reader();
+        }
         self.state.last_active_ms.store(
             now.into_std()
                 .saturating_duration_since(self.state.epoch)
@@ -371,6 +360,7 @@ impl Connection {
             deadline,
             frames_at_send,
             answered: false,
+            reads_own: alone && stream.is_none(),
             items: items.map(|(_, receiver)| (receiver, stream.map_or(0, |(window, _)| window))),
         };
         let (stream_window, idle) = match stream {
@@ -420,6 +410,8 @@ pub(crate) struct PendingCall {
     frames_at_send: u64,
     /// The reader already took the slot out of the table.
     answered: bool,
+    /// Alone on its connection when sent: it reads its own answer (see `read_turn`).
+    reads_own: bool,
     /// A stream call's item channel and window, handed to the stream once it opens.
     items: Option<(
         mpsc::UnboundedReceiver<Result<RawResponse, CallFailure>>,
@@ -439,13 +431,14 @@ impl PendingCall {
     /// connection's tasks (a runtime that shut down, a reader stuck behind a stalled peer), so
     /// nothing else is trusted to end the wait.
     pub(crate) async fn wait(&mut self) -> Result<RawResponse, CallFailure> {
-        match tokio::time::timeout_at(self.deadline, &mut self.response).await {
-            Ok(outcome) => {
+        let deadline = self.deadline;
+        let outcome =
+            tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| self.poll_answer(cx)))
+                .await;
+        match outcome {
+            Ok(mut outcome) => {
                 // Whoever sent into the slot (reader, close) took it out of the table.
                 self.answered = true;
-                let mut outcome = outcome.unwrap_or_else(|_| {
-                    Err(CallFailure::Closed("the connection was dropped".to_owned()))
-                });
                 if let Ok(response) = &mut outcome {
                     if response.stream_end == Some(false) {
                         if let Some((items, window)) = self.items.take() {
@@ -461,6 +454,7 @@ impl PendingCall {
                 outcome
             }
             Err(_elapsed) => {
+                self.stop_reading();
                 let received = self
                     .connection
                     .state
@@ -472,10 +466,67 @@ impl PendingCall {
             }
         }
     }
+
+    fn poll_answer(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<RawResponse, CallFailure>> {
+        use std::task::Poll;
+        if let Some(outcome) = self.try_answer() {
+            return Poll::Ready(outcome);
+        }
+        if self.reads_own {
+            match self.connection.state.read_own(self.id, cx) {
+                read_turn::Reading::Routed => {
+                    return match self.try_answer() {
+                        Some(outcome) => Poll::Ready(outcome),
+                        None => Poll::Pending,
+                    };
+                }
+                read_turn::Reading::AlsoWaitSlot => {}
+                read_turn::Reading::HandedBack => {
+                    self.reads_own = false;
+                    if let Some(outcome) = self.try_answer() {
+                        return Poll::Ready(outcome);
+                    }
+                }
+            }
+        }
+        match std::future::Future::poll(std::pin::Pin::new(&mut self.response), cx) {
+            Poll::Ready(outcome) => {
+                self.stop_reading();
+                Poll::Ready(outcome.unwrap_or_else(|_| Err(dropped())))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// The answer, if it is in the slot already (no waker registered).
+    fn try_answer(&mut self) -> Option<Result<RawResponse, CallFailure>> {
+        let outcome = match self.response.try_recv() {
+            Ok(outcome) => outcome,
+            Err(oneshot::error::TryRecvError::Empty) => return None,
+            Err(oneshot::error::TryRecvError::Closed) => Err(dropped()),
+        };
+        self.stop_reading();
+        Some(outcome)
+    }
+
+    /// The call no longer reads its own answer; the reader task reads for everyone.
+    fn stop_reading(&mut self) {
+        if std::mem::take(&mut self.reads_own) {
+            self.connection.state.hand_back(self.id);
+        }
+    }
+}
+
+fn dropped() -> CallFailure {
+    CallFailure::Closed("the connection was dropped".to_owned())
 }
 
 impl Drop for PendingCall {
     fn drop(&mut self) {
+        self.stop_reading();
         let state = &self.connection.state;
         state.in_flight.fetch_sub(1, Ordering::Relaxed);
         if self.items.is_some() {
