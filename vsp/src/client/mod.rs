@@ -65,6 +65,16 @@ struct ClientInner {
 ///
 /// Cheap to clone; clones share the connections.
 ///
+/// # Threads and wake-ups
+///
+/// A connection's reader and writer are tasks spawned on the runtime that opened it, and its
+/// callers may run anywhere. A call alone on its connection reads its own answer (the socket
+/// wakes the caller directly) and writes its own request; with more calls in flight, the
+/// reader task reads for all of them and the writer task batches their requests. For
+/// thread-per-core, run a current-thread runtime (or a one-worker runtime) per core with a
+/// `VspClient` of its own: each client's connections are then read, written and awaited on
+/// one thread, as the separate-process section of `cargo bench --bench rpc` measures.
+///
 /// ```no_run
 /// use vsp::{ServiceInfo, ServiceMesh, VspClient};
 ///
