@@ -253,6 +253,7 @@ pub use discovery::static_list::StaticDiscovery;
 pub use error::{CallError, ErrorCode, HttpStatus, ProtocolError, VspError};
 pub use instance::{HealthPolicy, HealthStatus, Instance, InstanceState, ServiceInfo};
 pub use mesh::{ServiceMesh, ServiceMeshBuilder};
+pub use protocol::compression::Compression;
 pub use protocol::describe::{EndpointDescription, ServiceDescription};
 pub use protocol::message::VspMessage;
 pub use protocol::metadata::Metadata;

@@ -18,6 +18,15 @@ pub mod limiter;
 #[path = "../../../vsp/src/transport/write_queue.rs"]
 pub mod write_queue;
 
+/// The frame compressor of the write queue, as `vsp::transport` names it: off in the models
+/// (it works on one frame's bytes under the queue's lock and takes part in no turn-taking).
+#[derive(Debug, Default)]
+pub(crate) struct Compressing;
+
+impl Compressing {
+    pub(crate) fn apply(&self, _out: &mut Vec<u8>, _start: usize) {}
+}
+
 /// The write half the write queue writes to, as `vsp::transport` names it.
 pub(crate) type BoxWrite = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
 

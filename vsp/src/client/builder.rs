@@ -197,6 +197,7 @@ impl VspClientBuilder {
                     max_transports: DEFAULT_MAX_TRANSPORTS,
                     max_in_flight: DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION,
                     max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+                    compression: None,
                 },
                 timeout: DEFAULT_TIMEOUT,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -315,6 +316,15 @@ impl VspClientBuilder {
     /// limit, so keep the two limits equal.
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
         self.config.limits.max_frame_size = bytes;
+        self
+    }
+
+    /// Compresses requests to servers that read compressed frames (default: none compressed).
+    /// Every connection offers to read zstd on its first requests, whatever this says; a server
+    /// of this version answers the offer, Velithon does not and never receives a compressed
+    /// frame. See [`Compression`](crate::Compression) for the threshold and level.
+    pub fn compression(mut self, compression: crate::Compression) -> Self {
+        self.config.limits.compression = Some(compression);
         self
     }
 

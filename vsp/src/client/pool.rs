@@ -73,6 +73,8 @@ pub(crate) struct PoolLimits {
     pub(crate) max_transports: usize,
     pub(crate) max_in_flight: usize,
     pub(crate) max_frame_size: usize,
+    /// How requests to a server that reads compressed frames are compressed.
+    pub(crate) compression: Option<crate::Compression>,
 }
 
 /// The connections of one client to one instance.
@@ -227,6 +229,7 @@ impl InstancePool {
             io,
             self.endpoint.clone(),
             self.limits.max_frame_size,
+            self.limits.compression,
         ));
         {
             let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);

@@ -197,6 +197,7 @@ impl ClientProber {
             io,
             instance.key_arc().clone(),
             self.max_frame_size,
+            None,
         ));
         let Ok(mut call) = connection.send(
             instance.service(),

@@ -18,6 +18,7 @@
 #![doc = include_str!("../docs/wire.md")]
 #![doc = include_str!("../docs/velithon.md")]
 
+pub(crate) mod compression;
 pub(crate) mod describe;
 mod envelope;
 pub(crate) mod frame;

@@ -71,6 +71,7 @@ impl VspManagerBuilder {
                 max_request_bytes_per_connection: DEFAULT_MAX_REQUEST_BYTES_PER_CONNECTION,
                 max_stream_window: DEFAULT_MAX_STREAM_WINDOW,
                 write_timeout: DEFAULT_WRITE_TIMEOUT,
+                compression: None,
             },
         }
     }
@@ -96,6 +97,16 @@ impl VspManagerBuilder {
     /// whose limit it would break, and never wraps the 4-byte length).
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
         self.config.max_frame_size = bytes;
+        self
+    }
+
+    /// Compresses answers (and stream items) to clients that read compressed frames (default:
+    /// none compressed). Every client of this version offers to read zstd on its first requests;
+    /// Velithon's clients offer nothing and never receive a compressed frame. See
+    /// [`Compression`](crate::Compression) for the threshold and level, and the wire reference
+    /// (`vsp::protocol`) for the frames.
+    pub fn compression(mut self, compression: crate::Compression) -> Self {
+        self.config.compression = Some(compression);
         self
     }
 

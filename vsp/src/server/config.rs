@@ -27,6 +27,8 @@ pub(crate) struct ServerConfig {
     pub(crate) max_request_bytes_per_connection: usize,
     pub(crate) max_stream_window: u32,
     pub(crate) write_timeout: Duration,
+    /// How frames to a peer that reads compressed ones are compressed (`None`: never).
+    pub(crate) compression: Option<crate::Compression>,
 }
 
 /// The default bound on receiving one request frame once its first bytes arrived.

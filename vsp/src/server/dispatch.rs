@@ -132,6 +132,10 @@ fn admit<'f, 'r>(
     } else {
         response_head(envelope.request_id().get(), envelope.service(), "")
     };
+    let offer = envelope.offers_zstd();
+    if offer {
+        conn.peer_reads_zstd();
+    }
     // Parsed now for the span's parent; refused later, in its turn among the checks.
     let metadata = envelope
         .metadata_json()
@@ -145,6 +149,7 @@ fn admit<'f, 'r>(
         Ok(entry) => entry,
         Err((code, message)) => {
             Reply::new(conn.clone(), head, None, received)
+                .with_offer(offer)
                 .with_span(span)
                 .error(code, &message);
             return None;
@@ -152,6 +157,7 @@ fn admit<'f, 'r>(
     };
     let timeout_ms = envelope.timeout_ms();
     let mut reply = Reply::new(conn.clone(), head, Some(entry.clone()), received)
+        .with_offer(offer)
         .with_timeout(timeout_ms)
         .with_stream_window(
             envelope

@@ -26,6 +26,7 @@ pub(crate) mod manager;
 mod not_found;
 mod peer_log;
 mod reply;
+mod response_head;
 mod stream;
 pub(crate) mod worker;
 

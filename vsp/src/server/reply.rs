@@ -3,21 +3,20 @@
 //! Why its own file: the connection task builds a [`Reply`] for every request and the endpoints
 //! answer through it; with the reply here, both depend on this file and not on each other.
 
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use serde::Serialize;
 
-use super::admission::LARGE_REQUEST;
+pub(crate) use super::response_head::{response_head, ResponseHead};
 use super::{EndpointEntry, ManagerInner};
 use crate::error::ErrorCode;
+use crate::protocol::compression;
 use crate::protocol::frame::{encode_frame, encode_frame_within, EncodeError};
 use crate::protocol::{
-    write_envelope, write_error_body, write_service_error_body, Extensions, FrameView, HeaderOut,
-    RequestIdOut, StreamFrame,
+    write_envelope, write_error_body, write_service_error_body, Extensions, RequestIdOut,
+    StreamFrame,
 };
 use crate::trace;
 use crate::transport::{QueueClosed, WriteQueue};
@@ -60,6 +59,16 @@ impl ServerConnection {
         &self.queue
     }
 
+    /// The peer reads zstd frames: this server's frames above its threshold go compressed from
+    /// now on, if it was configured to compress.
+    pub(crate) fn peer_reads_zstd(&self) {
+        if let Some(compression) = self.manager.config.compression {
+            if !self.queue.compressing().is_enabled() {
+                self.queue.compressing().enable(compression);
+            }
+        }
+    }
+
     /// Since when no request of this connection has been in flight (`None` while one is).
     pub(crate) fn idle_since(&self) -> Option<tokio::time::Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
@@ -73,102 +82,6 @@ impl ServerConnection {
 impl Drop for ServerConnection {
     fn drop(&mut self) {
         self.queue.close();
-    }
-}
-
-/// A response head that owns its strings: for requests whose header could not be borrowed, and
-/// for notices without a request.
-pub(crate) fn response_head(request_id: &str, service: &str, endpoint: &str) -> ResponseHead {
-    ResponseHead::Owned {
-        request_id: request_id.to_owned(),
-        service: service.to_owned(),
-        endpoint: endpoint.to_owned(),
-    }
-}
-
-/// What a response echoes of its request's header.
-///
-/// Why it points into the request frame: the id, service and endpoint are already there, so a
-/// reply costs no allocation to remember them; only header strings that had JSON escapes (not
-/// borrowable) are copied out, and so are those of a large frame, which would otherwise stay in
-/// memory, whole, until its call is answered.
-pub(crate) enum ResponseHead {
-    Echo {
-        frame: Bytes,
-        request_id: Range<usize>,
-        service: Range<usize>,
-        endpoint: Range<usize>,
-    },
-    /// The header's strings, copied.
-    Owned {
-        request_id: String,
-        service: String,
-        endpoint: String,
-    },
-}
-
-impl ResponseHead {
-    pub(crate) fn echo(frame: &Bytes, envelope: &FrameView<'_>) -> ResponseHead {
-        if frame.len() > LARGE_REQUEST {
-            return response_head(
-                envelope.request_id().get(),
-                envelope.service(),
-                envelope.endpoint(),
-            );
-        }
-        let bounds = frame.as_ptr_range();
-        let range = |s: &str| {
-            let start = s.as_ptr();
-            (bounds.contains(&start) && start.wrapping_add(s.len()) <= bounds.end).then(|| {
-                let offset = start as usize - bounds.start as usize;
-                offset..offset + s.len()
-            })
-        };
-        match (
-            range(envelope.request_id().get()),
-            range(envelope.service()),
-            range(envelope.endpoint()),
-        ) {
-            (Some(request_id), Some(service), Some(endpoint)) => ResponseHead::Echo {
-                frame: frame.clone(),
-                request_id,
-                service,
-                endpoint,
-            },
-            _ => response_head(
-                envelope.request_id().get(),
-                envelope.service(),
-                envelope.endpoint(),
-            ),
-        }
-    }
-
-    /// The response header's four keys.
-    pub(crate) fn header(&self) -> HeaderOut<'_> {
-        let (request_id, service, endpoint) = match self {
-            ResponseHead::Owned {
-                request_id,
-                service,
-                endpoint,
-            } => (request_id.as_str(), service.as_str(), endpoint.as_str()),
-            ResponseHead::Echo {
-                frame,
-                request_id,
-                service,
-                endpoint,
-            } => {
-                // The ranges came from `&str`s of this frame: always UTF-8.
-                let text =
-                    |range: &Range<usize>| std::str::from_utf8(&frame[range.clone()]).unwrap_or("");
-                (text(request_id), text(service), text(endpoint))
-            }
-        };
-        HeaderOut {
-            request_id: RequestIdOut::Raw(request_id),
-            service,
-            endpoint,
-            is_response: true,
-        }
     }
 }
 
@@ -193,6 +106,8 @@ pub(crate) struct Reply {
     span: tracing::Span,
     /// A stream's first grant of items (the request's `stream` key).
     pub(super) stream_window: Option<u32>,
+    /// The request offered to read compressed frames: the answer offers too.
+    offer: bool,
 }
 
 impl Reply {
@@ -215,6 +130,22 @@ impl Reply {
             large_bytes: 0,
             span: tracing::Span::none(),
             stream_window: None,
+            offer: false,
+        }
+    }
+
+    /// The request offered the encodings it reads (`accept_encoding`): the answer says which
+    /// this server reads.
+    pub(crate) fn with_offer(mut self, offer: bool) -> Self {
+        self.offer = offer;
+        self
+    }
+
+    /// A response's extensions, with this server's offer if the request made one.
+    fn extensions<'a>(&self, code: Option<&'a ErrorCode>) -> Extensions<'a> {
+        Extensions {
+            accept_encoding: self.offer.then_some(compression::ZSTD),
+            ..Extensions::response(code)
         }
     }
 
@@ -250,7 +181,12 @@ impl Reply {
         let max = self.conn.manager().config.max_frame_size;
         let pushed = self.conn.queue().push(|out| {
             encode_frame_within(out, max, |out| {
-                write_envelope(out, &header, &Extensions::stream(frame, None), |out| {
+                let extensions = Extensions {
+                    accept_encoding: (self.offer && frame == StreamFrame::Open)
+                        .then_some(compression::ZSTD),
+                    ..Extensions::stream(frame, None)
+                };
+                write_envelope(out, &header, &extensions, |out| {
                     serde_json::to_writer(&mut *out, value)
                 })
             })
@@ -393,7 +329,7 @@ impl Reply {
         let max = self.conn.manager().config.max_frame_size;
         let pushed = self.conn.queue().push_and_write(|out| {
             encode_frame_within(out, max, |out| {
-                write_envelope(out, &header, &Extensions::response(None), |out| {
+                write_envelope(out, &header, &self.extensions(None), |out| {
                     serde_json::to_writer(&mut *out, value)
                 })
             })
@@ -495,7 +431,7 @@ impl Reply {
             let encoded = encode_frame_within(out, max, |out| {
                 let extensions = Extensions {
                     http_status,
-                    ..Extensions::response(Some(code))
+                    ..self.extensions(Some(code))
                 };
                 write_envelope(out, &header, &extensions, |out| {
                     write_body(out);
@@ -509,15 +445,10 @@ impl Reply {
                 );
                 let too_large = ErrorCode::TooLarge;
                 let _ = encode_frame(out, |out| {
-                    write_envelope(
-                        out,
-                        &header,
-                        &Extensions::response(Some(&too_large)),
-                        |out| {
-                            write_error_body(out, &message);
-                            Ok::<_, std::convert::Infallible>(())
-                        },
-                    )
+                    write_envelope(out, &header, &self.extensions(Some(&too_large)), |out| {
+                        write_error_body(out, &message);
+                        Ok::<_, std::convert::Infallible>(())
+                    })
                 });
             }
             Ok::<_, std::convert::Infallible>(())
@@ -562,39 +493,5 @@ impl Drop for Reply {
     /// A reply dropped unanswered (the server closed) still settles, so `in_flight` never leaks.
     fn drop(&mut self) {
         self.settle(false);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn head_of(frame: &Bytes) -> ResponseHead {
-        let envelope = crate::protocol::Envelope::parse_view(frame).unwrap();
-        ResponseHead::echo(frame, &envelope)
-    }
-
-    fn request(body: &str) -> Bytes {
-        Bytes::from(format!(
-            r#"{{"header":{{"request_id":"r1","service":"s","endpoint":"e","is_response":false}},"body":{body}}}"#
-        ))
-    }
-
-    #[test]
-    fn a_small_request_is_echoed_in_place_and_a_large_ones_header_is_copied_out() {
-        let small = request("{}");
-        assert!(matches!(head_of(&small), ResponseHead::Echo { .. }));
-        let large = request(&format!(r#"{{"pad":"{}"}}"#, "x".repeat(LARGE_REQUEST)));
-        let head = head_of(&large);
-        assert!(
-            matches!(head, ResponseHead::Owned { .. }),
-            "a large request frame would stay alive until its reply"
-        );
-        let header = head.header();
-        assert_eq!(
-            (header.service, header.endpoint),
-            ("s", "e"),
-            "the copied header lost its strings"
-        );
     }
 }

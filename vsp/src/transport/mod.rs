@@ -26,6 +26,7 @@ mod tcp;
 mod unix;
 mod write_queue;
 
+pub(crate) use crate::protocol::compression::Compressing;
 pub(crate) use address::Address;
 pub use connector::{Connector, DefaultConnector, Target};
 pub use identity::{Identity, IdentityError};

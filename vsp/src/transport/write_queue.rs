@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
 
-use super::BoxWrite;
+use super::{BoxWrite, Compressing};
 
 /// The connection's write side is closed; nothing more can be sent on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +40,8 @@ pub(crate) struct WriteQueue {
     written: Notify,
     /// Woken once, when the queue closes.
     closing: Notify,
+    /// Whether frames are compressed as they are queued (the peer reads them).
+    compressing: Compressing,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +78,11 @@ impl std::fmt::Debug for WriteQueue {
 impl WriteQueue {
     pub(crate) fn new() -> Self {
         WriteQueue::default()
+    }
+
+    /// Whether (and how) the frames queued are compressed.
+    pub(crate) fn compressing(&self) -> &Compressing {
+        &self.compressing
     }
 
     fn lock(&self) -> MutexGuard<'_, QueueState> {
@@ -117,6 +124,7 @@ impl WriteQueue {
         }
         let before = state.pending.len();
         let result = encode(&mut state.pending);
+        self.compressing.apply(&mut state.pending, before);
         let added = state.pending.len() - before;
         // Counted before the lock is released: a writer can take these bytes (and subtract
         // them) only after it takes the lock, so the count never goes below zero and wraps.
@@ -154,6 +162,7 @@ impl WriteQueue {
         }
         let before = state.pending.len();
         let result = encode(&mut state.pending);
+        self.compressing.apply(&mut state.pending, before);
         let added = state.pending.len() - before;
         self.backlog.fetch_add(added, Ordering::Relaxed);
         if before > 0 || added == 0 || state.held {

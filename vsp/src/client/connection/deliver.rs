@@ -27,6 +27,13 @@ impl ConnectionState {
             self.without_id(&envelope);
             return None;
         };
+        if envelope.offers_zstd() {
+            if let Some(compression) = self.compression {
+                if !self.queue.compressing().is_enabled() {
+                    self.queue.compressing().enable(compression);
+                }
+            }
+        }
         if let Some(revision) = envelope.version() {
             if revision > self.peer_revision.load(Ordering::Relaxed) {
                 self.peer_revision.store(revision, Ordering::Relaxed);

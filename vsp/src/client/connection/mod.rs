@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::error::ErrorCode;
 use crate::fast_map::FastMap;
+use crate::protocol::compression;
 use crate::protocol::frame::{encode_frame, encode_frame_within, EncodeError};
 use crate::protocol::{
     write_envelope, Extensions, HeaderOut, Metadata, RequestIdOut, PROTOCOL_REVISION,
@@ -107,6 +108,8 @@ struct ConnectionState {
     peer_revision: AtomicU32,
     /// The read side, and whether the reader task or a lone caller reads it.
     read: read_turn::ReadTurn,
+    /// How requests are compressed once the server offers to read zstd (`None`: never).
+    compression: Option<crate::Compression>,
 }
 
 /// The reader's own copy of the open streams' slots, so an item takes no lock.
@@ -220,7 +223,12 @@ impl Drop for Connection {
 
 impl Connection {
     /// Starts the reader and writer tasks of a connected stream.
-    pub(crate) fn start(io: Io, instance: Arc<str>, max_frame_size: usize) -> Connection {
+    pub(crate) fn start(
+        io: Io,
+        instance: Arc<str>,
+        max_frame_size: usize,
+        compression: Option<crate::Compression>,
+    ) -> Connection {
         let (read, write) = io.into_halves();
         let state = Arc::new(ConnectionState {
             instance,
@@ -237,6 +245,7 @@ impl Connection {
             epoch: std::time::Instant::now(),
             peer_revision: AtomicU32::new(0),
             read: read_turn::ReadTurn::new(read, max_frame_size),
+            compression,
         });
         {
             let state = state.clone();
@@ -377,6 +386,8 @@ impl Connection {
             encode_frame_within(out, self.state.max_frame_size, |out| {
                 let extensions = Extensions {
                     stream_window,
+                    // Until the server has answered, each request offers to read zstd.
+                    accept_encoding: (frames_at_send == 0).then_some(compression::ZSTD),
                     ..Extensions::request((!idle).then_some(timeout_ms), meta, trace)
                 };
                 write_envelope(out, &header, &extensions, |out| {

@@ -364,6 +364,7 @@ mod tests {
             Io::new(read, write),
             Arc::from("test"),
             MAX_FRAME,
+            None,
         ))
     }
 

@@ -51,6 +51,9 @@ pub(super) struct Header<'a> {
     /// The caller gave up on this request id.
     #[serde(default)]
     pub(super) cancel: bool,
+    /// The encodings the sender reads (`"zstd"`): compressed frames may go to it.
+    #[serde(borrow, default)]
+    pub(super) accept_encoding: Option<Cow<'a, str>>,
 }
 
 /// Only the request id, for answering a frame whose other parts are unusable.
@@ -135,6 +138,7 @@ impl<'a> Envelope<'a> {
             seq: None,
             credit: None,
             cancel: false,
+            accept_encoding: None,
         };
         if c.eat(b",\"timeout_ms\":") {
             header.timeout_ms = Some(c.uint()?);
@@ -159,6 +163,9 @@ impl<'a> Envelope<'a> {
         }
         if c.eat(b",\"cancel\":true") {
             header.cancel = true;
+        }
+        if c.eat(b",\"accept_encoding\":") {
+            header.accept_encoding = Some(Cow::Borrowed(c.plain_str()?));
         }
         c.expect(b"},\"body\":")?;
         let body = json[c.at..].strip_suffix(b"}")?;
@@ -256,6 +263,14 @@ impl<'a> FrameView<'a> {
 
     pub(crate) fn is_cancel(&self) -> bool {
         self.header.cancel
+    }
+
+    /// The sender reads zstd-compressed frames.
+    pub(crate) fn offers_zstd(&self) -> bool {
+        self.header
+            .accept_encoding
+            .as_deref()
+            .is_some_and(crate::protocol::compression::offers_zstd)
     }
 
     /// The body's bytes, not checked as JSON (the decoder does).

@@ -54,6 +54,8 @@ pub(crate) struct Extensions<'a> {
     pub(crate) credit: Option<u32>,
     /// `cancel`: the caller gave up (a control frame).
     pub(crate) cancel: bool,
+    /// `accept_encoding`: the encodings this side reads, offered to the peer.
+    pub(crate) accept_encoding: Option<&'a str>,
 }
 
 impl<'a> Extensions<'a> {
@@ -132,6 +134,10 @@ impl<'a> Extensions<'a> {
         }
         if self.cancel {
             out.extend_from_slice(b",\"cancel\":true");
+        }
+        if let Some(encodings) = self.accept_encoding {
+            out.extend_from_slice(b",\"accept_encoding\":");
+            write_json_str(out, encodings);
         }
         if self.meta.is_none() && self.trace.is_none() {
             return;
