@@ -664,3 +664,57 @@ async fn a_path_that_does_not_decode_is_a_json_400() {
     assert_eq!(body["error"]["code"], "bad_request");
     fixture.users.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn responses_are_compressed_when_the_caller_accepts_it_unless_turned_off() {
+    for compress in [true, false] {
+        let fixture = Fixture::new(|gateway| gateway.compress_responses(compress)).await;
+        let url = format!("{}/openapi.json", fixture.base);
+        for (accept, expected) in [("gzip", "gzip"), ("zstd", "zstd"), ("identity", "")] {
+            let response = fixture
+                .http
+                .get(&url)
+                .header("accept-encoding", accept)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let encoding = response
+                .headers()
+                .get("content-encoding")
+                .map(|value| value.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            let body = response.bytes().await.unwrap();
+            let want = if compress { expected } else { "" };
+            assert_eq!(
+                encoding, want,
+                "accept-encoding {accept}, compress {compress}"
+            );
+            if want.is_empty() {
+                serde_json::from_slice::<Value>(&body).expect("a plain JSON document");
+            } else {
+                assert!(
+                    serde_json::from_slice::<Value>(&body).is_err(),
+                    "a body said to be {want} reads as plain JSON"
+                );
+            }
+        }
+        // A call's answer too.
+        let response = fixture
+            .http
+            .post(format!("{}/user-service/get_user", fixture.base))
+            .header("content-type", "application/json")
+            .header("accept-encoding", "gzip")
+            .body(r#"{"user_id":"123"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers().contains_key("content-encoding"),
+            compress,
+            "{:?}",
+            response.headers()
+        );
+    }
+}

@@ -122,6 +122,7 @@ pub struct Gateway {
     expose_internals: bool,
     explorer: bool,
     openapi: bool,
+    compress: bool,
 }
 
 /// The router of a gateway exposing `services` through `client`, with the defaults.
@@ -146,6 +147,7 @@ impl Gateway {
             expose_internals: false,
             explorer: true,
             openapi: true,
+            compress: true,
         }
     }
 
@@ -226,9 +228,16 @@ impl Gateway {
         self
     }
 
+    /// Compresses responses with gzip or zstd when the caller accepts one (`Accept-Encoding`),
+    /// by tower-http's layer: bodies of 32 bytes or more, never event streams (default on).
+    pub fn compress_responses(mut self, compress: bool) -> Self {
+        self.compress = compress;
+        self
+    }
+
     /// The axum router: merge it into an app, or serve it as it is.
     pub fn into_router(self) -> Router {
-        let (explorer, openapi) = (self.explorer, self.openapi);
+        let (explorer, openapi, compress) = (self.explorer, self.openapi, self.compress);
         let shared = Arc::new(self);
         let mut router = Router::new();
         if explorer {
@@ -237,14 +246,18 @@ impl Gateway {
         if openapi {
             router = router.route("/openapi.json", get(openapi_document));
         }
-        router
+        let router = router
             .route("/{service}", get(describe_service))
             .route("/{service}/{endpoint}", post(call_endpoint))
             .fallback(|| async { GatewayError::new(StatusCode::NOT_FOUND, "not_found", "no such route: the gateway serves `POST /{service}/{endpoint}`, `GET /{service}`, `GET /openapi.json` and `GET /`") })
             .method_not_allowed_fallback(|| async {
                 GatewayError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "call an endpoint with POST; read a description, the OpenAPI document or the explorer with GET")
             })
-            .with_state(shared)
+            .with_state(shared);
+        match compress {
+            true => router.layer(tower_http::compression::CompressionLayer::new()),
+            false => router,
+        }
     }
 
     /// Refuses a request for a host or from an origin this gateway does not allow.
