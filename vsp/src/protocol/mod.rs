@@ -6,7 +6,8 @@
 //! Velithon ignores: `error_code` on error responses, `vsp` (the protocol version) on every
 //! response we send, which tells our client that the header, not the body, marks an error,
 //! `timeout_ms` (how long the caller still waits) and `meta` (per-call [`Metadata`], an object of
-//! strings) on requests.
+//! strings) on requests, `accept_encoding` (the encodings a peer reads) on both; a frame whose
+//! length has its top bit set is zstd-compressed, sent only to a peer that offered to read it.
 //!
 //! Why a hand-written encoder: the envelope is written straight into the connection's write
 //! buffer, with no intermediate `Value` and no allocation per frame. It is the only code that
