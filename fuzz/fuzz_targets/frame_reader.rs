@@ -1,6 +1,6 @@
-//! The frame reader over arbitrary bytes, with a frame limit the input picks (16 B to 512 KiB):
-//! frames within the limit, the input accounted for exactly, a length above the limit refused
-//! without allocating it.
+//! The frame reader over arbitrary bytes, compressed frames too, with a frame limit the input
+//! picks (16 B to 512 KiB): frames within the limit, the input accounted for exactly, a length
+//! above the limit (or an inflated size above it) refused without allocating it.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -31,16 +31,24 @@ fn ready<F: Future>(future: F) -> F::Output {
 }
 
 /// The frame reader over `bytes` with a frame limit of `max_frame_size`: every frame it yields
-/// is within the limit and the frames and the rest account for the input exactly; a length above
-/// the limit is a protocol error, never an allocation of that size.
+/// is within the limit (inflated too, for a compressed one) and the frames and the rest account
+/// for the input exactly; a length above the limit, or a compressed frame that would inflate past
+/// it, is a protocol error, never an allocation of that size.
 pub fn frames(bytes: &[u8], max_frame_size: usize) {
+    use crate::protocol::compression::COMPRESSED;
     let mut reader = FrameReader::new(bytes, max_frame_size);
     let mut consumed = 0;
     loop {
         match ready(std::future::poll_fn(|cx| reader.poll_frame(cx))) {
             Ok(Some(frame)) => {
                 assert!(frame.len() <= max_frame_size, "a frame above the limit");
-                consumed += 4 + frame.len();
+                let prefix: [u8; 4] = bytes[consumed..consumed + 4].try_into().unwrap();
+                let prefix = u32::from_be_bytes(prefix);
+                let sent = (prefix & !COMPRESSED) as usize;
+                if prefix & COMPRESSED == 0 {
+                    assert_eq!(sent, frame.len(), "a plain frame changed size");
+                }
+                consumed += 4 + sent;
                 assert!(consumed <= bytes.len(), "frames out of nothing");
             }
             Ok(None) => {
