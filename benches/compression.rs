@@ -51,7 +51,7 @@ fn records() -> Vec<User> {
                 i
             ),
             name,
-            active: i % 3 != 0,
+            active: !i.is_multiple_of(3),
             created_at: format!(
                 "2026-{:02}-{:02}T{:02}:{:02}:00Z",
                 i % 12 + 1,
@@ -59,7 +59,7 @@ fn records() -> Vec<User> {
                 i % 24,
                 i % 60
             ),
-            roles: if i % 5 == 0 {
+            roles: if i.is_multiple_of(5) {
                 vec!["admin".into(), "reader".into()]
             } else {
                 vec!["reader".into()]
@@ -113,7 +113,7 @@ async fn drive(addr: SocketAddr, compress: bool, secs: Duration) -> f64 {
     let mesh = ServiceMesh::new();
     mesh.register(ServiceInfo::new(
         "records",
-        &addr.ip().to_string(),
+        addr.ip().to_string(),
         addr.port(),
     ))
     .unwrap();
