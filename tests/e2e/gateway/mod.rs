@@ -2,6 +2,7 @@
 
 mod explorer;
 mod http;
+mod sse;
 mod statuses;
 
 /// A gateway serving `router` on a free port; its base URL.

@@ -190,6 +190,30 @@ impl VspClient {
             )
     }
 
+    /// The gateway's stream call: the arguments as JSON, the items as JSON, a typed error before
+    /// the stream opens kept as JSON with its HTTP status.
+    #[cfg(feature = "gateway")]
+    pub(crate) async fn call_stream_json(
+        &self,
+        service: &str,
+        endpoint: &str,
+        body: &serde_json::value::RawValue,
+        options: CallOptions,
+    ) -> Result<CallStream<Box<serde_json::value::RawValue>>, (VspError, Option<super::TypedError>)>
+    {
+        self.open_stream(service, endpoint, body, options)
+            .await
+            .map_err(|(err, answer)| {
+                let typed = answer.and_then(|answer| {
+                    service_error(&answer).map(|data| super::TypedError {
+                        data,
+                        http_status: answer.http_status,
+                    })
+                });
+                (err, typed)
+            })
+    }
+
     /// Opens a stream. A `handler` error before it opens comes with its answer, where a
     /// service's typed error may be.
     async fn open_stream<T: DeserializeOwned>(

@@ -177,9 +177,9 @@ fn field_of(message: &str) -> Option<String> {
     rest.find('`').map(|end| rest[..end].to_owned())
 }
 
-impl IntoResponse for GatewayError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
+impl GatewayError {
+    fn body(&self) -> ErrorBody<'_> {
+        ErrorBody {
             error: ErrorFields {
                 code: &self.code,
                 message: &self.message,
@@ -187,8 +187,18 @@ impl IntoResponse for GatewayError {
                 data: self.data.as_deref(),
             },
             instances: self.instances.as_deref(),
-        };
-        let mut response = json_response(self.status, &body);
+        }
+    }
+
+    /// The error's JSON body, as text (a stream's `error` event).
+    pub(super) fn to_json(&self) -> String {
+        serde_json::to_string(&self.body()).unwrap_or_else(|_| "null".to_owned())
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let mut response = json_response(self.status, &self.body());
         if self.retry_after {
             response
                 .headers_mut()

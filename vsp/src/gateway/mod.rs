@@ -3,7 +3,7 @@
 //!
 //! | Route | What it does |
 //! |---|---|
-//! | `POST /{service}/{endpoint}` | calls the endpoint through the mesh with the JSON body; `200` and the result's JSON |
+//! | `POST /{service}/{endpoint}` | calls the endpoint through the mesh with the JSON body; `200` and the result's JSON; a streaming endpoint's items as Server-Sent Events (see [below](#server-streams-as-server-sent-events)) |
 //! | `GET /{service}` | the service's `vsp.describe`, with the gateway's view of its instances (`instances`) |
 //! | `GET /openapi.json` | an OpenAPI 3.1 document of every service's endpoints (from their descriptions) |
 //! | `GET /` | the service explorer: a page to read the services' docs and call their endpoints |
@@ -23,7 +23,7 @@
 //! | connection refused, reset or timed out, an answer that breaks the protocol | 502 |
 //! | a service's typed error: `service_error`, its JSON in `error.data` | its type's status ([`HttpStatus`](crate::HttpStatus), 4xx), else 422 |
 //! | `handler` (the handler panicked or failed without a typed error) | 500 |
-//! | `not_supported` (a streaming endpoint: the gateway answers once) | 501 |
+//! | `not_supported` (a streaming endpoint asked without `Accept: text/event-stream`) | 501 |
 //! | a body above [`Gateway::max_body_bytes`] | 413 |
 //!
 //! | a `POST` body that is not declared `application/json` | 415 |
@@ -46,6 +46,23 @@
 //!   caller (the operator finds them in the logs) unless [`Gateway::expose_internals`] is on,
 //!   as for a gateway only its operators use. The explorer page and `/openapi.json` can be
 //!   turned off ([`Gateway::explorer`], [`Gateway::openapi`]).
+//!
+//! ## Server streams as Server-Sent Events
+//!
+//! A streaming endpoint asked with `Accept: text/event-stream` answers `200` and one event per
+//! item (`event: item`, the item's JSON as `data`), then `event: end`, or `event: error` with the
+//! error's JSON if the stream fails midway; a failure before it opens is a JSON error with the
+//! status above. A caller that goes away cancels the call on the server.
+//!
+//! ```text
+//! $ curl -N -H 'content-type: application/json' -H 'accept: text/event-stream' \
+//!     -d '{"n":1}' http://127.0.0.1:8080/stream-service/ticks
+//! event: item
+//! data: 0
+//!
+//! event: end
+//! data: null
+//! ```
 //!
 //! HTTP headers named by [`Gateway::forward_headers`] (by default `authorization`, `traceparent`,
 //! `tracestate` and `x-request-id`) travel as call metadata, so a service's auth hook sees the
@@ -70,9 +87,12 @@
 
 mod error;
 mod explorer;
+mod headers;
 mod openapi;
+mod sse;
 
 use error::{json_response, raw_json_response, GatewayError};
+use headers::{host_without_port, is_json_content_type};
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -555,6 +575,9 @@ async fn call(
         )
     })?;
     let options = gateway.call_options(headers);
+    if headers::wants_event_stream(headers) {
+        return Ok(sse::respond(gateway, service, endpoint, args, options).await);
+    }
     let started = Instant::now();
     let answer = gateway
         .caller()
@@ -573,27 +596,4 @@ async fn call(
         response.headers_mut().insert("server-timing", value);
     }
     Ok(response)
-}
-
-/// Whether a request declares a JSON body: `application/json` or `application/*+json`, with
-/// any parameters (`; charset=utf-8`).
-fn is_json_content_type(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let mime = value.split(';').next().unwrap_or("").trim();
-    let Some((kind, subtype)) = mime.split_once('/') else {
-        return false;
-    };
-    kind.eq_ignore_ascii_case("application")
-        && (subtype.eq_ignore_ascii_case("json")
-            || subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json"))
-}
-
-/// `host` without its `:port` (IPv6 literals keep their brackets).
-fn host_without_port(host: &str) -> &str {
-    match host.rfind(':') {
-        Some(colon) if !host[colon..].contains(']') => &host[..colon],
-        _ => host,
-    }
 }

@@ -128,6 +128,18 @@ fn operation(
         "504": error_response("The call's deadline passed (`timeout`)."),
         "default": error_response("Another failure (see the gateway's status mapping)."),
     });
+    if endpoint.streaming {
+        // OpenAPI 3.1 has no schema for an event's data: the item's goes in an extension.
+        responses["200"] = json!({
+            "description": "The endpoint's items as Server-Sent Events (ask with `Accept: text/event-stream`): an `item` event per item, its JSON as `data` (see `x-vsp-item`), then `end` (`data: null`), or `error` (`data`: an Error) if the stream fails midway.",
+            "content": { "text/event-stream": {
+                "schema": { "type": "string" },
+                "x-vsp-item": result
+            } }
+        });
+        responses["501"] =
+            error_response("Asked without `Accept: text/event-stream` (`not_supported`).");
+    }
     if let Some(error) = &endpoint.error_schema {
         let data = hoist(service, &endpoint.name, "error", error, components);
         let mut typed = error_response(
