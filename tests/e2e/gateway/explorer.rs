@@ -1,7 +1,8 @@
 //! The service explorer page in a real browser: Debian's headless Chromium, driven through
 //! chromedriver (WebDriver), against a live gateway and `user-service` on loopback. It fills the
 //! `get_user` form, submits it from the keyboard, and finds John Doe; a screenshot is saved as
-//! `target/tmp/explorer.png` for a person to look at.
+//! `target/tmp/explorer.png` for a person to look at. It opens server streams (Server-Sent
+//! Events) from the page: one that ends, one that fails, and one it stops, which ends the call.
 //!
 //! `.ci/run` installs `chromium` and `chromium-driver`; without them the test prints SKIPPED (and
 //! fails in CI).
@@ -214,4 +215,107 @@ async fn the_explorer_calls_get_user_from_its_form_and_shows_john_doe() {
     browser.close().await.unwrap();
     drop(driver);
     users.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_explorer_opens_a_stream_shows_its_items_and_stops_one() {
+    let (Some(chromium), Some(chromedriver)) = (
+        installed_binary(&["/usr/bin/chromium"], "chromium"),
+        installed_binary(&["/usr/bin/chromedriver"], "chromium-driver"),
+    ) else {
+        return;
+    };
+    let feed = VspManager::builder("feed").build();
+    feed.serve(super::sse::FeedServer::new(super::sse::Feeds))
+        .unwrap();
+    let addr = feed.start_server("127.0.0.1", 0).await.unwrap();
+    let mesh = ServiceMesh::new();
+    mesh.register(ServiceInfo::new("feed", "127.0.0.1", addr.port()))
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/", listener.local_addr().unwrap());
+    let router = vsp::gateway::Gateway::new(VspClient::builder(mesh).build())
+        .service("feed")
+        .into_router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let driver = start_driver(&chromedriver).await;
+    let browser = browser(&driver, &chromium).await;
+    browser.goto(&base).await.unwrap();
+
+    // A stream that ends: its items in order, then its end.
+    let field = browser
+        .find(Locator::Css("form[data-endpoint='ticks'] input[name='n']"))
+        .await
+        .unwrap();
+    field.send_keys("3\u{E007}").await.unwrap();
+    let ended = text_of(
+        &browser,
+        "form[data-endpoint='ticks'] + .outcome[data-ended='ok'] .meta",
+    )
+    .await;
+    assert!(ended.starts_with("ended after 3 items"), "{ended}");
+    let items = text_of(&browser, "form[data-endpoint='ticks'] + .outcome ol.items").await;
+    assert_eq!(
+        items.split_whitespace().collect::<Vec<_>>(),
+        ["0", "1", "2"]
+    );
+
+    // A stream that fails midway shows its error.
+    browser
+        .find(Locator::Css(
+            "form[data-endpoint='broken'] input[name='after']",
+        ))
+        .await
+        .unwrap()
+        .send_keys("2\u{E007}")
+        .await
+        .unwrap();
+    let failed = text_of(
+        &browser,
+        "form[data-endpoint='broken'] + .outcome[data-ended='bad'] pre.result",
+    )
+    .await;
+    assert!(failed.contains("the feed broke"), "{failed}");
+
+    // A stream that never ends, stopped from the page: the call ends on the server.
+    browser
+        .find(Locator::Css(
+            "form[data-endpoint='forever'] button[type='submit']",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    text_of(
+        &browser,
+        "form[data-endpoint='forever'] + .outcome ol.items li:nth-child(3)",
+    )
+    .await;
+    assert_eq!(feed.ledger().streams_open, 1);
+    browser
+        .find(Locator::Css(
+            "form[data-endpoint='forever'] + .outcome button.stop",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let stopped = text_of(
+        &browser,
+        "form[data-endpoint='forever'] + .outcome[data-ended='bad'] .meta",
+    )
+    .await;
+    assert!(stopped.starts_with("stopped after"), "{stopped}");
+    vsp_test_support::wait_until(
+        "the server's stream to end after the page stopped it",
+        Duration::from_secs(10),
+        || feed.ledger().streams_open == 0,
+    )
+    .await;
+
+    browser.close().await.unwrap();
+    drop(driver);
+    feed.shutdown().await.unwrap();
 }

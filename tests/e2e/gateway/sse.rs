@@ -23,7 +23,7 @@ pub trait Feed {
     async fn once(&self) -> u64;
 }
 
-struct Feeds;
+pub(super) struct Feeds;
 
 impl Feed for Feeds {
     async fn ticks(&self, n: u64) -> Streaming<u64> {
