@@ -235,3 +235,58 @@ async fn the_openapi_document_describes_a_stream_as_events() {
     let unary = &document["paths"]["/feed/once"]["post"]["responses"]["200"];
     assert!(unary["content"]["application/json"].is_object(), "{unary}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_asks_the_services_auth_hook_with_the_forwarded_headers() {
+    let feed = VspManager::builder("feed")
+        .auth(|cx: vsp::Context| async move {
+            match cx.metadata().get("authorization") {
+                Some("Bearer reader") => Ok(()),
+                Some(_) => Err(vsp::server::Rejection::permission_denied("not a reader")),
+                None => Err(vsp::server::Rejection::unauthenticated(
+                    "missing `authorization`",
+                )),
+            }
+        })
+        .build();
+    feed.serve(FeedServer::new(Feeds)).unwrap();
+    let addr = feed.start_server("127.0.0.1", 0).await.unwrap();
+    let mesh = ServiceMesh::new();
+    mesh.register(ServiceInfo::new("feed", "127.0.0.1", addr.port()))
+        .unwrap();
+    let base = serve_http(
+        Gateway::new(VspClient::builder(mesh).build())
+            .service("feed")
+            .into_router(),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let open = |token: Option<&'static str>| {
+        let mut request = http
+            .post(format!("{base}/feed/ticks"))
+            .header("content-type", "application/json")
+            .header("accept", "text/event-stream")
+            .body(r#"{"n":2}"#);
+        if let Some(token) = token {
+            request = request.header("authorization", token);
+        }
+        request.send()
+    };
+    for (token, status, code) in [
+        (None, StatusCode::UNAUTHORIZED, "unauthenticated"),
+        (
+            Some("Bearer writer"),
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+        ),
+    ] {
+        let response = open(token).await.unwrap();
+        assert_eq!(response.status(), status, "{token:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{body}");
+    }
+    let events = events(open(Some("Bearer reader")).await.unwrap()).await;
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[2].0, "end");
+    feed.shutdown().await.unwrap();
+}
