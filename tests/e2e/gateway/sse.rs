@@ -79,15 +79,27 @@ impl Fixture {
     }
 
     async fn open(&self, endpoint: &str, body: &str) -> reqwest::Response {
-        self.http
-            .post(format!("{}/feed/{endpoint}", self.base))
-            .header("content-type", "application/json")
-            .header("accept", "text/event-stream")
-            .body(body.to_owned())
-            .send()
-            .await
-            .unwrap()
+        open(&self.http, &self.base, endpoint, body, None).await
     }
+}
+
+/// `POST /feed/{endpoint}` asking for events, with an `authorization` header if given.
+async fn open(
+    http: &reqwest::Client,
+    base: &str,
+    endpoint: &str,
+    body: &str,
+    token: Option<&str>,
+) -> reqwest::Response {
+    let mut request = http
+        .post(format!("{base}/feed/{endpoint}"))
+        .header("content-type", "application/json")
+        .header("accept", "text/event-stream")
+        .body(body.to_owned());
+    if let Some(token) = token {
+        request = request.header("authorization", token);
+    }
+    request.send().await.unwrap()
 }
 
 /// The events of an answer, `(event, data)`, until it ends (bounded).
@@ -261,17 +273,6 @@ async fn a_stream_asks_the_services_auth_hook_with_the_forwarded_headers() {
     )
     .await;
     let http = reqwest::Client::new();
-    let open = |token: Option<&'static str>| {
-        let mut request = http
-            .post(format!("{base}/feed/ticks"))
-            .header("content-type", "application/json")
-            .header("accept", "text/event-stream")
-            .body(r#"{"n":2}"#);
-        if let Some(token) = token {
-            request = request.header("authorization", token);
-        }
-        request.send()
-    };
     for (token, status, code) in [
         (None, StatusCode::UNAUTHORIZED, "unauthenticated"),
         (
@@ -280,12 +281,13 @@ async fn a_stream_asks_the_services_auth_hook_with_the_forwarded_headers() {
             "permission_denied",
         ),
     ] {
-        let response = open(token).await.unwrap();
+        let response = open(&http, &base, "ticks", r#"{"n":2}"#, token).await;
         assert_eq!(response.status(), status, "{token:?}");
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], code, "{body}");
     }
-    let events = events(open(Some("Bearer reader")).await.unwrap()).await;
+    let events =
+        events(open(&http, &base, "ticks", r#"{"n":2}"#, Some("Bearer reader")).await).await;
     assert_eq!(events.len(), 3, "{events:?}");
     assert_eq!(events[2].0, "end");
     feed.shutdown().await.unwrap();

@@ -210,3 +210,50 @@ async fn a_client_and_a_server_that_compress_round_trip_large_bodies() {
         assert_eq!(answer, value);
     }
 }
+
+/// A server that answers with a few KiB of zstd that would inflate to 64 MiB: the client refuses
+/// it from the size it declares (above the client's frame limit), fails the call at once, and
+/// drops the connection; the next call gets a new one.
+#[tokio::test]
+async fn a_client_refuses_an_answer_that_inflates_past_its_limit() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        for _ in 0..2 {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let (_, request) = read_raw_frame(&mut stream).await.expect("a request");
+            let id = &request["header"]["request_id"];
+            let answer = format!(
+                r#"{{"header":{{"request_id":{id},"service":"{SERVICE}","endpoint":"echo","is_response":true,"vsp":2}},"body":"{}"}}"#,
+                " ".repeat(64 << 20)
+            );
+            stream.write_all(&compressed_frame(&answer)).await.unwrap();
+            // Held open: the client, not this server, must end the connection.
+            tokio::spawn(async move {
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest).await;
+            });
+        }
+    });
+    let client = common::client_builder_for(addr)
+        .max_transports(1)
+        .max_frame_size(1 << 20)
+        .timeout(Duration::from_secs(30))
+        .build();
+    for _ in 0..2 {
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.call(SERVICE, "echo", json!({ "value": 1 })),
+        )
+        .await
+        .expect("the call's failure, long before its 30 s deadline");
+        let err = outcome.expect_err("a 64 MiB answer under a 1 MiB limit was accepted");
+        assert!(
+            err.to_string().contains("frame"),
+            "the error does not say why: {err}"
+        );
+    }
+    // Each failure closed its connection: the second call needed a new one.
+    assert_eq!(client.pool_stats().created, 2);
+    server.await.unwrap();
+}
