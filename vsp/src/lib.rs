@@ -254,7 +254,7 @@ pub use error::{CallError, ErrorCode, HttpStatus, ProtocolError, VspError};
 pub use instance::{HealthPolicy, HealthStatus, Instance, InstanceState, ServiceInfo};
 pub use mesh::{ServiceMesh, ServiceMeshBuilder};
 pub use protocol::compression::Compression;
-pub use protocol::describe::{EndpointDescription, ServiceDescription};
+pub use protocol::describe::{EndpointDescription, InputStream, ServiceDescription};
 pub use protocol::message::VspMessage;
 pub use protocol::metadata::Metadata;
 pub use server::builder::VspManagerBuilder;

@@ -97,9 +97,34 @@ impl<T: Send + 'static> Streaming<T> {
 }
 
 impl<T> Streaming<T> {
+    /// The caller's items of a client or bidirectional stream, as the handler reads them.
+    pub(crate) fn from_inbound(
+        items: impl Stream<Item = Result<T, String>> + Send + 'static,
+    ) -> Self {
+        Streaming {
+            items: Box::pin(items),
+        }
+    }
+
     /// The next item: `Some(Ok)`, `Some(Err)` (the last), or `None` at the end.
     pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, String>>> {
         self.items.as_mut().poll_next(cx)
+    }
+}
+
+/// Read as a `Stream`, a `Streaming` gives its items: how a handler reads the stream a caller
+/// sends (`async fn upload(&self, chunks: Streaming<Chunk>)`), item by item, until the caller's
+/// end. A caller's item that does not decode, or a caller that cancels or leaves, ends the
+/// whole call (the handler is stopped), so every item read is a good one. A stream made with
+/// [`Streaming::try_new`] ends at its error (which only a caller receives).
+impl<T> Stream for Streaming<T> {
+    type Item = T;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        self.items
+            .as_mut()
+            .poll_next(cx)
+            .map(|item| item.and_then(Result::ok))
     }
 }
 

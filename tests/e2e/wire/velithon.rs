@@ -359,6 +359,31 @@ async fn the_dynamic_client_calls_a_velithon_service() {
         }
         other => panic!("expected a remote error, got {other:?}"),
     }
+    // A stream from the caller, asked of Velithon: a clear `not_supported`, and not one item
+    // taken from the stream (none is sent to a peer that did not open the call at revision 3).
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = taken.clone();
+    let items = futures::StreamExt::inspect(futures::stream::iter(0..10), move |_| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    match client
+        .call_client_stream::<Value, _>("py-users", "echo", json!({"value": 1}), items)
+        .await
+    {
+        Err(VspError::Remote {
+            code: ErrorCode::NotSupported,
+            message,
+            ..
+        }) => assert!(message.contains("does not know VSP streams"), "{message}"),
+        other => panic!("expected not_supported, got {other:?}"),
+    }
+    assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // And the connection serves on.
+    let user = client
+        .call("py-users", "get_user", json!({"user_id": "123"}))
+        .await
+        .unwrap();
+    assert_eq!(user["name"], "John Doe");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,7 +89,7 @@ async fn the_server_echoes_the_header_verbatim_and_adds_only_extensions() {
     peer.stream.read_exact(&mut json).await.unwrap();
     assert_eq!(
         std::str::from_utf8(&json).unwrap(),
-        r#"{"header":{"request_id":"046ec970-f55c-404e-8467-72f328b1a792","service":"test-service","endpoint":"echo","is_response":true,"vsp":2},"body":{"id":"42","name":"John Doe"}}"#
+        r#"{"header":{"request_id":"046ec970-f55c-404e-8467-72f328b1a792","service":"test-service","endpoint":"echo","is_response":true,"vsp":3},"body":{"id":"42","name":"John Doe"}}"#
     );
 }
 

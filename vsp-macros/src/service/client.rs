@@ -1,7 +1,7 @@
 //! `XxxClient`: the typed client of a service, one async method per trait method.
 
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Ident, Type};
 
@@ -114,7 +114,17 @@ impl ServiceGenerator {
         } = method;
         let args_ident = self.args_ident(method);
         let names: Vec<&Ident> = args.iter().map(|(name, _)| name).collect();
-        let types = args.iter().map(|(_, ty)| ty);
+        let wire_names: Vec<&Ident> = method.wire_args().map(|(name, _)| name).collect();
+        // The caller's stream is any `Stream` of its items.
+        let types = args.iter().map(|(name, ty)| match &method.input {
+            Some(input) if input.ident == *name => {
+                let item = &input.item;
+                quote_spanned! {ty.span()=>
+                    impl ::vsp::__private::Stream<Item = #item> + ::core::marker::Send + 'static
+                }
+            }
+            _ => quote!(#ty),
+        });
         let codecs = match output {
             Output::Fallible { ok, err } => codecs(&[ok, err]),
             Output::Value => codecs(&[&method.ret]),
@@ -139,6 +149,17 @@ impl ServiceGenerator {
                 quote!(call_infallible_stream),
             ),
         };
+        // A method taking a stream calls the same shape's `..._sending` function with it.
+        let (call, items) = match &method.input {
+            None => (format_ident!("{}", call.to_string()), None),
+            Some(input) => {
+                let ident = &input.ident;
+                (
+                    format_ident!("{}_sending", call.to_string()),
+                    Some(quote!(#ident,)),
+                )
+            }
+        };
         // Spanned at the return type: an unmet bound on it is reported there.
         let call_expr = quote_spanned! {method.ret.span()=>
             ::vsp::__private::#call(
@@ -146,7 +167,8 @@ impl ServiceGenerator {
                 #service_name,
                 #wire_name,
                 #idempotent,
-                &#args_ident { #(#names),* },
+                &#args_ident { #(#wire_names),* },
+                #items
                 #codecs
             )
         };

@@ -214,7 +214,7 @@ impl ServiceGenerator {
                 let ident = self.args_ident(method);
                 // Each field goes through `WireSer`/`WireDe`-bound functions, so a type that is not serde
                 // is reported in VSP's words (at the type), not by every serde impl using it.
-                let fields = method.args.iter().map(|(name, ty)| {
+                let fields = method.wire_args().map(|(name, ty)| {
                     let ser = syn::LitStr::new("::vsp::__private::ser_arg", ty.span());
                     let de = syn::LitStr::new("::vsp::__private::de_arg", ty.span());
                     // As serde does for a plain `Option` field: a missing one is `None` (with a
@@ -247,6 +247,9 @@ impl ServiceGenerator {
                 Output::Value => types.push(&method.ret),
                 Output::Stream { item } => types.push(item),
                 Output::FallibleStream { item, err } => types.extend([&**item, &**err]),
+            }
+            if let Some(input) = &method.input {
+                types.push(&input.item);
             }
         }
         types
@@ -283,13 +286,19 @@ impl ServiceGenerator {
             let ident = &method.ident;
             let description = self.description(method);
             let names: Vec<&Ident> = method.args.iter().map(|(name, _)| name).collect();
+            let wire_names: Vec<&Ident> = method.wire_args().map(|(name, _)| name).collect();
+            // The caller's stream, a second parameter of the handler.
+            let input = method.input.as_ref().map(|input| {
+                let ident = &input.ident;
+                quote!(, #ident)
+            });
             let (register, text) = register_fn(method);
             // A local of the generated code, invisible to (and not shadowed by) a parameter the
             // user named `service`.
             let shared = Ident::new("service", Span::mixed_site());
             // Spanned at the method: an unmet bound on its types is reported there.
             let register = quote_spanned! {ident.span()=>
-                ::vsp::__private::#register(manager, #description, #text move |#args_ident { #(#names),* }| {
+                ::vsp::__private::#register(manager, #description, #text move |#args_ident { #(#wire_names),* } #input| {
                     let #shared = ::core::clone::Clone::clone(&#shared);
                     async move { <S as #trait_ident>::#ident(&*#shared, #(#names),*).await }
                 })
@@ -365,7 +374,7 @@ impl ServiceGenerator {
             Some(doc) => quote!(::core::option::Option::Some(#doc)),
             None => quote!(::core::option::Option::None),
         };
-        let params = method.args.iter().map(|(name, ty)| {
+        let params = method.wire_args().map(|(name, ty)| {
             let name = name.to_string();
             let name = name.trim_start_matches("r#");
             let required = !is_option(ty);
@@ -386,8 +395,17 @@ impl ServiceGenerator {
             ),
             Output::Stream { item } => (self.schema_fn(item), quote!(::core::option::Option::None)),
         };
-        quote! {
+        let described = quote! {
             ::vsp::__private::describe(#wire_name, #doc, #idempotent, &[#(#params),*], #result, #error)
+        };
+        match &method.input {
+            None => described,
+            Some(input) => {
+                let name = input.ident.to_string();
+                let name = name.trim_start_matches("r#");
+                let schema = self.schema_fn(&input.item);
+                quote!(::vsp::__private::with_input_stream(#described, #name, #schema))
+            }
         }
     }
 }
@@ -413,6 +431,22 @@ impl ToTokens for ServiceGenerator {
 /// The `vsp::__private` function that registers `method`, and its arguments before the handler:
 /// the typed error's text and HTTP status, and the codecs of its types.
 fn register_fn(method: &Method) -> (TokenStream, TokenStream) {
+    let (register, text) = register_fn_of_output(method);
+    if method.input.is_none() {
+        return (register, text);
+    }
+    // The same shapes, taking the caller's stream: `register_client_stream_fallible`, ...
+    let kind = match &method.output {
+        Output::Fallible { .. } => quote!(register_client_stream_fallible),
+        Output::Value => quote!(register_client_stream_infallible),
+        Output::FallibleStream { .. } => quote!(register_bidi_stream_fallible),
+        Output::Stream { .. } => quote!(register_bidi_stream_infallible),
+    };
+    (kind, text)
+}
+
+/// The registration of a method that takes no stream, by what it returns.
+fn register_fn_of_output(method: &Method) -> (TokenStream, TokenStream) {
     // The error's text (its `Display` if it has one) and HTTP status (its `HttpStatus` if it
     // has one), picked where `E` is concrete.
     let text_of = |err: &Type| {

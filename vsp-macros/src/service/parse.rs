@@ -21,9 +21,28 @@ pub(super) struct Method {
     pub(super) doc: Option<String>,
     pub(super) idempotent: bool,
     pub(super) args: Vec<(Ident, Type)>,
+    /// The argument that carries a stream from the caller (`chunks: Streaming<Chunk>`), if any:
+    /// a client stream, or a bidirectional one when the method returns a stream too.
+    pub(super) input: Option<InputArg>,
     /// The return type as written (`()` when there is none).
     pub(super) ret: Type,
     pub(super) output: Output,
+}
+
+/// A method's stream from its caller.
+pub(super) struct InputArg {
+    pub(super) ident: Ident,
+    /// `T` of its `Streaming<T>`.
+    pub(super) item: Type,
+}
+
+impl Method {
+    /// The arguments that travel in the request's JSON object: all but the stream.
+    pub(super) fn wire_args(&self) -> impl Iterator<Item = &(Ident, Type)> {
+        self.args
+            .iter()
+            .filter(|(name, _)| self.input.as_ref().is_none_or(|input| input.ident != *name))
+    }
 }
 
 pub(super) enum Output {
@@ -51,6 +70,7 @@ pub(super) fn parse_method(method: TraitItemFn, errors: &mut Errors) -> Option<M
     }
     check_signature(&sig, errors);
     let args = parse_args(&sig, errors);
+    let input = input_arg(&args, errors);
     let (kept_attrs, name, idempotent) = parse_options(attrs, errors);
     let wire_name =
         name.unwrap_or_else(|| sig.ident.to_string().trim_start_matches("r#").to_owned());
@@ -83,8 +103,27 @@ pub(super) fn parse_method(method: TraitItemFn, errors: &mut Errors) -> Option<M
         doc,
         idempotent,
         args,
+        input,
         ret,
         output,
+    })
+}
+
+/// The argument of type `Streaming<T>`, the caller's stream; more than one is an error.
+fn input_arg(args: &[(Ident, Type)], errors: &mut Errors) -> Option<InputArg> {
+    let mut streams = args
+        .iter()
+        .filter_map(|(ident, ty)| streaming_item(ty).map(|item| (ident, ty, item)));
+    let (ident, _, item) = streams.next()?;
+    for (_, ty, _) in streams {
+        errors.push_error(syn::Error::new_spanned(
+            ty,
+            "a service method takes at most one stream from its caller: send one stream of an enum or a struct instead",
+        ));
+    }
+    Some(InputArg {
+        ident: ident.clone(),
+        item,
     })
 }
 

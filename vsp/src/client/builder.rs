@@ -61,6 +61,8 @@ pub struct CallOptions {
     pub idle_timeout: Option<Duration>,
     /// Set by `call_stream`: the call asks for a stream.
     pub(crate) stream: bool,
+    /// Set by `call_client_stream` and `call_bidi_stream`: the call sends a stream too.
+    pub(crate) upload: bool,
 }
 
 impl Default for CallOptions {
@@ -73,6 +75,7 @@ impl Default for CallOptions {
             stream_window: None,
             idle_timeout: None,
             stream: false,
+            upload: false,
         }
     }
 }

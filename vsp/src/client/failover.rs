@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, Span};
 
 use super::connection::Connection;
-use super::connection::{CallFailure, RawResponse};
+use super::connection::{CallFailure, RawResponse, StreamAsk};
 use super::metrics::Finished;
 use super::pool::PoolError;
 use super::response::remote_error;
@@ -118,8 +118,9 @@ struct Attempt<'a> {
     instance: &'a Arc<Instance>,
     /// The call's whole deadline, for `Timeout` errors.
     timeout: Duration,
-    /// A stream call: its window, and whether an idle timeout (not the deadline) bounds it.
-    stream: Option<(u32, bool)>,
+    /// A stream call: its window, whether an idle timeout (not the deadline) bounds it, and
+    /// whether it sends items of its own.
+    stream: Option<StreamAsk>,
     metadata: Option<&'a Metadata>,
     /// When this attempt started, and the deadline it runs to.
     started: Instant,
@@ -151,6 +152,12 @@ impl Attempt<'_> {
             },
             CallFailure::Protocol(reason) => VspError::Protocol(ProtocolError::Malformed(reason)),
             CallFailure::TimedOut { .. } => self.timed_out(),
+            CallFailure::Unsupported(message) => VspError::Remote {
+                service: self.service.to_owned(),
+                endpoint: self.endpoint.to_owned(),
+                code: ErrorCode::NotSupported,
+                message,
+            },
         }
     }
 
@@ -257,11 +264,10 @@ impl VspClient {
                 endpoint: call.endpoint,
                 instance: &instance,
                 timeout,
-                stream: options.stream.then(|| {
-                    (
-                        options.stream_window.unwrap_or(DEFAULT_STREAM_WINDOW),
-                        options.idle_timeout.is_some(),
-                    )
+                stream: options.stream.then(|| StreamAsk {
+                    window: options.stream_window.unwrap_or(DEFAULT_STREAM_WINDOW),
+                    idle: options.idle_timeout.is_some(),
+                    upload: options.upload,
                 }),
                 metadata: call.metadata,
                 started,

@@ -25,6 +25,7 @@ mod pool;
 mod probe;
 mod response;
 mod retry;
+mod send_stream;
 mod stream;
 
 use std::sync::atomic::AtomicBool;

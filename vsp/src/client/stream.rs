@@ -33,6 +33,8 @@ pub struct CallStream<T> {
     /// The per-item idle timeout, restarted by each item.
     idle: Option<(Pin<Box<Sleep>>, Duration)>,
     done: bool,
+    /// The end frame of a `handler` error, where a service's typed error may be.
+    failed: Option<Box<RawResponse>>,
     _items: PhantomData<fn() -> T>,
 }
 
@@ -56,7 +58,67 @@ impl<T> CallStream<T> {
             deadline: self.deadline,
             idle: self.idle,
             done: self.done,
+            failed: self.failed,
             _items: PhantomData,
+        }
+    }
+
+    /// The call's typed error, after the stream ended with a `handler` error that carries one.
+    pub(crate) fn typed_error<E: DeserializeOwned>(&self) -> Option<E> {
+        self.failed.as_deref().and_then(service_error)
+    }
+
+    pub(super) fn handle(&self) -> &StreamHandle {
+        &self.handle
+    }
+}
+
+impl<T> CallStream<T> {
+    /// What the stream's end frame says: nothing more (`None`), or its error.
+    fn end(&mut self, frame: RawResponse) -> Option<Result<T, VspError>> {
+        let code = frame.error_code.as_ref()?;
+        let error = match (code, &self.deadline) {
+            // The server stopped it at the deadline: the same timeout as ours.
+            (ErrorCode::Timeout, Some((_, after))) => VspError::Timeout {
+                service: self.service.clone(),
+                endpoint: self.endpoint.clone(),
+                after: *after,
+            },
+            _ => remote_error(&self.service, &self.endpoint, code, &frame),
+        };
+        if frame.error_code == Some(ErrorCode::Handler) {
+            self.failed = Some(Box::new(frame));
+        }
+        Some(Err(error))
+    }
+
+    /// The error of a stream whose connection failed, or whose own item could not be sent.
+    fn failure(&self, failure: CallFailure) -> VspError {
+        let (service, endpoint) = (self.service.clone(), self.endpoint.clone());
+        let reason = match failure {
+            CallFailure::Closed(reason) | CallFailure::NotSent(reason) => reason,
+            CallFailure::Encode(source) => {
+                return VspError::Encode {
+                    service,
+                    endpoint,
+                    source,
+                }
+            }
+            CallFailure::TooLarge { len, max } => {
+                return VspError::RequestTooLarge {
+                    service,
+                    endpoint,
+                    len,
+                    max,
+                }
+            }
+            other => format!("{other:?}"),
+        };
+        VspError::ConnectionClosed {
+            service,
+            endpoint,
+            instance: self.handle.instance().to_owned(),
+            reason,
         }
     }
 }
@@ -72,12 +134,7 @@ impl<T: DeserializeOwned> Stream for CallStream<T> {
         match this.handle.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) if frame.stream_end == Some(true) => {
                 this.done = true;
-                Poll::Ready(
-                    frame
-                        .error_code
-                        .as_ref()
-                        .map(|code| Err(remote_error(&this.service, &this.endpoint, code, &frame))),
-                )
+                Poll::Ready(this.end(frame))
             }
             Poll::Ready(Some(Ok(item))) => {
                 if let Some((timer, idle)) = &mut this.idle {
@@ -93,16 +150,7 @@ impl<T: DeserializeOwned> Stream for CallStream<T> {
             }
             Poll::Ready(Some(Err(failure))) => {
                 this.done = true;
-                let reason = match failure {
-                    CallFailure::Closed(reason) | CallFailure::NotSent(reason) => reason,
-                    other => format!("{other:?}"),
-                };
-                Poll::Ready(Some(Err(VspError::ConnectionClosed {
-                    service: this.service.clone(),
-                    endpoint: this.endpoint.clone(),
-                    instance: this.handle.instance().to_owned(),
-                    reason,
-                })))
+                Poll::Ready(Some(Err(this.failure(failure))))
             }
             Poll::Ready(None) => {
                 this.done = true;
@@ -216,7 +264,7 @@ impl VspClient {
 
     /// Opens a stream. A `handler` error before it opens comes with its answer, where a
     /// service's typed error may be.
-    async fn open_stream<T: DeserializeOwned>(
+    pub(super) async fn open_stream<T: DeserializeOwned>(
         &self,
         service: &str,
         endpoint: &str,
@@ -224,6 +272,7 @@ impl VspClient {
         mut options: CallOptions,
     ) -> Result<CallStream<T>, (VspError, Option<Box<RawResponse>>)> {
         options.stream = true;
+        let upload = options.upload;
         let timeout = options.timeout.unwrap_or(self.timeout);
         let began = Instant::now();
         let idle = options.idle_timeout;
@@ -245,7 +294,10 @@ impl VspClient {
                     message: if opened.from_vsp_peer {
                         format!("`{endpoint}` answered once instead of opening a stream")
                     } else {
-                        format!("the peer answered `{endpoint}` once instead of opening a stream: it does not know VSP streams (a Velithon service?); call it with `call`")
+                        format!("the peer answered `{endpoint}` once instead of opening a stream: it does not know VSP streams (a Velithon service?); {}", match upload {
+                            true => "it cannot take a stream from its caller",
+                            false => "call it with `call`",
+                        })
                     },
                 },
                 None,
@@ -261,6 +313,7 @@ impl VspClient {
             },
             idle: idle.map(|idle| (Box::pin(tokio::time::sleep(idle)), idle)),
             done: false,
+            failed: None,
             _items: PhantomData,
         })
     }

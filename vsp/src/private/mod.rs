@@ -7,10 +7,12 @@
 
 mod probes;
 mod schema;
+mod sending;
 mod travel;
 
 pub use probes::*;
 pub use schema::*;
+pub use sending::*;
 pub use travel::*;
 
 use std::future::Future;
@@ -18,6 +20,7 @@ use std::future::Future;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use futures_core::Stream;
 pub use serde;
 
 use crate::client::CallOptions;

@@ -13,7 +13,7 @@ pub struct SchemaGen {
 
 impl SchemaGen {
     /// `deserialize`: the schema of what the server reads (arguments), else of what it writes.
-    fn new(deserialize: bool) -> Self {
+    pub(super) fn new(deserialize: bool) -> Self {
         #[cfg(feature = "schema")]
         {
             let settings = schemars::generate::SchemaSettings::draft2020_12().with(|settings| {
@@ -36,7 +36,7 @@ impl SchemaGen {
     }
 
     /// `schema` with the definitions it refers to (`$defs`) in it: a schema that stands alone.
-    fn finish(mut self, schema: Value) -> Value {
+    pub(super) fn finish(mut self, schema: Value) -> Value {
         #[cfg(feature = "schema")]
         {
             let definitions = self.generator.take_definitions(true);

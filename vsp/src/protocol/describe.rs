@@ -73,6 +73,11 @@ pub struct EndpointDescription {
     /// `result_schema` is then the schema of one item.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub streaming: bool,
+    /// It takes a stream of items from the caller (a client stream; a bidirectional one when
+    /// `streaming` too): the parameter that carries it and the JSON Schema of one item. Call
+    /// it with `VspClient::call_client_stream` or `call_bidi_stream`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_stream: Option<InputStream>,
     /// Its documentation (a method's `///` comment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub doc: Option<String>,
@@ -86,6 +91,34 @@ pub struct EndpointDescription {
     /// `Result<T, E>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_schema: Option<Value>,
+}
+
+/// The stream of items an endpoint takes from its caller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct InputStream {
+    /// The parameter that carries it (not a key of the arguments object: the items travel as
+    /// frames of their own).
+    pub param: String,
+    /// The JSON Schema of one item.
+    #[serde(default = "open_schema")]
+    pub item_schema: Value,
+}
+
+impl InputStream {
+    /// The stream carried by parameter `param`, of items of any shape.
+    pub fn new(param: impl Into<String>) -> Self {
+        InputStream {
+            param: param.into(),
+            item_schema: open_schema(),
+        }
+    }
+
+    /// Sets the JSON Schema of one item.
+    pub fn item_schema(mut self, schema: Value) -> Self {
+        self.item_schema = schema;
+        self
+    }
 }
 
 /// The schema that allows any value.
@@ -122,6 +155,7 @@ impl EndpointDescription {
             params: Vec::new(),
             idempotent: false,
             streaming: false,
+            input_stream: None,
             doc: None,
             args_schema: open_schema(),
             result_schema: open_schema(),

@@ -27,7 +27,7 @@ pub(crate) mod message;
 pub(crate) mod metadata;
 
 pub use describe::{is_open_schema, DESCRIBE_ENDPOINT, NO_SCHEMA_KEY};
-pub(crate) use describe::{EndpointDescription, ServiceDescription};
+pub(crate) use describe::{EndpointDescription, InputStream, ServiceDescription};
 #[cfg(feature = "fuzzing")]
 pub(crate) use envelope::check_envelope_readers_agree;
 pub(crate) use envelope::{
@@ -35,7 +35,10 @@ pub(crate) use envelope::{
     write_envelope, write_error_body, write_service_error_body, Extensions, FrameView, HeaderOut,
     RequestIdOut, StreamFrame,
 };
-pub(crate) use envelope::{Envelope, DEFAULT_STREAM_WINDOW, PROTOCOL_REVISION};
+pub(crate) use envelope::{
+    Envelope, CLIENT_STREAM_REVISION, CONTROL_REVISION, DEFAULT_CLIENT_STREAM_WINDOW,
+    DEFAULT_STREAM_WINDOW, PROTOCOL_REVISION,
+};
 pub use envelope::{HEALTH_ENDPOINT, PROTOCOL_VERSION};
 pub(crate) use frame::DEFAULT_MAX_FRAME_SIZE;
 pub(crate) use metadata::Metadata;

@@ -70,6 +70,7 @@ impl VspManagerBuilder {
                 max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
                 max_request_bytes_per_connection: DEFAULT_MAX_REQUEST_BYTES_PER_CONNECTION,
                 max_stream_window: DEFAULT_MAX_STREAM_WINDOW,
+                client_stream_window: crate::protocol::DEFAULT_CLIENT_STREAM_WINDOW,
                 write_timeout: DEFAULT_WRITE_TIMEOUT,
                 compression: None,
             },
@@ -171,6 +172,16 @@ impl VspManagerBuilder {
     /// be written, so a reader that is slow or gone costs at most that.
     pub fn max_stream_window(mut self, items: u32) -> Self {
         self.config.max_stream_window = items.max(1);
+        self
+    }
+
+    /// The items of a caller's stream (a client or bidirectional stream) the server grants up
+    /// front and holds at most unread (default 32): the caller sends no more than this ahead
+    /// of what the handler has read, so one stream holds at most this many frames, each at
+    /// most [`max_frame_size`](Self::max_frame_size). Credit is granted back as the handler
+    /// reads.
+    pub fn client_stream_window(mut self, items: u32) -> Self {
+        self.config.client_stream_window = items.max(1);
         self
     }
 

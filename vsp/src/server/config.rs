@@ -26,6 +26,8 @@ pub(crate) struct ServerConfig {
     pub(crate) max_request_bytes: usize,
     pub(crate) max_request_bytes_per_connection: usize,
     pub(crate) max_stream_window: u32,
+    /// The items of a caller's stream granted up front, and the most held unread.
+    pub(crate) client_stream_window: u32,
     pub(crate) write_timeout: Duration,
     /// How frames to a peer that reads compressed ones are compressed (`None`: never).
     pub(crate) compression: Option<crate::Compression>,

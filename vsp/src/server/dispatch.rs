@@ -23,7 +23,7 @@ use crate::context::Context as CallContext;
 use crate::error::{ErrorCode, ProtocolError};
 
 use crate::protocol::{
-    is_json_object, salvage_request_id, short_text, Envelope, FrameView, Metadata,
+    is_json_object, salvage_request_id, short_text, Envelope, FrameView, Metadata, StreamFrame,
     DEFAULT_STREAM_WINDOW, HEALTH_ENDPOINT,
 };
 use crate::trace::{self, TraceContext};
@@ -102,6 +102,15 @@ fn decode<'f>(
             .stray_response(&manager.name, &conn.peer.address, id);
         return Ok(None);
     }
+    // An item or the end of a caller's own stream goes to its call; it gets no answer.
+    if let Some(stream_frame @ (StreamFrame::Item(_) | StreamFrame::End)) = envelope.stream_frame()
+    {
+        if let Some(key) = CallKey::of(envelope.request_id().get()) {
+            conn.controls
+                .stream_frame(&key, stream_frame, envelope.body());
+        }
+        return Ok(None);
+    }
     // A control frame steers a call of this connection (more stream items, a cancel); it is not
     // a request and gets no answer.
     if envelope.credit().is_some() || envelope.is_cancel() {
@@ -164,6 +173,7 @@ fn admit<'f, 'r>(
                 .wants_stream()
                 .then(|| envelope.stream_window().unwrap_or(DEFAULT_STREAM_WINDOW)),
         )
+        .with_client_stream(envelope.sends_stream())
         .with_span(span);
     if frame.len() > LARGE_REQUEST {
         reply = reply.with_large_request(frame.len());

@@ -273,7 +273,7 @@ impl VspManager {
         self.register_entry(name, description, endpoint)
     }
 
-    fn register_entry(
+    pub(crate) fn register_entry(
         &self,
         name: String,
         description: EndpointDescription,

@@ -40,5 +40,7 @@ use lifecycle::Owner;
 pub(crate) use lifecycle::{EndpointEntry, Lifecycle, ManagerInner, Registry};
 pub(crate) use manager::VspManager;
 pub(crate) use peer_log::PeerLog;
-pub(crate) use stream::{Opening, ServiceStreamResult, ServiceStreamValue, StreamEndpoint};
+pub(crate) use stream::{
+    one_item, ItemsEndpoint, Opening, ServiceStreamResult, ServiceStreamValue, StreamEndpoint,
+};
 pub(crate) use worker::WorkerType;

@@ -108,6 +108,11 @@ pub(crate) struct Reply {
     pub(super) stream_window: Option<u32>,
     /// The request offered to read compressed frames: the answer offers too.
     offer: bool,
+    /// The request sends a stream of items of its own (`client_stream`, revision 3).
+    pub(super) client_stream: bool,
+    /// The stream was opened before the handler answered (a client stream, whose caller needs
+    /// credit first): every answer after that, an error too, is a frame of the stream.
+    pub(super) opened: bool,
 }
 
 impl Reply {
@@ -131,6 +136,8 @@ impl Reply {
             span: tracing::Span::none(),
             stream_window: None,
             offer: false,
+            client_stream: false,
+            opened: false,
         }
     }
 
@@ -152,6 +159,37 @@ impl Reply {
     pub(crate) fn with_stream_window(mut self, window: Option<u32>) -> Self {
         self.stream_window = window;
         self
+    }
+
+    pub(crate) fn with_client_stream(mut self, client_stream: bool) -> Self {
+        self.client_stream = client_stream;
+        self
+    }
+
+    /// Opens a client or bidirectional stream before its handler runs, granting the caller
+    /// `credit` items: from now on every answer is a frame of the stream.
+    pub(crate) fn open_for_items(&mut self, credit: u32) -> Result<(), QueueClosed> {
+        let header = self.head.header();
+        let extensions = Extensions {
+            accept_encoding: self.offer.then_some(compression::ZSTD),
+            credit: Some(credit),
+            ..Extensions::stream(StreamFrame::Open, None)
+        };
+        self.conn.queue().push_and_write(|out| {
+            encode_frame(out, |out| {
+                write_envelope(out, &header, &extensions, |out| {
+                    out.extend_from_slice(b"null");
+                    Ok::<_, std::convert::Infallible>(())
+                })
+            })
+        })?;
+        self.opened = true;
+        Ok(())
+    }
+
+    /// Opened by [`open_for_items`](Self::open_for_items).
+    pub(crate) fn is_open(&self) -> bool {
+        self.opened
     }
 
     /// The key control frames name this call by (`None` for an id too long to keep).
@@ -431,6 +469,8 @@ impl Reply {
             let encoded = encode_frame_within(out, max, |out| {
                 let extensions = Extensions {
                     http_status,
+                    // After an early opening, the error ends the stream.
+                    stream_frame: self.opened.then_some(StreamFrame::End),
                     ..self.extensions(Some(code))
                 };
                 write_envelope(out, &header, &extensions, |out| {

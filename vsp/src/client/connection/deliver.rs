@@ -40,6 +40,14 @@ impl ConnectionState {
             }
         }
         let stream_frame = envelope.stream_frame();
+        if let Some(credit) = envelope.credit() {
+            // Credit for the items a call sends: on its own frame, or on the opening.
+            if let Some(upload) = self.pending().uploads.get(&id) {
+                upload.grant(credit);
+            }
+            // A frame of credit alone answers nothing.
+            stream_frame?;
+        }
         let body = envelope.body();
         // The body borrows from `frame`: its offset turns it into a range of the shared bytes.
         let start = body.as_ptr() as usize - frame.as_ptr() as usize;
@@ -103,7 +111,14 @@ impl ConnectionState {
     fn to_stream(&self, id: u64, response: RawResponse, routes: &mut Routes) {
         if response.stream_end == Some(true) {
             routes.map.remove(&id);
-            let slot = self.pending().streams.remove(&id);
+            let (slot, upload) = {
+                let mut pending = self.pending();
+                (pending.streams.remove(&id), pending.uploads.remove(&id))
+            };
+            // The server ended the call: it reads no more of the caller's items.
+            if let Some(upload) = upload {
+                upload.stop();
+            }
             if let Some(slot) = slot {
                 let _ = slot.send(Ok(response));
             }

@@ -1,10 +1,14 @@
 //! One multiplexed client connection: many calls in flight, matched to responses by request id.
 
 mod deliver;
+mod pending;
 mod read_turn;
 mod stream_handle;
+mod upload;
 
+pub(crate) use pending::PendingCall;
 pub(crate) use stream_handle::StreamHandle;
+pub(crate) use upload::Upload;
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -21,7 +25,8 @@ use crate::fast_map::FastMap;
 use crate::protocol::compression;
 use crate::protocol::frame::{encode_frame, encode_frame_within, EncodeError};
 use crate::protocol::{
-    write_envelope, Extensions, HeaderOut, Metadata, RequestIdOut, PROTOCOL_REVISION,
+    write_envelope, Extensions, HeaderOut, Metadata, RequestIdOut, CLIENT_STREAM_REVISION,
+    CONTROL_REVISION,
 };
 use crate::trace::TraceContext;
 use crate::transport::{run_writer, Io, WriteQueue};
@@ -66,6 +71,8 @@ pub(crate) enum CallFailure {
     /// The call's deadline passed before its response arrived. `silent`: nothing at all
     /// arrived on the connection since the call was sent (it may have stopped answering).
     TimedOut { silent: bool },
+    /// The server cannot take this call (a stream from its caller, to an older revision).
+    Unsupported(String),
 }
 
 type Slot = oneshot::Sender<Result<RawResponse, CallFailure>>;
@@ -80,6 +87,9 @@ struct PendingCalls {
     /// Each open (or opening) stream's item channel. Unbounded, but never holding more than the
     /// stream's window: the server sends no further than the credit granted.
     streams: FastMap<u64, StreamSlot>,
+    /// Each call that sends a stream: the server's credit for its items. Removed (and stopped)
+    /// when the call ends, is dropped, or the connection closes.
+    uploads: FastMap<u64, Arc<Upload>>,
     /// Set once the connection is closed; no call may be added after.
     closed: Option<String>,
 }
@@ -153,6 +163,9 @@ impl ConnectionState {
             for (_, stream) in pending.streams.drain() {
                 let _ = stream.send(Err(CallFailure::Closed(reason.clone())));
             }
+            for (_, upload) in pending.uploads.drain() {
+                upload.stop();
+            }
             std::mem::take(&mut pending.calls)
         };
         self.queue.close();
@@ -169,7 +182,7 @@ impl ConnectionState {
     /// Sends a control frame for call `id` (more items, or a cancel), to a server that knows
     /// them.
     fn control(&self, id: u64, credit: Option<u32>, cancel: bool) {
-        if self.peer_revision.load(Ordering::Relaxed) < PROTOCOL_REVISION {
+        if self.peer_revision.load(Ordering::Relaxed) < CONTROL_REVISION {
             return;
         }
         let header = HeaderOut {
@@ -187,6 +200,17 @@ impl ConnectionState {
             })
         });
     }
+}
+
+/// What a stream call asks for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StreamAsk {
+    /// The items granted to the server up front.
+    pub(crate) window: u32,
+    /// An idle timeout, not the deadline, bounds it: no `timeout_ms` goes to the server.
+    pub(crate) idle: bool,
+    /// The call sends a stream of items of its own (revision 3).
+    pub(crate) upload: bool,
 }
 
 /// An error body, `{"error": "message"}`.
@@ -318,6 +342,18 @@ impl Connection {
         self.state.queue.backlog()
     }
 
+    /// A call that sends a stream goes only to a server that may read it: one that has not
+    /// answered yet, or has answered with revision 3 or more.
+    fn check_takes_streams(&self) -> Result<(), CallFailure> {
+        let revision = self.state.peer_revision.load(Ordering::Relaxed);
+        if revision != 0 && revision < CLIENT_STREAM_REVISION {
+            return Err(CallFailure::Unsupported(format!(
+                "the server speaks VSP revision {revision}, which takes no stream from its caller (revision {CLIENT_STREAM_REVISION} does)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Queues a request and returns the slot its response will arrive in. `timeout_ms` (from
     /// `now`, the caller's last clock reading, to `deadline`) goes in the header, so the server
     /// stops the work when the caller has given up. `stream`: the
@@ -332,11 +368,16 @@ impl Connection {
         meta: Option<&Metadata>,
         trace: Option<&TraceContext>,
         (now, deadline): (Instant, Instant),
-        stream: Option<(u32, bool)>,
+        stream: Option<StreamAsk>,
     ) -> Result<PendingCall, CallFailure> {
+        let upload = stream.is_some_and(|ask| ask.upload);
+        if upload {
+            self.check_takes_streams()?;
+        }
         let id = self.state.next_id.fetch_add(1, Ordering::Relaxed);
         let (slot, response) = oneshot::channel();
         let items = stream.map(|_| mpsc::unbounded_channel());
+        let upload = upload.then(|| Arc::new(Upload::new()));
         {
             let mut pending = self.state.pending();
             if let Some(reason) = &pending.closed {
@@ -345,6 +386,9 @@ impl Connection {
             pending.calls.insert(id, slot);
             if let Some((sender, _)) = &items {
                 pending.streams.insert(id, sender.clone());
+            }
+            if let Some(upload) = &upload {
+                pending.uploads.insert(id, upload.clone());
             }
         }
         let frames_at_send = self.state.frames_received.load(Ordering::Relaxed);
@@ -370,11 +414,12 @@ impl Connection {
             frames_at_send,
             answered: false,
             reads_own: alone && stream.is_none(),
-            items: items.map(|(_, receiver)| (receiver, stream.map_or(0, |(window, _)| window))),
+            items: items.map(|(_, receiver)| (receiver, stream.map_or(0, |ask| ask.window))),
+            upload,
         };
-        let (stream_window, idle) = match stream {
-            Some((window, idle)) => (Some(window), idle),
-            None => (None, false),
+        let (stream_window, idle, client_stream) = match stream {
+            Some(ask) => (Some(ask.window), ask.idle, ask.upload),
+            None => (None, false, false),
         };
         let header = HeaderOut {
             request_id: RequestIdOut::Int(id),
@@ -386,6 +431,7 @@ impl Connection {
             encode_frame_within(out, self.state.max_frame_size, |out| {
                 let extensions = Extensions {
                     stream_window,
+                    client_stream,
                     // Until the server has answered, each request offers to read zstd.
                     accept_encoding: (frames_at_send == 0).then_some(compression::ZSTD),
                     ..Extensions::request((!idle).then_some(timeout_ms), meta, trace)
@@ -405,149 +451,6 @@ impl Connection {
             Ok(Err(EncodeError::Json(err))) => Err(CallFailure::Encode(err)),
             Ok(Err(EncodeError::TooLarge { len, max })) => Err(CallFailure::TooLarge { len, max }),
             Err(_closed) => Err(CallFailure::NotSent("the connection is closed".to_owned())),
-        }
-    }
-}
-
-/// A call waiting for its response. Dropping it (a timeout, a cancelled caller) frees its slot,
-/// so a late response is dropped.
-pub(crate) struct PendingCall {
-    /// Keeps the connection open until the call is settled, even if the pool retired it.
-    connection: Arc<Connection>,
-    id: u64,
-    response: oneshot::Receiver<Result<RawResponse, CallFailure>>,
-    deadline: Instant,
-    /// The connection's `frames_received` when the call was queued.
-    frames_at_send: u64,
-    /// The reader already took the slot out of the table.
-    answered: bool,
-    /// Alone on its connection when sent: it reads its own answer (see `read_turn`).
-    reads_own: bool,
-    /// A stream call's item channel and window, handed to the stream once it opens.
-    items: Option<(
-        mpsc::UnboundedReceiver<Result<RawResponse, CallFailure>>,
-        u32,
-    )>,
-}
-
-impl PendingCall {
-    /// The request id the call went out with.
-    pub(crate) fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// Waits for the response, or for the deadline given to `send` (`TimedOut`).
-    ///
-    /// Why a timer in the caller's own future: the deadline must hold whatever happens to the
-    /// connection's tasks (a runtime that shut down, a reader stuck behind a stalled peer), so
-    /// nothing else is trusted to end the wait.
-    pub(crate) async fn wait(&mut self) -> Result<RawResponse, CallFailure> {
-        let deadline = self.deadline;
-        let outcome =
-            tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| self.poll_answer(cx)))
-                .await;
-        match outcome {
-            Ok(mut outcome) => {
-                // Whoever sent into the slot (reader, close) took it out of the table.
-                self.answered = true;
-                if let Ok(response) = &mut outcome {
-                    if response.stream_end == Some(false) {
-                        if let Some((items, window)) = self.items.take() {
-                            response.stream = Some(Box::new(StreamHandle::new(
-                                self.connection.clone(),
-                                self.id,
-                                items,
-                                window,
-                            )));
-                        }
-                    }
-                }
-                outcome
-            }
-            Err(_elapsed) => {
-                self.stop_reading();
-                let received = self
-                    .connection
-                    .state
-                    .frames_received
-                    .load(Ordering::Relaxed);
-                Err(CallFailure::TimedOut {
-                    silent: received == self.frames_at_send,
-                })
-            }
-        }
-    }
-
-    fn poll_answer(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<RawResponse, CallFailure>> {
-        use std::task::Poll;
-        if let Some(outcome) = self.try_answer() {
-            return Poll::Ready(outcome);
-        }
-        if self.reads_own {
-            match self.connection.state.read_own(self.id, cx) {
-                read_turn::Reading::Routed => {
-                    return match self.try_answer() {
-                        Some(outcome) => Poll::Ready(outcome),
-                        None => Poll::Pending,
-                    };
-                }
-                read_turn::Reading::AlsoWaitSlot => {}
-                read_turn::Reading::HandedBack => {
-                    self.reads_own = false;
-                    if let Some(outcome) = self.try_answer() {
-                        return Poll::Ready(outcome);
-                    }
-                }
-            }
-        }
-        match std::future::Future::poll(std::pin::Pin::new(&mut self.response), cx) {
-            Poll::Ready(outcome) => {
-                self.stop_reading();
-                Poll::Ready(outcome.unwrap_or_else(|_| Err(dropped())))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    /// The answer, if it is in the slot already (no waker registered).
-    fn try_answer(&mut self) -> Option<Result<RawResponse, CallFailure>> {
-        let outcome = match self.response.try_recv() {
-            Ok(outcome) => outcome,
-            Err(oneshot::error::TryRecvError::Empty) => return None,
-            Err(oneshot::error::TryRecvError::Closed) => Err(dropped()),
-        };
-        self.stop_reading();
-        Some(outcome)
-    }
-
-    /// The call no longer reads its own answer; the reader task reads for everyone.
-    fn stop_reading(&mut self) {
-        if std::mem::take(&mut self.reads_own) {
-            self.connection.state.hand_back(self.id);
-        }
-    }
-}
-
-fn dropped() -> CallFailure {
-    CallFailure::Closed("the connection was dropped".to_owned())
-}
-
-impl Drop for PendingCall {
-    fn drop(&mut self) {
-        self.stop_reading();
-        let state = &self.connection.state;
-        state.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if self.items.is_some() {
-            // A stream that never opened (or whose opening was not taken).
-            state.pending().streams.remove(&self.id);
-        }
-        if !self.answered {
-            state.pending().calls.remove(&self.id);
-            // The caller gave up (dropped, timed out): the server may stop the work now.
-            state.control(self.id, None, true);
         }
     }
 }

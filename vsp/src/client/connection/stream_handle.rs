@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::{CallFailure, Connection, RawResponse};
+use futures_core::Stream;
+use serde::Serialize;
+
+use super::{CallFailure, Connection, RawResponse, Upload};
 
 /// The receiving end of an open stream: its items in order, and the credit it grants back as
 /// they are read. Dropping it before the end cancels the stream on the server.
@@ -18,6 +21,8 @@ pub(crate) struct StreamHandle {
     /// Items read since the last grant.
     read: u32,
     ended: bool,
+    /// A call that sends a stream: the server's credit for its items.
+    upload: Option<Arc<Upload>>,
 }
 
 impl std::fmt::Debug for StreamHandle {
@@ -40,6 +45,7 @@ impl StreamHandle {
         id: u64,
         items: mpsc::UnboundedReceiver<Result<RawResponse, CallFailure>>,
         window: u32,
+        upload: Option<Arc<Upload>>,
     ) -> Self {
         connection.state.in_flight.fetch_add(1, Ordering::Relaxed);
         StreamHandle {
@@ -49,7 +55,32 @@ impl StreamHandle {
             window,
             read: 0,
             ended: false,
+            upload,
         }
+    }
+
+    /// The highest protocol revision the server has answered with.
+    pub(crate) fn peer_revision(&self) -> u32 {
+        self.connection.state.peer_revision.load(Ordering::Relaxed)
+    }
+
+    /// Starts sending `items` as the call's own stream, on a task of its own (see `upload`);
+    /// false if the call sends none.
+    pub(crate) fn send_items<S>(&self, items: S) -> bool
+    where
+        S: Stream + Send + 'static,
+        S::Item: Serialize + Send,
+    {
+        let Some(upload) = self.upload.clone() else {
+            return false;
+        };
+        tokio::spawn(super::upload::pump(
+            self.connection.clone(),
+            self.id,
+            upload,
+            items,
+        ));
+        true
     }
 
     /// The next frame of the stream: an item, or its end (`stream_end == Some(true)`); `None`
@@ -84,6 +115,10 @@ impl Drop for StreamHandle {
     fn drop(&mut self) {
         let state = &self.connection.state;
         state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(upload) = &self.upload {
+            state.pending().uploads.remove(&self.id);
+            upload.stop();
+        }
         if !self.ended {
             state.pending().streams.remove(&self.id);
             state.control(self.id, None, true);

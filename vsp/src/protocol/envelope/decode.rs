@@ -51,6 +51,10 @@ pub(super) struct Header<'a> {
     /// The caller gave up on this request id.
     #[serde(default)]
     pub(super) cancel: bool,
+    /// On a request (revision 3): the caller sends a stream of items too, once the server has
+    /// opened the call and granted credit for them.
+    #[serde(default)]
+    pub(super) client_stream: bool,
     /// The encodings the sender reads (`"zstd"`): compressed frames may go to it.
     #[serde(borrow, default)]
     pub(super) accept_encoding: Option<Cow<'a, str>>,
@@ -138,6 +142,7 @@ impl<'a> Envelope<'a> {
             seq: None,
             credit: None,
             cancel: false,
+            client_stream: false,
             accept_encoding: None,
         };
         if c.eat(b",\"timeout_ms\":") {
@@ -163,6 +168,9 @@ impl<'a> Envelope<'a> {
         }
         if c.eat(b",\"cancel\":true") {
             header.cancel = true;
+        }
+        if c.eat(b",\"client_stream\":true") {
+            header.client_stream = true;
         }
         if c.eat(b",\"accept_encoding\":") {
             header.accept_encoding = Some(Cow::Borrowed(c.plain_str()?));
@@ -263,6 +271,11 @@ impl<'a> FrameView<'a> {
 
     pub(crate) fn is_cancel(&self) -> bool {
         self.header.cancel
+    }
+
+    /// A request that will send items of its own (a client or bidirectional stream).
+    pub(crate) fn sends_stream(&self) -> bool {
+        self.header.client_stream
     }
 
     /// The sender reads zstd-compressed frames.

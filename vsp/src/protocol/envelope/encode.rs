@@ -54,6 +54,8 @@ pub(crate) struct Extensions<'a> {
     pub(crate) credit: Option<u32>,
     /// `cancel`: the caller gave up (a control frame).
     pub(crate) cancel: bool,
+    /// `client_stream`: the request will send items of its own (revision 3).
+    pub(crate) client_stream: bool,
     /// `accept_encoding`: the encodings this side reads, offered to the peer.
     pub(crate) accept_encoding: Option<&'a str>,
 }
@@ -87,6 +89,14 @@ impl<'a> Extensions<'a> {
         Extensions {
             credit,
             cancel,
+            ..Extensions::default()
+        }
+    }
+
+    /// A frame of a caller's own stream: an item, or its end (the half-close).
+    pub(crate) fn stream_item(frame: StreamFrame) -> Self {
+        Extensions {
+            stream_frame: Some(frame),
             ..Extensions::default()
         }
     }
@@ -134,6 +144,9 @@ impl<'a> Extensions<'a> {
         }
         if self.cancel {
             out.extend_from_slice(b",\"cancel\":true");
+        }
+        if self.client_stream {
+            out.extend_from_slice(b",\"client_stream\":true");
         }
         if let Some(encodings) = self.accept_encoding {
             out.extend_from_slice(b",\"accept_encoding\":");

@@ -25,10 +25,22 @@ pub(crate) use encode::{
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// What a response's `vsp` header key says this server can do beyond version 1's frames: 2 adds
-/// server streams (`stream`, `seq`, `credit`) and cancel frames (`cancel`). A client sends
-/// `credit` and `cancel` frames only to a peer that answered with `vsp` 2 or more, so Velithon
-/// (which sends no `vsp`) never receives one.
-pub(crate) const PROTOCOL_REVISION: u32 = 2;
+/// server streams (`stream`, `seq`, `credit`) and cancel frames (`cancel`); 3 adds client and
+/// bidirectional streams (`client_stream` on a request, then the caller's own `item` and `end`
+/// frames under the server's `credit`). A client sends `credit` and `cancel` frames only to a
+/// peer that answered with `vsp` 2 or more, and its stream's items only to one that answered 3
+/// or more, so Velithon (which sends no `vsp`) never receives one.
+pub(crate) const PROTOCOL_REVISION: u32 = 3;
+
+/// The first revision that reads `credit` and `cancel` frames.
+pub(crate) const CONTROL_REVISION: u32 = 2;
+
+/// The first revision that reads a caller's stream of items (`client_stream`).
+pub(crate) const CLIENT_STREAM_REVISION: u32 = 3;
+
+/// The items of a caller's stream a server grants up front (and holds at most, unread): each
+/// at most the largest frame, as many as as many requests in flight would cost.
+pub(crate) const DEFAULT_CLIENT_STREAM_WINDOW: u32 = 32;
 
 /// The items a caller grants a stream up front unless it says otherwise. Measured (`cargo bench
 /// --bench rpc`, streams section): items per second grow with the window up to 1024 on

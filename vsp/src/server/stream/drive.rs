@@ -70,14 +70,15 @@ pub(super) async fn drive<Fut>(
             Some(opened) => opened,
             None => return,
         },
-        Err(stop) => return not_opened(reply, stop),
+        Err(stop) => return not_opened(reply, stop, &stream.control),
     };
-    if reply.stream_frame(StreamFrame::Open, &()).is_err() {
+    // A call that sends items was opened before its handler ran.
+    if !reply.is_open() && reply.stream_frame(StreamFrame::Open, &()).is_err() {
         return;
     }
     match stream.run(items, &reply).await {
         Ok(end) => reply.stream_end(end.as_ref().map(|message| (ErrorCode::Handler, &**message))),
-        Err(Over::Stopped(stop)) => ended(reply, stop),
+        Err(Over::Stopped(stop)) => ended(reply, stop, &stream.control),
         Err(Over::Failed(code, message)) => reply.stream_end(Some((code, &message))),
         Err(Over::Done) => {}
     }
@@ -265,14 +266,22 @@ async fn or_stop<F: Future>(
     }
 }
 
-/// A stream stopped before it opened: an ordinary error answer (or none, for a cancel).
-fn not_opened(reply: Reply, stop: Stop) {
+/// A stream stopped before it opened: an ordinary error answer (or none, for a cancel), or the
+/// end frame of a stream opened early.
+fn not_opened(reply: Reply, stop: Stop, control: &StreamControl) {
     match stop {
-        Stop::Cancelled => {}
-        Stop::PastDeadline => reply.error(
-            ErrorCode::Timeout,
-            "the caller's deadline passed before the stream opened",
-        ),
+        Stop::Cancelled => {
+            if let Some((code, message)) = control.take_failure() {
+                reply.error(code, &message);
+            }
+        }
+        Stop::PastDeadline => {
+            let message = match reply.is_open() {
+                true => "the caller's deadline passed before the handler answered",
+                false => "the caller's deadline passed before the stream opened",
+            };
+            reply.error(ErrorCode::Timeout, message)
+        }
         Stop::ShuttingDown => {
             let message = format!("service `{}` is shutting down", &reply.conn.manager().name);
             reply.error(ErrorCode::ShuttingDown, &message);
@@ -281,10 +290,14 @@ fn not_opened(reply: Reply, stop: Stop) {
 }
 
 /// A stream stopped after it opened: its end frame says why (none for a cancel).
-fn ended(reply: Reply, stop: Stop) {
+fn ended(reply: Reply, stop: Stop, control: &StreamControl) {
     match stop {
-        // The caller is gone: nothing is sent; the reply settles as it drops.
-        Stop::Cancelled => drop(reply),
+        Stop::Cancelled => match control.take_failure() {
+            // The caller's own stream broke the rules: the end says how.
+            Some((code, message)) => reply.stream_end(Some((code, &message))),
+            // The caller is gone: nothing is sent; the reply settles as it drops.
+            None => drop(reply),
+        },
         Stop::PastDeadline => {
             let message = format!(
                 "the stream of `{}` was stopped: the caller's deadline passed",

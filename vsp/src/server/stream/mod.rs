@@ -7,8 +7,12 @@
 //! the others.
 
 mod drive;
+mod inbound;
+mod register;
 
 use drive::drive;
+pub(crate) use inbound::{Inbound, InboundItems};
+pub(crate) use register::one_item;
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::future::Future;
@@ -27,6 +31,7 @@ use super::reply::{Reply, ServerConnection};
 use crate::__private::{Codec, ErrorWays, Wire};
 use crate::context::Context as CallContext;
 use crate::error::ErrorCode;
+use crate::protocol::StreamFrame;
 use crate::stream::Streaming;
 
 /// The most items one write of a stream carries.
@@ -150,6 +155,36 @@ impl Controls {
         drop(calls);
     }
 
+    /// Hands an item or the end of a caller's stream to its call; a frame that breaks the
+    /// rules (more items than granted, out of order, after the end) fails that call alone.
+    pub(crate) fn stream_frame(&self, key: &CallKey, frame: StreamFrame, body: &[u8]) {
+        let stream = match self.table().calls.get(key) {
+            Some((_, Control::Stream(stream))) => stream.clone(),
+            _ => {
+                tracing::trace!(%key, "an item of a call that has ended");
+                return;
+            }
+        };
+        let Some(inbound) = &stream.inbound else {
+            stream.fail(
+                ErrorCode::Protocol,
+                "an item arrived for a call that did not ask to send a stream".to_owned(),
+            );
+            return;
+        };
+        let refused = match frame {
+            StreamFrame::Item(seq) => inbound.push(seq, body).err(),
+            StreamFrame::End => {
+                inbound.end();
+                None
+            }
+            StreamFrame::Open => Some("a caller cannot open a stream".to_owned()),
+        };
+        if let Some(message) = refused {
+            stream.fail(ErrorCode::Protocol, message);
+        }
+    }
+
     /// Applies a control frame: a `credit` grant or a `cancel` for request `key`.
     pub(crate) fn apply(&self, key: &CallKey, credit: Option<u32>, cancel: bool) {
         let mut table = self.table();
@@ -215,6 +250,10 @@ pub(crate) struct StreamControl {
     max_window: usize,
     pub(super) cancelled: AtomicBool,
     wake: Notify,
+    /// The caller's own items, for a client or bidirectional stream.
+    pub(crate) inbound: Option<Inbound>,
+    /// Why the call failed on the caller's side (a bad item): the error its end frame carries.
+    failure: Mutex<Option<(ErrorCode, String)>>,
 }
 
 impl StreamControl {
@@ -225,7 +264,32 @@ impl StreamControl {
             max_window,
             cancelled: AtomicBool::new(false),
             wake: Notify::new(),
+            inbound: None,
+            failure: Mutex::new(None),
         }
+    }
+
+    /// The same, receiving the caller's items too.
+    pub(crate) fn with_inbound(mut self, inbound: Inbound) -> Self {
+        self.inbound = Some(inbound);
+        self
+    }
+
+    /// Ends the call with an error from the caller's side (the first one counts).
+    pub(crate) fn fail(&self, code: ErrorCode, message: String) {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert((code, message));
+        self.cancel();
+    }
+
+    /// The error the call failed with on the caller's side, if any.
+    pub(super) fn take_failure(&self) -> Option<(ErrorCode, String)> {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     fn grant(&self, items: u32) {
@@ -337,54 +401,142 @@ where
     Fut::Output: Opening,
 {
     fn start(&self, body: &str, reply: Reply, call: CallContext, _cx: &mut Context<'_>) {
-        let Some(window) = reply.stream_window else {
+        if reply.client_stream {
             let message = format!(
-                "`{}` is a streaming endpoint: call it as a stream (VspClient::call_stream)",
+                "`{}` sends a stream but takes none: call it as a stream (VspClient::call_stream)",
                 reply.endpoint()
             );
-            reply.error(ErrorCode::NotSupported, &message);
+            return reply.error(ErrorCode::NotSupported, &message);
+        }
+        let Some((args, reply, control, held)) = accept::<A>(body, reply, None) else {
             return;
         };
-        let args = match serde_json::from_str::<A>(body) {
-            Ok(args) => args,
-            Err(err) => {
+        let opening = call.clone().sync_scoped(|| (self.handler)(args));
+        tokio::spawn(drive(call.scoped(opening), reply, control, held));
+    }
+}
+
+/// A handler that takes the caller's stream of `T` beside its arguments (a client or
+/// bidirectional stream), registered with
+/// [`VspManager::client_stream_endpoint`](crate::VspManager::client_stream_endpoint) or
+/// [`VspManager::bidi_stream_endpoint`](crate::VspManager::bidi_stream_endpoint).
+pub(crate) struct ItemsEndpoint<F, A, T> {
+    handler: F,
+    _args: PhantomData<fn(A, T)>,
+}
+
+impl<F, A, T> ItemsEndpoint<F, A, T> {
+    pub(crate) fn new(handler: F) -> Self {
+        ItemsEndpoint {
+            handler,
+            _args: PhantomData,
+        }
+    }
+}
+
+impl<F, A, T, Fut> Endpoint for ItemsEndpoint<F, A, T>
+where
+    F: Fn(A, Streaming<T>) -> Fut + Send + Sync + 'static,
+    A: DeserializeOwned + Send + 'static,
+    T: DeserializeOwned + Send + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: Opening,
+{
+    fn start(&self, body: &str, reply: Reply, call: CallContext, _cx: &mut Context<'_>) {
+        if !reply.client_stream || reply.stream_window.is_none() {
+            let message = format!(
+                "`{}` takes a stream of items: call it with VspClient::call_client_stream or call_bidi_stream",
+                reply.endpoint()
+            );
+            return reply.error(ErrorCode::NotSupported, &message);
+        }
+        let Some(key) = reply.call_key() else {
+            return reply.error(
+                ErrorCode::BadRequest,
+                "the request id of a call that sends a stream must be at most 256 bytes",
+            );
+        };
+        let window = reply.conn.manager().config.client_stream_window;
+        let Some((args, mut reply, control, held)) =
+            accept::<A>(body, reply, Some(Inbound::new(window)))
+        else {
+            return;
+        };
+        // Open at once: the caller may send nothing before it has credit, and the handler may
+        // wait for an item before it answers.
+        if reply.open_for_items(window).is_err() {
+            return;
+        }
+        let endpoint: Arc<str> = reply.endpoint().into();
+        let items = Streaming::from_inbound(InboundItems::<T>::new(
+            control.clone(),
+            reply.conn.clone(),
+            key,
+            endpoint,
+        ));
+        let opening = call.clone().sync_scoped(|| (self.handler)(args, items));
+        tokio::spawn(drive(call.scoped(opening), reply, control, held));
+    }
+}
+
+/// What a started stream holds until it ends: its entry in the control table, and its place in
+/// the count of open streams.
+type HeldStream = (Option<Forget>, Held);
+
+/// The checks a streaming call meets before its handler: asked as a stream, its arguments, its
+/// entry in the connection's control table. `None` when one refused it (and answered).
+fn accept<A: DeserializeOwned>(
+    body: &str,
+    reply: Reply,
+    inbound: Option<Inbound>,
+) -> Option<(A, Reply, Arc<StreamControl>, HeldStream)> {
+    let Some(window) = reply.stream_window else {
+        let message = format!(
+            "`{}` is a streaming endpoint: call it as a stream (VspClient::call_stream)",
+            reply.endpoint()
+        );
+        reply.error(ErrorCode::NotSupported, &message);
+        return None;
+    };
+    let args = match serde_json::from_str::<A>(body) {
+        Ok(args) => args,
+        Err(err) => {
+            let message = format!(
+                "invalid arguments for `{}`: {}",
+                reply.endpoint(),
+                super::endpoint::name_the_field::<A>(body, err)
+            );
+            reply.error(ErrorCode::BadRequest, &message);
+            return None;
+        }
+    };
+    let conn = reply.conn.clone();
+    let mut control = StreamControl::new(window, conn.manager().config.max_stream_window);
+    if let Some(inbound) = inbound {
+        control = control.with_inbound(inbound);
+    }
+    let control = Arc::new(control);
+    // Registered now, before the connection reads its next frame (a credit, a cancel, an item,
+    // or its end), and never over a live call's entry.
+    let forget = match reply.call_key() {
+        None => None,
+        Some(key) => match conn
+            .controls
+            .register(&conn, key, Control::Stream(control.clone()))
+        {
+            Ok(forget) => Some(forget),
+            Err(IdInUse) => {
                 let message = format!(
-                    "invalid arguments for `{}`: {}",
-                    reply.endpoint(),
-                    super::endpoint::name_the_field::<A>(body, err)
+                    "request id {} is already in use by a live call on this connection",
+                    crate::protocol::short_text(reply.request_id_text(), 64)
                 );
                 reply.error(ErrorCode::BadRequest, &message);
-                return;
+                return None;
             }
-        };
-        let conn = reply.conn.clone();
-        let control = Arc::new(StreamControl::new(
-            window,
-            conn.manager().config.max_stream_window,
-        ));
-        // Registered now, before the connection reads its next frame (a credit, a cancel, or its
-        // end), and never over a live call's entry.
-        let forget = match reply.call_key() {
-            None => None,
-            Some(key) => match conn
-                .controls
-                .register(&conn, key, Control::Stream(control.clone()))
-            {
-                Ok(forget) => Some(forget),
-                Err(IdInUse) => {
-                    let message = format!(
-                        "request id {} is already in use by a live call on this connection",
-                        crate::protocol::short_text(reply.request_id_text(), 64)
-                    );
-                    reply.error(ErrorCode::BadRequest, &message);
-                    return;
-                }
-            },
-        };
-        let open = Held::new(conn.manager.clone(), Gauge::StreamsOpen);
-        let opening = call.clone().sync_scoped(|| (self.handler)(args));
-        tokio::spawn(drive(call.scoped(opening), reply, control, (forget, open)));
-    }
+        },
+    };
+    let open = Held::new(conn.manager.clone(), Gauge::StreamsOpen);
+    Some((args, reply, control, (forget, open)))
 }
 
 /// Takes a call out of its connection's control table when its task ends, however it ends.

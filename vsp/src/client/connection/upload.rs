@@ -1,0 +1,140 @@
+//! The sending half of a client or bidirectional stream: the caller's items go out as frames of
+//! their own, each under a unit of the server's credit, then an end (the half-close).
+//!
+//! Bound: the server grants its window up front and more only as its handler reads, so at most
+//! that many items are queued ahead of it, and the connection's write backlog caps the bytes
+//! too. End: the task stops at the caller's last item, when the call ends (the server's end
+//! frame), when the caller drops its stream, or when the connection closes; whichever comes
+//! first, while it waits for credit or for the next item alike.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures_core::Stream;
+use serde::Serialize;
+use tokio::sync::{Notify, Semaphore};
+
+use super::{CallFailure, Connection};
+use crate::protocol::frame::{encode_frame, encode_frame_within, EncodeError};
+use crate::protocol::{write_envelope, Extensions, HeaderOut, RequestIdOut, StreamFrame};
+
+/// The most credit a server can hold out to one stream (a larger grant is cut to it): it keeps
+/// the semaphore from overflowing, whatever a server sends.
+const MAX_CREDIT: usize = 1 << 20;
+
+/// Bytes queued on the connection past which an item waits to be written.
+const MAX_BACKLOG: usize = 4 * 1024 * 1024;
+
+/// The server's credit for one call's items, and its stop.
+pub(crate) struct Upload {
+    credit: Semaphore,
+    stopped: AtomicBool,
+    wake: Notify,
+}
+
+impl Upload {
+    pub(super) fn new() -> Self {
+        Upload {
+            credit: Semaphore::new(0),
+            stopped: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    /// The server granted `items` more.
+    pub(super) fn grant(&self, items: u32) {
+        let room = MAX_CREDIT.saturating_sub(self.credit.available_permits());
+        self.credit.add_permits((items as usize).min(room));
+    }
+
+    /// No more items go: the call ended, was dropped, or its connection closed.
+    pub(super) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.credit.close();
+        self.wake.notify_waiters();
+    }
+
+    async fn stopped(&self) {
+        loop {
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            // Registered before the check: a `stop` between the check and the await still wakes.
+            woken.as_mut().enable();
+            if self.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            woken.await;
+        }
+    }
+}
+
+/// Sends the items of call `id` until one of the ends above.
+pub(super) async fn pump<S>(connection: Arc<Connection>, id: u64, upload: Arc<Upload>, items: S)
+where
+    S: Stream + Send + 'static,
+    S::Item: Serialize + Send,
+{
+    let state = &connection.state;
+    let header = HeaderOut {
+        request_id: RequestIdOut::Int(id),
+        service: "",
+        endpoint: "",
+        is_response: false,
+    };
+    tokio::pin!(items);
+    for seq in 0u64.. {
+        let credit = tokio::select! {
+            permit = upload.credit.acquire() => permit,
+            () = upload.stopped() => return,
+        };
+        let Ok(permit) = credit else { return };
+        permit.forget();
+        let next = tokio::select! {
+            next = std::future::poll_fn(|cx| items.as_mut().poll_next(cx)) => next,
+            () = upload.stopped() => return,
+        };
+        let Some(item) = next else {
+            // The half-close: the server's handler sees the end of its stream.
+            let _ = state.queue.push(|out| {
+                encode_frame(out, |out| {
+                    write_envelope(
+                        out,
+                        &header,
+                        &Extensions::stream_item(StreamFrame::End),
+                        |out| {
+                            out.extend_from_slice(b"null");
+                            Ok::<_, std::convert::Infallible>(())
+                        },
+                    )
+                })
+            });
+            return;
+        };
+        let below = state.queue.wait_for_backlog_below(MAX_BACKLOG);
+        tokio::select! {
+            () = below => {}
+            () = upload.stopped() => return,
+        }
+        let pushed = state.queue.push(|out| {
+            encode_frame_within(out, state.max_frame_size, |out| {
+                let extensions = Extensions::stream_item(StreamFrame::Item(seq));
+                write_envelope(out, &header, &extensions, |out| {
+                    serde_json::to_writer(&mut *out, &item)
+                })
+            })
+        });
+        let failure = match pushed {
+            Ok(Ok(())) => continue,
+            Err(_closed) => return,
+            Ok(Err(EncodeError::Json(err))) => CallFailure::Encode(err),
+            Ok(Err(EncodeError::TooLarge { len, max })) => CallFailure::TooLarge { len, max },
+        };
+        // An item that cannot go ends the call: the caller reads why, the server is told.
+        if let Some(slot) = state.pending().streams.remove(&id) {
+            let _ = slot.send(Err(failure));
+        }
+        state.pending().uploads.remove(&id);
+        state.control(id, None, true);
+        return;
+    }
+}
