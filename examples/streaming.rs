@@ -1,13 +1,17 @@
 //! A streaming service: `cargo run --example streaming -- --addr 127.0.0.1:9091` serves
-//! `stream-service` with `ticks(n)` (the integers 0 to n-1, as fast as the caller takes them)
-//! and `tail` (a log that grows by a line every 100 ms, from its first line on). Prints
+//! `stream-service` with `ticks(n)` (the integers 0 to n-1, as fast as the caller takes them),
+//! `tail` (a log that grows by a line every 100 ms, from its first line on), `sum` (a client
+//! stream: adds up the numbers the caller sends) and `shout` (a bidirectional stream: each line
+//! the caller sends comes back in capitals as it arrives). Prints
 //! `listening on <addr>` once ready and shuts down gracefully on Ctrl-C or SIGTERM (open streams
 //! end with `shutting_down`).
 //!
 //! `--client` instead calls a running one at `--addr`: reads five ticks of a long stream and the
-//! first three lines of the log, then drops both streams (which cancels them on the server).
+//! first three lines of the log, then drops both streams (which cancels them on the server);
+//! sends 1 to 100 to `sum` and two lines to `shout`.
 //!
-//! From a shell: `vsp call 127.0.0.1:9091 tail | head -3` prints three lines and cancels.
+//! From a shell: `vsp call 127.0.0.1:9091 tail | head -3` prints three lines and cancels;
+//! `seq 1 100 | vsp call 127.0.0.1:9091 sum` sends a line per number and prints 5050.
 //!
 //! Copied into a crate of your own, it needs the Getting started dependencies (README) and:
 //! cargo add tokio --features signal,time
@@ -27,6 +31,10 @@ pub trait StreamService {
     async fn ticks(&self, n: u64) -> Streaming<u64>;
     /// A growing log: a line every 100 ms, for as long as the caller reads.
     async fn tail(&self) -> Streaming<String>;
+    /// The sum of the numbers the caller sends.
+    async fn sum(&self, numbers: Streaming<i64>) -> i64;
+    /// Each line the caller sends, in capitals, as it arrives.
+    async fn shout(&self, lines: Streaming<String>) -> Streaming<String>;
 }
 
 struct Streams;
@@ -42,6 +50,14 @@ impl StreamService for Streams {
             every.tick().await;
             Some((format!("log line {line}"), (every, line + 1)))
         })
+    }
+
+    async fn sum(&self, numbers: Streaming<i64>) -> i64 {
+        numbers.fold(0, |sum, n| async move { sum + n }).await
+    }
+
+    async fn shout(&self, lines: Streaming<String>) -> Streaming<String> {
+        Streaming::new(lines.map(|line| line.to_uppercase()))
     }
 }
 
@@ -110,6 +126,14 @@ async fn read_some(host: &str, port: u16) -> Result<(), Box<dyn std::error::Erro
     }
     // Dropping the streams cancels them on the server.
     drop(log);
+    // Streams the other way: any `Stream` of the items.
+    let sum = streams.sum(futures::stream::iter(1..=100)).await?;
+    println!("sum: {sum}");
+    let lines = futures::stream::iter(["hello".to_owned(), "world".to_owned()]);
+    let mut shouted = streams.shout(lines).await?;
+    while let Some(line) = shouted.next().await {
+        println!("{}", line?);
+    }
     println!("done");
     Ok(())
 }

@@ -1172,3 +1172,113 @@ timeout = "5s"
     assert!(!err.contains("service `127.0.0.1"), "{err}");
     assert!(!err.contains(&format!("`{target}.")), "{err}");
 }
+
+/// Streams from the caller: a client stream and a bidirectional one.
+#[vsp::service(name = "sinks")]
+trait Sinks {
+    /// Adds up the numbers sent.
+    async fn sum(&self, numbers: vsp::Streaming<i64>) -> i64;
+    /// Each line sent, prefixed.
+    async fn echo(&self, prefix: String, lines: vsp::Streaming<String>) -> vsp::Streaming<String>;
+}
+
+struct Sink;
+
+impl Sinks for Sink {
+    async fn sum(&self, numbers: vsp::Streaming<i64>) -> i64 {
+        use futures::StreamExt;
+        numbers.fold(0, |sum, n| async move { sum + n }).await
+    }
+
+    async fn echo(&self, prefix: String, lines: vsp::Streaming<String>) -> vsp::Streaming<String> {
+        use futures::StreamExt;
+        vsp::Streaming::new(lines.map(move |line| format!("{prefix}{line}")))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_sends_ndjson_from_stdin_describe_says_stream_of_and_bench_sends_items() {
+    let manager = VspManager::builder("sinks").build();
+    manager.serve(SinksServer::new(Sink)).unwrap();
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    let target = addr.to_string();
+
+    let output = vsp(args(&["call", &target, "sum"]), Some("1\n2\n\n3\n")).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "6\n");
+
+    let output = vsp(
+        args(&["call", &target, "echo", r#"{"prefix":"> "}"#]),
+        Some("\"a\"\n\"b\"\n"),
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "\"> a\"\n\"> b\"\n");
+
+    // A line that is not JSON cancels the call: a usage error naming the line.
+    let output = vsp(args(&["call", &target, "sum"]), Some("1\ntwo\n3\n")).await;
+    assert_failed(&output, 2, "line 2 of standard input is not JSON");
+    // The body cannot come from standard input too.
+    let output = vsp(args(&["call", &target, "sum", "-"]), Some("1\n")).await;
+    assert_failed(&output, 2, "standard input carries the call's stream");
+
+    let output = vsp(args(&["describe", &target]), None).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let described = stdout(&output);
+    assert!(
+        described.contains("sum(numbers: stream of integer) -> integer"),
+        "{described}"
+    );
+    assert!(
+        described.contains("echo(prefix: string, lines: stream of string) -> stream of string"),
+        "{described}"
+    );
+
+    let output = vsp(
+        args(&[
+            "bench",
+            &target,
+            "sum",
+            "-n",
+            "10",
+            "-c",
+            "2",
+            "--send-items",
+            "30",
+            "--item",
+            "2",
+            "--json",
+        ]),
+        None,
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(report["ok"], 10, "{report}");
+    assert_eq!(report["items_sent"], 300, "{report}");
+
+    let output = vsp(
+        args(&[
+            "bench",
+            &target,
+            "echo",
+            r#"{"prefix":""}"#,
+            "-n",
+            "10",
+            "-c",
+            "2",
+            "--item",
+            "\"x\"",
+            "--json",
+        ]),
+        None,
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(report["ok"], 10, "{report}");
+    // Found from the description: 100 items a call, each echoed back.
+    assert_eq!(report["items_sent"], 1000, "{report}");
+    assert_eq!(report["items"], 1000, "{report}");
+    manager.shutdown().await.unwrap();
+}

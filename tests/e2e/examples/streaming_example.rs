@@ -40,7 +40,7 @@ async fn the_streaming_example_serves_ticks_and_tail_and_ends_streams_on_sigterm
     );
     assert_eq!(
         said,
-        "ticks: [0, 1, 2, 3, 4]\nlog line 0\nlog line 1\nlog line 2\ndone\n"
+        "ticks: [0, 1, 2, 3, 4]\nlog line 0\nlog line 1\nlog line 2\nsum: 5050\nHELLO\nWORLD\ndone\n"
     );
 
     // A stream open when the server is told to stop ends with `shutting_down`.

@@ -40,6 +40,14 @@ pub(crate) struct BenchArgs {
     /// second too (found on its own when the service describes the endpoint as streaming).
     #[arg(long)]
     stream: bool,
+    /// Each call sends this many items as its own stream (a client or bidirectional stream;
+    /// 100 when the service describes the endpoint as taking a stream and this is not given),
+    /// and the report counts the items sent per second too.
+    #[arg(long)]
+    send_items: Option<u64>,
+    /// The item each call sends `--send-items` times, as JSON (default `{}`).
+    #[arg(long, default_value = "{}")]
+    item: String,
 }
 
 #[derive(Serialize)]
@@ -55,6 +63,11 @@ struct Report {
     items: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     items_per_sec: Option<f64>,
+    /// Calls that send a stream: the items sent, over all calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    items_sent: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    items_sent_per_sec: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -79,9 +92,60 @@ async fn read_stream(
     endpoint: &str,
     body: &Value,
 ) -> Result<u64, VspError> {
-    let mut items = client
+    let items = client
         .call_stream::<serde::de::IgnoredAny>(service, endpoint, body)
         .await?;
+    read_to_end(items).await
+}
+
+/// Sends `sending` copies of `item` as the call's stream; for a bidirectional call, reads what
+/// comes back to its end. The number of items read.
+async fn send_stream(run: &Run, sending: u64) -> Result<u64, VspError> {
+    let client = &run.resolved.client;
+    let items = repeat(run.item.clone(), sending);
+    if run.streaming {
+        let answers = client
+            .call_bidi_stream::<serde::de::IgnoredAny, _>(
+                &run.resolved.service,
+                &run.endpoint,
+                &run.body,
+                items,
+            )
+            .await?;
+        return read_to_end(answers).await;
+    }
+    client
+        .call_client_stream::<serde::de::IgnoredAny, _>(
+            &run.resolved.service,
+            &run.endpoint,
+            &run.body,
+            items,
+        )
+        .await
+        .map(|_| 0)
+}
+
+/// `count` copies of `item`, as a stream.
+fn repeat(item: Value, count: u64) -> impl futures_core::Stream<Item = Value> + Send + 'static {
+    struct Repeat(Value, u64);
+    impl futures_core::Stream for Repeat {
+        type Item = Value;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Value>> {
+            if self.1 == 0 {
+                return std::task::Poll::Ready(None);
+            }
+            self.1 -= 1;
+            std::task::Poll::Ready(Some(self.0.clone()))
+        }
+    }
+    Repeat(item, count)
+}
+
+/// Reads `items` to its end; how many there were.
+async fn read_to_end(mut items: vsp::CallStream<serde::de::IgnoredAny>) -> Result<u64, VspError> {
     let mut read = 0;
     while let Some(item) = std::future::poll_fn(|cx| {
         futures_core::Stream::poll_next(std::pin::Pin::new(&mut items), cx)
@@ -112,6 +176,9 @@ struct Run {
     endpoint: String,
     body: Value,
     streaming: bool,
+    /// Items each call sends as its own stream, if it sends one.
+    sending: Option<u64>,
+    item: Value,
     started: Instant,
     until: Option<Instant>,
     budget: u64,
@@ -126,20 +193,28 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     if args.concurrency == 0 {
         return Err(Failure::usage("-c must be at least 1"));
     }
+    let item: Value = serde_json::from_str(&args.item)
+        .map_err(|err| Failure::usage(format!("--item is not JSON: {err}")))?;
     let resolved = args.target.resolve()?;
-    let streaming = args.stream
-        || match resolved.client.describe(&resolved.service).await {
-            Ok(description) => description
-                .endpoint(&args.endpoint)
-                .is_some_and(|endpoint| endpoint.streaming),
-            Err(_) => false,
-        };
+    let described = match resolved.client.describe(&resolved.service).await {
+        Ok(description) => description.endpoint(&args.endpoint).cloned(),
+        Err(_) => None,
+    };
+    let streaming = args.stream || described.as_ref().is_some_and(|d| d.streaming);
+    let sending = args.send_items.or_else(|| {
+        described
+            .as_ref()
+            .is_some_and(|d| d.input_stream.is_some())
+            .then_some(100)
+    });
     let started = Instant::now();
     let run = Arc::new(Run {
         resolved,
         endpoint: args.endpoint,
         body,
         streaming,
+        sending,
+        item,
         started,
         until: args.duration.map(|d| started + d),
         budget: args.calls.unwrap_or(u64::MAX),
@@ -172,6 +247,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         tally,
         seconds,
         streaming.then(|| run.items_read.load(Ordering::Relaxed)),
+        sending,
     );
     if args.json {
         println!(
@@ -205,7 +281,9 @@ async fn call_until_done(run: Arc<Run>) -> Tally {
             return tally;
         }
         let t0 = Instant::now();
-        let outcome: Result<u64, VspError> = if run.streaming {
+        let outcome: Result<u64, VspError> = if let Some(sending) = run.sending {
+            send_stream(&run, sending).await
+        } else if run.streaming {
             read_stream(client, service, &run.endpoint, &run.body).await
         } else {
             client
@@ -256,7 +334,8 @@ fn spawn_progress(run: Arc<Run>) -> tokio::task::JoinHandle<()> {
 
 impl Report {
     /// The figures of a finished run.
-    fn of(mut tally: Tally, seconds: f64, items: Option<u64>) -> Report {
+    /// `sending`: the items each call sent as its own stream, if it sent one.
+    fn of(mut tally: Tally, seconds: f64, items: Option<u64>, sending: Option<u64>) -> Report {
         tally.latencies.sort_unstable();
         let at = |q: f64| {
             if tally.latencies.is_empty() {
@@ -281,6 +360,8 @@ impl Report {
             errors: tally.errors,
             items,
             items_per_sec: items.map(|items| items as f64 / seconds.max(1e-9)),
+            items_sent: sending.map(|each| each * ok),
+            items_sent_per_sec: sending.map(|each| (each * ok) as f64 / seconds.max(1e-9)),
         }
     }
 
@@ -296,6 +377,9 @@ impl Report {
         println!("  Calls/s:   {:.1}", self.calls_per_sec);
         if let (Some(items), Some(per_sec)) = (self.items, self.items_per_sec) {
             println!("  Items:     {items} ({per_sec:.1}/s)");
+        }
+        if let (Some(sent), Some(per_sec)) = (self.items_sent, self.items_sent_per_sec) {
+            println!("  Sent:      {sent} items ({per_sec:.1}/s)");
         }
         println!("Latency (ok calls):");
         println!("  p50  {:>10.3} ms", self.latency_ms.p50);

@@ -86,7 +86,7 @@ fn readable(description: &ServiceDescription) -> String {
             .as_array()
             .map(|names| names.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        let params: Vec<String> = endpoint
+        let mut params: Vec<String> = endpoint
             .params
             .iter()
             .map(|param| {
@@ -100,6 +100,13 @@ fn readable(description: &ServiceDescription) -> String {
                 }
             })
             .collect();
+        if let Some(input) = &endpoint.input_stream {
+            params.push(format!(
+                "{}: stream of {}",
+                input.param,
+                type_name(&input.item_schema)
+            ));
+        }
         let result = &endpoint.result_schema;
         let result = if endpoint.streaming {
             format!("stream of {}", type_name(result))
