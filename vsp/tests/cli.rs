@@ -800,7 +800,7 @@ async fn describe_prints_endpoints_readably_or_as_json() {
     assert!(output.status.success(), "{}", stderr(&output));
     let text = stdout(&output);
     assert!(
-        text.starts_with("greeter (VSP/1 revision 2), 1 endpoint\n"),
+        text.starts_with("greeter (VSP/1 revision 3), 1 endpoint\n"),
         "{text}"
     );
     assert!(
