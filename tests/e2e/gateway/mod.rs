@@ -4,6 +4,7 @@ mod explorer;
 mod http;
 mod sse;
 mod statuses;
+mod ws;
 
 /// A gateway serving `router` on a free port; its base URL.
 async fn serve_http(router: axum::Router) -> String {

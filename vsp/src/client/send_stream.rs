@@ -225,6 +225,33 @@ impl VspClient {
     }
 }
 
+impl VspClient {
+    /// The gateway's call that sends a stream: the arguments and items as JSON, the answers as
+    /// JSON, a typed error before the call opens kept as JSON with its HTTP status.
+    #[cfg(feature = "gateway")]
+    pub(crate) async fn call_sending_json(
+        &self,
+        service: &str,
+        endpoint: &str,
+        body: &serde_json::value::RawValue,
+        items: impl Stream<Item = Box<serde_json::value::RawValue>> + Send + 'static,
+        options: CallOptions,
+    ) -> Result<CallStream<Box<serde_json::value::RawValue>>, (VspError, Option<super::TypedError>)>
+    {
+        self.open_sending(service, endpoint, body, items, options)
+            .await
+            .map_err(|(err, answer)| {
+                let typed = answer.and_then(|answer| {
+                    service_error(&answer).map(|data| super::TypedError {
+                        data,
+                        http_status: answer.http_status,
+                    })
+                });
+                (err, typed)
+            })
+    }
+}
+
 /// The typed error of a call that has none: a `handler` error stays a [`VspError`].
 #[derive(serde::Deserialize)]
 enum Untyped {}

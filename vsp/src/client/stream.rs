@@ -68,6 +68,16 @@ impl<T> CallStream<T> {
         self.failed.as_deref().and_then(service_error)
     }
 
+    /// The call's typed error as JSON with its HTTP status, after the stream ended with one.
+    #[cfg(feature = "gateway")]
+    pub(crate) fn typed_error_json(&self) -> Option<super::TypedError> {
+        let answer = self.failed.as_deref()?;
+        service_error(answer).map(|data| super::TypedError {
+            data,
+            http_status: answer.http_status,
+        })
+    }
+
     pub(super) fn handle(&self) -> &StreamHandle {
         &self.handle
     }

@@ -90,6 +90,7 @@ mod explorer;
 mod headers;
 mod openapi;
 mod sse;
+mod ws;
 
 use error::{json_response, raw_json_response, GatewayError};
 use headers::{host_without_port, is_json_content_type};
@@ -268,7 +269,7 @@ impl Gateway {
         }
         let router = router
             .route("/{service}", get(describe_service))
-            .route("/{service}/{endpoint}", post(call_endpoint))
+            .route("/{service}/{endpoint}", post(call_endpoint).get(ws::upgrade))
             .fallback(|| async { GatewayError::new(StatusCode::NOT_FOUND, "not_found", "no such route: the gateway serves `POST /{service}/{endpoint}`, `GET /{service}`, `GET /openapi.json` and `GET /`") })
             .method_not_allowed_fallback(|| async {
                 GatewayError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "call an endpoint with POST; read a description, the OpenAPI document or the explorer with GET")
