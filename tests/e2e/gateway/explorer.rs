@@ -16,7 +16,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
 use users::{UserServiceServer, Users};
-use vsp::{ServiceInfo, ServiceMesh, VspClient, VspManager};
+use vsp::{ServiceInfo, ServiceMesh, Streaming, VspClient, VspManager};
 use vsp_test_support::{installed_binary, wait_until_async};
 
 /// How long any one thing in the page may take to appear.
@@ -318,4 +318,167 @@ async fn the_explorer_opens_a_stream_shows_its_items_and_stops_one() {
     browser.close().await.unwrap();
     drop(driver);
     feed.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_explorer_sends_streams_over_a_websocket_and_shows_what_comes_back() {
+    let (Some(chromium), Some(chromedriver)) = (
+        installed_binary(&["/usr/bin/chromium"], "chromium"),
+        installed_binary(&["/usr/bin/chromedriver"], "chromium-driver"),
+    ) else {
+        return;
+    };
+    let sinks = VspManager::builder("sinks").build();
+    sinks.serve(SinksServer::new(Sink)).unwrap();
+    let addr = sinks.start_server("127.0.0.1", 0).await.unwrap();
+    let mesh = ServiceMesh::new();
+    mesh.register(ServiceInfo::new("sinks", "127.0.0.1", addr.port()))
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/", listener.local_addr().unwrap());
+    let router = vsp::gateway::Gateway::new(VspClient::builder(mesh).build())
+        .service("sinks")
+        .into_router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let driver = start_driver(&chromedriver).await;
+    let browser = browser(&driver, &chromium).await;
+    browser.goto(&base).await.unwrap();
+
+    // A client stream: the items typed in its box go, then its end; the one answer shows.
+    browser
+        .find(Locator::Css("form[data-endpoint='sum'] textarea.items-out"))
+        .await
+        .unwrap()
+        .send_keys("1\n2\n39")
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css(
+            "form[data-endpoint='sum'] button[type='submit']",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let ended = text_of(
+        &browser,
+        "form[data-endpoint='sum'] + .outcome[data-ended='ok'] .meta",
+    )
+    .await;
+    assert!(ended.starts_with("ended after 1 items"), "{ended}");
+    let answer = text_of(&browser, "form[data-endpoint='sum'] + .outcome ol.items").await;
+    assert_eq!(answer, "42");
+
+    // A bidirectional stream: each item sent from the page is answered while it stays open,
+    // then End ends it.
+    browser
+        .find(Locator::Css(
+            "form[data-endpoint='echo'] input[name='prefix']",
+        ))
+        .await
+        .unwrap()
+        .send_keys("> ")
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css(
+            "form[data-endpoint='echo'] button[type='submit']",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let outcome = "form[data-endpoint='echo'] + .outcome";
+    for (n, word) in ["\"hello\"", "\"world\""].into_iter().enumerate() {
+        let input = browser
+            .wait()
+            .at_most(PAGE_WAIT)
+            .for_element(Locator::Css(&format!("{outcome} input.item-in")))
+            .await
+            .unwrap();
+        input.send_keys(word).await.unwrap();
+        browser
+            .find(Locator::Css(&format!("{outcome} button.send")))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        text_of(
+            &browser,
+            &format!("{outcome} ol.items li:nth-child({})", n + 1),
+        )
+        .await;
+    }
+    assert_eq!(sinks.ledger().streams_open, 1);
+    browser
+        .find(Locator::Css(&format!("{outcome} button.end")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let ended = text_of(&browser, &format!("{outcome}[data-ended='ok'] .meta")).await;
+    assert!(ended.starts_with("ended after 2 items"), "{ended}");
+    let items = text_of(&browser, &format!("{outcome} ol.items")).await;
+    assert_eq!(items, "\"> hello\"\n\"> world\"");
+
+    // Stopped from the page while open: the call ends on the server.
+    browser
+        .find(Locator::Css(
+            "form[data-endpoint='echo'] button[type='submit']",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    vsp_test_support::wait_until(
+        "the page's second stream to be open on the server",
+        Duration::from_secs(10),
+        || sinks.ledger().streams_open == 1,
+    )
+    .await;
+    browser
+        .find(Locator::Css(&format!("{outcome} button.stop")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    vsp_test_support::wait_until(
+        "the server's stream to end after the page stopped it",
+        Duration::from_secs(10),
+        || sinks.ledger().streams_open == 0,
+    )
+    .await;
+
+    browser.close().await.unwrap();
+    drop(driver);
+    sinks.shutdown().await.unwrap();
+}
+
+/// Streams from the caller, for the page.
+#[vsp::service(name = "sinks")]
+pub trait Sinks {
+    /// Adds up the numbers sent.
+    async fn sum(&self, numbers: Streaming<i64>) -> i64;
+    /// Each line sent, prefixed, as it comes.
+    async fn echo(&self, prefix: String, lines: Streaming<String>) -> Streaming<String>;
+}
+
+struct Sink;
+
+impl Sinks for Sink {
+    async fn sum(&self, numbers: Streaming<i64>) -> i64 {
+        use futures::StreamExt;
+        numbers.fold(0, |sum, n| async move { sum + n }).await
+    }
+
+    async fn echo(&self, prefix: String, lines: Streaming<String>) -> Streaming<String> {
+        use futures::StreamExt;
+        Streaming::new(lines.map(move |line| format!("{prefix}{line}")))
+    }
 }

@@ -279,3 +279,23 @@ async fn a_page_that_goes_away_cancels_the_call_on_the_service() {
     .await;
     manager.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_says_how_to_call_an_endpoint_that_takes_a_stream() {
+    let manager = pipes(Arc::default(), VspManager::builder("pipes"));
+    let base = gateway_of(&manager).await.replacen("ws://", "http://", 1);
+    let document: Value = reqwest::get(format!("{base}/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = document.to_string();
+    oas3::from_json(&text).expect("the document is not OpenAPI 3.1");
+    let sum = &document["paths"]["/pipes/sum"]["post"];
+    assert_eq!(sum["x-vsp-websocket"]["param"], "items", "{sum}");
+    assert!(sum["responses"]["501"].is_object(), "{sum}");
+    let shout = &document["paths"]["/pipes/shout"]["post"];
+    assert!(shout["x-vsp-websocket"].is_object(), "{shout}");
+    manager.shutdown().await.unwrap();
+}

@@ -4,6 +4,7 @@
 //! | Route | What it does |
 //! |---|---|
 //! | `POST /{service}/{endpoint}` | calls the endpoint through the mesh with the JSON body; `200` and the result's JSON; a streaming endpoint's items as Server-Sent Events (see [below](#server-streams-as-server-sent-events)) |
+//! | `GET /{service}/{endpoint}` upgraded to a WebSocket | calls an endpoint that takes a stream (a client or bidirectional stream): items both ways as messages (see [below](#client-and-bidirectional-streams-over-a-websocket)) |
 //! | `GET /{service}` | the service's `vsp.describe`, with the gateway's view of its instances (`instances`) |
 //! | `GET /openapi.json` | an OpenAPI 3.1 document of every service's endpoints (from their descriptions) |
 //! | `GET /` | the service explorer: a page to read the services' docs and call their endpoints |
@@ -23,7 +24,7 @@
 //! | connection refused, reset or timed out, an answer that breaks the protocol | 502 |
 //! | a service's typed error: `service_error`, its JSON in `error.data` | its type's status ([`HttpStatus`](crate::HttpStatus), 4xx), else 422 |
 //! | `handler` (the handler panicked or failed without a typed error) | 500 |
-//! | `not_supported` (a streaming endpoint asked without `Accept: text/event-stream`) | 501 |
+//! | `not_supported` (a streaming endpoint asked without `Accept: text/event-stream`, one that takes a stream called without a WebSocket) | 501 |
 //! | a body above [`Gateway::max_body_bytes`] | 413 |
 //!
 //! | a `POST` body that is not declared `application/json` | 415 |
@@ -47,23 +48,6 @@
 //!   as for a gateway only its operators use. The explorer page and `/openapi.json` can be
 //!   turned off ([`Gateway::explorer`], [`Gateway::openapi`]).
 //!
-//! ## Server streams as Server-Sent Events
-//!
-//! A streaming endpoint asked with `Accept: text/event-stream` answers `200` and one event per
-//! item (`event: item`, the item's JSON as `data`), then `event: end`, or `event: error` with the
-//! error's JSON if the stream fails midway; a failure before it opens is a JSON error with the
-//! status above. A caller that goes away cancels the call on the server.
-//!
-//! ```text
-//! $ curl -N -H 'content-type: application/json' -H 'accept: text/event-stream' \
-//!     -d '{"n":1}' http://127.0.0.1:8080/stream-service/ticks
-//! event: item
-//! data: 0
-//!
-//! event: end
-//! data: null
-//! ```
-//!
 //! HTTP headers named by [`Gateway::forward_headers`] (by default `authorization`, `traceparent`,
 //! `tracestate` and `x-request-id`) travel as call metadata, so a service's auth hook sees the
 //! caller's credentials and a `traceparent` makes the call's span a child of the HTTP caller's.
@@ -83,6 +67,7 @@
 //! # Ok(())
 //! # }
 //! ```
+#![doc = include_str!("../docs/gateway_streams.md")]
 #![doc = include_str!("../docs/gateway.md")]
 
 mod error;

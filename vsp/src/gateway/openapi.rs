@@ -140,6 +140,11 @@ fn operation(
         responses["501"] =
             error_response("Asked without `Accept: text/event-stream` (`not_supported`).");
     }
+    if endpoint.input_stream.is_some() {
+        responses["501"] = error_response(
+            "Called with `POST`: the endpoint takes a stream of items, sent over a WebSocket (see `x-vsp-websocket`).",
+        );
+    }
     if let Some(error) = &endpoint.error_schema {
         let data = hoist(service, &endpoint.name, "error", error, components);
         let mut typed = error_response(
@@ -161,12 +166,37 @@ fn operation(
         "responses": responses,
         "x-vsp-idempotent": endpoint.idempotent,
     });
+    if let Some(input) = &endpoint.input_stream {
+        operation["x-vsp-websocket"] = websocket(service, endpoint, input, components);
+    }
     if let Some(doc) = &endpoint.doc {
         let summary = doc.lines().next().unwrap_or_default();
         operation["summary"] = Value::from(summary);
         operation["description"] = Value::from(doc.as_str());
     }
     operation
+}
+
+/// How to call an endpoint that takes a stream: OpenAPI 3.1 does not describe WebSockets, so
+/// it goes in an extension.
+fn websocket(
+    service: &str,
+    endpoint: &EndpointDescription,
+    input: &crate::protocol::InputStream,
+    components: &mut Map<String, Value>,
+) -> Value {
+    let item = hoist(
+        service,
+        &endpoint.name,
+        "item",
+        &input.item_schema,
+        components,
+    );
+    json!({
+        "description": "Open a WebSocket with `GET` on this path; send the arguments object (`requestBody`), then `{\"item\": ITEM}` per item and `{\"end\": true}`; receive `{\"item\": ...}` per answer (see the 200 response), then `{\"end\": true}`, or `{\"error\": Error, \"status\": S}` and a close code of 4000 + S.",
+        "param": input.param,
+        "item": item,
+    })
 }
 
 /// `schema` with its `$defs` moved into `components` and its `$ref`s pointing there.
