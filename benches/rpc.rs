@@ -142,6 +142,10 @@ pub trait BenchApi {
     async fn heavy(&self, spins: u64) -> u64;
     /// `n` users, as a server stream (the streams section).
     async fn stream_users(&self, n: u64) -> vsp::Streaming<User>;
+    /// Counts the users streamed to it (the streams section's client streams).
+    async fn upload_users(&self, users: vsp::Streaming<User>) -> u64;
+    /// Each user streamed to it, back (the streams section's bidirectional streams).
+    async fn echo_users(&self, users: vsp::Streaming<User>) -> vsp::Streaming<User>;
 }
 
 struct BenchImpl;
@@ -161,6 +165,19 @@ impl BenchApi for BenchImpl {
 
     async fn stream_users(&self, n: u64) -> vsp::Streaming<User> {
         vsp::Streaming::iter((0..n).map(|_| lookup("123".to_owned())))
+    }
+
+    async fn upload_users(&self, users: vsp::Streaming<User>) -> u64 {
+        users
+            .fold(0, |count, user| async move {
+                assert_eq!(user.name, "John Doe");
+                count + 1
+            })
+            .await
+    }
+
+    async fn echo_users(&self, users: vsp::Streaming<User>) -> vsp::Streaming<User> {
+        vsp::Streaming::new(users)
     }
 }
 
@@ -1540,6 +1557,27 @@ async fn read_vsp_stream(client: &VspClient, window: u32) -> u64 {
     read
 }
 
+/// Streams `STREAM_ITEMS` users to VSP's `upload_users`; the number it counted.
+async fn upload_vsp(typed: &BenchApiClient) -> u64 {
+    let users = futures::stream::iter((0..STREAM_ITEMS).map(|_| lookup("123".to_owned())));
+    let counted = typed.upload_users(users).await.unwrap();
+    assert_eq!(counted, STREAM_ITEMS);
+    counted
+}
+
+/// Streams `STREAM_ITEMS` users to VSP's `echo_users` and reads them back; the number read.
+async fn echo_vsp(typed: &BenchApiClient) -> u64 {
+    let users = futures::stream::iter((0..STREAM_ITEMS).map(|_| lookup("123".to_owned())));
+    let mut answers = typed.echo_users(users).await.unwrap();
+    let mut read = 0;
+    while let Some(user) = answers.next().await {
+        assert_eq!(user.unwrap().name, "John Doe");
+        read += 1;
+    }
+    assert_eq!(read, STREAM_ITEMS);
+    read
+}
+
 /// Server streaming: VSP against tonic (HTTP/2, protobuf) on the same items, and against a
 /// loop of unary calls; then VSP's items per second by credit window (how the default was
 /// chosen).
@@ -1547,7 +1585,7 @@ async fn streams_section(settings: &Settings) {
     println!(
         "\n## Streams: items per second, a stream of {STREAM_ITEMS} `User`s at a time, one connection\n"
     );
-    println!("Each contender reads whole streams of the same three-string struct (VSP: JSON; tonic: protobuf over HTTP/2), one stream at a time on one connection, for {:?} per round, interleaved; medians. The unary rows are VSP `get_user` calls returning the same struct.\n", settings.run);
+    println!("Each contender reads whole streams of the same three-string struct (VSP: JSON; tonic: protobuf over HTTP/2), one stream at a time on one connection, for {:?} per round, interleaved; medians. The unary rows are VSP `get_user` calls returning the same struct. The client-streaming rows send {STREAM_ITEMS} users a call and count the one answer's users; the bidirectional rows send {STREAM_ITEMS} and read each back (an item is counted once, as read back); each with its framework's defaults (VSP: the server grants 32 items ahead, widening to 1,024; tonic: HTTP/2's windows).\n", settings.run);
     let (_server, addr) = start_vsp(VspManager::builder("bench")).await;
     let mesh = ServiceMesh::new();
     mesh.register(ServiceInfo::new("bench", "127.0.0.1", addr.port()))
@@ -1561,6 +1599,10 @@ async fn streams_section(settings: &Settings) {
         "tonic server streaming",
         "VSP unary calls, one at a time",
         "VSP unary calls, 64 in flight",
+        "VSP client stream (default window)",
+        "tonic client streaming",
+        "VSP bidirectional stream (each item echoed)",
+        "tonic bidirectional streaming (each item echoed)",
     ];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for _ in 0..settings.rounds {
@@ -1592,12 +1634,34 @@ async fn streams_section(settings: &Settings) {
             .run(Workload::GetUser, 64, Instant::now() + settings.run)
             .await;
         rates[3].push(concurrent.calls_per_sec());
+        rates[4].push(per_second(settings.run, || upload_vsp(&typed)).await);
+        let started = Instant::now();
+        let mut items = 0;
+        while started.elapsed() < settings.run {
+            items += tonic_stream::upload(tonic, STREAM_ITEMS).await;
+        }
+        rates[5].push(items as f64 / started.elapsed().as_secs_f64());
+        rates[6].push(per_second(settings.run, || echo_vsp(&typed)).await);
+        let started = Instant::now();
+        let mut items = 0;
+        while started.elapsed() < settings.run {
+            items += tonic_stream::echo(tonic, STREAM_ITEMS).await;
+        }
+        rates[7].push(items as f64 / started.elapsed().as_secs_f64());
     }
     let medians: Vec<f64> = rates.iter().map(|r| Figures::median(r)).collect();
-    println!("| contender | items/s | VSP stream / this |");
+    println!("| contender | items/s | VSP / tonic, the same kind of call |");
     println!("|---|---:|---:|");
-    for (name, rate) in names.iter().zip(&medians) {
-        println!("| {name} | {rate:.0} | {:.2}x |", medians[0] / rate);
+    for (row, (name, rate)) in names.iter().zip(&medians).enumerate() {
+        // Each VSP stream row beside tonic's row of the same kind.
+        let tonic = match row {
+            0 => Some(medians[1]),
+            4 => Some(medians[5]),
+            6 => Some(medians[7]),
+            _ => None,
+        };
+        let ratio = tonic.map_or("".to_owned(), |tonic| format!("{:.2}x", rate / tonic));
+        println!("| {name} | {rate:.0} | {ratio} |");
     }
 
     println!("\n## Streams: VSP items per second by credit window (one stream at a time)\n");

@@ -6,13 +6,24 @@ pub mod stream_bench_client {
         dead_code,
         missing_docs,
         clippy::wildcard_imports,
-        clippy::let_unit_value,
+        clippy::let_unit_value
     )]
-    use tonic::codegen::*;
     use tonic::codegen::http::Uri;
+    use tonic::codegen::*;
     #[derive(Debug, Clone)]
     pub struct StreamBenchClient<T> {
         inner: tonic::client::Grpc<T>,
+    }
+    impl StreamBenchClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
     }
     impl<T> StreamBenchClient<T>
     where
@@ -42,9 +53,8 @@ pub mod stream_bench_client {
                     <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
                 >,
             >,
-            <T as tonic::codegen::Service<
-                http::Request<tonic::body::Body>,
-            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+            <T as tonic::codegen::Service<http::Request<tonic::body::Body>>>::Error:
+                Into<StdError> + std::marker::Send + std::marker::Sync,
         {
             StreamBenchClient::new(InterceptedService::new(inner, interceptor))
         }
@@ -86,22 +96,47 @@ pub mod stream_bench_client {
             tonic::Response<tonic::codec::Streaming<crate::tonic_stream::User>>,
             tonic::Status,
         > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/bench.StreamBench/StreamUsers",
-            );
+            let path = http::uri::PathAndQuery::from_static("/bench.StreamBench/StreamUsers");
             let mut req = request.into_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("bench.StreamBench", "StreamUsers"));
             self.inner.server_streaming(req, path, codec).await
+        }
+        pub async fn upload_users(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<Message = crate::tonic_stream::User>,
+        ) -> std::result::Result<tonic::Response<crate::tonic_stream::Uploaded>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/bench.StreamBench/UploadUsers");
+            let mut req = request.into_streaming_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("bench.StreamBench", "UploadUsers"));
+            self.inner.client_streaming(req, path, codec).await
+        }
+        pub async fn echo_users(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<Message = crate::tonic_stream::User>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<crate::tonic_stream::User>>,
+            tonic::Status,
+        > {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/bench.StreamBench/EchoUsers");
+            let mut req = request.into_streaming_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("bench.StreamBench", "EchoUsers"));
+            self.inner.streaming(req, path, codec).await
         }
     }
 }
@@ -112,7 +147,7 @@ pub mod stream_bench_server {
         dead_code,
         missing_docs,
         clippy::wildcard_imports,
-        clippy::let_unit_value,
+        clippy::let_unit_value
     )]
     use tonic::codegen::*;
     /// Generated trait containing gRPC methods that should be implemented for use with StreamBenchServer.
@@ -121,16 +156,25 @@ pub mod stream_bench_server {
         /// Server streaming response type for the StreamUsers method.
         type StreamUsersStream: tonic::codegen::tokio_stream::Stream<
                 Item = std::result::Result<crate::tonic_stream::User, tonic::Status>,
-            >
-            + std::marker::Send
+            > + std::marker::Send
             + 'static;
         async fn stream_users(
             &self,
             request: tonic::Request<crate::tonic_stream::StreamRequest>,
-        ) -> std::result::Result<
-            tonic::Response<Self::StreamUsersStream>,
-            tonic::Status,
-        >;
+        ) -> std::result::Result<tonic::Response<Self::StreamUsersStream>, tonic::Status>;
+        async fn upload_users(
+            &self,
+            request: tonic::Request<tonic::Streaming<crate::tonic_stream::User>>,
+        ) -> std::result::Result<tonic::Response<crate::tonic_stream::Uploaded>, tonic::Status>;
+        /// Server streaming response type for the EchoUsers method.
+        type EchoUsersStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<crate::tonic_stream::User, tonic::Status>,
+            > + std::marker::Send
+            + 'static;
+        async fn echo_users(
+            &self,
+            request: tonic::Request<tonic::Streaming<crate::tonic_stream::User>>,
+        ) -> std::result::Result<tonic::Response<Self::EchoUsersStream>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct StreamBenchServer<T> {
@@ -153,10 +197,7 @@ pub mod stream_bench_server {
                 max_encoding_message_size: None,
             }
         }
-        pub fn with_interceptor<F>(
-            inner: T,
-            interceptor: F,
-        ) -> InterceptedService<Self, F>
+        pub fn with_interceptor<F>(inner: T, interceptor: F) -> InterceptedService<Self, F>
         where
             F: tonic::service::Interceptor,
         {
@@ -211,17 +252,14 @@ pub mod stream_bench_server {
                 "/bench.StreamBench/StreamUsers" => {
                     #[allow(non_camel_case_types)]
                     struct StreamUsersSvc<T: StreamBench>(pub Arc<T>);
-                    impl<
-                        T: StreamBench,
-                    > tonic::server::ServerStreamingService<
-                        crate::tonic_stream::StreamRequest,
-                    > for StreamUsersSvc<T> {
+                    impl<T: StreamBench>
+                        tonic::server::ServerStreamingService<crate::tonic_stream::StreamRequest>
+                        for StreamUsersSvc<T>
+                    {
                         type Response = crate::tonic_stream::User;
                         type ResponseStream = T::StreamUsersStream;
-                        type Future = BoxFuture<
-                            tonic::Response<Self::ResponseStream>,
-                            tonic::Status,
-                        >;
+                        type Future =
+                            BoxFuture<tonic::Response<Self::ResponseStream>, tonic::Status>;
                         fn call(
                             &mut self,
                             request: tonic::Request<crate::tonic_stream::StreamRequest>,
@@ -255,25 +293,104 @@ pub mod stream_bench_server {
                     };
                     Box::pin(fut)
                 }
-                _ => {
-                    Box::pin(async move {
-                        let mut response = http::Response::new(
-                            tonic::body::Body::default(),
-                        );
-                        let headers = response.headers_mut();
-                        headers
-                            .insert(
-                                tonic::Status::GRPC_STATUS,
-                                (tonic::Code::Unimplemented as i32).into(),
+                "/bench.StreamBench/UploadUsers" => {
+                    #[allow(non_camel_case_types)]
+                    struct UploadUsersSvc<T: StreamBench>(pub Arc<T>);
+                    impl<T: StreamBench>
+                        tonic::server::ClientStreamingService<crate::tonic_stream::User>
+                        for UploadUsersSvc<T>
+                    {
+                        type Response = crate::tonic_stream::Uploaded;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<tonic::Streaming<crate::tonic_stream::User>>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as StreamBench>::upload_users(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UploadUsersSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
                             );
-                        headers
-                            .insert(
-                                http::header::CONTENT_TYPE,
-                                tonic::metadata::GRPC_CONTENT_TYPE,
-                            );
-                        Ok(response)
-                    })
+                        let res = grpc.client_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
                 }
+                "/bench.StreamBench/EchoUsers" => {
+                    #[allow(non_camel_case_types)]
+                    struct EchoUsersSvc<T: StreamBench>(pub Arc<T>);
+                    impl<T: StreamBench> tonic::server::StreamingService<crate::tonic_stream::User>
+                        for EchoUsersSvc<T>
+                    {
+                        type Response = crate::tonic_stream::User;
+                        type ResponseStream = T::EchoUsersStream;
+                        type Future =
+                            BoxFuture<tonic::Response<Self::ResponseStream>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<tonic::Streaming<crate::tonic_stream::User>>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as StreamBench>::echo_users(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = EchoUsersSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => Box::pin(async move {
+                    let mut response = http::Response::new(tonic::body::Body::default());
+                    let headers = response.headers_mut();
+                    headers.insert(
+                        tonic::Status::GRPC_STATUS,
+                        (tonic::Code::Unimplemented as i32).into(),
+                    );
+                    headers.insert(
+                        http::header::CONTENT_TYPE,
+                        tonic::metadata::GRPC_CONTENT_TYPE,
+                    );
+                    Ok(response)
+                }),
             }
         }
     }

@@ -175,11 +175,12 @@ impl VspManagerBuilder {
         self
     }
 
-    /// The items of a caller's stream (a client or bidirectional stream) the server grants up
-    /// front and holds at most unread (default 32): the caller sends no more than this ahead
-    /// of what the handler has read, so one stream holds at most this many frames, each at
-    /// most [`max_frame_size`](Self::max_frame_size). Credit is granted back as the handler
-    /// reads.
+    /// The widest window of a caller's stream (a client or bidirectional stream; default
+    /// 1,024 items): the server grants 32 items up front, then what its handler reads, half a
+    /// window at a time, doubling the window while the items held are under 1 MiB, up to this.
+    /// Whatever the window, the items held count against
+    /// [`max_request_bytes_per_connection`](Self::max_request_bytes_per_connection): a caller
+    /// that sends past it fails its call with `protocol`.
     pub fn client_stream_window(mut self, items: u32) -> Self {
         self.config.client_stream_window = items.max(1);
         self

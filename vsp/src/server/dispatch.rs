@@ -107,7 +107,7 @@ fn decode<'f>(
     {
         if let Some(key) = CallKey::of(envelope.request_id().get()) {
             conn.controls
-                .stream_frame(&key, stream_frame, envelope.body());
+                .stream_frame(conn, &key, stream_frame, envelope.body());
         }
         return Ok(None);
     }

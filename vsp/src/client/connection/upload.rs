@@ -9,6 +9,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
 use futures_core::Stream;
 use serde::Serialize;
@@ -24,6 +25,9 @@ const MAX_CREDIT: usize = 1 << 20;
 
 /// Bytes queued on the connection past which an item waits to be written.
 const MAX_BACKLOG: usize = 4 * 1024 * 1024;
+
+/// The most items one write carries.
+const MAX_BATCH: usize = 128;
 
 /// The server's credit for one call's items, and its stop.
 pub(crate) struct Upload {
@@ -75,39 +79,12 @@ where
     S::Item: Serialize + Send,
 {
     let state = &connection.state;
-    let header = HeaderOut {
-        request_id: RequestIdOut::Int(id),
-        service: "",
-        endpoint: "",
-        is_response: false,
-    };
     tokio::pin!(items);
-    for seq in 0u64.. {
-        let credit = tokio::select! {
-            permit = upload.credit.acquire() => permit,
-            () = upload.stopped() => return,
-        };
-        let Ok(permit) = credit else { return };
-        permit.forget();
-        let next = tokio::select! {
-            next = std::future::poll_fn(|cx| items.as_mut().poll_next(cx)) => next,
-            () = upload.stopped() => return,
-        };
-        let Some(item) = next else {
-            // The half-close: the server's handler sees the end of its stream.
-            let _ = state.queue.push(|out| {
-                encode_frame(out, |out| {
-                    write_envelope(
-                        out,
-                        &header,
-                        &Extensions::stream_item(StreamFrame::End),
-                        |out| {
-                            out.extend_from_slice(b"null");
-                            Ok::<_, std::convert::Infallible>(())
-                        },
-                    )
-                })
-            });
+    let mut seq = 0u64;
+    // The items of one write, kept between writes so a call allocates it once.
+    let mut batch = Vec::new();
+    loop {
+        let Some(last) = gather(&upload, items.as_mut(), &mut batch).await else {
             return;
         };
         let below = state.queue.wait_for_backlog_below(MAX_BACKLOG);
@@ -115,26 +92,114 @@ where
             () = below => {}
             () = upload.stopped() => return,
         }
-        let pushed = state.queue.push(|out| {
-            encode_frame_within(out, state.max_frame_size, |out| {
-                let extensions = Extensions::stream_item(StreamFrame::Item(seq));
-                write_envelope(out, &header, &extensions, |out| {
-                    serde_json::to_writer(&mut *out, &item)
-                })
-            })
-        });
-        let failure = match pushed {
-            Ok(Ok(())) => continue,
-            Err(_closed) => return,
-            Ok(Err(EncodeError::Json(err))) => CallFailure::Encode(err),
-            Ok(Err(EncodeError::TooLarge { len, max })) => CallFailure::TooLarge { len, max },
+        let failure = match write(state, id, seq, &batch, last) {
+            Ok(()) if last => return,
+            Ok(()) => {
+                seq += batch.len() as u64;
+                batch.clear();
+                // A stream whose items are always ready must still let other tasks run.
+                tokio::task::consume_budget().await;
+                continue;
+            }
+            Err(None) => return,
+            Err(Some(failure)) => failure,
         };
-        // An item that cannot go ends the call: the caller reads why, the server is told.
+        // An item that cannot go ends the call: the caller reads why, the server is told. (The
+        // items before it in the batch were sent.)
         if let Some(slot) = state.pending().streams.remove(&id) {
             let _ = slot.send(Err(failure));
         }
         state.pending().uploads.remove(&id);
         state.control(id, None, true);
         return;
+    }
+}
+
+/// The next item (waited for, under a unit of credit), and more at hand under the credit left,
+/// up to a batch: they leave in one write (one lock, one wake of the writer). `Some(true)` when
+/// the caller's stream ended, `None` when the call was stopped.
+async fn gather<S: Stream>(
+    upload: &Upload,
+    mut items: std::pin::Pin<&mut S>,
+    batch: &mut Vec<S::Item>,
+) -> Option<bool> {
+    let credit = tokio::select! {
+        permit = upload.credit.acquire() => permit,
+        () = upload.stopped() => return None,
+    };
+    credit.ok()?.forget();
+    let next = tokio::select! {
+        next = std::future::poll_fn(|cx| items.as_mut().poll_next(cx)) => next,
+        () = upload.stopped() => return None,
+    };
+    let Some(item) = next else {
+        return Some(true);
+    };
+    batch.push(item);
+    while batch.len() < MAX_BATCH {
+        let Ok(permit) = upload.credit.try_acquire() else {
+            break;
+        };
+        match std::future::poll_fn(|cx| Poll::Ready(items.as_mut().poll_next(cx))).await {
+            Poll::Ready(Some(item)) => {
+                permit.forget();
+                batch.push(item);
+            }
+            // The unused permit goes back as it drops.
+            Poll::Ready(None) => return Some(true),
+            Poll::Pending => break,
+        }
+    }
+    Some(false)
+}
+
+/// Queues `batch` as items `seq..` of call `id`, and the end after them if `last`. `Err(None)`
+/// when the connection is closed, `Err(Some(why))` for an item that cannot be sent.
+fn write<T: Serialize>(
+    state: &super::ConnectionState,
+    id: u64,
+    seq: u64,
+    batch: &[T],
+    last: bool,
+) -> Result<(), Option<CallFailure>> {
+    let header = HeaderOut {
+        request_id: RequestIdOut::Int(id),
+        service: "",
+        endpoint: "",
+        is_response: false,
+    };
+    let mut failed = None;
+    let pushed = state.queue.push(|out| {
+        for (seq, item) in (seq..).zip(batch) {
+            let encoded = encode_frame_within(out, state.max_frame_size, |out| {
+                let extensions = Extensions::stream_item(StreamFrame::Item(seq));
+                write_envelope(out, &header, &extensions, |out| {
+                    serde_json::to_writer(&mut *out, item)
+                })
+            });
+            if let Err(err) = encoded {
+                failed = Some(err);
+                return Ok(());
+            }
+        }
+        if last {
+            // The half-close: the server's handler sees the end of its stream.
+            let _ = encode_frame(out, |out| {
+                let extensions = Extensions::stream_item(StreamFrame::End);
+                write_envelope(out, &header, &extensions, |out| {
+                    out.extend_from_slice(b"null");
+                    Ok::<_, std::convert::Infallible>(())
+                })
+            });
+        }
+        Ok::<_, std::convert::Infallible>(())
+    });
+    if pushed.is_err() {
+        return Err(None);
+    }
+    match failed {
+        None => Ok(()),
+        Some(EncodeError::Json(err)) => Err(Some(CallFailure::Encode(err))),
+        Some(EncodeError::TooLarge { len, max }) => Err(Some(CallFailure::TooLarge { len, max })),
     }
 }

@@ -38,9 +38,11 @@ pub(crate) const CONTROL_REVISION: u32 = 2;
 /// The first revision that reads a caller's stream of items (`client_stream`).
 pub(crate) const CLIENT_STREAM_REVISION: u32 = 3;
 
-/// The items of a caller's stream a server grants up front (and holds at most, unread): each
-/// at most the largest frame, as many as as many requests in flight would cost.
-pub(crate) const DEFAULT_CLIENT_STREAM_WINDOW: u32 = 32;
+/// The widest window a server grants a caller's stream (it starts at 32 items and doubles while
+/// the items held are under 1 MiB). Measured (`cargo bench --bench rpc`, streams section): a
+/// client stream of small items carries 0.21 million items/s at a window of 32 and 0.82 million
+/// at 1,024, as server streams do.
+pub(crate) const DEFAULT_CLIENT_STREAM_WINDOW: u32 = 1024;
 
 /// The items a caller grants a stream up front unless it says otherwise. Measured (`cargo bench
 /// --bench rpc`, streams section): items per second grow with the window up to 1024 on

@@ -1,15 +1,19 @@
 //! A caller's own stream of items on the server (a client or bidirectional stream): the items
 //! it sent that the handler has not read yet, and the credit granted back as the handler reads.
 //!
-//! Bound: the caller may send only what it was granted (the server's `client_stream_window`
-//! up front, then half a window at a time as the handler reads), so at most a window of items
-//! is held, each at most the largest frame; an item beyond its credit is a protocol error that
-//! ends the call. End: the caller's `end` frame ends the handler's stream; a cancel, the peer
-//! leaving, the deadline or the server's shutdown ends the whole call, and this with it.
+//! Bound: the caller may send only what it was granted: 32 items up front, then what the handler
+//! read, granted back half a window at a time; the window doubles at each grant while the items
+//! held are under 1 MiB, up to the server's `client_stream_window`. Whatever the window, the
+//! bytes held count against the connection's request-byte budget
+//! (`max_request_bytes_per_connection`): an item past it, or beyond its credit, is a protocol
+//! error that ends the call (the connection carries on). End: the caller's `end` frame ends the
+//! handler's stream; a cancel, the peer leaving, the deadline or the server's shutdown ends the
+//! whole call, and its held items are let go with it.
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -23,16 +27,29 @@ use crate::protocol::frame::encode_frame;
 use crate::protocol::{write_envelope, Extensions, HeaderOut, RequestIdOut};
 use crate::server::reply::ServerConnection;
 
+/// The first window of a caller's stream.
+pub(crate) const FIRST_WINDOW: u32 = 32;
+
+/// The window widens while the items held are under this many bytes.
+const WIDEN_BELOW: usize = 1024 * 1024;
+
 /// The items a caller sent and the handler has not read.
 pub(crate) struct Inbound {
     state: Mutex<InboundState>,
-    window: u32,
+    /// The widest window (`client_stream_window`).
+    max_window: u32,
 }
 
 struct InboundState {
     items: VecDeque<Bytes>,
+    /// The bytes of `items`, charged to the connection's request-byte budget.
+    bytes: usize,
     /// Items the caller may still send: granted, not yet received.
     outstanding: u32,
+    /// The items granted ahead of what the handler has read.
+    window: u32,
+    /// Nobody reads any more (the call is over): items are dropped as they come.
+    closed: bool,
     /// The next item's sequence number.
     next_seq: u64,
     /// The caller sent its `end`.
@@ -42,17 +59,37 @@ struct InboundState {
 }
 
 impl Inbound {
-    pub(crate) fn new(window: u32) -> Self {
+    /// A caller's stream, its window widening up to `max_window`.
+    pub(crate) fn new(max_window: u32) -> Self {
+        let window = FIRST_WINDOW.min(max_window);
         Inbound {
             state: Mutex::new(InboundState {
                 items: VecDeque::new(),
+                bytes: 0,
                 outstanding: window,
+                window,
+                closed: false,
                 next_seq: 0,
                 ended: false,
                 waker: None,
             }),
-            window,
+            max_window,
         }
+    }
+
+    /// The items granted up front.
+    pub(crate) fn first_window(&self) -> u32 {
+        self.state().window
+    }
+
+    /// The call is over: the items held are let go (and their bytes given back to `conn`'s
+    /// budget), later ones dropped as they come. Idempotent.
+    pub(crate) fn close(&self, conn: &ServerConnection) {
+        let mut state = self.state();
+        state.closed = true;
+        state.items.clear();
+        let bytes = std::mem::take(&mut state.bytes);
+        conn.large_bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, InboundState> {
@@ -62,7 +99,12 @@ impl Inbound {
     /// An item the caller sent (its body, copied out of the read buffer so that a held item
     /// pins nothing else). `Err` with why when the caller broke the rules (more than its credit,
     /// out of order, after its end).
-    pub(crate) fn push(&self, seq: u64, body: &[u8]) -> Result<(), String> {
+    pub(crate) fn push(
+        &self,
+        conn: &ServerConnection,
+        seq: u64,
+        body: &[u8],
+    ) -> Result<(), String> {
         let mut state = self.state();
         if state.ended {
             return Err("an item arrived after the caller's end of its stream".to_owned());
@@ -76,11 +118,26 @@ impl Inbound {
         if state.outstanding == 0 {
             return Err(format!(
                 "the caller sent more items than it was granted (a window of {})",
-                self.window
+                state.window
+            ));
+        }
+        if state.closed {
+            // Nobody reads: the item is dropped (its credit is not given back).
+            state.outstanding -= 1;
+            state.next_seq += 1;
+            return Ok(());
+        }
+        let budget = conn.manager().config.max_request_bytes_per_connection;
+        let held = conn.large_bytes.fetch_add(body.len(), Ordering::AcqRel) + body.len();
+        if held > budget {
+            conn.large_bytes.fetch_sub(body.len(), Ordering::AcqRel);
+            return Err(format!(
+                "the caller's items held unread would pass the connection's budget of {budget} bytes"
             ));
         }
         state.outstanding -= 1;
         state.next_seq += 1;
+        state.bytes += body.len();
         state.items.push_back(Bytes::copy_from_slice(body));
         if let Some(waker) = state.waker.take() {
             waker.wake();
@@ -128,14 +185,24 @@ impl<T> InboundItems<T> {
         }
     }
 
-    /// Grants the caller the items read since the last grant, once they are half a window.
+    /// Grants the caller the items read since the last grant, once they are half a window; the
+    /// window doubles while the items held are few bytes.
     fn grant(&mut self, inbound: &Inbound) {
         self.read += 1;
-        if self.read < (inbound.window / 2).max(1) {
-            return;
-        }
-        let credit = std::mem::take(&mut self.read);
-        inbound.state().outstanding += credit;
+        let credit = {
+            let mut state = inbound.state();
+            if state.ended || self.read < (state.window / 2).max(1) {
+                return;
+            }
+            let mut credit = std::mem::take(&mut self.read);
+            if state.bytes < WIDEN_BELOW && state.window < inbound.max_window {
+                let wider = state.window.min(inbound.max_window - state.window);
+                state.window += wider;
+                credit += wider;
+            }
+            state.outstanding += credit;
+            credit
+        };
         let request_id = match &self.key {
             CallKey::Int(id) => RequestIdOut::Int(*id),
             CallKey::Text(raw) => RequestIdOut::Raw(raw),
@@ -173,7 +240,13 @@ impl<T: DeserializeOwned> Stream for InboundItems<T> {
         let body = {
             let mut state = inbound.state();
             match state.items.pop_front() {
-                Some(body) => body,
+                Some(body) => {
+                    state.bytes -= body.len();
+                    this.conn
+                        .large_bytes
+                        .fetch_sub(body.len(), Ordering::AcqRel);
+                    body
+                }
                 None if state.ended => return Poll::Ready(None),
                 None => {
                     state.waker = Some(cx.waker().clone());
@@ -183,9 +256,7 @@ impl<T: DeserializeOwned> Stream for InboundItems<T> {
         };
         match serde_json::from_slice::<T>(&body) {
             Ok(item) => {
-                if !inbound.state().ended {
-                    this.grant(inbound);
-                }
+                this.grant(inbound);
                 Poll::Ready(Some(Ok(item)))
             }
             Err(err) => {
@@ -197,6 +268,15 @@ impl<T: DeserializeOwned> Stream for InboundItems<T> {
                 // The driver ends the call; nothing more is read.
                 Poll::Pending
             }
+        }
+    }
+}
+
+impl<T> Drop for InboundItems<T> {
+    fn drop(&mut self) {
+        // The handler reads no more: what is held is let go.
+        if let Some(inbound) = &self.control.inbound {
+            inbound.close(&self.conn);
         }
     }
 }

@@ -141,11 +141,12 @@ impl Controls {
     }
 
     /// Forgets a call or stream that ended (if the entry is still its own).
-    fn forget(&self, key: &CallKey, generation: u64) {
+    fn forget(&self, key: &CallKey, generation: u64) -> Option<Control> {
         let mut table = self.table();
         if table.calls.get(key).is_some_and(|(g, _)| *g == generation) {
-            table.calls.remove(key);
+            return table.calls.remove(key).map(|(_, control)| control);
         }
+        None
     }
 
     /// The connection's reader stopped: no control frame can come any more. The entries go (the
@@ -157,7 +158,13 @@ impl Controls {
 
     /// Hands an item or the end of a caller's stream to its call; a frame that breaks the
     /// rules (more items than granted, out of order, after the end) fails that call alone.
-    pub(crate) fn stream_frame(&self, key: &CallKey, frame: StreamFrame, body: &[u8]) {
+    pub(crate) fn stream_frame(
+        &self,
+        conn: &ServerConnection,
+        key: &CallKey,
+        frame: StreamFrame,
+        body: &[u8],
+    ) {
         let stream = match self.table().calls.get(key) {
             Some((_, Control::Stream(stream))) => stream.clone(),
             _ => {
@@ -173,7 +180,7 @@ impl Controls {
             return;
         };
         let refused = match frame {
-            StreamFrame::Item(seq) => inbound.push(seq, body).err(),
+            StreamFrame::Item(seq) => inbound.push(conn, seq, body).err(),
             StreamFrame::End => {
                 inbound.end();
                 None
@@ -456,10 +463,9 @@ where
                 "the request id of a call that sends a stream must be at most 256 bytes",
             );
         };
-        let window = reply.conn.manager().config.client_stream_window;
-        let Some((args, mut reply, control, held)) =
-            accept::<A>(body, reply, Some(Inbound::new(window)))
-        else {
+        let inbound = Inbound::new(reply.conn.manager().config.client_stream_window);
+        let window = inbound.first_window();
+        let Some((args, mut reply, control, held)) = accept::<A>(body, reply, Some(inbound)) else {
             return;
         };
         // Open at once: the caller may send nothing before it has credit, and the handler may
@@ -548,6 +554,12 @@ pub(crate) struct Forget {
 
 impl Drop for Forget {
     fn drop(&mut self) {
-        self.conn.controls.forget(&self.key, self.generation);
+        let forgotten = self.conn.controls.forget(&self.key, self.generation);
+        // The caller's items still held are let go with the call.
+        if let Some(Control::Stream(stream)) = forgotten {
+            if let Some(inbound) = &stream.inbound {
+                inbound.close(&self.conn);
+            }
+        }
     }
 }
