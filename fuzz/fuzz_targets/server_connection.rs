@@ -3,7 +3,7 @@
 //! a gone peer), and, when the input is made of well-formed calls, each answered exactly once.
 //!
 //! The first byte picks the mode: raw bytes as they come (frames, garbage, stream requests,
-//! control frames: whatever the fuzzer finds), or a sequence of unary calls with distinct ids
+//! control frames, a caller's own stream items: whatever the fuzzer finds), or a sequence of unary calls with distinct ids
 //! whose endpoints and argument text come from the input.
 #![no_main]
 
@@ -52,6 +52,19 @@ fn fixture() -> &'static Fixture {
                 .stream_endpoint("count", |args: Value| async move {
                     let n = args["n"].as_u64().unwrap_or(3).min(1000);
                     Ok::<_, vsp::VspError>(Streaming::iter(0..n))
+                })
+                .unwrap();
+            manager
+                .client_stream_endpoint("sum", |_: Value, numbers: Streaming<i64>| async move {
+                    use futures::StreamExt;
+                    Ok::<_, vsp::VspError>(
+                        numbers.fold(0i64, |sum, n| async move { sum.wrapping_add(n) }).await,
+                    )
+                })
+                .unwrap();
+            manager
+                .bidi_stream_endpoint("echo_each", |_: Value, items: Streaming<Value>| async move {
+                    Ok::<_, vsp::VspError>(Streaming::new(items))
                 })
                 .unwrap();
             manager
