@@ -204,7 +204,11 @@ async fn errors_come_as_a_message_with_the_unary_status_in_the_close_code() {
     send(&mut socket, json!({})).await;
     send(&mut socket, json!({ "item": "x".repeat(10_000) })).await;
     let (_, code) = until_closed(&mut socket).await;
-    assert_ne!(code, Some(1000));
+    assert_ne!(
+        code,
+        Some(1000),
+        "closed normally after a message above the limit"
+    );
 
     // A plain GET is told what the path is for.
     let http = reqwest::Client::new();
@@ -277,6 +281,42 @@ async fn a_page_that_goes_away_cancels_the_call_on_the_service() {
         manager.ledger().streams_open == 0
     })
     .await;
+
+    // A page that closes without `{"end": true}` cancels: the handler never sees an end.
+    let saw_end = Arc::new(AtomicBool::new(false));
+    let flag = saw_end.clone();
+    manager
+        .client_stream_endpoint("count", move |_: Value, mut items: Streaming<i64>| {
+            let flag = flag.clone();
+            async move {
+                let mut n = 0;
+                while items.next().await.is_some() {
+                    n += 1;
+                }
+                flag.store(true, Ordering::SeqCst);
+                Ok::<_, String>(n)
+            }
+        })
+        .unwrap();
+    let mut socket = connect(&base, "count", None).await;
+    send(&mut socket, json!({})).await;
+    send(&mut socket, json!({ "item": 1 })).await;
+    wait_until(
+        "the call to be open on the service",
+        Duration::from_secs(10),
+        || manager.ledger().streams_open == 1,
+    )
+    .await;
+    socket.close(None).await.unwrap();
+    drop(socket);
+    wait_until("no stream left open", Duration::from_secs(10), || {
+        manager.ledger().streams_open == 0
+    })
+    .await;
+    assert!(
+        !saw_end.load(Ordering::SeqCst),
+        "a page that closed without ending its stream half-closed the call instead of cancelling it"
+    );
     manager.shutdown().await.unwrap();
 }
 

@@ -754,10 +754,8 @@ async fn a_peer_that_sends_past_its_credit_fails_that_call_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_items_a_server_holds_unread_stay_within_the_connections_byte_budget() {
-    let (manager, _client, addr) = tcp_pair(
-        VspManager::builder(SERVICE).max_request_bytes_per_connection(10_000),
-    )
-    .await;
+    let (manager, _client, addr) =
+        tcp_pair(VspManager::builder(SERVICE).max_request_bytes_per_connection(10_000)).await;
     // A handler that keeps its stream and reads nothing: every item sent is held.
     manager
         .client_stream_endpoint("hoard", |_: Value, items: Streaming<String>| async move {
@@ -767,15 +765,25 @@ async fn the_items_a_server_holds_unread_stay_within_the_connections_byte_budget
         })
         .unwrap();
     let mut peer = RawPeer::connect(addr).await;
-    peer.send(&raw(1, "hoard", r#","stream":16,"client_stream":true"#, "{}"))
-        .await;
+    peer.send(&raw(
+        1,
+        "hoard",
+        r#","stream":16,"client_stream":true"#,
+        "{}",
+    ))
+    .await;
     let open = peer.recv().await.expect("no opening");
     assert_eq!(open["header"]["credit"], 32, "{open}");
     // Three items of 4,000 bytes are within the credit, not within 10,000 bytes.
     let big = format!("\"{}\"", "x".repeat(4000));
     for seq in 0..3 {
-        peer.send(&raw(1, "", &format!(r#","stream":"item","seq":{seq}"#), &big))
-            .await;
+        peer.send(&raw(
+            1,
+            "",
+            &format!(r#","stream":"item","seq":{seq}"#),
+            &big,
+        ))
+        .await;
     }
     let end = peer.recv().await.expect("no end");
     assert_eq!(end["header"]["stream"], "end", "{end}");

@@ -100,7 +100,7 @@ async fn run(
     };
     // The page's messages go to the call on a task of their own: a page that sends nothing
     // holds up no answer.
-    let (gone, mut page_left) = tokio::sync::oneshot::channel::<Option<String>>();
+    let (gone, mut page_left) = tokio::sync::oneshot::channel();
     let reader = tokio::spawn(async move {
         let why = read_items(&mut from_page, items).await;
         let _ = gone.send(why);
@@ -132,44 +132,54 @@ async fn run(
                 }
             }
             why = &mut page_left, if page_sends => match why {
-                // The page ended its stream: the answers go on.
-                Ok(None) => page_sends = false,
+                // The page ended its stream (the sender is gone): the answers go on.
+                Ok(Ok(())) => page_sends = false,
                 // A bad message, or a page that closed without ending its stream: the call is
-                // cancelled (the stream dropped), the page told why if it still listens.
-                Ok(Some(problem)) => return refuse(&mut sink, &bad_request(problem)).await,
+                // cancelled (its stream dropped while the page's sender still lives, so the
+                // service never sees an end), and the page told why if it still listens.
+                Ok(Err((problem, items))) => {
+                    drop(answers);
+                    drop(items);
+                    return refuse(&mut sink, &bad_request(problem)).await;
+                }
                 Err(_) => return,
             },
         }
     }
 }
 
-/// Reads the page's items into `items` until `{"end": true}` (`None`: the half-close); a close
-/// without it, or a bad message, is `Some(why)`.
+/// Reads the page's items into `items` until `{"end": true}`, which drops `items` (the
+/// half-close). A close without it, or a bad message, is `Err` with why, and `items` handed
+/// back: the caller decides when it goes, after the call is cancelled.
 async fn read_items(
     from_page: &mut futures_util::stream::SplitStream<WebSocket>,
     items: tokio::sync::mpsc::Sender<Box<RawValue>>,
-) -> Option<String> {
+) -> Result<(), (String, tokio::sync::mpsc::Sender<Box<RawValue>>)> {
     loop {
         let text = match next_text(from_page).await {
             Some(Ok(text)) => text,
-            Some(Err(problem)) => return Some(problem),
-            None => return Some("the page closed before it ended its stream".to_owned()),
+            Some(Err(problem)) => return Err((problem, items)),
+            None => {
+                let problem = "the page closed before it ended its stream".to_owned();
+                return Err((problem, items));
+            }
         };
         let message: FromPage = match serde_json::from_str(&text) {
             Ok(message) => message,
             Err(err) => {
-                return Some(format!(
-                    "a message must be {{\"item\": ...}} or {{\"end\": true}}: {err}"
-                ))
+                let problem =
+                    format!("a message must be {{\"item\": ...}} or {{\"end\": true}}: {err}");
+                return Err((problem, items));
             }
         };
         if let Some(item) = message.item {
             if items.send(item).await.is_err() {
-                return None;
+                // The call is over: nothing reads the page's items any more.
+                return Ok(());
             }
         }
         if message.end {
-            return None;
+            return Ok(());
         }
     }
 }
