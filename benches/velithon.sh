@@ -13,8 +13,8 @@ secs=${SECS:-5}
   echo "Velithon is not importable by $python (bash .ci/run installs it)" >&2
   exit 1
 }
-cargo build -q --release -p vsp-rpc --features cli --bin vsp
-cargo build -q --release -p vsp-suite --example user_service
+cargo build -q --profile bench -p vsp-rpc --features cli --bin vsp
+cargo build -q --profile bench -p vsp-suite --example user_service
 vsp=target/release/vsp
 
 free_port() { "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
