@@ -280,6 +280,9 @@ async fn a_caller_that_reads_slowly_holds_back_a_bidirectional_handler_to_its_wi
             }
         })
         .unwrap();
+    manager
+        .endpoint("echo", |args: Value| async move { Ok::<_, VspError>(args) })
+        .unwrap();
     let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
     let client = client_at(Address::tcp("127.0.0.1", addr.port()), None);
     let window = 8u32;
@@ -302,7 +305,11 @@ async fn a_caller_that_reads_slowly_holds_back_a_bidirectional_handler_to_its_wi
         || produced.load(Ordering::SeqCst) >= u64::from(window),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await; // lets a credit-ignoring server run ahead
+    // Round trips on the same connection: a server that ignored credit would go on producing
+    // while it answers.
+    for _ in 0..10 {
+        client.call(SERVICE, "echo", json!({})).await.unwrap();
+    }
     let made = produced.load(Ordering::SeqCst);
     // The window, the credit for the three read, and the rest of the ten of the item in hand.
     let bound = 3 + u64::from(window) + 10;
@@ -470,6 +477,8 @@ async fn the_deadline_covers_the_whole_client_stream_and_ends_it_on_both_sides()
     let items = counted_numbers(Arc::new(AtomicU64::new(0)), producer_dropped.clone())
         .map(|n| n as i64)
         .then(|n| async move {
+            // A paced producer (the workload, not a wait): the caller's stream outlives the
+            // deadline without spinning a core.
             tokio::time::sleep(Duration::from_millis(10)).await;
             n
         });
