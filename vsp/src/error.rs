@@ -218,6 +218,11 @@ pub enum VspError {
         /// The drain timeout.
         after: Duration,
     },
+
+    /// A configuration value (client [`Policies`](crate::Policies)) is malformed; the message
+    /// names the place and the field.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
 }
 
 impl VspError {
@@ -257,6 +262,7 @@ impl VspError {
             VspError::WorkerPool { .. } => "worker_pool",
             VspError::AlreadyStarted { .. } => "already_started",
             VspError::DrainTimeout { .. } => "drain_timeout",
+            VspError::InvalidConfig(_) => "invalid_config",
         }
     }
 }

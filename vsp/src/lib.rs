@@ -241,12 +241,14 @@ pub use vsp_macros::call;
 // One path per public item: the types every service and every caller uses are here, at the
 // root; a public module holds only what its subsystem adds (plug-in traits, feature-gated
 // backends, advanced settings), never a second path to a root item.
+pub use balancer::consistent_hash::ConsistentHashBalancer;
 pub use balancer::least_loaded::LeastLoadedBalancer;
+pub use balancer::peak_ewma::PeakEwmaBalancer;
 pub use balancer::round_robin::RoundRobinBalancer;
 pub use balancer::weighted::WeightedBalancer;
 pub use client::{
-    CallInfo, CallOptions, CallStats, CallStream, ClientMetrics, InstanceMetrics, Interceptor,
-    PoolStats, VspClient, VspClientBuilder,
+    CallInfo, CallOptions, CallStats, CallStream, ClientMetrics, EndpointPolicy, Hedge,
+    InstanceMetrics, Interceptor, Policies, PoolStats, VspClient, VspClientBuilder,
 };
 pub use context::Context;
 pub use discovery::static_list::StaticDiscovery;
@@ -258,6 +260,7 @@ pub use protocol::describe::{EndpointDescription, InputStream, ServiceDescriptio
 pub use protocol::message::VspMessage;
 pub use protocol::metadata::Metadata;
 pub use server::builder::VspManagerBuilder;
+pub use server::concurrency::AdaptiveConcurrency;
 pub use server::manager::{EndpointInfo, Service, VspManager};
 pub use server::worker::WorkerType;
 pub use stats::{EndpointStats, PerformanceStats};

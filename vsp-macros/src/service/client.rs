@@ -109,7 +109,6 @@ impl ServiceGenerator {
             ret,
             output,
             wire_name,
-            idempotent,
             ..
         } = method;
         let args_ident = self.args_ident(method);
@@ -160,13 +159,14 @@ impl ServiceGenerator {
                 )
             }
         };
+        let options = declared_options(method);
         // Spanned at the return type: an unmet bound on it is reported there.
         let call_expr = quote_spanned! {method.ret.span()=>
             ::vsp::__private::#call(
                 &self.client,
                 #service_name,
                 #wire_name,
-                #idempotent,
+                #options,
                 &#args_ident { #(#wire_names),* },
                 #items
                 #codecs
@@ -179,6 +179,31 @@ impl ServiceGenerator {
             }
         }
     }
+}
+
+/// The `CallOptions` a method's call starts from: its declared policy (a static) and the hash
+/// key taken from its argument.
+fn declared_options(method: &Method) -> TokenStream {
+    let idempotent = method.idempotent;
+    let policy = &method.policy;
+    let some = |value: Option<TokenStream>| match value {
+        Some(value) => quote!(::core::option::Option::Some(#value)),
+        None => quote!(::core::option::Option::None),
+    };
+    let timeout = some(policy.timeout_ms.map(|v| quote!(#v)));
+    let attempts = some(policy.max_attempts.map(|v| quote!(#v)));
+    let after = some(policy.hedge_after_ms.map(|v| quote!(#v)));
+    let percentile = some(policy.hedge_percentile.map(|v| quote!(#v)));
+    let hash_key = policy.hash_key.as_ref().map(|key| quote!(.hash_key(&#key)));
+    let options = quote! {
+        {
+        static POLICY: ::vsp::EndpointPolicy = ::vsp::__private::policy(
+            #timeout, #attempts, #idempotent, #after, #percentile,
+        );
+        ::vsp::__private::declared(&POLICY) #hash_key
+        }
+    };
+    options
 }
 
 /// The codecs of the types a method's result carries (one: `codec,`; two: `(ok, err),`),

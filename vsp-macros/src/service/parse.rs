@@ -20,6 +20,8 @@ pub(super) struct Method {
     /// Its `///` comment, for its description.
     pub(super) doc: Option<String>,
     pub(super) idempotent: bool,
+    /// The rest of its declared policy (`timeout_ms`, `max_attempts`, hedging, `hash_key`).
+    pub(super) policy: Policy,
     pub(super) args: Vec<(Ident, Type)>,
     /// The argument that carries a stream from the caller (`chunks: Streaming<Chunk>`), if any:
     /// a client stream, or a bidirectional one when the method returns a stream too.
@@ -27,6 +29,17 @@ pub(super) struct Method {
     /// The return type as written (`()` when there is none).
     pub(super) ret: Type,
     pub(super) output: Output,
+}
+
+/// A method's declared call policy, beyond `idempotent`.
+#[derive(Default)]
+pub(super) struct Policy {
+    pub(super) timeout_ms: Option<u64>,
+    pub(super) max_attempts: Option<u32>,
+    pub(super) hedge_after_ms: Option<u64>,
+    pub(super) hedge_percentile: Option<f64>,
+    /// The argument the call's hash key is taken from.
+    pub(super) hash_key: Option<Ident>,
 }
 
 /// A method's stream from its caller.
@@ -71,7 +84,8 @@ pub(super) fn parse_method(method: TraitItemFn, errors: &mut Errors) -> Option<M
     check_signature(&sig, errors);
     let args = parse_args(&sig, errors);
     let input = input_arg(&args, errors);
-    let (kept_attrs, name, idempotent) = parse_options(attrs, errors);
+    let (kept_attrs, name, idempotent, policy) = parse_options(attrs, errors);
+    let policy = check_policy(policy, idempotent, &args, input.as_ref(), errors);
     let wire_name =
         name.unwrap_or_else(|| sig.ident.to_string().trim_start_matches("r#").to_owned());
     if RESERVED_ENDPOINTS.contains(&wire_name.as_str()) {
@@ -102,6 +116,7 @@ pub(super) fn parse_method(method: TraitItemFn, errors: &mut Errors) -> Option<M
         wire_name,
         doc,
         idempotent,
+        policy,
         args,
         input,
         ret,
@@ -192,13 +207,29 @@ fn parse_args(sig: &syn::Signature, errors: &mut Errors) -> Vec<(Ident, Type)> {
     args
 }
 
-/// The method's `#[vsp(name = "...", idempotent)]` options, and its other attributes (kept).
+/// What `#[vsp(...)]` said about the call policy, before it is checked against the method.
+#[derive(Default)]
+struct PolicyOptions {
+    policy: Policy,
+    hash_key: Option<LitStr>,
+    hedge: Option<Span>,
+}
+
+/// The method's `#[vsp(name = "...", idempotent, timeout_ms = N, max_attempts = N,
+/// hedge_after_ms = N | hedge_percentile = F, hash_key = "arg")]` options, and its other
+/// attributes (kept).
 fn parse_options(
     attrs: Vec<Attribute>,
     errors: &mut Errors,
-) -> (Vec<Attribute>, Option<String>, bool) {
+) -> (Vec<Attribute>, Option<String>, bool, PolicyOptions) {
     let mut name_option = Once::new("name");
     let mut idempotent_option = Once::new("idempotent");
+    let mut timeout_option = Once::new("timeout_ms");
+    let mut attempts_option = Once::new("max_attempts");
+    let mut after_option = Once::new("hedge_after_ms");
+    let mut percentile_option = Once::new("hedge_percentile");
+    let mut key_option = Once::new("hash_key");
+    let mut hedge_span = None;
     let mut kept_attrs = Vec::new();
     for attr in attrs {
         if !attr.path().is_ident("vsp") {
@@ -206,6 +237,7 @@ fn parse_options(
             continue;
         }
         let parsed = attr.parse_nested_meta(|meta| {
+            let span = meta.path.span();
             if meta.path.is_ident("name") {
                 let name: LitStr = meta.value()?.parse()?;
                 if name.value().is_empty() {
@@ -214,11 +246,33 @@ fn parse_options(
                         "an endpoint name cannot be empty",
                     ));
                 }
-                name_option.set(meta.path.span(), name.value())
+                name_option.set(span, name.value())
             } else if meta.path.is_ident("idempotent") {
-                idempotent_option.set(meta.path.span(), ())
+                idempotent_option.set(span, ())
+            } else if meta.path.is_ident("timeout_ms") {
+                timeout_option.set(span, positive(&meta, "a timeout of 0 ms ends every call at once")?)
+            } else if meta.path.is_ident("max_attempts") {
+                let attempts = positive(&meta, "`max_attempts` is at least 1 (the call itself)")?;
+                attempts_option.set(span, attempts)
+            } else if meta.path.is_ident("hedge_after_ms") {
+                let value: syn::LitInt = meta.value()?.parse()?;
+                hedge_span = Some(span);
+                after_option.set(span, value.base10_parse::<u64>()?)
+            } else if meta.path.is_ident("hedge_percentile") {
+                let value: syn::LitFloat = meta.value()?.parse()?;
+                let q: f64 = value.base10_parse()?;
+                if !(q > 0.0 && q < 1.0) {
+                    return Err(syn::Error::new(value.span(), "`hedge_percentile` is a fraction between 0 and 1, such as 0.95"));
+                }
+                hedge_span = Some(span);
+                percentile_option.set(span, q)
+            } else if meta.path.is_ident("hash_key") {
+                let value: LitStr = meta.value()?.parse()?;
+                key_option.set(span, value)
             } else {
-                Err(meta.error("unknown `vsp` option; expected `name = \"...\"` or `idempotent`"))
+                Err(meta.error(
+                    "unknown `vsp` option; expected `name = \"...\"`, `idempotent`, `timeout_ms = N`, `max_attempts = N`, `hedge_after_ms = N`, `hedge_percentile = F` or `hash_key = \"arg\"`",
+                ))
             }
         });
         if let Err(err) = parsed {
@@ -226,7 +280,84 @@ fn parse_options(
         }
     }
     let idempotent = idempotent_option.into_value().is_some();
-    (kept_attrs, name_option.into_value(), idempotent)
+    let (after, percentile) = (after_option.into_value(), percentile_option.into_value());
+    let options = PolicyOptions {
+        policy: Policy {
+            timeout_ms: timeout_option.into_value(),
+            max_attempts: attempts_option.into_value(),
+            hedge_after_ms: after,
+            hedge_percentile: percentile,
+            hash_key: None,
+        },
+        hash_key: key_option.into_value(),
+        hedge: hedge_span,
+    };
+    if let (Some(_), Some(_), Some(span)) = (after, percentile, hedge_span) {
+        errors.push(
+            span,
+            "give `hedge_after_ms` or `hedge_percentile`, not both",
+        );
+    }
+    (kept_attrs, name_option.into_value(), idempotent, options)
+}
+
+/// A positive integer option's value; zero is the error `zero`.
+fn positive<T: std::str::FromStr + PartialEq + From<u8>>(
+    meta: &syn::meta::ParseNestedMeta<'_>,
+    zero: &str,
+) -> syn::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let value: syn::LitInt = meta.value()?.parse()?;
+    let parsed: T = value.base10_parse()?;
+    if parsed == T::from(0) {
+        return Err(syn::Error::new(value.span(), zero));
+    }
+    Ok(parsed)
+}
+
+/// The declared policy, checked against the method: a hedge only on an idempotent method, a
+/// hash key naming one of its arguments (not its stream).
+fn check_policy(
+    options: PolicyOptions,
+    idempotent: bool,
+    args: &[(Ident, Type)],
+    input: Option<&InputArg>,
+    errors: &mut Errors,
+) -> Policy {
+    let PolicyOptions {
+        mut policy,
+        hash_key,
+        hedge,
+    } = options;
+    if let (Some(span), false) = (hedge, idempotent) {
+        errors.push(
+            span,
+            "only an idempotent method can be hedged (its second attempt may run too): add `idempotent`",
+        );
+    }
+    if let Some(key) = hash_key {
+        let name = key.value();
+        match args.iter().find(|(ident, _)| *ident == name) {
+            Some((ident, _)) if input.is_some_and(|input| input.ident == *ident) => errors.push(
+                key.span(),
+                format!("`{name}` is the caller's stream: a hash key is a plain argument"),
+            ),
+            Some((ident, _)) => policy.hash_key = Some(ident.clone()),
+            None => {
+                let known: Vec<String> = args.iter().map(|(ident, _)| ident.to_string()).collect();
+                errors.push(
+                    key.span(),
+                    format!(
+                        "`hash_key = \"{name}\"` names no argument of this method (its arguments: {})",
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    ),
+                );
+            }
+        }
+    }
+    policy
 }
 
 /// The first `impl Trait` in `ty`, wherever it sits (`Result<impl Stream<..>, E>` too).

@@ -1,6 +1,5 @@
 //! Power of two choices over load: calls in flight, weighted by latency.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::{LoadBalancer, ServiceBalancer};
@@ -28,31 +27,15 @@ impl LeastLoadedBalancer {
 impl LoadBalancer for LeastLoadedBalancer {
     fn for_service(&self, service: &str) -> Box<dyn ServiceBalancer> {
         // A distinct seed per service, so services do not pick in lockstep.
-        let seed = service.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x1000_0000_01b3)
-        });
         Box::new(PowerOfTwo {
-            state: AtomicU64::new(seed),
+            random: super::Random::seeded(service),
         })
     }
 }
 
 #[derive(Debug)]
 struct PowerOfTwo {
-    state: AtomicU64,
-}
-
-impl PowerOfTwo {
-    /// splitmix64 over an atomic counter: lock-free, good enough to pick among instances.
-    fn next(&self) -> u64 {
-        let mut z = self
-            .state
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-            .wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
+    random: super::Random,
 }
 
 fn load(instance: &Instance) -> f64 {
@@ -63,35 +46,6 @@ fn load(instance: &Instance) -> f64 {
 
 impl ServiceBalancer for PowerOfTwo {
     fn pick(&self, instances: &[Arc<Instance>]) -> Option<usize> {
-        let len = instances.len();
-        let random = self.next();
-        let first = (random % len as u64) as usize;
-        let second = if len > 1 {
-            // A different index: offset by 1..len.
-            (first + 1 + ((random >> 32) % (len as u64 - 1)) as usize) % len
-        } else {
-            first
-        };
-        match (
-            instances[first].is_eligible(),
-            instances[second].is_eligible(),
-        ) {
-            (true, true) => {
-                if load(&instances[second]) < load(&instances[first]) {
-                    Some(second)
-                } else {
-                    Some(first)
-                }
-            }
-            (true, false) => Some(first),
-            (false, true) => Some(second),
-            // Both out of rotation: fall back to the least loaded eligible one, if any.
-            (false, false) => instances
-                .iter()
-                .enumerate()
-                .filter(|(_, i)| i.is_eligible())
-                .min_by(|(_, a), (_, b)| load(a).total_cmp(&load(b)))
-                .map(|(index, _)| index),
-        }
+        super::two_choices(instances, self.random.next(), load)
     }
 }

@@ -5,12 +5,22 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
+
+use super::policy::{EndpointPolicy, Hedge, Policies};
 use super::pool::{PoolLimits, Pools};
 use super::retry::RetryBudget;
 use super::{ClientInner, VspClient};
 use crate::mesh::ServiceMesh;
 use crate::protocol::{Metadata, DEFAULT_MAX_FRAME_SIZE};
 use crate::transport::{Connector, DefaultConnector};
+
+/// A connection with calls in flight that hears nothing for this long is pinged.
+pub(crate) const DEFAULT_KEEPALIVE_BUSY: Duration = Duration::from_millis(250);
+/// A connection without calls in flight is pinged after this long without a frame.
+pub(crate) const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// A ping not answered within this closes its connection and ejects the instance.
+pub(crate) const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The default deadline of a call: 30 s, as Velithon's.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -37,6 +47,7 @@ pub(super) struct ClientConfig {
     pub(super) retry_reserve: u32,
     pub(super) health_check_interval: Option<Duration>,
     pub(super) attempt_timeout: Option<Duration>,
+    pub(super) keepalive: Option<super::probe::Keepalive>,
 }
 
 /// Per-call settings for [`VspClient::call_with`].
@@ -59,6 +70,14 @@ pub struct CallOptions {
     /// For [`VspClient::call_stream_with`]: end the stream when no item arrives for this long;
     /// the deadline then bounds only the opening, not the whole stream.
     pub idle_timeout: Option<Duration>,
+    /// Attempts at most for this call (retries and hedges included), instead of the client's.
+    pub max_attempts: Option<u32>,
+    /// Whether and when this call is hedged (only idempotent unary calls are).
+    pub hedge: Option<Hedge>,
+    /// The hash of the key a [`ConsistentHashBalancer`](crate::ConsistentHashBalancer) routes by.
+    pub(crate) hash_key: Option<u64>,
+    /// The policy declared on the method (`#[vsp(...)]`), set by the generated client.
+    pub(crate) declared: Option<&'static EndpointPolicy>,
     /// Set by `call_stream`: the call asks for a stream.
     pub(crate) stream: bool,
     /// Set by `call_client_stream` and `call_bidi_stream`: the call sends a stream too.
@@ -74,6 +93,10 @@ impl Default for CallOptions {
             inherit_deadline: true,
             stream_window: None,
             idle_timeout: None,
+            max_attempts: None,
+            hedge: None,
+            hash_key: None,
+            declared: None,
             stream: false,
             upload: false,
         }
@@ -120,12 +143,60 @@ impl CallOptions {
         self
     }
 
+    /// Attempts at most for this call, retries and hedges included (at least 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts.max(1));
+        self
+    }
+
+    /// Hedges this call (if it is idempotent): see [`Hedge`].
+    pub fn hedge(mut self, hedge: Hedge) -> Self {
+        self.hedge = Some(hedge);
+        self
+    }
+
+    /// The key a [`ConsistentHashBalancer`](crate::ConsistentHashBalancer) routes this call by:
+    /// calls with equal keys go to the same instance. The key is hashed from its JSON form with
+    /// a hash that every client and version shares (`"42"` and `42` are different keys). Without
+    /// one, a call's `vsp-hash-key` metadata entry, if any, is the key (as a JSON string).
+    pub fn hash_key(mut self, key: &(impl Serialize + ?Sized)) -> Self {
+        self.hash_key = Some(key_hash(key));
+        self
+    }
+
+    /// The policy declared on the method, beneath what the call sets and the client's run-time
+    /// [`Policies`](crate::Policies).
+    pub(crate) fn declared(mut self, policy: &'static EndpointPolicy) -> Self {
+        self.declared = Some(policy);
+        self
+    }
+
     /// A stream's per-item idle timeout: it ends (`timeout`) when no item arrives for this
     /// long, and the call's deadline bounds only its opening.
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
         self.idle_timeout = Some(idle);
         self
     }
+}
+
+/// The hash of a key's JSON form (64-bit FNV-1a), written straight into the hash: no buffer.
+pub(crate) fn key_hash(key: &(impl Serialize + ?Sized)) -> u64 {
+    struct Fnv(u64);
+    impl std::io::Write for Fnv {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            for b in bytes {
+                self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            }
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hash = Fnv(0xcbf2_9ce4_8422_2325);
+    // A key that cannot be serialized hashes as far as it went: still the same every time.
+    let _ = serde_json::to_writer(&mut hash, key);
+    hash.0
 }
 
 /// What a client [`Interceptor`] is told about the call it sees.
@@ -181,6 +252,7 @@ pub struct VspClientBuilder {
     interceptor: Option<Arc<dyn Interceptor>>,
     metadata: Metadata,
     keep_alive: Option<Box<dyn std::any::Any + Send + Sync>>,
+    policies: Policies,
 }
 
 impl std::fmt::Debug for VspClientBuilder {
@@ -211,7 +283,13 @@ impl VspClientBuilder {
                 retry_reserve: 10,
                 health_check_interval: None,
                 attempt_timeout: None,
+                keepalive: Some(super::probe::Keepalive {
+                    busy: DEFAULT_KEEPALIVE_BUSY,
+                    idle: DEFAULT_KEEPALIVE_IDLE,
+                    timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+                }),
             },
+            policies: Policies::new(),
             connector: Arc::new(DefaultConnector::new()),
             interceptor: None,
             metadata: Metadata::new(),
@@ -338,6 +416,41 @@ impl VspClientBuilder {
         self
     }
 
+    /// Keepalive pings (default on: 250 ms, 30 s, 1 s). A connection with calls in flight that
+    /// receives nothing for `busy` is pinged (a `health` call on it; any answer, an error too,
+    /// shows the peer is alive), and one without calls after `idle`; a ping not answered within
+    /// `timeout` closes the connection (its calls fail at once, and idempotent ones are retried
+    /// elsewhere) and ejects the instance. So a frozen peer (a stopped process whose kernel still
+    /// accepts bytes) is found in about `busy + timeout`, not after every call's deadline. A ping
+    /// never keeps an idle connection from closing at [`idle_timeout`](Self::idle_timeout).
+    ///
+    /// A server whose handlers hold its connection's reader for longer than `timeout` (a
+    /// CPU-bound handler run inline; put those on [`WorkerType::Multicore`](crate::WorkerType))
+    /// looks frozen: raise `timeout` for it, or turn pings off with
+    /// [`no_keepalive`](Self::no_keepalive).
+    pub fn keepalive(mut self, busy: Duration, idle: Duration, timeout: Duration) -> Self {
+        self.config.keepalive = Some(super::probe::Keepalive {
+            busy: busy.max(Duration::from_millis(1)),
+            idle: idle.max(Duration::from_millis(1)),
+            timeout: timeout.max(Duration::from_millis(1)),
+        });
+        self
+    }
+
+    /// No keepalive pings: a frozen peer is found only by the calls' deadlines.
+    pub fn no_keepalive(mut self) -> Self {
+        self.config.keepalive = None;
+        self
+    }
+
+    /// Run-time per-endpoint policies (timeouts, attempts, idempotence, hedging): see
+    /// [`Policies`] for the format and the precedence. Replace them later with
+    /// [`VspClient::set_policies`].
+    pub fn policies(mut self, policies: Policies) -> Self {
+        self.policies = policies;
+        self
+    }
+
     /// Builds the client. Connections open on first use.
     pub fn build(self) -> VspClient {
         let config = self.config;
@@ -351,6 +464,9 @@ impl VspClientBuilder {
                 budget: RetryBudget::new(config.retry_ratio, config.retry_reserve),
                 counters: Default::default(),
                 background: AtomicBool::new(false),
+                policies: arc_swap::ArcSwapOption::new(
+                    (!self.policies.is_empty()).then(|| Arc::new(self.policies)),
+                ),
                 _keep_alive: self.keep_alive,
                 config,
             }),

@@ -1,6 +1,8 @@
 //! One call's attempts: pick an instance, send, and on failure decide whether another instance
 //! may get it (the rules in the module docs of [`client`](super)).
 
+mod hedge;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +33,7 @@ struct Progress {
 }
 
 /// What every attempt of one call shares.
-struct Call<'a> {
+pub(super) struct Call<'a> {
     service: &'a str,
     endpoint: &'a str,
     metadata: Option<&'a Metadata>,
@@ -93,7 +95,7 @@ fn record_outcome(
 }
 
 /// One attempt's failure, and what it allows next.
-struct AttemptFailure {
+pub(super) struct AttemptFailure {
     error: VspError,
     /// The request may have reached the server.
     written: bool,
@@ -112,7 +114,7 @@ impl AttemptFailure {
 }
 
 /// What one attempt is about, for its errors.
-struct Attempt<'a> {
+pub(super) struct Attempt<'a> {
     service: &'a str,
     endpoint: &'a str,
     instance: &'a Arc<Instance>,
@@ -242,7 +244,8 @@ impl VspClient {
         began: Instant,
         progress: &mut Progress,
     ) -> Result<RawResponse, VspError> {
-        let (deadline, timeout) = self.call_deadline(&options, began);
+        let policy = self.resolve(call.service, call.endpoint, &options, call.metadata);
+        let (deadline, timeout) = self.call_deadline(policy.timeout, &options, began);
         let config = &self.inner.config;
         self.inner.budget.deposit();
         let mut tried: Vec<Arc<Instance>> = Vec::new();
@@ -250,7 +253,8 @@ impl VspClient {
         let mut started = began;
         loop {
             let picked = if tried.is_empty() {
-                self.inner.mesh.pick_or_wait(call.service, deadline).await
+                let mesh = &self.inner.mesh;
+                mesh.pick_or_wait(call.service, policy.key, deadline).await
             } else {
                 self.pick(call.service, &tried)
             };
@@ -276,34 +280,39 @@ impl VspClient {
                     None => deadline,
                 },
             };
-            progress.attempts = tried.len() + 1;
-            let failure = match self
-                .try_instance(call, body, &attempt, tried.len() + 1)
-                .await
-            {
+            let number = tried.len() + 1;
+            progress.attempts = number;
+            // Only a first attempt is hedged: a retry already goes elsewhere.
+            let hedge = policy
+                .hedge
+                .filter(|_| tried.is_empty() && policy.max_attempts > 1);
+            let hedged = self
+                .attempt_or_hedge(call, body, &attempt, hedge, number)
+                .await;
+            if let Some(other) = hedged.other {
+                tried.push(other);
+                progress.attempts += 1;
+            }
+            let (answered_by, outcome) = (hedged.by, hedged.outcome);
+            let failure = match outcome {
                 Ok((response, answered)) => {
-                    self.inner.mesh.health().record_success(&instance);
+                    self.inner.mesh.health().record_success(&answered_by);
                     progress.answered = Some(answered);
-                    progress.failed_over = tried.iter().any(|t| !Arc::ptr_eq(t, &instance));
+                    progress.failed_over = tried.iter().any(|t| !Arc::ptr_eq(t, &answered_by));
                     return Ok(response);
                 }
                 Err(failure) => failure,
             };
-            tried.push(instance);
+            tried.push(answered_by);
             started = Instant::now();
             let standing = retry::Standing {
-                repeatable: options.idempotent || config.retry_written_calls,
+                repeatable: policy.repeatable,
                 attempts: tried.len(),
-                max_attempts: config.max_attempts as usize,
+                max_attempts: policy.max_attempts,
                 out_of_time: started >= deadline,
             };
-            let decision = retry::decide(
-                retry::Failure {
-                    written: failure.written,
-                    fatal: failure.fatal,
-                },
-                standing,
-            );
+            let (written, fatal) = (failure.written, failure.fatal);
+            let decision = retry::decide(retry::Failure { written, fatal }, standing);
             match decision {
                 Decision::Retry { from_budget } if !from_budget || self.inner.budget.withdraw() => {
                 }
@@ -318,8 +327,12 @@ impl VspClient {
 
     /// The call's deadline and its length: the client's or the call's timeout, or the served
     /// call's deadline when it is sooner and the call inherits it.
-    fn call_deadline(&self, options: &CallOptions, began: Instant) -> (Instant, Duration) {
-        let timeout = options.timeout.unwrap_or(self.timeout);
+    fn call_deadline(
+        &self,
+        timeout: Duration,
+        options: &CallOptions,
+        began: Instant,
+    ) -> (Instant, Duration) {
         let deadline = crate::deadline::after(began, timeout);
         // The task-local is read only when the call inherits (the default).
         let served = options
@@ -335,7 +348,7 @@ impl VspClient {
     /// Attempt number `number` of `call`, in its own `vsp.attempt` span: the answer, or why it
     /// failed. An answer refused before running (`shutting_down`, `overloaded`) is a failure
     /// that never reached a handler.
-    async fn try_instance(
+    pub(super) async fn try_instance(
         &self,
         call: &Call<'_>,
         body: &(impl Serialize + ?Sized),
@@ -412,7 +425,11 @@ impl VspClient {
     }
 
     /// An eligible instance, preferring one not tried yet by this call.
-    fn pick(&self, service: &str, tried: &[Arc<Instance>]) -> Result<Arc<Instance>, VspError> {
+    pub(super) fn pick(
+        &self,
+        service: &str,
+        tried: &[Arc<Instance>],
+    ) -> Result<Arc<Instance>, VspError> {
         let mesh = &self.inner.mesh;
         let first = mesh.pick(service)?;
         if !tried.iter().any(|t| Arc::ptr_eq(t, &first)) {
@@ -483,6 +500,7 @@ impl VspClient {
                 return Ok((response, answered));
             }
             Err(failure @ CallFailure::TimedOut { silent }) => {
+                instance.record_unanswered(attempt.started.elapsed());
                 if silent {
                     // Nothing at all came back since the call was sent: find out whether the
                     // connection still answers, without holding this caller past its deadline.

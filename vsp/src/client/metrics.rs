@@ -45,6 +45,9 @@ struct CallCounters {
     failovers: AtomicU64,
     latency: ShardedHistogram,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// The last quantile asked for hedging: its bits, when it was computed (ms since the
+    /// process's first), and its value in ns (0: too few calls).
+    quantile: Mutex<(u64, u64, u64)>,
 }
 
 /// How one call ended, for the counters.
@@ -68,6 +71,37 @@ impl ClientCounters {
                 self.add(service, endpoint).record(finished);
             }
         }
+    }
+
+    /// The latency at quantile `q` of the calls to `endpoint` so far (recomputed at most every
+    /// 500 ms); `None` before 20 calls.
+    pub(crate) fn quantile(&self, service: &str, endpoint: &str, q: f64) -> Option<Duration> {
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now_ms = EPOCH
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64;
+        let endpoints = self.endpoints.load();
+        let counters = endpoints.get(service).and_then(|by| by.get(endpoint))?;
+        let mut cached = counters
+            .quantile
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (bits, at, value) = *cached;
+        if bits != q.to_bits() || now_ms.saturating_sub(at) >= 500 || at == 0 {
+            let merged = counters.latency.merged();
+            let value = if merged.count() < 20 {
+                0
+            } else {
+                merged.quantiles([q])[0].as_nanos() as u64
+            };
+            *cached = (q.to_bits(), now_ms.max(1), value);
+        } else if value == 0 {
+            return None;
+        } else {
+            return Some(Duration::from_nanos(value));
+        }
+        (cached.2 > 0).then(|| Duration::from_nanos(cached.2))
     }
 
     fn add(&self, service: &str, endpoint: &str) -> Arc<CallCounters> {

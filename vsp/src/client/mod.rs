@@ -21,6 +21,7 @@ mod builder;
 mod connection;
 mod failover;
 mod metrics;
+mod policy;
 mod pool;
 mod probe;
 mod response;
@@ -37,6 +38,7 @@ use serde::Serialize;
 
 pub use builder::{CallInfo, CallOptions, Interceptor, VspClientBuilder};
 pub use metrics::{CallStats, ClientMetrics, InstanceMetrics};
+pub use policy::{EndpointPolicy, Hedge, Policies};
 pub use pool::PoolStats;
 pub use stream::CallStream;
 
@@ -58,6 +60,8 @@ struct ClientInner {
     counters: metrics::ClientCounters,
     /// The idle sweeper (and the active health checker) run once the first call is made.
     background: AtomicBool,
+    /// Run-time per-endpoint policies (`None`: none, and no lookup per call).
+    policies: arc_swap::ArcSwapOption<Policies>,
     /// What lives as long as the client: the server of [`VspManager::serve_local`](crate::VspManager::serve_local).
     _keep_alive: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
@@ -118,6 +122,15 @@ impl VspClient {
     /// The mesh this client routes through.
     pub fn mesh(&self) -> &ServiceMesh {
         &self.inner.mesh
+    }
+
+    /// Replaces the run-time per-endpoint policies of this client and every handle on it (see
+    /// [`Policies`] for the precedence); calls already under way keep the policy they started
+    /// with.
+    pub fn set_policies(&self, policies: Policies) {
+        self.inner
+            .policies
+            .store((!policies.is_empty()).then(|| Arc::new(policies)));
     }
 
     /// A handle on the same connections whose calls have `timeout` as their deadline: the

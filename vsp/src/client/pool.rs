@@ -275,6 +275,20 @@ impl Pools {
         }
     }
 
+    /// The open connections to `instance` (none if it has no pool yet).
+    pub(crate) fn connections_of(&self, instance: &Instance) -> Vec<Arc<Connection>> {
+        self.map
+            .load()
+            .get(instance.key_arc())
+            .and_then(|pools| {
+                pools
+                    .iter()
+                    .find(|pool| *pool.service == *instance.service())
+                    .map(|pool| pool.connections.load().to_vec())
+            })
+            .unwrap_or_default()
+    }
+
     /// The pool of `instance`, made on first use.
     pub(crate) fn of(&self, instance: &Instance) -> Arc<InstancePool> {
         let find = |pools: &[Arc<InstancePool>]| {

@@ -122,6 +122,9 @@ impl ClientInner {
             let _restart = Restart(client.clone());
             sweep_idle(client, idle, sweep_every).await;
         });
+        if let Some(keepalive) = self.config.keepalive {
+            tokio::spawn(keep_alive(Arc::downgrade(self), keepalive));
+        }
         if let Some(interval) = self.config.health_check_interval {
             tokio::spawn(check_health(Arc::downgrade(self), interval));
         }
@@ -145,6 +148,81 @@ async fn sweep_idle(client: Weak<ClientInner>, idle: Duration, every: Duration) 
                 .map(|instance| instance.key_arc().clone())
                 .collect()
         });
+    }
+}
+
+/// When a client pings its connections (see
+/// [`VspClientBuilder::keepalive`](crate::VspClientBuilder::keepalive)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Keepalive {
+    pub(crate) busy: Duration,
+    pub(crate) idle: Duration,
+    pub(crate) timeout: Duration,
+}
+
+/// Keepalive pings: every tick, each open connection that has heard nothing for `busy` with
+/// calls in flight (or `idle` without) gets a `health` call on it; no answer within `timeout`
+/// closes it (its calls fail at once, and idempotent ones go elsewhere) and ejects its instance.
+async fn keep_alive(client: Weak<ClientInner>, keepalive: Keepalive) {
+    let tick = (keepalive.busy / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(client) = client.upgrade() else {
+            return;
+        };
+        for service in client.mesh.services() {
+            for instance in client.mesh.instance_handles(&service) {
+                for connection in client.pools.connections_of(&instance) {
+                    if connection.keepalive_due(keepalive.busy, keepalive.idle)
+                        && connection.start_ping()
+                    {
+                        tokio::spawn(ping(
+                            Arc::downgrade(&client),
+                            connection,
+                            instance.clone(),
+                            keepalive.timeout,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One keepalive ping; see [`keep_alive`].
+async fn ping(
+    client: Weak<ClientInner>,
+    connection: Arc<Connection>,
+    instance: Arc<Instance>,
+    timeout: Duration,
+) {
+    let before = connection.last_active();
+    let now = Instant::now();
+    let sent = connection.send(
+        instance.service(),
+        HEALTH_ENDPOINT,
+        &EmptyBody {},
+        None,
+        None,
+        (now, now + timeout),
+        None,
+    );
+    connection.restore_last_active(before, connection.last_active());
+    // Any answer will do, an error too (a peer without `health`, such as Velithon, answers
+    // `not_found`): it shows the peer reads and writes.
+    let answered = match sent {
+        Ok(mut call) => call.wait().await.is_ok(),
+        Err(_) => false,
+    };
+    connection.end_ping();
+    if answered || connection.is_closed() {
+        return;
+    }
+    let cause = format!("no answer to a keepalive ping within {timeout:?}");
+    tracing::warn!(instance = instance.key(), "{cause}: closing the connection");
+    connection.close(cause.clone());
+    if let Some(client) = client.upgrade() {
+        client.mesh.eject(&instance, &cause);
     }
 }
 

@@ -74,6 +74,8 @@ pub(crate) struct HealthRecord {
     ejections: AtomicU32,
     /// Moving average of call latency, in nanoseconds (0: no sample yet).
     latency_ewma_ns: AtomicU64,
+    /// The peak-sensitive average of call latency, for [`PeakEwmaBalancer`](crate::PeakEwmaBalancer).
+    pub(crate) peak: super::peak::PeakEwma,
     /// Times taken out of rotation, and brought back, ever (for metrics).
     ejected_total: AtomicU64,
     readmitted_total: AtomicU64,
@@ -100,6 +102,7 @@ impl Default for HealthRecord {
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             latency_ewma_ns: AtomicU64::new(0),
+            peak: super::peak::PeakEwma::default(),
             ejected_total: AtomicU64::new(0),
             readmitted_total: AtomicU64::new(0),
             transitions: Mutex::new(Transitions::default()),
@@ -183,6 +186,7 @@ impl HealthRecord {
             old - old / 5 + sample / 5
         };
         self.latency_ewma_ns.store(new.max(1), Ordering::Relaxed);
+        self.peak.observe(latency);
     }
 }
 

@@ -57,6 +57,20 @@ impl Instance {
         self.health.latency()
     }
 
+    /// The peak-sensitive moving average of this instance's latency (Finagle's PeakEWMA): a slow
+    /// answer raises it at once, faster ones lower it gradually, and it decays towards zero
+    /// (time constant 10 s) while no answer arrives.
+    pub fn peak_latency(&self) -> std::time::Duration {
+        self.health.peak.get()
+    }
+
+    /// Counts an attempt that ended without an answer (its deadline passed) as a sample of
+    /// `waited` for the peak average only: a slow instance is seen as slow even when its
+    /// answers never arrive.
+    pub(crate) fn record_unanswered(&self, waited: std::time::Duration) {
+        self.health.peak.observe(waited);
+    }
+
     /// Folds one call's latency into the moving average.
     pub(crate) fn record_latency(&self, latency: std::time::Duration) {
         self.health.record_latency(latency);

@@ -9,6 +9,7 @@
 mod health;
 mod info;
 mod live;
+mod peak;
 
 pub use health::HealthPolicy;
 pub(crate) use health::{HealthRecord, ProbeTicket, Verdict};

@@ -216,9 +216,10 @@ impl ServiceMesh {
     pub(crate) async fn pick_or_wait(
         &self,
         service: &str,
+        key: Option<u64>,
         until: tokio::time::Instant,
     ) -> Result<Arc<Instance>, VspError> {
-        match self.pick(service) {
+        match self.pick_keyed(service, key) {
             Err(VspError::NoInstances { .. }) => {}
             picked => return picked,
         }
@@ -229,7 +230,7 @@ impl ServiceMesh {
             let changed = self.inner.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            match self.pick(service) {
+            match self.pick_keyed(service, key) {
                 Err(VspError::NoInstances { .. })
                     if tokio::time::Instant::now() < until
                         && !self.discovery.has_answered(service) =>
@@ -335,6 +336,16 @@ impl ServiceMesh {
     /// [`VspError::NoInstances`] if none is registered, [`VspError::NoHealthyInstances`] if all
     /// are unhealthy.
     pub fn pick(&self, service: &str) -> Result<Arc<Instance>, VspError> {
+        self.pick_keyed(service, None)
+    }
+
+    /// As [`pick`](Self::pick), for a call with a hash key (routed by key by balancers that do,
+    /// such as [`ConsistentHashBalancer`](crate::ConsistentHashBalancer)).
+    pub(crate) fn pick_keyed(
+        &self,
+        service: &str,
+        key: Option<u64>,
+    ) -> Result<Arc<Instance>, VspError> {
         let services = self.inner.services.load();
         let no_instances = || VspError::NoInstances {
             service: service.to_owned(),
@@ -351,7 +362,11 @@ impl ServiceMesh {
         // The balancer checked eligibility, but another thread may eject its choice before the
         // check below: a pick that lost that race picks again (a bounded number of times) rather
         // than calling a service with healthy instances left unavailable.
-        let mut picked = entry.balancer.pick(&instances);
+        let pick = |instances: &[Arc<Instance>]| match key {
+            Some(key) => entry.balancer.pick_keyed(instances, key),
+            None => entry.balancer.pick(instances),
+        };
+        let mut picked = pick(&instances);
         let mut again = 0;
         loop {
             match picked {
@@ -360,7 +375,7 @@ impl ServiceMesh {
                 }
                 Some(_) if again < instances.len() => {
                     again += 1;
-                    picked = entry.balancer.pick(&instances);
+                    picked = pick(&instances);
                 }
                 _ => break,
             }

@@ -183,17 +183,12 @@ pub async fn call_fallible_stream<T, E, CT: Codec<T>, CE: Codec<E>>(
     client: &VspClient,
     service: &str,
     endpoint: &str,
-    idempotent: bool,
+    options: CallOptions,
     args: &impl Serialize,
     _codecs: (CT, CE),
 ) -> Result<CallStream<T>, CallError<E>> {
     client
-        .call_stream_service::<Wire<T, CT>, Wire<E, CE>>(
-            service,
-            endpoint,
-            args,
-            options(idempotent),
-        )
+        .call_stream_service::<Wire<T, CT>, Wire<E, CE>>(service, endpoint, args, options)
         .await
         .map(CallStream::retype)
         .map_err(unwire)
@@ -204,18 +199,44 @@ pub async fn call_infallible_stream<T, C: Codec<T>>(
     client: &VspClient,
     service: &str,
     endpoint: &str,
-    idempotent: bool,
+    options: CallOptions,
     args: &impl Serialize,
     _codec: C,
 ) -> Result<CallStream<T>, VspError> {
     client
-        .call_stream_with::<Wire<T, C>>(service, endpoint, args, options(idempotent))
+        .call_stream_with::<Wire<T, C>>(service, endpoint, args, options)
         .await
         .map(CallStream::retype)
 }
 
-fn options(idempotent: bool) -> CallOptions {
-    CallOptions::new().idempotent(idempotent)
+/// The options a generated client's call starts from: the method's declared policy.
+pub fn declared(policy: &'static crate::EndpointPolicy) -> CallOptions {
+    CallOptions::new().declared(policy)
+}
+
+/// A method's `#[vsp(...)]` policy, as a constant.
+pub const fn policy(
+    timeout_ms: Option<u64>,
+    max_attempts: Option<u32>,
+    idempotent: bool,
+    hedge_after_ms: Option<u64>,
+    hedge_percentile: Option<f64>,
+) -> crate::EndpointPolicy {
+    let mut policy = crate::EndpointPolicy::new();
+    if let Some(ms) = timeout_ms {
+        policy.timeout = Some(std::time::Duration::from_millis(ms));
+    }
+    policy.max_attempts = max_attempts;
+    if idempotent {
+        policy.idempotent = Some(true);
+    }
+    if let Some(ms) = hedge_after_ms {
+        policy.hedge = Some(crate::Hedge::After(std::time::Duration::from_millis(ms)));
+    }
+    if let Some(q) = hedge_percentile {
+        policy.hedge = Some(crate::Hedge::Percentile(q));
+    }
+    policy
 }
 
 /// Calls a method returning `Result<T, E>`.
@@ -223,12 +244,12 @@ pub async fn call_fallible<T, E, CT: Codec<T>, CE: Codec<E>>(
     client: &VspClient,
     service: &str,
     endpoint: &str,
-    idempotent: bool,
+    options: CallOptions,
     args: &impl Serialize,
     _codecs: (CT, CE),
 ) -> Result<T, CallError<E>> {
     client
-        .call_service::<Wire<T, CT>, Wire<E, CE>>(service, endpoint, args, options(idempotent))
+        .call_service::<Wire<T, CT>, Wire<E, CE>>(service, endpoint, args, options)
         .await
         .map(|wire| wire.0)
         .map_err(unwire)
@@ -239,12 +260,12 @@ pub async fn call_infallible<T, C: Codec<T>>(
     client: &VspClient,
     service: &str,
     endpoint: &str,
-    idempotent: bool,
+    options: CallOptions,
     args: &impl Serialize,
     _codec: C,
 ) -> Result<T, VspError> {
     client
-        .call_with::<Wire<T, C>>(service, endpoint, args, options(idempotent))
+        .call_with::<Wire<T, C>>(service, endpoint, args, options)
         .await
         .map(|wire| wire.0)
 }

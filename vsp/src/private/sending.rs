@@ -7,12 +7,13 @@ use futures_core::Stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{options, unwire, Codec, ErrorWays, SchemaFn, SchemaGen, Wire};
+use super::{unwire, Codec, ErrorWays, SchemaFn, SchemaGen, Wire};
 use crate::client::CallStream;
 use crate::error::{CallError, VspError};
 use crate::protocol::{EndpointDescription, InputStream};
 use crate::server::{one_item, ItemsEndpoint, Opening, ServiceStreamResult, ServiceStreamValue};
 use crate::stream::Streaming;
+use crate::CallOptions;
 use crate::{VspClient, VspManager};
 
 /// The description of a method taking a stream: its parameter and the schema of one item.
@@ -166,7 +167,7 @@ pub async fn call_fallible_sending<T, E, I, CT: Codec<T>, CE: Codec<E>>(
     client: &VspClient,
     service: &str,
     endpoint: &str,
-    idempotent: bool,
+    options: CallOptions,
     args: &impl Serialize,
     items: impl Stream<Item = I> + Send + 'static,
     _codecs: (CT, CE),
@@ -176,11 +177,7 @@ where
 {
     client
         .client_stream_service::<Wire<T, CT>, Wire<E, CE>, I>(
-            service,
-            endpoint,
-            args,
-            items,
-            options(idempotent),
+            service, endpoint, args, items, options,
         )
         .await
         .map(|wire| wire.0)
@@ -192,7 +189,7 @@ pub async fn call_infallible_sending<T, I, C: Codec<T>>(
     client: &VspClient,
     service: &str,
     endpoint: &str,
-    idempotent: bool,
+    options: CallOptions,
     args: &impl Serialize,
     items: impl Stream<Item = I> + Send + 'static,
     _codec: C,
@@ -201,13 +198,7 @@ where
     I: Serialize + Send + 'static,
 {
     client
-        .call_client_stream_with::<Wire<T, C>, I>(
-            service,
-            endpoint,
-            args,
-            items,
-            options(idempotent),
-        )
+        .call_client_stream_with::<Wire<T, C>, I>(service, endpoint, args, items, options)
         .await
         .map(|wire| wire.0)
 }
@@ -218,7 +209,7 @@ pub async fn call_fallible_stream_sending<T, E, I, CT: Codec<T>, CE: Codec<E>>(
     client: &VspClient,
     service: &str,
     endpoint: &str,
-    idempotent: bool,
+    options: CallOptions,
     args: &impl Serialize,
     items: impl Stream<Item = I> + Send + 'static,
     _codecs: (CT, CE),
@@ -227,7 +218,7 @@ where
     I: Serialize + Send + 'static,
 {
     client
-        .open_sending::<Wire<T, CT>, I>(service, endpoint, args, items, options(idempotent))
+        .open_sending::<Wire<T, CT>, I>(service, endpoint, args, items, options)
         .await
         .map(CallStream::retype)
         .map_err(|(err, _)| CallError::Vsp(err))
@@ -238,7 +229,7 @@ pub async fn call_infallible_stream_sending<T, I, C: Codec<T>>(
     client: &VspClient,
     service: &str,
     endpoint: &str,
-    idempotent: bool,
+    options: CallOptions,
     args: &impl Serialize,
     items: impl Stream<Item = I> + Send + 'static,
     _codec: C,
@@ -247,7 +238,7 @@ where
     I: Serialize + Send + 'static,
 {
     client
-        .open_sending::<Wire<T, C>, I>(service, endpoint, args, items, options(idempotent))
+        .open_sending::<Wire<T, C>, I>(service, endpoint, args, items, options)
         .await
         .map(CallStream::retype)
         .map_err(|(err, _)| err)

@@ -32,6 +32,7 @@ pub struct VspManagerBuilder {
     weight: f64,
     advertise_host: Option<String>,
     auth: Option<Arc<dyn AuthHook>>,
+    adaptive: Option<crate::AdaptiveConcurrency>,
 }
 
 impl std::fmt::Debug for VspManagerBuilder {
@@ -52,6 +53,7 @@ impl VspManagerBuilder {
         VspManagerBuilder {
             mesh: None,
             weight: 1.0,
+            adaptive: None,
             advertise_host: None,
             auth: None,
             name,
@@ -122,6 +124,21 @@ impl VspManagerBuilder {
     /// requests are answered `overloaded` at once instead of queueing.
     pub fn max_concurrent_requests(mut self, requests: usize) -> Self {
         self.config.max_concurrent_requests = requests.max(1);
+        self
+    }
+
+    /// An adaptive limit on the requests handled at once (default: none, only the fixed
+    /// [`max_concurrent_requests`](Self::max_concurrent_requests)): the limit follows the
+    /// latency the server measures, and requests beyond it are answered `overloaded` at once
+    /// (their callers try another instance without counting a failure). Streams and `health`
+    /// are not counted. See [`AdaptiveConcurrency`](crate::AdaptiveConcurrency) for the
+    /// algorithm and its knobs, and [`VspManager::concurrency_limit`] for the limit now.
+    ///
+    /// Off by default: it sheds load only where latency grows with concurrency (a CPU-bound
+    /// server past its cores), and a service whose calls vary a lot in cost on their own should
+    /// measure before turning it on.
+    pub fn adaptive_concurrency(mut self, config: crate::AdaptiveConcurrency) -> Self {
+        self.adaptive = Some(config);
         self
     }
 
@@ -279,6 +296,7 @@ impl VspManagerBuilder {
             state: AtomicU8::new(Lifecycle::Idle as u8),
             lifecycle,
             stats: ServerStats::default(),
+            concurrency: self.adaptive.map(super::concurrency::AdaptiveLimiter::new),
             drain: Drain::default(),
             admission: Arc::default(),
             ledger: Default::default(),

@@ -154,8 +154,8 @@ fn admit<'f, 'r>(
         None if span.is_disabled() => None,
         _ => server_trace(conn, &span, metadata.as_ref().and_then(|m| m.as_ref().ok())),
     };
-    let entry = match lookup(conn, frame, envelope, registry, known_length) {
-        Ok(entry) => entry,
+    let (entry, limited) = match lookup(conn, frame, envelope, registry, known_length) {
+        Ok(found) => found,
         Err((code, message)) => {
             Reply::new(conn.clone(), head, None, received)
                 .with_offer(offer)
@@ -174,7 +174,8 @@ fn admit<'f, 'r>(
                 .then(|| envelope.stream_window().unwrap_or(DEFAULT_STREAM_WINDOW)),
         )
         .with_client_stream(envelope.sends_stream())
-        .with_span(span);
+        .with_span(span)
+        .with_limited(limited);
     if frame.len() > LARGE_REQUEST {
         reply = reply.with_large_request(frame.len());
     }
@@ -221,7 +222,7 @@ fn lookup<'r>(
     envelope: &FrameView<'_>,
     registry: &'r Registry,
     known_length: bool,
-) -> Result<&'r Arc<EndpointEntry>, (ErrorCode, String)> {
+) -> Result<(&'r Arc<EndpointEntry>, bool), (ErrorCode, String)> {
     let manager = conn.manager();
     if manager.state() != Lifecycle::Running {
         let message = format!("service `{}` is shutting down", manager.name);
@@ -242,7 +243,26 @@ fn lookup<'r>(
     };
     match overload(conn, frame, entry) {
         Some(message) => Err((ErrorCode::Overloaded, message)),
-        None => Ok(entry),
+        None => match &manager.concurrency {
+            // Unary calls only: a stream's length says nothing about queueing.
+            Some(limiter)
+                if !envelope.wants_stream()
+                    && !envelope.sends_stream()
+                    && *entry.name != *HEALTH_ENDPOINT =>
+            {
+                if limiter.try_acquire() {
+                    Ok((entry, true))
+                } else {
+                    let message = format!(
+                        "service `{}` is at its adaptive limit of {} concurrent requests",
+                        manager.name,
+                        limiter.limit()
+                    );
+                    Err((ErrorCode::Overloaded, message))
+                }
+            }
+            _ => Ok((entry, false)),
+        },
     }
 }
 

@@ -73,6 +73,8 @@ pub(crate) struct ManagerInner {
     /// ...and watchable by the tasks that must stop when it changes.
     pub(super) lifecycle: watch::Sender<Lifecycle>,
     pub(crate) stats: ServerStats,
+    /// The adaptive concurrency limit, if the server has one.
+    pub(crate) concurrency: Option<super::concurrency::AdaptiveLimiter>,
     /// Requests and connections a graceful shutdown waits for.
     pub(crate) drain: Drain,
     /// Connections and large request bytes under their caps.

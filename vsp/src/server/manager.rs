@@ -490,6 +490,15 @@ impl VspManager {
         self.inner.close().await;
     }
 
+    /// The adaptive concurrency limit now, if the server has one
+    /// ([`VspManagerBuilder::adaptive_concurrency`](crate::VspManagerBuilder::adaptive_concurrency)).
+    pub fn concurrency_limit(&self) -> Option<usize> {
+        self.inner
+            .concurrency
+            .as_ref()
+            .map(|limiter| limiter.limit())
+    }
+
     /// What the server holds for its peers right now: connections, calls in flight, streams,
     /// pending auth checks and bytes queued for writing. Each has a bound (see
     /// [`VspManagerBuilder`]) and an end: once peers leave, every count returns to zero.

@@ -14,6 +14,7 @@ mod admission;
 mod announce;
 mod auth;
 pub(crate) mod builder;
+pub(crate) mod concurrency;
 mod config;
 mod connection;
 mod dispatch;

@@ -110,6 +110,8 @@ pub(crate) struct Reply {
     offer: bool,
     /// The request sends a stream of items of its own (`client_stream`, revision 3).
     pub(super) client_stream: bool,
+    /// The call holds a place under the adaptive concurrency limit, given back on settling.
+    limited: bool,
     /// The stream was opened before the handler answered (a client stream, whose caller needs
     /// credit first): every answer after that, an error too, is a frame of the stream.
     pub(super) opened: bool,
@@ -138,6 +140,7 @@ impl Reply {
             offer: false,
             client_stream: false,
             opened: false,
+            limited: false,
         }
     }
 
@@ -158,6 +161,11 @@ impl Reply {
 
     pub(crate) fn with_stream_window(mut self, window: Option<u32>) -> Self {
         self.stream_window = window;
+        self
+    }
+
+    pub(crate) fn with_limited(mut self, limited: bool) -> Self {
+        self.limited = limited;
         self
     }
 
@@ -520,6 +528,9 @@ impl Reply {
                 .fetch_sub(self.large_bytes, Ordering::AcqRel);
         }
         manager.drain.request_finished();
+        if let (true, Some(limiter)) = (self.limited, &manager.concurrency) {
+            limiter.release(elapsed.unwrap_or_else(|| self.received.elapsed()));
+        }
         if let Some(elapsed) = elapsed {
             manager.stats.request_finished(elapsed);
         }

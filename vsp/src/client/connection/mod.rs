@@ -110,6 +110,13 @@ struct ConnectionState {
     checking: AtomicBool,
     /// The server said it is shutting down: calls in flight finish, new ones go elsewhere.
     draining: AtomicBool,
+    /// The keepalive's view, written only by its ticks: `frames_received` at the last tick,
+    /// since when (ms since `epoch`) nothing was received, and whether calls were in flight.
+    keepalive_seen: AtomicU64,
+    keepalive_quiet_since_ms: AtomicU64,
+    keepalive_busy: AtomicBool,
+    /// A keepalive ping is waiting for its answer (the connection stays in use meanwhile).
+    pinging: AtomicBool,
     /// When a call last started, in milliseconds since `epoch` (for the idle timeout).
     last_active_ms: AtomicU64,
     epoch: std::time::Instant,
@@ -265,6 +272,10 @@ impl Connection {
             frames_received: AtomicU64::new(0),
             checking: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            keepalive_seen: AtomicU64::new(0),
+            keepalive_quiet_since_ms: AtomicU64::new(0),
+            keepalive_busy: AtomicBool::new(false),
+            pinging: AtomicBool::new(false),
             last_active_ms: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
             peer_revision: AtomicU32::new(0),
@@ -304,6 +315,15 @@ impl Connection {
         !self.state.checking.swap(true, Ordering::AcqRel)
     }
 
+    /// Claims the one keepalive ping of this connection; false if one is waiting.
+    pub(crate) fn start_ping(&self) -> bool {
+        !self.state.pinging.swap(true, Ordering::AcqRel)
+    }
+
+    pub(crate) fn end_ping(&self) {
+        self.state.pinging.store(false, Ordering::Release);
+    }
+
     /// Ends the liveness check claimed with `start_check`.
     pub(crate) fn end_check(&self) {
         self.state.checking.store(false, Ordering::Release);
@@ -330,6 +350,54 @@ impl Connection {
         self.in_flight() == 0
             && now_ms.saturating_sub(self.state.last_active_ms.load(Ordering::Relaxed))
                 >= idle.as_millis() as u64
+    }
+
+    /// One keepalive tick: true if the connection is due a ping, having received nothing for
+    /// `busy` while calls were in flight (counted from when the first of them was seen), or
+    /// for `idle` without any.
+    pub(crate) fn keepalive_due(
+        &self,
+        busy: std::time::Duration,
+        idle: std::time::Duration,
+    ) -> bool {
+        let state = &self.state;
+        let now_ms = state.epoch.elapsed().as_millis() as u64;
+        let frames = state.frames_received.load(Ordering::Relaxed);
+        let in_flight = self.in_flight() > 0;
+        let was_busy = state.keepalive_busy.swap(in_flight, Ordering::Relaxed);
+        if frames != state.keepalive_seen.swap(frames, Ordering::Relaxed)
+            || (in_flight && !was_busy)
+        {
+            state
+                .keepalive_quiet_since_ms
+                .store(now_ms, Ordering::Relaxed);
+            return false;
+        }
+        let quiet = now_ms.saturating_sub(state.keepalive_quiet_since_ms.load(Ordering::Relaxed));
+        let due = if in_flight { busy } else { idle };
+        if quiet < due.as_millis() as u64 || self.is_closed() {
+            return false;
+        }
+        state
+            .keepalive_quiet_since_ms
+            .store(now_ms, Ordering::Relaxed);
+        true
+    }
+
+    /// When a call last started (ms since the connection's epoch): a ping puts it back, so it
+    /// does not keep an idle connection from closing.
+    pub(crate) fn last_active(&self) -> u64 {
+        self.state.last_active_ms.load(Ordering::Relaxed)
+    }
+
+    /// Puts `last_active` back to `before` if it still says `after` (no call started since).
+    pub(crate) fn restore_last_active(&self, before: u64, after: u64) {
+        let _ = self.state.last_active_ms.compare_exchange(
+            after,
+            before,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
     /// Calls not answered yet on this connection.
