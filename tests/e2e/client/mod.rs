@@ -5,3 +5,4 @@ mod failover;
 mod failures;
 mod faults;
 mod pool;
+mod resilience;

@@ -20,7 +20,7 @@ pub(crate) const DEFAULT_KEEPALIVE_BUSY: Duration = Duration::from_millis(250);
 /// A connection without calls in flight is pinged after this long without a frame.
 pub(crate) const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// A ping not answered within this closes its connection and ejects the instance.
-pub(crate) const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(750);
 
 /// The default deadline of a call: 30 s, as Velithon's.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -416,7 +416,7 @@ impl VspClientBuilder {
         self
     }
 
-    /// Keepalive pings (default on: 250 ms, 30 s, 1 s). A connection with calls in flight that
+    /// Keepalive pings (default on: 250 ms, 30 s, 750 ms). A connection with calls in flight that
     /// receives nothing for `busy` is pinged (a `health` call on it; any answer, an error too,
     /// shows the peer is alive), and one without calls after `idle`; a ping not answered within
     /// `timeout` closes the connection (its calls fail at once, and idempotent ones are retried

@@ -44,6 +44,43 @@ impl Default for AdaptiveConcurrency {
     }
 }
 
+impl AdaptiveConcurrency {
+    /// The defaults: see each field.
+    pub fn new() -> Self {
+        AdaptiveConcurrency::default()
+    }
+
+    /// The limit before the first measurement.
+    pub fn initial(mut self, limit: usize) -> Self {
+        self.initial = limit;
+        self
+    }
+
+    /// The lowest limit.
+    pub fn min(mut self, limit: usize) -> Self {
+        self.min = limit;
+        self
+    }
+
+    /// The highest limit.
+    pub fn max(mut self, limit: usize) -> Self {
+        self.max = limit;
+        self
+    }
+
+    /// How much slower than the fastest calls the average may be before the limit shrinks.
+    pub fn tolerance(mut self, tolerance: f64) -> Self {
+        self.tolerance = tolerance;
+        self
+    }
+
+    /// How often the limit is recomputed.
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+}
+
 /// Windows whose fastest call sets the no-queueing baseline: a floor that rose (the handler's
 /// own work got slower) is learned within this many windows.
 const BASELINE_WINDOWS: usize = 10;
