@@ -62,6 +62,7 @@
 //! Feature `cli` builds the `vsp` command line.
 #![doc = include_str!("docs/tour.md")]
 #![doc = include_str!("docs/testing.md")]
+#![doc = include_str!("docs/resilience.md")]
 #![doc = include_str!("docs/streams.md")]
 #![doc = include_str!("docs/cli.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
