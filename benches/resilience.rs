@@ -1,8 +1,10 @@
 //! The resilience policies of issue 33, measured on loopback, every contender in one run:
 //!
 //! - **slow**: three instances, one whose handler takes 20 ms longer; 32 callers in a closed
-//!   loop; calls/s and latency with round robin, P2C least loaded, PeakEWMA, and PeakEWMA with
-//!   hedging (after the endpoint's p90).
+//!   loop; calls/s and latency with round robin, P2C least loaded, PeakEWMA, and round robin
+//!   and PeakEWMA with hedging (after the endpoint's p95).
+//! - **tail**: three instances that each delay one call in 50 by 20 ms; round robin without
+//!   hedging, hedging after the p95, and after a fixed 2 ms.
 //! - **frozen**: three server processes; under load one is frozen with SIGSTOP (its kernel
 //!   still accepts bytes); failed calls, the slowest call, and the time until it is ejected (it
 //!   gets no more calls), with and without keepalive pings.
@@ -12,7 +14,7 @@
 //!
 //! (Consistent hashing's figures, keys moved and load over mean, are printed by the unit tests
 //! `balancer::consistent_hash`.) `cargo bench --bench resilience`; `VSP_BENCH_SECS` sets each
-//! measured run's length (default 3), `VSP_BENCH_SECTION=slow|frozen|overload` runs one.
+//! measured run's length (default 3), `VSP_BENCH_SECTION=slow|tail|frozen|overload` runs one.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -123,13 +125,18 @@ async fn slow_section(run: Duration) {
     ];
     let ports = [slow.1, fast[0].1, fast[1].1];
     let idempotent = CallOptions::new().idempotent(true);
-    let hedged = idempotent.clone().hedge(Hedge::Percentile(0.9));
+    let hedged = idempotent.clone().hedge(Hedge::Percentile(0.95));
     type Contender = (&'static str, ServiceMesh, CallOptions);
-    let contenders: [Contender; 4] = [
+    let contenders: [Contender; 5] = [
         (
             "round robin",
             mesh(RoundRobinBalancer::new(), &ports),
             idempotent.clone(),
+        ),
+        (
+            "round robin + hedging (p95)",
+            mesh(RoundRobinBalancer::new(), &ports),
+            hedged.clone(),
         ),
         (
             "P2C least loaded",
@@ -142,7 +149,7 @@ async fn slow_section(run: Duration) {
             idempotent.clone(),
         ),
         (
-            "PeakEWMA + hedging (p90)",
+            "PeakEWMA + hedging (p95)",
             mesh(PeakEwmaBalancer::new(), &ports),
             hedged,
         ),
@@ -161,6 +168,71 @@ async fn slow_section(run: Duration) {
         );
     }
     for (manager, _) in [slow].into_iter().chain(fast) {
+        manager.shutdown().await.unwrap();
+    }
+}
+
+/// A server of `echo` that delays one call in fifty by 20 ms (a pause, a cache miss): a tail
+/// on every instance, which no balancer can steer around.
+async fn tail_server() -> (VspManager, u16) {
+    let manager = VspManager::builder(SERVICE).build();
+    let calls = Arc::new(AtomicU64::new(0));
+    manager
+        .endpoint("echo", move |args: Value| {
+            let call = calls.fetch_add(1, Ordering::Relaxed);
+            async move {
+                if call % 50 == 49 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok::<_, String>(args["value"].clone())
+            }
+        })
+        .unwrap();
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    (manager, addr.port())
+}
+
+async fn tail_section(run: Duration) {
+    println!("\n## Three instances that each delay one call in 50 by 20 ms (32 callers, closed loop, {run:?} each)\n");
+    println!("| client | calls/s | p50 ms | p99 ms | p99.9 ms | hedged calls | failed |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let servers = [
+        tail_server().await,
+        tail_server().await,
+        tail_server().await,
+    ];
+    let ports: Vec<u16> = servers.iter().map(|(_, port)| *port).collect();
+    let idempotent = CallOptions::new().idempotent(true);
+    for (name, options) in [
+        ("no hedging", idempotent.clone()),
+        (
+            "hedging after the p95",
+            idempotent.clone().hedge(Hedge::Percentile(0.95)),
+        ),
+        (
+            "hedging after 2 ms",
+            idempotent
+                .clone()
+                .hedge(Hedge::After(Duration::from_millis(2))),
+        ),
+    ] {
+        let client = VspClient::builder(mesh(RoundRobinBalancer::new(), &ports))
+            .retry_budget(0.2, 100)
+            .build();
+        closed_loop(&client, &options, 32, Duration::from_millis(500)).await;
+        let before = client.metrics().calls[SERVICE]["echo"].hedges;
+        let (latencies, failed) = closed_loop(&client, &options, 32, run).await;
+        let hedged = client.metrics().calls[SERVICE]["echo"].hedges - before;
+        println!(
+            "| round robin, {name} | {:.0} | {} | {} | {} | {:.1}% | {failed} |",
+            latencies.len() as f64 / run.as_secs_f64(),
+            ms(quantile(&latencies, 0.5)),
+            ms(quantile(&latencies, 0.99)),
+            ms(quantile(&latencies, 0.999)),
+            hedged as f64 * 100.0 / latencies.len().max(1) as f64,
+        );
+    }
+    for (manager, _) in servers {
         manager.shutdown().await.unwrap();
     }
 }
@@ -292,14 +364,17 @@ fn burn(cost: Duration) -> u64 {
     x
 }
 
-async fn cpu_server(limit: Option<usize>, adaptive: bool) -> (VspManager, u16) {
+async fn cpu_server(
+    limit: Option<usize>,
+    adaptive: Option<AdaptiveConcurrency>,
+) -> (VspManager, u16) {
     let mut builder =
         VspManager::builder(SERVICE).worker_type(WorkerType::Multicore { workers: 2 });
     if let Some(limit) = limit {
         builder = builder.max_concurrent_requests(limit);
     }
-    if adaptive {
-        builder = builder.adaptive_concurrency(AdaptiveConcurrency::new());
+    if let Some(adaptive) = adaptive {
+        builder = builder.adaptive_concurrency(adaptive);
     }
     let manager = builder.build();
     manager
@@ -358,7 +433,7 @@ async fn overload_section(run: Duration) {
     };
     // Capacity: a closed loop deep enough to keep the handler's thread busy; the unloaded p99:
     // one call at a time.
-    let (manager, port) = cpu_server(None, false).await;
+    let (manager, port) = cpu_server(None, None).await;
     let client = client_for(port);
     let options = CallOptions::new();
     closed_loop(&client, &options, 8, Duration::from_millis(500)).await;
@@ -373,10 +448,14 @@ async fn overload_section(run: Duration) {
     );
     println!("| server | goodput calls/s | goodput / capacity | refused or failed | p50 ms | p99 ms | p99 / unloaded p99 |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
+    let adaptive = AdaptiveConcurrency::new();
     for (name, limit, adaptive) in [
-        ("no limit", None, false),
-        ("fixed limit (4)", Some(4), false),
-        ("adaptive limit (defaults)", None, true),
+        ("no limit", None, None),
+        ("fixed limit 1", Some(1), None),
+        ("fixed limit 2", Some(2), None),
+        ("fixed limit 4", Some(4), None),
+        ("adaptive limit (defaults: min 2)", None, Some(adaptive)),
+        ("adaptive limit, min 1", None, Some(adaptive.min(1))),
     ] {
         let (manager, port) = cpu_server(limit, adaptive).await;
         let client = client_for(port);
@@ -391,11 +470,8 @@ async fn overload_section(run: Duration) {
             ms(p99),
             p99.as_secs_f64() / unloaded_p99.as_secs_f64(),
         );
-        if adaptive {
-            println!(
-                "\n(the adaptive limit ended at {:?})",
-                manager.concurrency_limit()
-            );
+        if let Some(limit) = manager.concurrency_limit() {
+            println!("|   (the adaptive limit ended at {limit}) | | | | | | |");
         }
         manager.shutdown().await.unwrap();
     }
@@ -416,6 +492,9 @@ fn main() {
         let wants = |name: &str| section.as_deref().is_none_or(|s| s == name);
         if wants("slow") {
             slow_section(run).await;
+        }
+        if wants("tail") {
+            tail_section(run).await;
         }
         if wants("frozen") {
             frozen_section(run).await;

@@ -1,7 +1,7 @@
 //! Resilience policies end to end on loopback: keepalive pings find a frozen instance, hedged
 //! calls answer from the fast instance and cancel the slow attempt, consistent hashing routes a
 //! declared key, PeakEWMA steers away from a slow instance, run-time policies override the
-//! declared ones, and a server sheds calls beyond its adaptive limit.
+//! declared ones, and a server (or one endpoint) sheds calls beyond its adaptive limit.
 
 use crate::common;
 
@@ -150,6 +150,17 @@ async fn hedged_calls_answer_from_the_other_instance_and_cancel_the_slow_attempt
     )
     .await;
     assert!(fast.get_performance_stats().messages_processed >= 10);
+    let hedges = || client.metrics().calls[SERVICE]["echo"].hedges;
+    // Round robin sent every other call to the silent instance first: those were hedged.
+    let hedged_calls = hedges();
+    assert!(
+        (5..=10).contains(&hedged_calls),
+        "{hedged_calls} hedged calls counted"
+    );
+    assert!(client
+        .metrics()
+        .to_prometheus()
+        .contains("vsp_client_hedges_total"));
 
     // Not idempotent: no hedge, and the call routed to the silent instance times out.
     let plain = CallOptions::new()
@@ -169,6 +180,11 @@ async fn hedged_calls_answer_from_the_other_instance_and_cancel_the_slow_attempt
     assert_eq!(
         timed_out, 1,
         "one of two round-robin calls went to the silent instance"
+    );
+    assert_eq!(
+        hedges(),
+        hedged_calls,
+        "a call that is not idempotent was hedged"
     );
     silent.close().await;
     fast.shutdown().await.unwrap();
@@ -373,5 +389,47 @@ async fn a_server_sheds_calls_beyond_its_adaptive_limit() {
         call.await.unwrap().unwrap();
     }
     assert_echo(&client, 2).await;
+    manager.shutdown().await.unwrap();
+}
+
+/// An endpoint with an adaptive limit of its own sheds its calls beyond it, while the server's
+/// other endpoints (under no limit here) still answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_with_its_own_limit_sheds_only_its_calls() {
+    let one = AdaptiveConcurrency::new().initial(1).min(1).max(1);
+    let manager = VspManager::builder(SERVICE)
+        .endpoint_concurrency("sleep", one)
+        .build();
+    register_test_endpoints(&manager);
+    let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    assert_eq!(manager.endpoint_concurrency_limit("sleep"), Some(1));
+    assert_eq!(manager.endpoint_concurrency_limit("echo"), None);
+    assert_eq!(manager.concurrency_limit(), None);
+    let client = client_builder_for(addr).max_attempts(1).build();
+    let held = held_call(&client, &manager, 2000).await;
+    let refused = client
+        .call(SERVICE, "sleep", json!({ "ms": 1, "tag": "after" }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.remote_code(),
+        Some(&ErrorCode::Overloaded),
+        "{refused}"
+    );
+    assert!(
+        refused
+            .to_string()
+            .contains("endpoint `sleep` of service `test-service` is at its adaptive limit of 1"),
+        "{refused}"
+    );
+    // The other endpoints are not counted under `sleep`'s limit.
+    for value in 0..5 {
+        assert_echo(&client, value).await;
+    }
+    held.await.unwrap().unwrap();
+    client
+        .call(SERVICE, "sleep", json!({ "ms": 1, "tag": "after" }))
+        .await
+        .expect("the place came back when the held call ended");
     manager.shutdown().await.unwrap();
 }

@@ -28,6 +28,8 @@ use crate::trace::{self, TraceContext};
 struct Progress {
     attempts: usize,
     failed_over: bool,
+    /// A hedged attempt was sent.
+    hedged: bool,
     /// When the answer arrived (the clock the instance's latency was read with, read once).
     answered: Option<Instant>,
 }
@@ -228,6 +230,7 @@ impl VspClient {
                     .map_or_else(|| began.elapsed(), |at| at.saturating_duration_since(began)),
                 attempts: progress.attempts,
                 failed_over: progress.failed_over,
+                hedged: progress.hedged,
                 error,
             },
         );
@@ -292,6 +295,7 @@ impl VspClient {
             if let Some(other) = hedged.other {
                 tried.push(other);
                 progress.attempts += 1;
+                progress.hedged = true;
             }
             let (answered_by, outcome) = (hedged.by, hedged.outcome);
             let failure = match outcome {

@@ -43,6 +43,7 @@ pub(crate) struct ClientCounters {
 struct CallCounters {
     retries: AtomicU64,
     failovers: AtomicU64,
+    hedges: AtomicU64,
     latency: ShardedHistogram,
     errors: Mutex<BTreeMap<String, u64>>,
     /// The last quantile asked for hedging: its bits, when it was computed (ms since the
@@ -57,6 +58,8 @@ pub(crate) struct Finished<'a> {
     pub(crate) attempts: usize,
     /// The call got an answer from an instance other than the first one tried.
     pub(crate) failed_over: bool,
+    /// A hedged attempt was sent.
+    pub(crate) hedged: bool,
     /// The error's `error_type` (a remote error's code), if it failed.
     pub(crate) error: Option<&'a str>,
 }
@@ -169,6 +172,9 @@ impl CallCounters {
         if finished.failed_over {
             self.failovers.fetch_add(1, Ordering::Relaxed);
         }
+        if finished.hedged {
+            self.hedges.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(code) = finished.error {
             let mut errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
             count_error(&mut errors, code);
@@ -187,6 +193,7 @@ impl CallCounters {
                 .clone(),
             retries: self.retries.load(Ordering::Relaxed),
             failovers: self.failovers.load(Ordering::Relaxed),
+            hedges: self.hedges.load(Ordering::Relaxed),
             p50,
             p99,
         }
@@ -219,6 +226,9 @@ pub struct CallStats {
     pub retries: u64,
     /// Calls answered by an instance other than the first one tried.
     pub failovers: u64,
+    /// Calls that sent a hedged attempt (a second one while the first had not answered; also
+    /// counted in `retries`).
+    pub hedges: u64,
     /// Median call time, retries included (within 1/16 of the true value).
     pub p50: Duration,
     /// 99th-percentile call time, retries included (within 1/16 of the true value).
@@ -331,6 +341,9 @@ impl ClientMetrics {
         let help = "Calls answered by an instance other than the first one tried.";
         let failovers = each().map(|(l, s)| (l, s.failovers));
         page.family("vsp_client_failovers_total", COUNTER, help, failovers);
+        let help = "Calls that sent a hedged attempt.";
+        let hedges = each().map(|(l, s)| (l, s.hedges));
+        page.family("vsp_client_hedges_total", COUNTER, help, hedges);
         let help = "Call time quantiles (retries included), by service and endpoint.";
         let times = each().flat_map(|(l, s)| prometheus::quantiles(&l, s.p50, s.p99));
         page.family("vsp_client_call_seconds", SUMMARY, help, times);

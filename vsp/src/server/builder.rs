@@ -33,6 +33,7 @@ pub struct VspManagerBuilder {
     advertise_host: Option<String>,
     auth: Option<Arc<dyn AuthHook>>,
     adaptive: Option<crate::AdaptiveConcurrency>,
+    endpoint_adaptive: std::collections::HashMap<String, crate::AdaptiveConcurrency>,
 }
 
 impl std::fmt::Debug for VspManagerBuilder {
@@ -44,6 +45,8 @@ impl std::fmt::Debug for VspManagerBuilder {
             .field("weight", &self.weight)
             .field("advertise_host", &self.advertise_host)
             .field("auth", &self.auth.is_some())
+            .field("adaptive", &self.adaptive)
+            .field("endpoint_adaptive", &self.endpoint_adaptive)
             .finish()
     }
 }
@@ -54,6 +57,7 @@ impl VspManagerBuilder {
             mesh: None,
             weight: 1.0,
             adaptive: None,
+            endpoint_adaptive: std::collections::HashMap::new(),
             advertise_host: None,
             auth: None,
             name,
@@ -139,6 +143,31 @@ impl VspManagerBuilder {
     /// measure before turning it on.
     pub fn adaptive_concurrency(mut self, config: crate::AdaptiveConcurrency) -> Self {
         self.adaptive = Some(config);
+        self
+    }
+
+    /// An adaptive limit of its own for the endpoint `name` (registered before or after
+    /// `build`): its calls are counted under it instead of under the server's
+    /// [`adaptive_concurrency`](Self::adaptive_concurrency), so an expensive endpoint sheds
+    /// its own load without refusing the cheap ones. The same algorithm and knobs; see
+    /// [`VspManager::endpoint_concurrency_limit`] for the limit now.
+    ///
+    /// ```
+    /// use vsp::{AdaptiveConcurrency, VspManager};
+    ///
+    /// let manager = VspManager::builder("reports")
+    ///     .endpoint_concurrency("render", AdaptiveConcurrency::new().max(8))
+    ///     .build();
+    /// manager.endpoint("render", |_: serde_json::Value| async { Ok::<_, String>("done") })?;
+    /// assert_eq!(manager.endpoint_concurrency_limit("render"), Some(8));
+    /// # Ok::<(), vsp::VspError>(())
+    /// ```
+    pub fn endpoint_concurrency(
+        mut self,
+        name: impl Into<String>,
+        config: crate::AdaptiveConcurrency,
+    ) -> Self {
+        self.endpoint_adaptive.insert(name.into(), config);
         self
     }
 
@@ -276,6 +305,7 @@ impl VspManagerBuilder {
                 endpoint,
                 counters: EndpointCounters::default(),
                 limiter: None,
+                concurrency: None,
                 description: None,
             };
             (name, Arc::new(entry))
@@ -296,7 +326,10 @@ impl VspManagerBuilder {
             state: AtomicU8::new(Lifecycle::Idle as u8),
             lifecycle,
             stats: ServerStats::default(),
-            concurrency: self.adaptive.map(super::concurrency::AdaptiveLimiter::new),
+            concurrency: self
+                .adaptive
+                .map(|config| Arc::new(super::concurrency::AdaptiveLimiter::new(config))),
+            endpoint_concurrency: self.endpoint_adaptive,
             drain: Drain::default(),
             admission: Arc::default(),
             ledger: Default::default(),

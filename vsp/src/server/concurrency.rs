@@ -4,11 +4,12 @@
 //! Why a gradient on latency (Netflix's concurrency-limits, Envoy's adaptive concurrency
 //! filter): a server past its capacity does not fail, it queues, and every call waits longer
 //! until its caller gives up: work done for nobody. The latency of its fastest calls says what
-//! an unqueued call costs; the average says how much queueing is added. Each window (100 ms)
-//! the limit is scaled by `tolerance × fastest / average`: it shrinks while calls queue beyond
-//! the tolerance and grows while they do not and the limit is in use. Refused calls cost the
-//! caller a round trip, and its client sends them to another instance without counting a
-//! failure.
+//! an unqueued call costs; the average says how much queueing is added. Each window (ten of
+//! the fastest calls' time, at most 100 ms) the limit is scaled by `tolerance × fastest /
+//! average`: it shrinks at once to where queueing would be tolerated, and grows (at most
+//! doubling) while calls do not queue and the limit is in use. Calls beyond the limit are
+//! answered `overloaded` at once: refused calls cost the caller a round trip, and its client
+//! sends them to another instance without counting a failure.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -20,15 +21,18 @@ use std::time::{Duration, Instant};
 pub struct AdaptiveConcurrency {
     /// The limit before the first measurement (default 32).
     pub initial: usize,
-    /// The limit never goes below this (default 2).
+    /// The limit never goes below this (default 2: a server whose handlers run one call at a
+    /// time then keeps its thread busy between a call's end and the next caller's arrival, at
+    /// the cost of one call's queueing; 1 favours latency over throughput).
     pub min: usize,
     /// ... nor above this (default 1,000).
     pub max: usize,
     /// How much slower than the fastest calls the average may be before the limit shrinks
     /// (default 1.5: queueing may add half a call's own time).
     pub tolerance: f64,
-    /// How often the limit is recomputed (default 100 ms; a window with fewer than 10 calls
-    /// changes nothing).
+    /// How often the limit is recomputed at most (default 100 ms): a window lasts ten of the
+    /// fastest calls' time if that is shorter, and one with fewer than 10 calls changes
+    /// nothing. The fastest call of the last ten such periods is the no-queueing baseline.
     pub window: Duration,
 }
 
@@ -81,11 +85,16 @@ impl AdaptiveConcurrency {
     }
 }
 
-/// Windows whose fastest call sets the no-queueing baseline: a floor that rose (the handler's
-/// own work got slower) is learned within this many windows.
-const BASELINE_WINDOWS: usize = 10;
+/// The no-queueing baseline is the fastest call of this many recent periods of `window`: a
+/// floor that rose (the handler's own work got slower) is learned within that time (1 s by
+/// default).
+const BASELINE_PERIODS: usize = 10;
 /// A window with fewer calls says nothing.
 const MIN_SAMPLES: u64 = 10;
+/// A window lasts this many of the fastest calls' latency, or `window` if that is sooner: a
+/// fast endpoint reacts within a few milliseconds, before a queue built at a too-high limit
+/// costs many callers.
+const WINDOW_IN_CALLS: u32 = 10;
 
 #[derive(Debug)]
 pub(crate) struct AdaptiveLimiter {
@@ -97,14 +106,18 @@ pub(crate) struct AdaptiveLimiter {
     sum_ns: AtomicU64,
     min_ns: AtomicU64,
     peak: AtomicUsize,
+    /// The window's length now (ns): `WINDOW_IN_CALLS` baselines, at most `config.window`.
+    window_ns: AtomicU64,
     window: Mutex<Window>,
 }
 
 #[derive(Debug)]
 struct Window {
     started: Instant,
-    /// The fastest call of each recent window (ns).
-    minimums: [u64; BASELINE_WINDOWS],
+    /// When the current baseline period began.
+    period_started: Instant,
+    /// The fastest call of each recent period (ns).
+    minimums: [u64; BASELINE_PERIODS],
     next: usize,
 }
 
@@ -122,6 +135,7 @@ impl AdaptiveLimiter {
             },
             window: config.window.max(Duration::from_millis(1)),
         };
+        let now = Instant::now();
         AdaptiveLimiter {
             limit: AtomicUsize::new(config.initial),
             in_flight: AtomicUsize::new(0),
@@ -129,9 +143,11 @@ impl AdaptiveLimiter {
             sum_ns: AtomicU64::new(0),
             min_ns: AtomicU64::new(u64::MAX),
             peak: AtomicUsize::new(0),
+            window_ns: AtomicU64::new(nanos(config.window)),
             window: Mutex::new(Window {
-                started: Instant::now(),
-                minimums: [u64::MAX; BASELINE_WINDOWS],
+                started: now,
+                period_started: now,
+                minimums: [u64::MAX; BASELINE_PERIODS],
                 next: 0,
             }),
             config,
@@ -158,16 +174,19 @@ impl AdaptiveLimiter {
     /// Gives the place back, with the call's latency; ends the window when it is due.
     pub(crate) fn release(&self, latency: Duration) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
-        self.count.fetch_add(1, Ordering::Relaxed);
+        let ns = nanos(latency).max(1);
+        let count = self.count.fetch_add(1, Ordering::Relaxed) + 1;
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
         self.min_ns.fetch_min(ns, Ordering::Relaxed);
+        if count < MIN_SAMPLES {
+            return;
+        }
         // One thread closes the window; the others go on.
         let Ok(mut window) = self.window.try_lock() else {
             return;
         };
         let now = Instant::now();
-        if now.duration_since(window.started) < self.config.window {
+        if nanos(now.duration_since(window.started)) < self.window_ns.load(Ordering::Relaxed) {
             return;
         }
         self.close_window(&mut window, now);
@@ -186,15 +205,23 @@ impl AdaptiveLimiter {
             return;
         }
         let next = window.next;
-        window.minimums[next] = fastest;
-        window.next = (next + 1) % BASELINE_WINDOWS;
-        let baseline = window.minimums.iter().copied().min().unwrap_or(fastest) as f64;
+        window.minimums[next] = window.minimums[next].min(fastest);
+        if now.duration_since(window.period_started) >= self.config.window {
+            window.period_started = now;
+            window.next = (next + 1) % BASELINE_PERIODS;
+            window.minimums[window.next] = u64::MAX;
+        }
+        let baseline = window.minimums.iter().copied().min().unwrap_or(fastest);
+        let length = baseline.saturating_mul(u64::from(WINDOW_IN_CALLS));
+        self.window_ns
+            .store(length.min(nanos(self.config.window)), Ordering::Relaxed);
         let average = sum as f64 / count as f64;
         let limit = self.limit() as f64;
-        let ratio = self.config.tolerance * baseline / average;
+        let ratio = self.config.tolerance * baseline as f64 / average;
         let next_limit = if ratio < 1.0 {
-            // Queueing beyond the tolerance: shrink, at most by half a window.
-            limit * ratio.max(0.5)
+            // Queueing beyond the tolerance: shrink to where it would be tolerated, at once (a
+            // window is short; a queue costs every caller in it).
+            limit * ratio
         } else if peak as f64 * 2.0 >= limit {
             // In use and queueing less than tolerated: grow with the margin, at most double.
             (limit * ratio.min(2.0)).round()
@@ -204,6 +231,10 @@ impl AdaptiveLimiter {
         let next_limit = (next_limit.floor() as usize).clamp(self.config.min, self.config.max);
         self.limit.store(next_limit, Ordering::Relaxed);
     }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -238,6 +269,34 @@ mod tests {
         }
         let limit = limiter.limit();
         assert!((2..=4).contains(&limit), "limit {limit}");
+    }
+
+    /// A server that starts overloaded at the initial limit (32 calls queued on one core) is
+    /// brought to the tolerated queueing by one window, and the next window is ten fastest
+    /// calls long: a queue costs milliseconds, not the tenths of a second of fixed windows.
+    #[test]
+    fn one_window_of_heavy_queueing_brings_the_limit_down_at_once() {
+        // Windows closed by hand only.
+        let limiter =
+            AdaptiveLimiter::new(AdaptiveConcurrency::new().window(Duration::from_secs(3600)));
+        assert_eq!(limiter.limit(), 32);
+        let mut held = 0;
+        while limiter.try_acquire() {
+            held += 1;
+        }
+        assert_eq!(held, 32);
+        let cost = Duration::from_millis(1);
+        for slot in 0..held {
+            limiter.release(cost * (slot + 1));
+        }
+        let mut window = limiter.window.lock().unwrap();
+        limiter.close_window(&mut window, Instant::now());
+        // 32 × 1.5 × 1 ms / 16.5 ms on average.
+        assert_eq!(limiter.limit(), 2);
+        assert_eq!(
+            limiter.window_ns.load(Ordering::Relaxed),
+            nanos(cost * WINDOW_IN_CALLS)
+        );
     }
 
     #[test]

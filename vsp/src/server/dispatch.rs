@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::admission::LARGE_REQUEST;
 use super::auth::Rejection;
+use super::concurrency::AdaptiveLimiter;
 use super::ledger::{Gauge, Held};
 use super::not_found::{not_found, ECHOED_NAME};
 use super::reply::{response_head, Reply, ResponseHead, ServerConnection};
@@ -60,6 +61,14 @@ struct Call<'f, 'r> {
     entry: &'r Arc<EndpointEntry>,
     context: CallContext,
     body: &'f str,
+}
+
+/// How a request stands with the adaptive concurrency limit.
+enum Admission {
+    /// Not counted (no limit, a stream, `health`).
+    Free,
+    /// It holds a place under this limit.
+    Limited(Arc<AdaptiveLimiter>),
 }
 
 /// The frame's header and its body as text; `None` when the frame was answered or handled here
@@ -154,7 +163,7 @@ fn admit<'f, 'r>(
         None if span.is_disabled() => None,
         _ => server_trace(conn, &span, metadata.as_ref().and_then(|m| m.as_ref().ok())),
     };
-    let (entry, limited) = match lookup(conn, frame, envelope, registry, known_length) {
+    let (entry, admission) = match lookup(conn, frame, envelope, registry, known_length) {
         Ok(found) => found,
         Err((code, message)) => {
             Reply::new(conn.clone(), head, None, received)
@@ -175,7 +184,10 @@ fn admit<'f, 'r>(
         )
         .with_client_stream(envelope.sends_stream())
         .with_span(span)
-        .with_limited(limited);
+        .with_limited(match admission {
+            Admission::Limited(limiter) => Some(limiter),
+            Admission::Free => None,
+        });
     if frame.len() > LARGE_REQUEST {
         reply = reply.with_large_request(frame.len());
     }
@@ -222,7 +234,7 @@ fn lookup<'r>(
     envelope: &FrameView<'_>,
     registry: &'r Registry,
     known_length: bool,
-) -> Result<(&'r Arc<EndpointEntry>, bool), (ErrorCode, String)> {
+) -> Result<(&'r Arc<EndpointEntry>, Admission), (ErrorCode, String)> {
     let manager = conn.manager();
     if manager.state() != Lifecycle::Running {
         let message = format!("service `{}` is shutting down", manager.name);
@@ -241,28 +253,41 @@ fn lookup<'r>(
         };
         return Err((ErrorCode::NotFound, message));
     };
-    match overload(conn, frame, entry) {
-        Some(message) => Err((ErrorCode::Overloaded, message)),
-        None => match &manager.concurrency {
-            // Unary calls only: a stream's length says nothing about queueing.
-            Some(limiter)
-                if !envelope.wants_stream()
-                    && !envelope.sends_stream()
-                    && *entry.name != *HEALTH_ENDPOINT =>
-            {
-                if limiter.try_acquire() {
-                    Ok((entry, true))
-                } else {
-                    let message = format!(
-                        "service `{}` is at its adaptive limit of {} concurrent requests",
-                        manager.name,
-                        limiter.limit()
-                    );
-                    Err((ErrorCode::Overloaded, message))
-                }
-            }
-            _ => Ok((entry, false)),
-        },
+    if let Some(message) = overload(conn, frame, entry) {
+        return Err((ErrorCode::Overloaded, message));
+    }
+    // Unary calls only: a stream's length says nothing about queueing.
+    let limiter = match entry.concurrency.as_ref().or(manager.concurrency.as_ref()) {
+        Some(limiter)
+            if !envelope.wants_stream()
+                && !envelope.sends_stream()
+                && *entry.name != *HEALTH_ENDPOINT =>
+        {
+            limiter
+        }
+        _ => return Ok((entry, Admission::Free)),
+    };
+    if limiter.try_acquire() {
+        Ok((entry, Admission::Limited(limiter.clone())))
+    } else {
+        Err((
+            ErrorCode::Overloaded,
+            at_limit(&manager.name, entry, limiter),
+        ))
+    }
+}
+
+/// The refusal of a call at its adaptive limit.
+fn at_limit(service: &str, entry: &EndpointEntry, limiter: &AdaptiveLimiter) -> String {
+    let limit = limiter.limit();
+    match entry.concurrency {
+        Some(_) => format!(
+            "endpoint `{}` of service `{service}` is at its adaptive limit of {limit} concurrent requests",
+            entry.name
+        ),
+        None => {
+            format!("service `{service}` is at its adaptive limit of {limit} concurrent requests")
+        }
     }
 }
 

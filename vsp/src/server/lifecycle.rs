@@ -27,6 +27,9 @@ pub(crate) struct EndpointEntry {
     pub(crate) counters: EndpointCounters,
     /// Its share of the worker pool (`Multicore` only).
     pub(crate) limiter: Option<Arc<PollLimiter>>,
+    /// Its own adaptive concurrency limit, instead of the server's
+    /// ([`VspManagerBuilder::endpoint_concurrency`](crate::VspManagerBuilder::endpoint_concurrency)).
+    pub(crate) concurrency: Option<Arc<super::concurrency::AdaptiveLimiter>>,
     /// What `vsp.describe` says of it (`None` for the built-in endpoints, which are not listed).
     pub(crate) description: Option<Arc<EndpointDescription>>,
 }
@@ -74,7 +77,10 @@ pub(crate) struct ManagerInner {
     pub(super) lifecycle: watch::Sender<Lifecycle>,
     pub(crate) stats: ServerStats,
     /// The adaptive concurrency limit, if the server has one.
-    pub(crate) concurrency: Option<super::concurrency::AdaptiveLimiter>,
+    pub(crate) concurrency: Option<Arc<super::concurrency::AdaptiveLimiter>>,
+    /// The endpoints with an adaptive limit of their own, by name: each gets its limiter when
+    /// it is registered.
+    pub(crate) endpoint_concurrency: HashMap<String, crate::AdaptiveConcurrency>,
     /// Requests and connections a graceful shutdown waits for.
     pub(crate) drain: Drain,
     /// Connections and large request bytes under their caps.

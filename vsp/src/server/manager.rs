@@ -17,6 +17,7 @@ use std::sync::{Arc, PoisonError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::concurrency::AdaptiveLimiter;
 use super::endpoint::Endpoint;
 use super::worker::{PollLimiter, WorkerPool};
 use super::*;
@@ -301,6 +302,11 @@ impl VspManager {
             name: name.clone(),
             ..description
         });
+        let concurrency = self
+            .inner
+            .endpoint_concurrency
+            .get(&name)
+            .map(|config| Arc::new(AdaptiveLimiter::new(*config)));
         let name: Arc<str> = Arc::from(name);
         self.inner
             .longest_name
@@ -317,6 +323,7 @@ impl VspManager {
                 endpoint,
                 counters: EndpointCounters::default(),
                 limiter,
+                concurrency,
                 description: Some(description),
             }),
         );
@@ -497,6 +504,15 @@ impl VspManager {
             .concurrency
             .as_ref()
             .map(|limiter| limiter.limit())
+    }
+
+    /// The adaptive limit of the endpoint `name` now, if it has one of its own
+    /// ([`VspManagerBuilder::endpoint_concurrency`](crate::VspManagerBuilder::endpoint_concurrency))
+    /// and is registered.
+    pub fn endpoint_concurrency_limit(&self, name: &str) -> Option<usize> {
+        let registry = self.inner.registry.load();
+        let limiter = registry.get(name)?.concurrency.as_ref()?;
+        Some(limiter.limit())
     }
 
     /// What the server holds for its peers right now: connections, calls in flight, streams,

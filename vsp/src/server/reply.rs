@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::concurrency::AdaptiveLimiter;
 pub(crate) use super::response_head::{response_head, ResponseHead};
 use super::{EndpointEntry, ManagerInner};
 use crate::error::ErrorCode;
@@ -110,8 +111,8 @@ pub(crate) struct Reply {
     offer: bool,
     /// The request sends a stream of items of its own (`client_stream`, revision 3).
     pub(super) client_stream: bool,
-    /// The call holds a place under the adaptive concurrency limit, given back on settling.
-    limited: bool,
+    /// The adaptive concurrency limit the call holds a place under, given back on settling.
+    limited: Option<Arc<AdaptiveLimiter>>,
     /// The stream was opened before the handler answered (a client stream, whose caller needs
     /// credit first): every answer after that, an error too, is a frame of the stream.
     pub(super) opened: bool,
@@ -140,7 +141,7 @@ impl Reply {
             offer: false,
             client_stream: false,
             opened: false,
-            limited: false,
+            limited: None,
         }
     }
 
@@ -164,7 +165,7 @@ impl Reply {
         self
     }
 
-    pub(crate) fn with_limited(mut self, limited: bool) -> Self {
+    pub(crate) fn with_limited(mut self, limited: Option<Arc<AdaptiveLimiter>>) -> Self {
         self.limited = limited;
         self
     }
@@ -528,7 +529,7 @@ impl Reply {
                 .fetch_sub(self.large_bytes, Ordering::AcqRel);
         }
         manager.drain.request_finished();
-        if let (true, Some(limiter)) = (self.limited, &manager.concurrency) {
+        if let Some(limiter) = self.limited.take() {
             limiter.release(elapsed.unwrap_or_else(|| self.received.elapsed()));
         }
         if let Some(elapsed) = elapsed {
