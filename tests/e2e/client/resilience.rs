@@ -190,6 +190,42 @@ async fn hedged_calls_answer_from_the_other_instance_and_cancel_the_slow_attempt
     fast.shutdown().await.unwrap();
 }
 
+/// A hedge that wins over an attempt sent on a brand-new connection (the server has not
+/// answered there yet, so the client does not know it reads cancel frames) still cancels that
+/// attempt: the cancel waits for the connection's first answer (a keepalive ping's here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_cancels_an_attempt_sent_on_a_brand_new_connection() {
+    let (silent, silent_port) = echo_server(false).await;
+    let (_fast, fast_port) = echo_server(true).await;
+    let mesh = mesh_of(
+        &[silent_port, fast_port],
+        ServiceMesh::builder()
+            .load_balancer(RoundRobinBalancer::new())
+            .build(),
+    );
+    let client = VspClient::builder(mesh)
+        .timeout(Duration::from_secs(60))
+        .build();
+    let hedged = CallOptions::new()
+        .idempotent(true)
+        .hedge(Hedge::After(Duration::from_millis(20)));
+    for i in 0..2 {
+        let answer: Value = client
+            .call_with(SERVICE, "echo", json!({ "value": i }), hedged.clone())
+            .await
+            .unwrap_or_else(|e| panic!("hedged call {i}: {e}"));
+        assert_eq!(answer, json!(i));
+    }
+    assert!(client.metrics().calls[SERVICE]["echo"].hedges >= 1);
+    wait_until(
+        "the silent server to drop the attempt abandoned on a new connection (cancelled)",
+        Duration::from_secs(10),
+        || silent.ledger().calls_in_flight == 0,
+    )
+    .await;
+    silent.close().await;
+}
+
 /// Which instance answered, by the port it was told.
 #[vsp::service(name = "sharded")]
 pub trait Sharded {

@@ -39,6 +39,9 @@ impl ConnectionState {
                 self.peer_revision.store(revision, Ordering::Relaxed);
             }
         }
+        if self.owes_cancels.load(Ordering::Relaxed) {
+            self.settle_deferred_cancels();
+        }
         let stream_frame = envelope.stream_frame();
         if let Some(credit) = envelope.credit() {
             // Credit for the items a call sends: on its own frame, or on the opening.

@@ -1,5 +1,6 @@
 //! One multiplexed client connection: many calls in flight, matched to responses by request id.
 
+mod control;
 mod deliver;
 mod pending;
 mod read_turn;
@@ -23,10 +24,9 @@ use tokio::time::Instant;
 use crate::error::ErrorCode;
 use crate::fast_map::FastMap;
 use crate::protocol::compression;
-use crate::protocol::frame::{encode_frame, encode_frame_within, EncodeError};
+use crate::protocol::frame::{encode_frame_within, EncodeError};
 use crate::protocol::{
     write_envelope, Extensions, HeaderOut, Metadata, RequestIdOut, CLIENT_STREAM_REVISION,
-    CONTROL_REVISION,
 };
 use crate::trace::TraceContext;
 use crate::transport::{run_writer, Io, WriteQueue};
@@ -123,6 +123,13 @@ struct ConnectionState {
     /// The highest `vsp` revision the server answered with: control frames (`credit`, `cancel`)
     /// go only to a server of revision 2 or more (never to Velithon, which sends none).
     peer_revision: AtomicU32,
+    /// Calls cancelled before the server's revision was known (no answer yet on this
+    /// connection): their cancels go out with the next answer if it shows the server reads
+    /// them, and are forgotten if it does not (Velithon). At most `DEFERRED_CANCELS`.
+    deferred_cancels: std::sync::Mutex<Vec<u64>>,
+    /// `deferred_cancels` is not empty: the next answer settles them, and the keepalive pings
+    /// the connection as if a call were in flight, so that answer comes soon.
+    owes_cancels: AtomicBool,
     /// The read side, and whether the reader task or a lone caller reads it.
     read: read_turn::ReadTurn,
     /// How requests are compressed once the server offers to read zstd (`None`: never).
@@ -184,28 +191,6 @@ impl ConnectionState {
         for (_, slot) in calls {
             let _ = slot.send(Err(CallFailure::Closed(reason.clone())));
         }
-    }
-
-    /// Sends a control frame for call `id` (more items, or a cancel), to a server that knows
-    /// them.
-    fn control(&self, id: u64, credit: Option<u32>, cancel: bool) {
-        if self.peer_revision.load(Ordering::Relaxed) < CONTROL_REVISION {
-            return;
-        }
-        let header = HeaderOut {
-            request_id: RequestIdOut::Int(id),
-            service: "",
-            endpoint: "",
-            is_response: false,
-        };
-        let _ = self.queue.push(|out| {
-            encode_frame(out, |out| {
-                write_envelope(out, &header, &Extensions::control(credit, cancel), |out| {
-                    out.extend_from_slice(b"{}");
-                    Ok::<_, std::convert::Infallible>(())
-                })
-            })
-        });
     }
 }
 
@@ -279,6 +264,8 @@ impl Connection {
             last_active_ms: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
             peer_revision: AtomicU32::new(0),
+            deferred_cancels: std::sync::Mutex::new(Vec::new()),
+            owes_cancels: AtomicBool::new(false),
             read: read_turn::ReadTurn::new(read, max_frame_size),
             compression,
         });
@@ -363,7 +350,7 @@ impl Connection {
         let state = &self.state;
         let now_ms = state.epoch.elapsed().as_millis() as u64;
         let frames = state.frames_received.load(Ordering::Relaxed);
-        let in_flight = self.in_flight() > 0;
+        let in_flight = self.in_flight() > 0 || state.owes_cancels.load(Ordering::Relaxed);
         let was_busy = state.keepalive_busy.swap(in_flight, Ordering::Relaxed);
         if frames != state.keepalive_seen.swap(frames, Ordering::Relaxed)
             || (in_flight && !was_busy)

@@ -58,6 +58,12 @@ impl Upload {
         self.wake.notify_waiters();
     }
 
+    /// The caller's items ended: `Some(true)` (send the end), or `None` if the call was
+    /// stopped meanwhile (its items dropped with it are no half-close).
+    fn ends(&self) -> Option<bool> {
+        (!self.stopped.load(Ordering::Acquire)).then_some(true)
+    }
+
     async fn stopped(&self) {
         loop {
             let woken = self.wake.notified();
@@ -91,6 +97,9 @@ where
         tokio::select! {
             () = below => {}
             () = upload.stopped() => return,
+        }
+        if last && upload.ends().is_none() {
+            return;
         }
         let failure = match write(state, id, seq, &batch, last) {
             Ok(()) if last => return,
@@ -133,7 +142,7 @@ async fn gather<S: Stream>(
         () = upload.stopped() => return None,
     };
     let Some(item) = next else {
-        return Some(true);
+        return upload.ends();
     };
     batch.push(item);
     while batch.len() < MAX_BATCH {
@@ -146,7 +155,7 @@ async fn gather<S: Stream>(
                 batch.push(item);
             }
             // The unused permit goes back as it drops.
-            Poll::Ready(None) => return Some(true),
+            Poll::Ready(None) => return upload.ends(),
             Poll::Pending => break,
         }
     }
