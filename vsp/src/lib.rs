@@ -74,6 +74,7 @@
 pub mod __private;
 pub mod balancer;
 mod client;
+pub mod compat;
 mod context;
 mod deadline;
 pub mod discovery;

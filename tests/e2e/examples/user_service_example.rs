@@ -190,3 +190,20 @@ async fn user_service_serves_mutual_tls_and_wants_its_token() {
     assert!(err.to_string().contains("requires TLS"), "{err}");
     stop_gracefully(child, output).await;
 }
+
+/// The user service's description is its committed contract (`examples/users/contract.json`,
+/// written by `vsp describe --json` or with `VSP_UPDATE_CONTRACTS=1`): a change to the trait
+/// that callers would see fails here, with the changes classified and the differing lines.
+#[test]
+fn the_user_service_matches_its_committed_contract() {
+    let manager = vsp::VspManager::builder("user-service").build();
+    manager
+        .serve(crate::users::UserServiceServer::new(
+            crate::users::Users::default(),
+        ))
+        .unwrap();
+    let contract = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/users/contract.json");
+    if let Err(drift) = vsp::compat::check_contract(&manager.description(), contract) {
+        panic!("{drift}");
+    }
+}

@@ -1,5 +1,5 @@
 //! `vsp`: call, describe, health-check, discover and load-test VSP services (and Velithon's)
-//! from a shell.
+//! from a shell, and compare service descriptions for changes that break callers.
 //!
 //! Exit codes: 0 success, 1 the service answered with an error, 2 usage error (bad arguments,
 //! bad JSON, a body that does not match the endpoint's schema), 3 connection or discovery failure.
@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 use vsp::VspError;
 
-use commands::{bench, call, describe, discover, health};
+use commands::{bench, call, compat, describe, discover, health};
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +41,9 @@ enum Command {
     Discover(discover::DiscoverArgs),
     /// Load-tests an endpoint: calls/s, latency percentiles, errors by code.
     Bench(bench::BenchArgs),
+    /// Compares two service descriptions (files or live servers): which changes break callers
+    /// (exit 1) and which are compatible (exit 0).
+    Compat(compat::CompatArgs),
 }
 
 /// A failure, with the exit code it maps to.
@@ -208,6 +211,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             health::run(args).await
         }
         Command::Discover(args) => discover::run(args).await,
+        Command::Compat(args) => compat::run(args).await,
         Command::Bench(mut args) => {
             args.target = args.target.with_config()?;
             bench::run(args).await
