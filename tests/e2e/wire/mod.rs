@@ -1,5 +1,6 @@
 //! The wire: byte-exact vectors and interop with the real Velithon from PyPI.
 
 mod compression;
+mod python_codegen;
 mod velithon;
 mod wire_vectors;

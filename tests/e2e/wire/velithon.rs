@@ -19,7 +19,7 @@ use vsp::{
     CallError, Compression, ErrorCode, ServiceInfo, ServiceMesh, VspClient, VspError, VspManager,
 };
 
-fn python() -> Option<PathBuf> {
+pub(super) fn python() -> Option<PathBuf> {
     let python = std::env::var_os("VELITHON_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -40,7 +40,7 @@ fn python() -> Option<PathBuf> {
 }
 
 /// A prerequisite is missing: a failure in CI, a skip with a message elsewhere.
-fn unavailable<T>(message: String) -> Option<T> {
+pub(super) fn unavailable<T>(message: String) -> Option<T> {
     if std::env::var_os("CI").is_some() {
         panic!("{message}");
     }
@@ -404,7 +404,7 @@ async fn two_hundred_concurrent_calls_to_velithon_all_get_their_own_answer() {
 }
 
 /// The `vsp` binary, built by `cargo test --workspace` for its own tests.
-fn vsp_binary() -> Option<PathBuf> {
+pub(super) fn vsp_binary() -> Option<PathBuf> {
     let mut dir = std::env::current_exe().unwrap();
     dir.pop();
     if dir.ends_with("deps") {

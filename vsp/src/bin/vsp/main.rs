@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 use vsp::VspError;
 
-use commands::{bench, call, compat, describe, discover, health};
+use commands::{bench, call, codegen, compat, describe, discover, health};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +44,8 @@ enum Command {
     /// Compares two service descriptions (files or live servers): which changes break callers
     /// (exit 1) and which are compatible (exit 0).
     Compat(compat::CompatArgs),
+    /// Generates a typed client (Python) from a service's description.
+    Codegen(codegen::CodegenArgs),
 }
 
 /// A failure, with the exit code it maps to.
@@ -212,6 +214,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Discover(args) => discover::run(args).await,
         Command::Compat(args) => compat::run(args).await,
+        Command::Codegen(args) => codegen::run(args).await,
         Command::Bench(mut args) => {
             args.target = args.target.with_config()?;
             bench::run(args).await

@@ -34,8 +34,9 @@ pub(crate) struct CompatArgs {
 }
 
 pub(crate) async fn run(args: CompatArgs) -> Result<(), Failure> {
-    let old = load(&args, &args.old).await?;
-    let new = load(&args, &args.new).await?;
+    let service = args.service.as_deref();
+    let old = load(&args.old, service, args.timeout, &args.security).await?;
+    let new = load(&args.new, service, args.timeout, &args.security).await?;
     let report = compare(&old, &new);
     if args.json {
         let json =
@@ -75,8 +76,14 @@ fn summary(report: &Report) -> String {
     }
 }
 
-/// A description from a file, or from the live server at an address.
-async fn load(args: &CompatArgs, source: &str) -> Result<ServiceDescription, Failure> {
+/// A description from a file, or from the live server at an address (called `service`, by
+/// default the address).
+pub(crate) async fn load(
+    source: &str,
+    service: Option<&str>,
+    timeout: Duration,
+    security: &SecurityArgs,
+) -> Result<ServiceDescription, Failure> {
     let path = std::path::Path::new(source);
     if path.is_file() {
         let text = std::fs::read_to_string(path)
@@ -92,7 +99,7 @@ async fn load(args: &CompatArgs, source: &str) -> Result<ServiceDescription, Fai
             "{source} is neither a description file nor a server address: {reason}"
         ))
     })?;
-    let service = args.service.clone().unwrap_or_else(|| source.to_owned());
-    let client = direct_client(&service, &address, args.timeout, &args.security)?;
+    let service = service.unwrap_or(source).to_owned();
+    let client = direct_client(&service, &address, timeout, security)?;
     super::describe::describe(&client, &service, source).await
 }

@@ -4,6 +4,7 @@
 
 pub(crate) mod bench;
 pub(crate) mod call;
+pub(crate) mod codegen;
 pub(crate) mod compat;
 pub(crate) mod describe;
 pub(crate) mod discover;

@@ -1,0 +1,59 @@
+"""Calls the user service through the client `vsp codegen python` generated from its description
+(the module `users_client`, on PYTHONPATH): a unary call, a typed error, a server stream, a
+deadline. Prints one JSON line per check; any failure raises. Type-checked with mypy --strict.
+
+usage: codegen_users.py PORT
+"""
+
+import asyncio
+import json
+import sys
+
+from users_client import DeadlineExceeded, GetUserError, User, UserServiceClient
+
+
+def report(check: str, value: object) -> None:
+    print(json.dumps({"check": check, "value": value}), flush=True)
+
+
+async def main(port: int) -> None:
+    async with await UserServiceClient.connect("127.0.0.1", port, timeout=10.0) as users:
+        created: User = await users.create_user("Ada", "ada@example.com")
+        fetched = await users.get_user(created["id"])
+        assert fetched == created, (fetched, created)
+        report("unary", fetched["name"])
+
+        try:
+            await users.get_user("nobody")
+            raise AssertionError("get_user('nobody') answered")
+        except GetUserError as refused:
+            report("typed_error", refused.data["NotFound"]["user_id"])
+
+        updated = await users.update_user(created["id"], email="ada@lovelace.org")
+        report("optional_argument", [updated["name"], updated["email"]])
+
+        # The stream sends the users created from now on: create two while it is open.
+        stream = users.watch_users(timeout=10.0)
+        first = asyncio.ensure_future(anext(stream))
+        names = ["Grace", "Edsger"]
+        seen: list[str] = []
+        for name in names:
+            # Created until the stream sees the first one (it may open after a first create).
+            await users.create_user(name, f"{name.lower()}@example.com")
+            done, _ = await asyncio.wait([first], timeout=0.5)
+            if done:
+                break
+        item = await asyncio.wait_for(first, 10.0)
+        seen.append(item["name"])
+        await stream.aclose()  # leaves early: the server is told to stop
+        report("stream", seen)
+
+        try:
+            await users.get_user(created["id"], timeout=0.000001)
+            report("deadline", "answered")
+        except DeadlineExceeded as late:
+            report("deadline", late.code)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1])))
