@@ -2,11 +2,13 @@
 (the module `users_client`, on PYTHONPATH): a unary call, a typed error, a server stream, a
 deadline. Prints one JSON line per check; any failure raises. Type-checked with mypy --strict.
 
-usage: codegen_users.py PORT
+usage: codegen_users.py PORT TLS_PORT CA_FILE (the same service over TLS, and the CA that
+signed its certificate)
 """
 
 import asyncio
 import json
+import ssl
 import sys
 
 from users_client import DeadlineExceeded, GetUserError, User, UserServiceClient
@@ -16,7 +18,7 @@ def report(check: str, value: object) -> None:
     print(json.dumps({"check": check, "value": value}), flush=True)
 
 
-async def main(port: int) -> None:
+async def main(port: int, tls_port: int, ca_file: str) -> None:
     async with await UserServiceClient.connect("127.0.0.1", port, timeout=10.0) as users:
         created: User = await users.create_user("Ada", "ada@example.com")
         fetched = await users.get_user(created["id"])
@@ -54,6 +56,14 @@ async def main(port: int) -> None:
         except DeadlineExceeded as late:
             report("deadline", late.code)
 
+    # The same service over TLS, its certificate checked against the test CA.
+    context = ssl.create_default_context(cafile=ca_file)
+    async with await UserServiceClient.connect(
+        "127.0.0.1", tls_port, ssl=context, server_hostname="localhost"
+    ) as secure:
+        made = await secure.create_user("Barbara", "barbara@example.com")
+        report("tls", (await secure.get_user(made["id"]))["name"])
+
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]))

@@ -1,12 +1,14 @@
 //! `vsp codegen python` end to end: a client generated from the live user service's
 //! description, type-checked with mypy in strict mode, then run by a real Python against the
-//! service (a unary call, a typed error, an optional argument, a server stream, a deadline).
+//! service (a unary call, a typed error, an optional argument, a server stream, a deadline, and
+//! the same service over TLS).
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
+use vsp::tls::{ServerTls, ServerTlsConfig, TlsListener};
 use vsp::VspManager;
 
 use super::velithon::{python, unavailable, vsp_binary};
@@ -50,6 +52,24 @@ async fn a_generated_python_client_calls_the_user_service() {
         .serve(UserServiceServer::new(Users::default()))
         .unwrap();
     let addr = manager.start_server("127.0.0.1", 0).await.unwrap();
+    let ca = vsp_test_support::pki::Ca::new("codegen-ca");
+    let cert = ca.issue("user-service");
+    let secure = VspManager::builder("user-service").build();
+    secure
+        .serve(UserServiceServer::new(Users::default()))
+        .unwrap();
+    let listener = vsp::transport::TcpListener::bind("127.0.0.1", 0)
+        .await
+        .unwrap();
+    let secure_addr = listener.socket_addr();
+    let tls = ServerTls::new(
+        ServerTlsConfig::from_pem(cert.cert_pem.as_bytes(), cert.key_pem.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    secure
+        .start_server_on(TlsListener::new(listener, tls))
+        .await
+        .unwrap();
 
     let dir = std::env::temp_dir().join(format!("vsp-codegen-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -95,7 +115,12 @@ async fn a_generated_python_client_calls_the_user_service() {
 
     let ran = run(
         python,
-        vec![program.display().to_string(), addr.port().to_string()],
+        vec![
+            program.display().to_string(),
+            addr.port().to_string(),
+            secure_addr.port().to_string(),
+            ca.cert_file.display().to_string(),
+        ],
         vec![("PYTHONPATH", dir.clone())],
     )
     .await;
@@ -123,6 +148,7 @@ async fn a_generated_python_client_calls_the_user_service() {
         "{streamed}"
     );
     assert_eq!(value("deadline"), "timeout");
+    assert_eq!(value("tls"), "Barbara");
     // The stream the program left early was cancelled on the server.
     crate::common::wait_until(
         "the abandoned stream to end on the server",
@@ -131,5 +157,6 @@ async fn a_generated_python_client_calls_the_user_service() {
     )
     .await;
     manager.shutdown().await.unwrap();
+    secure.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
