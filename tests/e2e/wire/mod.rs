@@ -2,5 +2,6 @@
 
 mod compression;
 mod python_codegen;
+mod typescript_codegen;
 mod velithon;
 mod wire_vectors;

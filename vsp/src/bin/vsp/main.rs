@@ -22,7 +22,7 @@ use commands::{bench, call, codegen, compat, describe, discover, health};
 #[command(
     name = "vsp",
     version,
-    about = "Call, health-check, discover and load-test VSP services"
+    about = "Call, health-check, discover and load-test VSP services; compare their descriptions; generate clients"
 )]
 struct Cli {
     #[command(subcommand)]

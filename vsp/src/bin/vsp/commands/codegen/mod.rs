@@ -1,7 +1,8 @@
-//! `vsp codegen python SOURCE`: a typed client in another language, generated from a service's
-//! description (a `vsp describe --json` file, or a live server).
+//! `vsp codegen python|typescript SOURCE`: a typed client in another language, generated from a
+//! service's description (a `vsp describe --json` file, or a live server).
 
 mod python;
+mod typescript;
 
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ use crate::Failure;
 pub(crate) enum Language {
     /// An asyncio module that speaks VSP over TCP or TLS itself (Python 3.11 or newer).
     Python,
+    /// A module that calls through a VSP gateway with `fetch` and Server-Sent Events.
+    Typescript,
 }
 
 /// Generates a typed client of a service from its description.
@@ -48,6 +51,7 @@ pub(crate) async fn run(args: CodegenArgs) -> Result<(), Failure> {
     .await?;
     let code = match args.language {
         Language::Python => python::generate(&description),
+        Language::Typescript => typescript::generate(&description),
     };
     match &args.out {
         Some(path) => std::fs::write(path, code)

@@ -445,7 +445,7 @@ fn method(
     }
 }
 
-fn required(schema: &Value) -> Vec<&str> {
+pub(super) fn required(schema: &Value) -> Vec<&str> {
     schema
         .get("required")
         .and_then(Value::as_array)
@@ -454,7 +454,7 @@ fn required(schema: &Value) -> Vec<&str> {
 }
 
 /// A tagged enum variant's name (`{"NotFound": {...}}`, one required property, no other).
-fn variant(schema: &Value) -> Option<&str> {
+pub(super) fn variant(schema: &Value) -> Option<&str> {
     let properties = schema.get("properties")?.as_object()?;
     match required(schema).as_slice() {
         [name] if properties.len() == 1 && properties.contains_key(*name) => Some(name),
@@ -498,7 +498,7 @@ fn class_name(service: &str, suffix: &str) -> String {
 }
 
 /// `get_user`, `user-service`, `vsp.thing` → `GetUser`, `UserService`, `VspThing`.
-fn pascal(text: &str) -> String {
+pub(super) fn pascal(text: &str) -> String {
     let mut out = String::new();
     let mut upper = true;
     for c in text.chars() {
@@ -544,7 +544,7 @@ fn python_identifier(text: &str) -> String {
 }
 
 /// A Python string literal (JSON's escapes are Python's).
-fn json_text(text: &str) -> String {
+pub(super) fn json_text(text: &str) -> String {
     serde_json::to_string(text).unwrap_or_default()
 }
 

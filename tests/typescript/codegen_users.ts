@@ -1,0 +1,58 @@
+// Calls the user service through the gateway with the client `vsp codegen typescript` generated
+// from its description (`./users_client`): a unary call, a typed error, an optional argument, a
+// server stream (Server-Sent Events), a deadline. Prints one JSON line per check; any failure
+// throws. Compiled with `tsc --strict`, run with node: `node codegen_users.js GATEWAY_URL`.
+
+import { DeadlineExceeded, GetUserError, User, UserServiceClient } from "./users_client";
+
+declare const process: { argv: string[]; exitCode?: number };
+
+function report(check: string, value: unknown): void {
+  console.log(JSON.stringify({ check, value }));
+}
+
+async function main(base: string): Promise<void> {
+  const users = new UserServiceClient(base, { timeoutMs: 10_000 });
+  const ada: User = await users.createUser({ name: "Ada", email: "ada@example.com" });
+  const fetched = await users.getUser({ user_id: ada.id });
+  if (fetched.id !== ada.id || fetched.name !== ada.name) throw new Error(`fetched ${JSON.stringify(fetched)}`);
+  report("unary", fetched.name);
+
+  try {
+    await users.getUser({ user_id: "nobody" });
+    throw new Error("get_user('nobody') answered");
+  } catch (err) {
+    if (!(err instanceof GetUserError)) throw err;
+    report("typed_error", [err.status, err.data.NotFound.user_id]);
+  }
+
+  const updated = await users.updateUser({ user_id: ada.id, email: "ada@lovelace.org" });
+  report("optional_argument", [updated.name, updated.email]);
+
+  // The stream sends the users created from now on: create some while it is open.
+  const stream = users.watchUsers({}, { timeoutMs: 10_000 });
+  const first = stream.next();
+  let seen: IteratorResult<User, void> | undefined;
+  for (const name of ["Grace", "Edsger", "Barbara"]) {
+    await users.createUser({ name, email: `${name.toLowerCase()}@example.com` });
+    seen = await Promise.race([first, new Promise<undefined>((resolve) => setTimeout(resolve, 500))]);
+    if (seen !== undefined) break;
+  }
+  const item = seen ?? (await first);
+  if (item.done === true) throw new Error("the stream ended before its first item");
+  report("stream", item.value.name);
+  await stream.return(undefined); // leaves early: the gateway cancels the call
+
+  try {
+    await users.getUser({ user_id: ada.id }, { timeoutMs: 1 });
+    report("deadline", "answered");
+  } catch (err) {
+    if (!(err instanceof DeadlineExceeded)) throw err;
+    report("deadline", err.code);
+  }
+}
+
+main(process.argv[2]).catch((err: unknown) => {
+  console.error(err);
+  process.exitCode = 1;
+});
