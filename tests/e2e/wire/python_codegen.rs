@@ -160,3 +160,67 @@ async fn a_generated_python_client_calls_the_user_service() {
     secure.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A description with what Python names cannot say as they are (a keyword argument, dashes and
+/// dots in names, a field called `from`), a recursive type, enums, maps, nullable items, an open
+/// endpoint, a stream and a caller's stream: its client passes mypy `--strict` and imports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_python_client_of_awkward_names_type_checks_and_imports() {
+    let (Some(python), Some(vsp)) = (python(), vsp_binary()) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("vsp-codegen-edge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let description =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/codegen/edge-cases.json");
+    let module = dir.join("edge_client.py");
+    let generated = run(
+        vsp,
+        vec![
+            "codegen".into(),
+            "python".into(),
+            description.display().to_string(),
+            "--out".into(),
+            module.display().to_string(),
+        ],
+        vec![],
+    )
+    .await;
+    assert!(generated.status.success(), "{}", text(&generated.stderr));
+    let code = std::fs::read_to_string(&module).unwrap();
+    assert!(code.contains(
+        "async def vsp_thing_do(self, class_: str, limit: int, *, my_arg: int | None = None"
+    ));
+    assert!(code.contains("body[\"my-arg\"] = my_arg"));
+    assert!(code.contains("# `upload` takes a stream of items (`rows`): not generated"));
+    let checked = run(
+        python.clone(),
+        vec![
+            "-m".into(),
+            "mypy".into(),
+            "--strict".into(),
+            format!("--cache-dir={}", dir.join("mypy-cache").display()),
+            module.display().to_string(),
+        ],
+        vec![],
+    )
+    .await;
+    if checked.status.success() || !text(&checked.stderr).contains("No module named mypy") {
+        assert!(
+            checked.status.success(),
+            "mypy --strict: {}{}",
+            text(&checked.stdout),
+            text(&checked.stderr)
+        );
+    } else if unavailable::<()>(format!("no mypy for {}", python.display())).is_none() {
+        return;
+    }
+    let imported = run(
+        python,
+        vec!["-c".into(), "import edge_client".into()],
+        vec![("PYTHONPATH", dir.clone())],
+    )
+    .await;
+    assert!(imported.status.success(), "{}", text(&imported.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

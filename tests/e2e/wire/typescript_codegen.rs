@@ -177,3 +177,66 @@ async fn a_generated_typescript_client_calls_the_user_service_through_the_gatewa
     users.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The same awkward description as the Python test's: its TypeScript client compiles with
+/// `tsc --strict` and loads in node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_typescript_client_of_awkward_names_compiles_and_loads() {
+    let (Some(tsc), Some(vsp)) = (tsc(), vsp_binary()) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("vsp-codegen-ts-edge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let description =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/codegen/edge-cases.json");
+    let generated = run(
+        vsp,
+        vec![
+            "codegen".into(),
+            "typescript".into(),
+            description.display().to_string(),
+            "--out".into(),
+            "edge_client.ts".into(),
+        ],
+        dir.clone(),
+    )
+    .await;
+    assert!(generated.status.success(), "{}", text(&generated.stderr));
+    let code = std::fs::read_to_string(dir.join("edge_client.ts")).unwrap();
+    assert!(code.contains("async vspThingDo(args: VspThingDoArgs"));
+    assert!(code.contains("\"my-arg\"?: number | null;"));
+    let compiled = run(
+        tsc,
+        [
+            "--strict",
+            "--noUnusedLocals",
+            "--target",
+            "es2022",
+            "--module",
+            "commonjs",
+            "--lib",
+            "es2022,dom",
+            "--outDir",
+            "out",
+            "edge_client.ts",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        dir.clone(),
+    )
+    .await;
+    assert!(
+        compiled.status.success(),
+        "tsc --strict: {}{}",
+        text(&compiled.stdout),
+        text(&compiled.stderr)
+    );
+    let loaded = run(
+        PathBuf::from("node"),
+        vec!["-e".into(), "require('./out/edge_client.js')".into()],
+        dir.clone(),
+    )
+    .await;
+    assert!(loaded.status.success(), "{}", text(&loaded.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
