@@ -50,8 +50,6 @@ struct Types {
     /// A `$defs` entry's schema (as text) → its Python name, per name asked.
     by_schema: HashMap<String, String>,
     taken: HashSet<String>,
-    /// Names being defined (a recursive type refers to itself).
-    pending: HashSet<String>,
 }
 
 impl Types {
@@ -143,7 +141,6 @@ impl Types {
         }
         let name = self.name(&wanted);
         self.by_schema.insert(key, name.clone());
-        self.pending.insert(name.clone());
         let is_class = target.get("properties").is_some()
             && target.get("anyOf").is_none()
             && target.get("oneOf").is_none();
@@ -155,7 +152,6 @@ impl Types {
             self.classes
                 .push((name.clone(), format!("{doc}{name}: TypeAlias = {aliased}")));
         }
-        self.pending.remove(&name);
         name
     }
 
