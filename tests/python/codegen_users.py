@@ -1,6 +1,6 @@
 """Calls the user service through the client `vsp codegen python` generated from its description
 (the module `users_client`, on PYTHONPATH): a unary call, a typed error, a server stream, a
-deadline. Prints one JSON line per check; any failure raises. Type-checked with mypy --strict.
+deadline (a stream that gets no item in time), TLS. Prints one JSON line per check; any failure raises. Type-checked with mypy --strict.
 
 usage: codegen_users.py PORT TLS_PORT CA_FILE (the same service over TLS, and the CA that
 signed its certificate)
@@ -37,11 +37,10 @@ async def main(port: int, tls_port: int, ca_file: str) -> None:
         # The stream sends the users created from now on: create two while it is open.
         stream = users.watch_users(timeout=10.0)
         first = asyncio.ensure_future(anext(stream))
-        names = ["Grace", "Edsger"]
         seen: list[str] = []
-        for name in names:
-            # Created until the stream sees the first one (it may open after a first create).
-            await users.create_user(name, f"{name.lower()}@example.com")
+        for n in range(20):
+            # Created until the stream sees one (it may open after the first creates).
+            await users.create_user(f"Watcher {n}", f"watcher{n}@example.com")
             done, _ = await asyncio.wait([first], timeout=0.5)
             if done:
                 break
@@ -50,9 +49,12 @@ async def main(port: int, tls_port: int, ca_file: str) -> None:
         await stream.aclose()  # leaves early: the server is told to stop
         report("stream", seen)
 
+        # No user is created while this stream is open: its deadline passes (the client's
+        # timer or the server's, whichever is first: both are DeadlineExceeded).
         try:
-            await users.get_user(created["id"], timeout=0.000001)
-            report("deadline", "answered")
+            async for user in users.watch_users(timeout=0.2):
+                report("deadline", f"got {user['name']}")
+            report("deadline", "ended")
         except DeadlineExceeded as late:
             report("deadline", late.code)
 

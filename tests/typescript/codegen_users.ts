@@ -33,8 +33,9 @@ async function main(base: string): Promise<void> {
   const stream = users.watchUsers({}, { timeoutMs: 10_000 });
   const first = stream.next();
   let seen: IteratorResult<User, void> | undefined;
-  for (const name of ["Grace", "Edsger", "Barbara"]) {
-    await users.createUser({ name, email: `${name.toLowerCase()}@example.com` });
+  for (let n = 0; n < 20; n++) {
+    // Created until the stream sees one (it may open after the first creates).
+    await users.createUser({ name: `Watcher ${n}`, email: `watcher${n}@example.com` });
     seen = await Promise.race([first, new Promise<undefined>((resolve) => setTimeout(resolve, 500))]);
     if (seen !== undefined) break;
   }
@@ -43,9 +44,10 @@ async function main(base: string): Promise<void> {
   report("stream", item.value.name);
   await stream.return(undefined); // leaves early: the gateway cancels the call
 
+  // No user is created while this stream is open: its deadline passes.
   try {
-    await users.getUser({ user_id: ada.id }, { timeoutMs: 1 });
-    report("deadline", "answered");
+    for await (const user of users.watchUsers({}, { timeoutMs: 200 })) report("deadline", `got ${user.name}`);
+    report("deadline", "ended");
   } catch (err) {
     if (!(err instanceof DeadlineExceeded)) throw err;
     report("deadline", err.code);

@@ -144,7 +144,9 @@ async fn a_generated_python_client_calls_the_user_service() {
     );
     let streamed = value("stream");
     assert!(
-        streamed == serde_json::json!(["Grace"]) || streamed == serde_json::json!(["Edsger"]),
+        streamed[0]
+            .as_str()
+            .is_some_and(|name| name.starts_with("Watcher ")),
         "{streamed}"
     );
     assert_eq!(value("deadline"), "timeout");

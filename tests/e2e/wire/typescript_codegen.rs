@@ -163,7 +163,9 @@ async fn a_generated_typescript_client_calls_the_user_service_through_the_gatewa
     );
     let streamed = value("stream");
     assert!(
-        ["Grace", "Edsger", "Barbara"].contains(&streamed.as_str().unwrap()),
+        streamed
+            .as_str()
+            .is_some_and(|name| name.starts_with("Watcher ")),
         "{streamed}"
     );
     assert_eq!(value("deadline"), "timeout");

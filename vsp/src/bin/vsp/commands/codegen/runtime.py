@@ -268,4 +268,7 @@ def _answer(endpoint: str, header: dict[str, Any], body: Any) -> tuple[Any, Serv
     code_text = code if isinstance(code, str) and code else "remote"
     if isinstance(body, dict) and "data" in body:
         return None, ServiceError(code_text, text, body["data"])
+    if code_text == "timeout":
+        # The server saw the deadline pass first: the same outcome as the client seeing it.
+        raise DeadlineExceeded(code_text, f"`{endpoint}`: {text}")
     raise VspError(code_text, f"`{endpoint}`: {text}")

@@ -16,8 +16,8 @@ export class VspError extends Error {
 
 /** The call's deadline passed (the request was aborted; the gateway cancels the call). */
 export class DeadlineExceeded extends VspError {
-  constructor(detail: string) {
-    super("timeout", detail, 0);
+  constructor(detail: string, status = 0) {
+    super("timeout", detail, status);
     this.name = "DeadlineExceeded";
   }
 }
@@ -68,6 +68,10 @@ function errorOf(status: number, text: string): VspError {
   const message = error.message ?? text.slice(0, 200);
   if (code === "service_error") {
     return new ServiceError(code, message, status, error.data);
+  }
+  if (code === "timeout") {
+    // The gateway or the service saw the deadline pass: the same outcome as the client seeing it.
+    return new DeadlineExceeded(message, status);
   }
   return new VspError(code, message, status);
 }
