@@ -35,6 +35,8 @@ const MAX_HOPS: usize = 16;
 /// Schema pairs compared at most for one endpoint's schema: a description from a live server
 /// may be built to make the comparison explode, and this bounds its cost.
 const MAX_VISITS: usize = 20_000;
+/// Schemas read at most to list one schema's alternatives (its unions, through `$ref`s).
+const MAX_UNION_NODES: usize = 1_000;
 
 /// Compares the schemas `old` (inside the document `old_root`) and `new` (inside `new_root`),
 /// values flowing `flow`; the differences found are added to `found`.
@@ -419,7 +421,8 @@ fn variant_name(schema: &Value) -> Option<&str> {
 /// `true`, or one this comparison cannot read).
 fn alternatives<'a>(root: &'a Value, schema: &'a Value) -> Option<Vec<Alternative<'a>>> {
     let mut found = Vec::new();
-    collect(root, schema, &mut found, 0).then_some(found)
+    let mut budget = MAX_UNION_NODES;
+    collect(root, schema, &mut found, 0, &mut budget).then_some(found)
 }
 
 /// Adds the alternatives of `schema` to `found`; false when it allows any value.
@@ -428,10 +431,13 @@ fn collect<'a>(
     schema: &'a Value,
     found: &mut Vec<Alternative<'a>>,
     depth: usize,
+    budget: &mut usize,
 ) -> bool {
-    if depth > MAX_DEPTH {
+    // Unions of references to unions fan out: a schema past the budget is read as open.
+    if depth > MAX_DEPTH || *budget == 0 {
         return false;
     }
+    *budget -= 1;
     let Some(schema) = resolve(root, schema) else {
         return false;
     };
@@ -453,7 +459,7 @@ fn collect<'a>(
         if let Some(members) = object.get(union).and_then(Value::as_array) {
             return members
                 .iter()
-                .all(|member| collect(root, member, found, depth + 1));
+                .all(|member| collect(root, member, found, depth + 1, budget));
         }
     }
     let types: Vec<&str> = match object.get("type") {

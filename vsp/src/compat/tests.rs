@@ -397,6 +397,17 @@ fn open_schemas_and_recursive_types_end() {
     };
     let found = lines(fan("string"), fan("integer"));
     assert_eq!(found.len(), 1, "{found:#?}");
+    // Unions of references to unions, ten wide and thirty deep (a description a hostile
+    // server could send): read within a budget, not 10^24 times.
+    let defs: serde_json::Map<String, Value> = (0..30)
+        .map(|level| {
+            let next = json!({ "$ref": format!("#/$defs/L{}", level + 1) });
+            (format!("L{level}"), json!({ "anyOf": vec![next; 10] }))
+        })
+        .chain([("L30".to_owned(), json!({ "type": "string" }))])
+        .collect();
+    let fan_out = endpoint("e").result_schema(json!({ "$ref": "#/$defs/L0", "$defs": defs }));
+    assert!(compare(&service(vec![fan_out.clone()]), &service(vec![fan_out])).is_empty());
     // A reference that leads nowhere is taken as open, not followed forever.
     let dangling = endpoint("e").result_schema(json!({"$ref": "#/$defs/Missing"}));
     assert!(compare(&service(vec![dangling.clone()]), &service(vec![dangling])).is_empty());

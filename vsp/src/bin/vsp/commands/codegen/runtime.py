@@ -109,6 +109,9 @@ class Connection:
                 answer = (header, frame.get("body"))
                 stream = self._streams.get(request_id)
                 if stream is not None:
+                    # Unread items never exceed the credit granted (plus the open and the end).
+                    if stream.qsize() > _STREAM_WINDOW + 2:
+                        raise VspError("protocol", "the server sent stream items beyond its credit")
                     stream.put_nowait(answer)
                     continue
                 call = self._calls.pop(request_id, None)

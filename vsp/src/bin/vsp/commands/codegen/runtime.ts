@@ -52,6 +52,9 @@ export interface ClientOptions {
   fetch?: typeof fetch;
 }
 
+/** The longest Server-Sent Event read (a gateway that never ends one is refused). */
+const MAX_EVENT = 16 * 1024 * 1024;
+
 interface ErrorBody {
   error?: { code?: string; message?: string; data?: unknown };
 }
@@ -182,6 +185,9 @@ export class Gateway {
           throw new VspError("protocol", `the stream of \`${endpoint}\` stopped without its end`, response.status);
         }
         buffer += decoder.decode(chunk.value, { stream: true }).replace(/\r\n/g, "\n");
+        if (buffer.length > MAX_EVENT) {
+          throw new VspError("protocol", `an event of \`${endpoint}\` is over ${MAX_EVENT} characters`, response.status);
+        }
         let split: number;
         while ((split = buffer.indexOf("\n\n")) >= 0) {
           const event = buffer.slice(0, split);
