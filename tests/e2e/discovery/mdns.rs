@@ -87,7 +87,7 @@ where
         if std::env::var_os("CI").is_some() {
             panic!("{message}: the mDNS tests must run in CI");
         }
-        eprintln!("skipping {test}: {message}");
+        eprintln!("SKIPPED {test}: {message}");
         return;
     };
     let exe = std::env::current_exe().unwrap();

@@ -44,7 +44,7 @@ pub(super) fn unavailable<T>(message: String) -> Option<T> {
     if std::env::var_os("CI").is_some() {
         panic!("{message}");
     }
-    eprintln!("skipping: {message}");
+    eprintln!("SKIPPED: {message}");
     None
 }
 
